@@ -1,0 +1,30 @@
+"""swinv2: a fast, faithful Swin Transformer V2 for PyTorch."""
+
+from .config import Swinv2Config
+from .modeling import (
+    BackboneOutput,
+    Swinv2Backbone,
+    Swinv2ForImageClassification,
+    Swinv2ForMaskedImageModeling,
+    Swinv2ImageClassifierOutput,
+    Swinv2MaskedImageModelingOutput,
+    Swinv2Model,
+    Swinv2ModelOutput,
+    Swinv2PreTrainedModel,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BackboneOutput",
+    "Swinv2Backbone",
+    "Swinv2Config",
+    "Swinv2ForImageClassification",
+    "Swinv2ForMaskedImageModeling",
+    "Swinv2ImageClassifierOutput",
+    "Swinv2MaskedImageModelingOutput",
+    "Swinv2Model",
+    "Swinv2ModelOutput",
+    "Swinv2PreTrainedModel",
+    "__version__",
+]

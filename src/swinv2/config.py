@@ -1,0 +1,425 @@
+"""`Swinv2Config`: the architecture and the output switches, read from and written to `config.json`.
+
+The file format is the one transformers writes for `model_type: "swinv2"`, so a folder saved by either
+library loads in the other. Keys we do not know are kept and written back unchanged.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "gelu_fast", "quick_gelu", "relu", "selu", "silu",
+               "swish", "mish", "tanh", "sigmoid")
+PROBLEM_TYPES = ("regression", "single_label_classification", "multi_label_classification")
+CONFIG_NAME = "config.json"
+
+# Fields of transformers' PretrainedConfig that a Swin V2 config.json may carry and that we understand.
+_COMMON_DEFAULTS: dict[str, Any] = {
+    "output_hidden_states": False,
+    "output_attentions": False,
+    "return_dict": True,
+    "problem_type": None,
+    "architectures": None,
+    "torch_dtype": None,
+}
+
+
+def _pair(value: int | Sequence[int], name: str) -> tuple[int, int]:
+    if isinstance(value, bool):
+        raise ValueError(f"{name} must be an int or a pair of ints, got {value!r}")
+    if isinstance(value, int):
+        return value, value
+    if isinstance(value, Sequence) and len(value) == 2 and all(
+        isinstance(v, int) and not isinstance(v, bool) for v in value
+    ):
+        return int(value[0]), int(value[1])
+    raise ValueError(f"{name} must be an int or a pair of ints, got {value!r}")
+
+
+def _int_list(value: Any, name: str) -> list[int]:
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
+        raise ValueError(f"{name} must be a list of ints, got {value!r}")
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+        raise ValueError(f"{name} must be a list of ints, got {value!r}")
+    return [int(v) for v in value]
+
+
+def _number(value: Any, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{name} must be a number, got {value!r}")
+    return float(value)
+
+
+def _flag(value: Any, name: str) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be true or false, got {value!r}")
+    return value
+
+
+class Swinv2Config:
+    """Configuration of a Swin Transformer V2 model.
+
+    The defaults give the `microsoft/swinv2-tiny-patch4-window8-256` architecture family (with the
+    documented `image_size=224, window_size=7`). Every argument is validated here, so a wrong value fails
+    with a `ValueError` naming the field instead of a shape error deep inside the model.
+
+    Args:
+        image_size: input resolution the model is built for (int or (height, width)). Other sizes run too;
+            windows and shifts are sized from this value, as in transformers.
+        patch_size: side of the square patches embedded by the stem.
+        num_channels: input channels.
+        embed_dim: width of the first stage; stage i has `embed_dim * 2**i` channels.
+        depths: number of blocks per stage.
+        num_heads: attention heads per stage.
+        window_size: side of the attention windows.
+        pretrained_window_sizes: per stage, the window the weights were trained with (0: this window);
+            the log-spaced coordinates of the continuous position bias are normalised by it.
+        mlp_ratio: hidden width of the MLP relative to the stage width.
+        qkv_bias: learn biases for the query and the value (the key never has one).
+        hidden_dropout_prob: dropout after the embeddings and the MLP.
+        attention_probs_dropout_prob: dropout on the attention probabilities and the attention output.
+        drop_path_rate: stochastic depth rate of the last block, growing linearly from 0 at the first.
+        hidden_act: MLP non-linearity.
+        use_absolute_embeddings: add learned absolute position embeddings to the patch embeddings.
+        initializer_range: standard deviation of the normal weight initialisation.
+        layer_norm_eps: epsilon of the LayerNorms inside the blocks and after the last stage.
+        encoder_stride: upsampling factor of the SimMIM decoder.
+        out_features / out_indices: stages returned by `Swinv2Backbone` ("stem", "stage1", ...).
+        **kwargs: `num_labels`, `id2label`, `label2id`, `problem_type`, `output_hidden_states`,
+            `output_attentions`, `return_dict`, `use_gradient_checkpointing`; anything else is kept
+            verbatim and written back to `config.json`.
+    """
+
+    model_type = "swinv2"
+
+    def __init__(
+        self,
+        image_size: int | Sequence[int] = 224,
+        patch_size: int | Sequence[int] = 4,
+        num_channels: int = 3,
+        embed_dim: int = 96,
+        depths: Sequence[int] = (2, 2, 6, 2),
+        num_heads: Sequence[int] = (3, 6, 12, 24),
+        window_size: int = 7,
+        pretrained_window_sizes: Sequence[int] = (0, 0, 0, 0),
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        hidden_dropout_prob: float = 0.0,
+        attention_probs_dropout_prob: float = 0.0,
+        drop_path_rate: float = 0.1,
+        hidden_act: str = "gelu",
+        use_absolute_embeddings: bool = False,
+        initializer_range: float = 0.02,
+        layer_norm_eps: float = 1e-5,
+        encoder_stride: int = 32,
+        out_features: list[str] | None = None,
+        out_indices: list[int] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        self.image_size = image_size if isinstance(image_size, int) else list(image_size)
+        self.patch_size = patch_size if isinstance(patch_size, int) else list(patch_size)
+        self.num_channels = num_channels
+        self.embed_dim = embed_dim
+        self.depths = list(depths) if isinstance(depths, (list, tuple)) else depths
+        self.num_heads = list(num_heads) if isinstance(num_heads, (list, tuple)) else num_heads
+        self.window_size = window_size
+        self.pretrained_window_sizes = (
+            list(pretrained_window_sizes)
+            if isinstance(pretrained_window_sizes, (list, tuple))
+            else pretrained_window_sizes
+        )
+        self.mlp_ratio = mlp_ratio
+        self.qkv_bias = qkv_bias
+        self.hidden_dropout_prob = hidden_dropout_prob
+        self.attention_probs_dropout_prob = attention_probs_dropout_prob
+        self.drop_path_rate = drop_path_rate
+        self.hidden_act = hidden_act
+        self.use_absolute_embeddings = use_absolute_embeddings
+        self.initializer_range = initializer_range
+        self.layer_norm_eps = layer_norm_eps
+        self.encoder_stride = encoder_stride
+
+        kwargs.pop("model_type", None)
+        # Derived in transformers' config.json; recomputed here, never trusted from the file.
+        for derived in ("num_layers", "hidden_size", "stage_names", "use_return_dict", "num_hidden_layers",
+                        "num_attention_heads"):
+            kwargs.pop(derived, None)
+        for name, default in _COMMON_DEFAULTS.items():
+            setattr(self, name, kwargs.pop(name, default))
+        self.use_gradient_checkpointing = kwargs.pop("use_gradient_checkpointing", False)
+
+        id2label = kwargs.pop("id2label", None)
+        label2id = kwargs.pop("label2id", None)
+        num_labels = kwargs.pop("num_labels", None)
+        if id2label is not None:
+            if not isinstance(id2label, dict):
+                raise ValueError(f"id2label must be a mapping of class index to name, got {type(id2label).__name__}")
+            try:
+                self.id2label = {int(k): str(v) for k, v in id2label.items()}
+            except (TypeError, ValueError) as err:
+                raise ValueError(f"id2label keys must be class indices, got {list(id2label)[:5]}") from err
+            if num_labels is not None and num_labels != len(self.id2label):
+                raise ValueError(
+                    f"num_labels={num_labels} disagrees with id2label, which has {len(self.id2label)} entries"
+                )
+        else:
+            n = 2 if num_labels is None else num_labels
+            if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+                raise ValueError(f"num_labels must be a non-negative int, got {n!r}")
+            self.id2label = {i: f"LABEL_{i}" for i in range(n)}
+        if label2id is not None:
+            if not isinstance(label2id, dict):
+                raise ValueError(f"label2id must be a mapping of name to class index, got {type(label2id).__name__}")
+            self.label2id = {str(k): int(v) for k, v in label2id.items()}
+        else:
+            self.label2id = {v: k for k, v in self.id2label.items()}
+
+        self.extra = kwargs  # unknown keys survive a round trip through config.json
+        self._validate_architecture()
+        self._out_features, self._out_indices = self._align_outputs(out_features, out_indices)
+
+    # ------------------------------------------------------------------ derived values
+    @property
+    def num_layers(self) -> int:
+        return len(self.depths)
+
+    @property
+    def hidden_size(self) -> int:
+        """Channels after the last stage."""
+        return int(self.embed_dim * 2 ** (self.num_layers - 1))
+
+    @property
+    def stage_names(self) -> list[str]:
+        return ["stem"] + [f"stage{i}" for i in range(1, self.num_layers + 1)]
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.id2label)
+
+    @num_labels.setter
+    def num_labels(self, value: int) -> None:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"num_labels must be a non-negative int, got {value!r}")
+        if value != len(self.id2label):
+            self.id2label = {i: f"LABEL_{i}" for i in range(value)}
+            self.label2id = {v: k for k, v in self.id2label.items()}
+
+    @property
+    def use_return_dict(self) -> bool:
+        return bool(self.return_dict)
+
+    @property
+    def out_features(self) -> list[str]:
+        return list(self._out_features)
+
+    @out_features.setter
+    def out_features(self, value: list[str] | None) -> None:
+        self._out_features, self._out_indices = self._align_outputs(value, None)
+
+    @property
+    def out_indices(self) -> list[int]:
+        return list(self._out_indices)
+
+    @out_indices.setter
+    def out_indices(self, value: list[int] | None) -> None:
+        self._out_features, self._out_indices = self._align_outputs(None, value)
+
+    @property
+    def image_hw(self) -> tuple[int, int]:
+        return _pair(self.image_size, "image_size")
+
+    @property
+    def patch_hw(self) -> tuple[int, int]:
+        return _pair(self.patch_size, "patch_size")
+
+    # ------------------------------------------------------------------ validation
+    def _validate_architecture(self) -> None:
+        image = _pair(self.image_size, "image_size")
+        patch = _pair(self.patch_size, "patch_size")
+        if min(image) < 1:
+            raise ValueError(f"image_size must be positive, got {self.image_size!r}")
+        if min(patch) < 1:
+            raise ValueError(f"patch_size must be positive, got {self.patch_size!r}")
+        for name in ("num_channels", "embed_dim", "window_size", "encoder_stride"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        self.depths = _int_list(self.depths, "depths")
+        self.num_heads = _int_list(self.num_heads, "num_heads")
+        self.pretrained_window_sizes = _int_list(self.pretrained_window_sizes, "pretrained_window_sizes")
+        if not self.depths:
+            raise ValueError("depths must name at least one stage")
+        if len(self.num_heads) != len(self.depths):
+            raise ValueError(
+                f"depths and num_heads must have one entry per stage: depths has {len(self.depths)} "
+                f"({self.depths}), num_heads has {len(self.num_heads)} ({self.num_heads})"
+            )
+        if len(self.pretrained_window_sizes) < len(self.depths):
+            # Longer lists are allowed: transformers' default [0, 0, 0, 0] travels with 2- and 3-stage configs.
+            raise ValueError(
+                f"pretrained_window_sizes must have one entry per stage ({len(self.depths)}), "
+                f"got {self.pretrained_window_sizes}"
+            )
+        if any(d < 1 for d in self.depths):
+            raise ValueError(f"depths must all be >= 1, got {self.depths}")
+        if any(h < 1 for h in self.num_heads):
+            raise ValueError(f"num_heads must all be >= 1, got {self.num_heads}")
+        if any(w < 0 for w in self.pretrained_window_sizes):
+            raise ValueError(f"pretrained_window_sizes must be >= 0, got {self.pretrained_window_sizes}")
+        for i, heads in enumerate(self.num_heads):
+            dim = self.embed_dim * 2**i
+            if dim % heads:
+                raise ValueError(
+                    f"embed_dim: stage {i + 1} has {dim} channels (embed_dim * 2**{i}), which num_heads[{i}]"
+                    f"={heads} does not divide"
+                )
+        self.mlp_ratio = _number(self.mlp_ratio, "mlp_ratio")
+        if self.mlp_ratio <= 0:
+            raise ValueError(f"mlp_ratio must be > 0, got {self.mlp_ratio}")
+        for name in ("hidden_dropout_prob", "attention_probs_dropout_prob", "drop_path_rate"):
+            value = _number(getattr(self, name), name)
+            if not 0.0 <= value < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), got {value}")
+            setattr(self, name, value)
+        self.initializer_range = _number(self.initializer_range, "initializer_range")
+        self.layer_norm_eps = _number(self.layer_norm_eps, "layer_norm_eps")
+        if self.layer_norm_eps <= 0:
+            raise ValueError(f"layer_norm_eps must be > 0, got {self.layer_norm_eps}")
+        for name in ("qkv_bias", "use_absolute_embeddings", "output_hidden_states", "output_attentions",
+                     "return_dict", "use_gradient_checkpointing"):
+            _flag(getattr(self, name), name)
+        if not callable(self.hidden_act) and self.hidden_act not in ACTIVATIONS:
+            raise ValueError(f"hidden_act must be one of {', '.join(ACTIVATIONS)} (or a callable), got "
+                             f"{self.hidden_act!r}")
+        if self.problem_type is not None and self.problem_type not in PROBLEM_TYPES:
+            raise ValueError(f"problem_type must be one of {PROBLEM_TYPES} or None, got {self.problem_type!r}")
+
+    def _align_outputs(
+        self, out_features: list[str] | None, out_indices: list[int] | None
+    ) -> tuple[list[str], list[int]]:
+        names = self.stage_names
+        if out_features is not None:
+            if isinstance(out_features, str) or not isinstance(out_features, Sequence):
+                raise ValueError(f"out_features must be a list of stage names, got {out_features!r}")
+            out_features = list(out_features)
+            unknown = [f for f in out_features if f not in names]
+            if unknown:
+                raise ValueError(f"out_features: unknown stage(s) {unknown}; the stages are {names}")
+            if len(set(out_features)) != len(out_features):
+                raise ValueError(f"out_features must not repeat a stage, got {out_features}")
+            if out_features != [n for n in names if n in out_features]:
+                raise ValueError(f"out_features must follow the stage order {names}, got {out_features}")
+        if out_indices is not None:
+            if isinstance(out_indices, (str, bytes)) or not isinstance(out_indices, Sequence):
+                raise ValueError(f"out_indices must be a list of stage indices, got {out_indices!r}")
+            if not all(isinstance(i, int) and not isinstance(i, bool) for i in out_indices):
+                raise ValueError(f"out_indices must be a list of ints, got {out_indices!r}")
+            if any(not -len(names) <= i < len(names) for i in out_indices):
+                raise ValueError(f"out_indices must index the stages {names}, got {list(out_indices)}")
+            positive = [i % len(names) for i in out_indices]
+            if len(set(positive)) != len(positive):
+                raise ValueError(f"out_indices must not repeat a stage, got {list(out_indices)}")
+            if positive != sorted(positive):
+                raise ValueError(f"out_indices must follow the stage order, got {list(out_indices)}")
+            out_indices = list(out_indices)
+        if out_features is None and out_indices is None:
+            return [names[-1]], [len(names) - 1]
+        if out_features is None:
+            return [names[i] for i in out_indices], out_indices
+        if out_indices is None:
+            return out_features, [names.index(f) for f in out_features]
+        if out_features != [names[i] for i in out_indices]:
+            raise ValueError(
+                f"out_features {out_features} and out_indices {out_indices} must name the same stages"
+            )
+        return out_features, out_indices
+
+    # ------------------------------------------------------------------ (de)serialisation
+    def to_dict(self) -> dict[str, Any]:
+        """All fields, in the layout of transformers' `config.json`."""
+        out: dict[str, Any] = {
+            "model_type": self.model_type,
+            "image_size": self.image_size,
+            "patch_size": self.patch_size,
+            "num_channels": self.num_channels,
+            "embed_dim": self.embed_dim,
+            "depths": list(self.depths),
+            "num_heads": list(self.num_heads),
+            "window_size": self.window_size,
+            "pretrained_window_sizes": list(self.pretrained_window_sizes),
+            "mlp_ratio": self.mlp_ratio,
+            "qkv_bias": self.qkv_bias,
+            "hidden_dropout_prob": self.hidden_dropout_prob,
+            "attention_probs_dropout_prob": self.attention_probs_dropout_prob,
+            "drop_path_rate": self.drop_path_rate,
+            "hidden_act": self.hidden_act,
+            "use_absolute_embeddings": self.use_absolute_embeddings,
+            "initializer_range": self.initializer_range,
+            "layer_norm_eps": self.layer_norm_eps,
+            "encoder_stride": self.encoder_stride,
+            "num_layers": self.num_layers,
+            "hidden_size": self.hidden_size,
+            "stage_names": self.stage_names,
+            "out_features": self.out_features,
+            "out_indices": self.out_indices,
+            "id2label": {str(k): v for k, v in self.id2label.items()},
+            "label2id": dict(self.label2id),
+        }
+        for name in _COMMON_DEFAULTS:
+            value = getattr(self, name)
+            if value is not None or name == "problem_type":
+                out[name] = value
+        if self.use_gradient_checkpointing:
+            out["use_gradient_checkpointing"] = True
+        for key, value in self.extra.items():
+            out.setdefault(key, value)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], **overrides: Any) -> Swinv2Config:
+        data = {**copy.deepcopy(data), **overrides}
+        model_type = data.get("model_type", cls.model_type)
+        if model_type not in (cls.model_type, "swin", None):
+            raise ValueError(
+                f"config.json describes a {model_type!r} model, not a Swin V2 ('swinv2') model"
+            )
+        return cls(**data)
+
+    def to_json_string(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
+
+    def to_json_file(self, path: str | os.PathLike) -> None:
+        Path(path).write_text(self.to_json_string(), encoding="utf-8")
+
+    @classmethod
+    def from_json_file(cls, path: str | os.PathLike, **overrides: Any) -> Swinv2Config:
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path} is not valid JSON ({err}); re-save the config or fix the file") from err
+        if not isinstance(data, dict):
+            raise ValueError(f"{path} must hold a JSON object of config fields, got {type(data).__name__}")
+        return cls.from_dict(data, **overrides)
+
+    def save_pretrained(self, save_directory: str | os.PathLike) -> None:
+        os.makedirs(save_directory, exist_ok=True)
+        self.to_json_file(Path(save_directory) / CONFIG_NAME)
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | os.PathLike, **overrides: Any) -> Swinv2Config:
+        """Read `config.json` from a folder, a file path, a preset name or a hub id."""
+        from .checkpoints import resolve_config
+
+        return resolve_config(name_or_path, **overrides)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Swinv2Config) and self.to_dict() == other.to_dict()
+
+    def __repr__(self) -> str:
+        return f"Swinv2Config {self.to_json_string()}"

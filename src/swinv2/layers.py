@@ -1,0 +1,457 @@
+"""The Swin Transformer V2 building blocks (Liu et al., arXiv 2111.09883), as the paper describes them.
+
+Tensors between blocks are channels-last token grids `(B, H, W, C)`. Attention runs inside
+non-overlapping `window x window` windows; every other block shifts the windows by half a window
+(a cyclic `roll`) and masks attention between tokens that the roll brought together.
+
+Swin V2's changes to Swin V1, all here:
+- residual post-normalisation: `x = x + norm(attn(x))`, `x = x + norm(mlp(x))`;
+- scaled cosine attention: `cos(q, k) * exp(min(logit_scale, log 100))` with a learned scale per head;
+- log-spaced continuous position bias: a small MLP maps log-spaced relative coordinates to a bias per head,
+  so weights trained with one window size transfer to another.
+
+This module imports nothing of the package: it is the model's math and nothing else.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+# Shifted-window masks use -100 for pairs of tokens from different regions, as the reference code does.
+MASK_VALUE = -100.0
+# Folded masks are cached for this many input sizes per block.
+MASK_CACHE_SIZE = 4
+
+
+def activation(name: str) -> nn.Module:
+    """The MLP non-linearity named in the config (the names transformers uses)."""
+    if callable(name) and not isinstance(name, str):
+        return _Lambda(name)
+    table = {
+        "gelu": lambda: nn.GELU(),
+        "gelu_new": lambda: nn.GELU(approximate="tanh"),
+        "gelu_pytorch_tanh": lambda: nn.GELU(approximate="tanh"),
+        "gelu_fast": lambda: nn.GELU(approximate="tanh"),
+        "quick_gelu": lambda: _Lambda(lambda x: x * torch.sigmoid(1.702 * x)),
+        "relu": lambda: nn.ReLU(),
+        "selu": lambda: nn.SELU(),
+        "silu": lambda: nn.SiLU(),
+        "swish": lambda: nn.SiLU(),
+        "mish": lambda: nn.Mish(),
+        "tanh": lambda: nn.Tanh(),
+        "sigmoid": lambda: nn.Sigmoid(),
+    }
+    if name not in table:
+        raise ValueError(f"unknown hidden_act {name!r}; use one of {sorted(table)}")
+    return table[name]()
+
+
+class _Lambda(nn.Module):
+    def __init__(self, fn) -> None:
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fn(x)
+
+
+def drop_path(x: Tensor, drop_prob: float, training: bool) -> Tensor:
+    """Stochastic depth: drop the whole residual branch for a random subset of the samples."""
+    if drop_prob == 0.0 or not training:
+        return x
+    keep_prob = 1.0 - drop_prob
+    shape = (x.shape[0],) + (1,) * (x.ndim - 1)
+    keep = x.new_empty(shape).bernoulli_(keep_prob)
+    return x * keep.div_(keep_prob)
+
+
+class DropPath(nn.Module):
+    def __init__(self, drop_prob: float = 0.0) -> None:
+        super().__init__()
+        self.drop_prob = drop_prob
+
+    def forward(self, x: Tensor) -> Tensor:
+        return drop_path(x, self.drop_prob, self.training)
+
+    def extra_repr(self) -> str:
+        return f"p={self.drop_prob}"
+
+
+# ---------------------------------------------------------------------------------------------- windows
+def window_partition(x: Tensor, window: int) -> Tensor:
+    """`(B, H, W, C)` with H and W multiples of `window` -> `(B * num_windows, window * window, C)`."""
+    b, h, w, c = x.shape
+    x = x.view(b, h // window, window, w // window, window, c)
+    return x.permute(0, 1, 3, 2, 4, 5).reshape(-1, window * window, c)
+
+
+def window_reverse(windows: Tensor, window: int, height: int, width: int) -> Tensor:
+    """`(B * num_windows, window * window, C)` -> `(B, height, width, C)`; the inverse of `window_partition`."""
+    c = windows.shape[-1]
+    x = windows.view(-1, height // window, width // window, window, window, c)
+    return x.permute(0, 1, 3, 2, 4, 5).reshape(-1, height, width, c)
+
+
+def relative_coords_table(window: int, pretrained_window: int = 0) -> Tensor:
+    """Log-spaced relative coordinates `(2*window-1, 2*window-1, 2)` fed to the position-bias MLP.
+
+    `t = 8 * delta / (W' - 1)` with `W'` the pretrained window when given, else the window itself,
+    then `sign(t) * log2(1 + |t|) / log2(8)`. A window of 1 has only the coordinate 0 (no division).
+    """
+    coords = torch.arange(-(window - 1), window, dtype=torch.float32)
+    table = torch.stack(torch.meshgrid(coords, coords, indexing="ij"), dim=-1)
+    reference = pretrained_window if pretrained_window > 0 else window
+    if reference > 1:
+        table = table / (reference - 1)
+    table = table * 8.0
+    return torch.sign(table) * torch.log2(table.abs() + 1.0) / math.log2(8)
+
+
+def relative_position_index(window: int) -> Tensor:
+    """For every pair of tokens in a window, the row of their offset in the coordinate table: `(N, N)`."""
+    coords = torch.stack(torch.meshgrid(torch.arange(window), torch.arange(window), indexing="ij")).flatten(1)
+    offset = (coords[:, :, None] - coords[:, None, :]).permute(1, 2, 0) + (window - 1)
+    return offset[..., 0] * (2 * window - 1) + offset[..., 1]
+
+
+def shifted_window_mask(height: int, width: int, window: int, shift: int, device=None) -> Tensor:
+    """Additive mask `(num_windows, N, N)`: 0 within a region of the rolled grid, -100 across regions."""
+    regions = torch.zeros(1, height, width, 1, device=device)
+    slices = (slice(0, -window), slice(-window, -shift), slice(-shift, None))
+    label = 0
+    for hs in slices:
+        for ws in slices:
+            regions[:, hs, ws, :] = label
+            label += 1
+    regions = window_partition(regions, window).squeeze(-1)  # (num_windows, N)
+    different = regions.unsqueeze(1) != regions.unsqueeze(2)
+    return torch.zeros(different.shape, device=device).masked_fill_(different, MASK_VALUE)
+
+
+# ---------------------------------------------------------------------------------------------- layers
+class PatchEmbeddings(nn.Module):
+    """Image -> normalised patch tokens `(B, H/p, W/p, C)`, with SimMIM mask tokens and absolute positions.
+
+    Inputs whose size is not a multiple of the patch are zero-padded on the right and bottom.
+    """
+
+    def __init__(
+        self,
+        image_size: tuple[int, int],
+        patch_size: tuple[int, int],
+        num_channels: int,
+        embed_dim: int,
+        use_mask_token: bool = False,
+        use_absolute_embeddings: bool = False,
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.patch_size = patch_size
+        self.num_channels = num_channels
+        self.grid_size = (image_size[0] // patch_size[0], image_size[1] // patch_size[1])
+        self.proj = nn.Conv2d(num_channels, embed_dim, kernel_size=patch_size, stride=patch_size)
+        self.norm = nn.LayerNorm(embed_dim)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, embed_dim)) if use_mask_token else None
+        self.position_embeddings = (
+            nn.Parameter(torch.zeros(1, self.grid_size[0] * self.grid_size[1], embed_dim))
+            if use_absolute_embeddings
+            else None
+        )
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, pixel_values: Tensor, bool_masked_pos: Tensor | None = None) -> Tensor:
+        """`(B, C_in, H, W)` -> `(B, ceil(H/p), ceil(W/p), C)`; `bool_masked_pos` is `(B, num_patches)`."""
+        ph, pw = self.patch_size
+        height, width = pixel_values.shape[-2:]
+        pad_h, pad_w = (-height) % ph, (-width) % pw
+        if pad_h or pad_w:
+            pixel_values = F.pad(pixel_values, (0, pad_w, 0, pad_h))
+        x = self.proj(pixel_values).permute(0, 2, 3, 1)
+        x = self.norm(x)
+        b, gh, gw, c = x.shape
+        if bool_masked_pos is not None:
+            mask = bool_masked_pos.reshape(b, gh, gw, 1).to(x.dtype)
+            x = x * (1.0 - mask) + self.mask_token.to(x.dtype).view(1, 1, 1, c) * mask
+        if self.position_embeddings is not None:
+            x = x + self._positions(gh, gw).to(x.dtype)
+        return self.dropout(x)
+
+    def _positions(self, gh: int, gw: int) -> Tensor:
+        """Absolute position embeddings `(1, gh, gw, C)`, bicubically resized when the grid differs."""
+        th, tw = self.grid_size
+        pos = self.position_embeddings.view(1, th, tw, -1)
+        if (gh, gw) == (th, tw):
+            return pos
+        pos = F.interpolate(pos.permute(0, 3, 1, 2), size=(gh, gw), mode="bicubic", align_corners=False)
+        return pos.permute(0, 2, 3, 1)
+
+
+class WindowAttention(nn.Module):
+    """Scaled cosine self-attention inside windows, with the continuous position bias.
+
+    `softmax(cos(q, k) * exp(min(logit_scale, log 100)) + 16 * sigmoid(cpb_mlp(T))[index] + M) v`
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        window: int,
+        pretrained_window: int = 0,
+        qkv_bias: bool = True,
+        attn_drop: float = 0.0,
+        proj_drop: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"dim {dim} is not a multiple of num_heads {num_heads}")
+        self.dim = dim
+        self.num_heads = num_heads
+        self.window = window
+        self.qkv = nn.Linear(dim, 3 * dim, bias=False)
+        # The key has no bias: a bias on k adds the same score to every key of a query, a no-op under softmax.
+        self.q_bias = nn.Parameter(torch.zeros(dim)) if qkv_bias else None
+        self.v_bias = nn.Parameter(torch.zeros(dim)) if qkv_bias else None
+        self.logit_scale = nn.Parameter(torch.full((num_heads, 1, 1), math.log(10.0)))
+        self.cpb_mlp = nn.Sequential(nn.Linear(2, 512), nn.ReLU(inplace=True), nn.Linear(512, num_heads, bias=False))
+        self.attn_drop = attn_drop
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(proj_drop)
+        self.register_buffer("relative_coords_table", relative_coords_table(window, pretrained_window), False)
+        self.register_buffer("relative_position_index", relative_position_index(window), False)
+
+    def qkv_bias(self) -> Tensor | None:
+        if self.q_bias is None:
+            return None
+        return torch.cat((self.q_bias, torch.zeros_like(self.q_bias), self.v_bias))
+
+    def position_bias(self) -> Tensor:
+        """`16 * sigmoid(cpb_mlp(T))` gathered for every pair of tokens: `(heads, N, N)`."""
+        table = self.cpb_mlp(self.relative_coords_table.to(self.cpb_mlp[0].weight.dtype))
+        n = self.window * self.window
+        bias = table.view(-1, self.num_heads)[self.relative_position_index.view(-1)].view(n, n, self.num_heads)
+        return 16.0 * torch.sigmoid(bias.permute(2, 0, 1))
+
+    def logit_scale_exp(self) -> Tensor:
+        return torch.clamp(self.logit_scale, max=math.log(100.0)).exp()
+
+    def _project(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        b, n, _ = x.shape
+        qkv = F.linear(x, self.qkv.weight, self.qkv_bias())
+        q, k, v = qkv.view(b, n, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
+        # Normalise in fp32: padded tokens have k = 0, and 0 / max(0, eps) must not become 0/0 in fp16.
+        acc = torch.promote_types(v.dtype, torch.float32)
+        q = F.normalize(q.to(acc), dim=-1) * self.logit_scale_exp().to(acc)
+        k = F.normalize(k.to(acc), dim=-1)
+        return q.to(v.dtype), k.to(v.dtype), v
+
+    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
+        """Fast path. `x`: `(B * nW, N, C)`; `mask`: `(nW or 1, heads, N, N)`, bias and shift mask folded."""
+        b_, n, c = x.shape
+        q, k, v = self._project(x)
+        windows = mask.shape[0]
+        if windows > 1:
+            mask = mask.unsqueeze(0).expand(b_ // windows, -1, -1, -1, -1).reshape(b_, self.num_heads, n, n)
+        out = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask.to(q.dtype), dropout_p=self.attn_drop if self.training else 0.0, scale=1.0
+        )
+        out = out.transpose(1, 2).reshape(b_, n, c)
+        return self.proj_drop(self.proj(out))
+
+    def forward_explicit(
+        self, x: Tensor, mask: Tensor, head_mask: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """Exact path, step by step as the reference code; returns the output and the attention probabilities."""
+        b_, n, c = x.shape
+        q, k, v = self._project(x)
+        acc = torch.promote_types(v.dtype, torch.float32)
+        scores = (q @ k.transpose(-2, -1)).to(acc)
+        windows = mask.shape[0]
+        scores = (scores.view(b_ // windows, windows, self.num_heads, n, n) + mask.to(acc)).view(
+            b_, self.num_heads, n, n
+        )
+        probs = scores.softmax(dim=-1)
+        probs = F.dropout(probs, self.attn_drop, self.training)
+        if head_mask is not None:
+            probs = probs * head_mask.view(-1, 1, 1).to(probs.dtype)
+        out = (probs.to(v.dtype) @ v).transpose(1, 2).reshape(b_, n, c)
+        return self.proj_drop(self.proj(out)), probs
+
+
+class Mlp(nn.Module):
+    def __init__(self, dim: int, hidden: int, act: str, drop: float = 0.0) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = activation(act)
+        self.fc2 = nn.Linear(hidden, dim)
+        self.drop = nn.Dropout(drop)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.drop(self.fc2(self.act(self.fc1(x))))
+
+
+class Swinv2Block(nn.Module):
+    """(Shifted-)window attention and an MLP, each in a residual branch with post-normalisation."""
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        window: int,
+        shift: int,
+        pretrained_window: int = 0,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        hidden_act: str = "gelu",
+        drop: float = 0.0,
+        attn_drop: float = 0.0,
+        drop_path: float = 0.0,
+        layer_norm_eps: float = 1e-5,
+    ) -> None:
+        super().__init__()
+        self.window = window
+        self.shift = shift
+        self.attn = WindowAttention(dim, num_heads, window, pretrained_window, qkv_bias, attn_drop, attn_drop)
+        self.norm1 = nn.LayerNorm(dim, eps=layer_norm_eps)
+        self.drop_path = DropPath(drop_path)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), hidden_act, drop)
+        self.norm2 = nn.LayerNorm(dim, eps=layer_norm_eps)
+        self._mask_cache: OrderedDict[tuple, Tensor] = OrderedDict()
+
+    def attention_mask(self, height: int, width: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+        """Position bias plus shifted-window mask for a padded grid: `(nW or 1, heads, N, N)`.
+
+        It depends on the weights and the geometry only, so outside autograd it is computed once per
+        (size, dtype, device) and kept until the position-bias weights change (their version counters).
+        """
+        cacheable = not torch.is_grad_enabled() and not torch.compiler.is_compiling()
+        if cacheable:
+            params = list(self.attn.cpb_mlp.parameters())
+            key = (height, width, dtype, device, *((p.data_ptr(), p._version) for p in params))
+            cached = self._mask_cache.get(key)
+            if cached is not None:
+                self._mask_cache.move_to_end(key)
+                return cached
+        mask = self.attn.position_bias().unsqueeze(0)
+        if self.shift > 0:
+            shift_mask = shifted_window_mask(height, width, self.window, self.shift, device)
+            mask = mask + shift_mask.unsqueeze(1)
+        mask = mask.to(dtype)
+        if cacheable:
+            self._mask_cache[key] = mask
+            while len(self._mask_cache) > MASK_CACHE_SIZE:
+                self._mask_cache.popitem(last=False)
+        return mask
+
+    def clear_cache(self) -> None:
+        self._mask_cache.clear()
+
+    def train(self, mode: bool = True) -> Swinv2Block:
+        self._mask_cache.clear()
+        return super().train(mode)
+
+    def _apply(self, fn, recurse: bool = True):
+        self._mask_cache.clear()
+        return super()._apply(fn, recurse)
+
+    def forward(
+        self, x: Tensor, head_mask: Tensor | None = None, output_attentions: bool = False
+    ) -> tuple[Tensor, Tensor | None]:
+        """`x`: `(B, H, W, C)` -> `(B, H, W, C)`, and the attention probabilities when asked for."""
+        b, h, w, c = x.shape
+        win, shift = self.window, self.shift
+        pad_h, pad_w = (-h) % win, (-w) % win
+        y = F.pad(x, (0, 0, 0, pad_w, 0, pad_h)) if pad_h or pad_w else x
+        hp, wp = h + pad_h, w + pad_w
+        if shift:
+            y = torch.roll(y, shifts=(-shift, -shift), dims=(1, 2))
+        windows = window_partition(y, win)
+        dtype = windows.dtype
+        if torch.is_autocast_enabled(windows.device.type):
+            dtype = torch.get_autocast_dtype(windows.device.type)
+        mask = self.attention_mask(hp, wp, dtype, windows.device)
+        probs = None
+        if output_attentions or head_mask is not None:
+            windows, probs = self.attn.forward_explicit(windows, mask, head_mask)
+        else:
+            windows = self.attn(windows, mask)
+        y = window_reverse(windows, win, hp, wp)
+        if shift:
+            y = torch.roll(y, shifts=(shift, shift), dims=(1, 2))
+        if pad_h or pad_w:
+            y = y[:, :h, :w, :]
+        x = x + self.drop_path(self.norm1(y))
+        x = x + self.drop_path(self.norm2(self.mlp(x)))
+        return x, probs
+
+
+class PatchMerging(nn.Module):
+    """Halve the grid, double the channels: concatenate each 2x2 neighbourhood, project 4C -> 2C, normalise."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.reduction = nn.Linear(4 * dim, 2 * dim, bias=False)
+        self.norm = nn.LayerNorm(2 * dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """`(B, H, W, C)` -> `(B, ceil(H/2), ceil(W/2), 2C)`; odd sizes are zero-padded first."""
+        h, w = x.shape[1:3]
+        if h % 2 or w % 2:
+            x = F.pad(x, (0, 0, 0, w % 2, 0, h % 2))
+        x = torch.cat([x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]], dim=-1)
+        return self.norm(self.reduction(x))
+
+
+class Swinv2Stage(nn.Module):
+    """A run of blocks at one resolution, alternating regular and shifted windows, then patch merging."""
+
+    def __init__(
+        self,
+        dim: int,
+        depth: int,
+        num_heads: int,
+        window: int,
+        shift: int,
+        pretrained_window: int,
+        drop_paths: list[float],
+        downsample: bool,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        hidden_act: str = "gelu",
+        drop: float = 0.0,
+        attn_drop: float = 0.0,
+        layer_norm_eps: float = 1e-5,
+    ) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList(
+            Swinv2Block(
+                dim, num_heads, window, 0 if i % 2 == 0 else shift, pretrained_window, mlp_ratio, qkv_bias,
+                hidden_act, drop, attn_drop, drop_paths[i], layer_norm_eps,
+            )
+            for i in range(depth)
+        )
+        self.downsample = PatchMerging(dim) if downsample else None
+        self.gradient_checkpointing = False
+
+    def forward(
+        self, x: Tensor, head_mask: Tensor | None = None, output_attentions: bool = False
+    ) -> tuple[Tensor, Tensor, Tensor | None]:
+        """`(B, H, W, C)` -> (downsampled output, output before downsampling, last block's attention)."""
+        probs = None
+        for i, block in enumerate(self.blocks):
+            block_head_mask = None if head_mask is None else head_mask[i]
+            if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+                x, probs = torch.utils.checkpoint.checkpoint(
+                    block, x, block_head_mask, output_attentions, use_reentrant=False
+                )
+            else:
+                x, probs = block(x, block_head_mask, output_attentions)
+        before = x
+        if self.downsample is not None:
+            x = self.downsample(x)
+        return x, before, probs

@@ -1,0 +1,640 @@
+"""Swin V2 models: the bare encoder, the classification head, the SimMIM head and the backbone.
+
+The forward arguments and the outputs are those of the documentation (and of transformers):
+`pixel_values`, `bool_masked_pos`, `head_mask`, `labels`, `output_attentions`, `output_hidden_states`,
+`return_dict`. Attentions are returned per stage (its last block), shaped like the reference:
+`(batch * windows, heads, window_tokens, window_tokens)`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, fields
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .config import Swinv2Config
+from .layers import PatchEmbeddings, Swinv2Block, Swinv2Stage, WindowAttention
+
+
+# ---------------------------------------------------------------------------------------------- outputs
+@dataclass
+class ModelOutput:
+    """Outputs by attribute (`out.logits`), key (`out["logits"]`), index (`out[0]`) or `to_tuple()`.
+
+    Fields that are `None` are left out of the keys, the indices and the tuple, as in transformers.
+    """
+
+    def keys(self) -> list[str]:
+        return [f.name for f in fields(self) if getattr(self, f.name) is not None]
+
+    def values(self) -> list[Any]:
+        return [getattr(self, k) for k in self.keys()]
+
+    def items(self) -> list[tuple[str, Any]]:
+        return [(k, getattr(self, k)) for k in self.keys()]
+
+    def to_tuple(self) -> tuple[Any, ...]:
+        return tuple(self.values())
+
+    def __getitem__(self, key: str | int | slice) -> Any:
+        if isinstance(key, str):
+            if key not in self.keys():
+                raise KeyError(f"{key!r} is not among this output's fields {self.keys()}")
+            return getattr(self, key)
+        return self.to_tuple()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.keys())
+
+    def __len__(self) -> int:
+        return len(self.keys())
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.keys()
+
+
+@dataclass
+class Swinv2ModelOutput(ModelOutput):
+    """`last_hidden_state` `(B, L, C)`; `pooler_output` `(B, C)`; `hidden_states` `(B, L_i, C_i)` for the
+    embeddings and each stage; `reshaped_hidden_states` the same as `(B, C_i, H_i, W_i)`; `attentions` per stage.
+    """
+
+    last_hidden_state: Tensor | None = None
+    pooler_output: Tensor | None = None
+    hidden_states: tuple[Tensor, ...] | None = None
+    attentions: tuple[Tensor, ...] | None = None
+    reshaped_hidden_states: tuple[Tensor, ...] | None = None
+
+
+@dataclass
+class Swinv2ImageClassifierOutput(ModelOutput):
+    """`loss` (when `labels` are given) and `logits` `(B, num_labels)`, plus the encoder's optional outputs."""
+
+    loss: Tensor | None = None
+    logits: Tensor | None = None
+    hidden_states: tuple[Tensor, ...] | None = None
+    attentions: tuple[Tensor, ...] | None = None
+    reshaped_hidden_states: tuple[Tensor, ...] | None = None
+
+
+@dataclass
+class Swinv2MaskedImageModelingOutput(ModelOutput):
+    """`loss` (when `bool_masked_pos` is given) and `reconstruction` `(B, C, H, W)`."""
+
+    loss: Tensor | None = None
+    reconstruction: Tensor | None = None
+    hidden_states: tuple[Tensor, ...] | None = None
+    attentions: tuple[Tensor, ...] | None = None
+    reshaped_hidden_states: tuple[Tensor, ...] | None = None
+
+
+@dataclass
+class BackboneOutput(ModelOutput):
+    """`feature_maps`: one `(B, C_i, H_i, W_i)` map per selected stage (before its downsampling)."""
+
+    feature_maps: tuple[Tensor, ...] | None = None
+    hidden_states: tuple[Tensor, ...] | None = None
+    attentions: tuple[Tensor, ...] | None = None
+
+
+Swinv2BackboneOutput = BackboneOutput
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+def _window_and_shift(config: Swinv2Config, stage: int) -> tuple[int, int]:
+    """Window and shift of a stage, from the grid at `config.image_size` (as in transformers).
+
+    A window larger than the stage's grid shrinks to the grid, and then nothing is shifted.
+    """
+    grid_h = config.image_hw[0] // config.patch_hw[0]
+    resolution = grid_h // 2**stage
+    window = max(1, min(config.window_size, resolution))
+    shift = 0 if resolution <= window else config.window_size // 2
+    return window, shift
+
+
+def build_stages(config: Swinv2Config) -> nn.ModuleList:
+    drop_paths = torch.linspace(0, config.drop_path_rate, sum(config.depths)).tolist()
+    stages = []
+    for i, (depth, heads) in enumerate(zip(config.depths, config.num_heads)):
+        window, shift = _window_and_shift(config, i)
+        first = sum(config.depths[:i])
+        stages.append(
+            Swinv2Stage(
+                dim=config.embed_dim * 2**i,
+                depth=depth,
+                num_heads=heads,
+                window=window,
+                shift=shift,
+                pretrained_window=config.pretrained_window_sizes[i],
+                drop_paths=drop_paths[first : first + depth],
+                downsample=i < config.num_layers - 1,
+                mlp_ratio=config.mlp_ratio,
+                qkv_bias=config.qkv_bias,
+                hidden_act=config.hidden_act,
+                drop=config.hidden_dropout_prob,
+                attn_drop=config.attention_probs_dropout_prob,
+                layer_norm_eps=config.layer_norm_eps,
+            )
+        )
+    return nn.ModuleList(stages)
+
+
+def _check_pixel_values(pixel_values: Any, config: Swinv2Config) -> None:
+    if pixel_values is None:
+        raise ValueError("pixel_values is required: a float tensor (batch, channels, height, width)")
+    if not isinstance(pixel_values, Tensor):
+        raise TypeError(
+            f"pixel_values must be a torch.Tensor (batch, channels, height, width), got "
+            f"{type(pixel_values).__name__}; use Swinv2ImageProcessor to turn images into tensors"
+        )
+    if pixel_values.dim() != 4:
+        hint = " (add the batch dimension with pixel_values.unsqueeze(0))" if pixel_values.dim() == 3 else ""
+        raise ValueError(
+            f"pixel_values must have 4 dimensions (batch, channels, height, width), got shape "
+            f"{tuple(pixel_values.shape)}{hint}"
+        )
+    if not pixel_values.is_floating_point():
+        raise TypeError(
+            f"pixel_values must be a floating-point tensor, got {pixel_values.dtype}; rescale and normalise "
+            "the images first (Swinv2ImageProcessor does), e.g. pixel_values.float() / 255"
+        )
+    channels = pixel_values.shape[1]
+    if channels != config.num_channels:
+        hint = " (it looks channels-last: permute to (B, C, H, W))" if pixel_values.shape[-1] == config.num_channels else ""
+        raise ValueError(
+            f"pixel_values has {channels} channels but the model expects num_channels={config.num_channels}"
+            f"{hint}; shape was {tuple(pixel_values.shape)}"
+        )
+    if pixel_values.shape[0] == 0 or pixel_values.shape[2] == 0 or pixel_values.shape[3] == 0:
+        raise ValueError(f"pixel_values is empty: shape {tuple(pixel_values.shape)}")
+
+
+def _grid_size(config: Swinv2Config, height: int, width: int) -> tuple[int, int]:
+    ph, pw = config.patch_hw
+    return math.ceil(height / ph), math.ceil(width / pw)
+
+
+def _check_bool_masked_pos(bool_masked_pos: Tensor, batch: int, grid: tuple[int, int]) -> Tensor:
+    num_patches = grid[0] * grid[1]
+    if not isinstance(bool_masked_pos, Tensor):
+        raise TypeError(f"bool_masked_pos must be a tensor (batch, num_patches), got {type(bool_masked_pos).__name__}")
+    if bool_masked_pos.dim() == 3 and tuple(bool_masked_pos.shape[1:]) == grid:
+        bool_masked_pos = bool_masked_pos.flatten(1)
+    if tuple(bool_masked_pos.shape) != (batch, num_patches) and tuple(bool_masked_pos.shape) != (1, num_patches):
+        raise ValueError(
+            f"bool_masked_pos must have shape (batch, num_patches) = ({batch}, {num_patches}) for this input "
+            f"({grid[0]}x{grid[1]} patches), got {tuple(bool_masked_pos.shape)}"
+        )
+    return bool_masked_pos.expand(batch, num_patches)
+
+
+def _stage_head_masks(head_mask: Any, config: Swinv2Config) -> list[Tensor | None] | None:
+    """Normalise `head_mask` to one `(depth_i, heads_i)` tensor (or None) per stage.
+
+    Accepted: `(num_heads,)` for every block, `(num_stages, num_heads)` one row per stage (both need the
+    same head count in every stage), or a sequence with one entry per stage of shape `(heads_i,)` or
+    `(depth_i, heads_i)` (or None).
+    """
+    if head_mask is None:
+        return None
+    heads, depths = config.num_heads, config.depths
+    if isinstance(head_mask, Tensor):
+        if head_mask.dim() not in (1, 2):
+            raise ValueError(
+                f"head_mask must be (num_heads,) or (num_stages, num_heads), got shape {tuple(head_mask.shape)}"
+            )
+        if len(set(heads)) != 1:
+            raise ValueError(
+                f"head_mask as one tensor needs the same number of heads in every stage, but num_heads is "
+                f"{heads}; pass a list with one (num_heads_i,) tensor per stage instead"
+            )
+        if head_mask.dim() == 1:
+            head_mask = head_mask.unsqueeze(0).expand(len(depths), -1)
+        if tuple(head_mask.shape) != (len(depths), heads[0]):
+            raise ValueError(
+                f"head_mask must have shape ({heads[0]},) or ({len(depths)}, {heads[0]}), got "
+                f"{tuple(head_mask.shape)}"
+            )
+        head_mask = list(head_mask)
+    if not isinstance(head_mask, Sequence) or len(head_mask) != len(depths):
+        raise ValueError(f"head_mask needs one entry per stage ({len(depths)})")
+    out: list[Tensor | None] = []
+    for i, mask in enumerate(head_mask):
+        if mask is None:
+            out.append(None)
+            continue
+        mask = torch.as_tensor(mask)
+        if mask.dim() == 1:
+            mask = mask.unsqueeze(0).expand(depths[i], -1)
+        if tuple(mask.shape) != (depths[i], heads[i]):
+            raise ValueError(
+                f"head_mask for stage {i + 1} must have shape ({heads[i]},) or ({depths[i]}, {heads[i]}), "
+                f"got {tuple(mask.shape)}"
+            )
+        out.append(mask)
+    return out
+
+
+def run_stages(
+    stages: nn.ModuleList,
+    x: Tensor,
+    head_masks: list[Tensor | None] | None,
+    output_attentions: bool,
+    output_hidden_states: bool,
+    before_downsampling: bool = False,
+) -> tuple[Tensor, tuple[Tensor, ...] | None, tuple[Tensor, ...] | None, tuple[Tensor, ...] | None]:
+    """Run the stages on `(B, H, W, C)` tokens; returns the last tokens and the optional per-stage outputs."""
+    hidden, reshaped, attentions = [], [], []
+    if output_hidden_states:
+        hidden.append(x.flatten(1, 2))
+        reshaped.append(x.permute(0, 3, 1, 2))
+    for i, stage in enumerate(stages):
+        x, before, probs = stage(x, None if head_masks is None else head_masks[i], output_attentions)
+        if output_hidden_states:
+            kept = before if before_downsampling else x
+            hidden.append(kept.flatten(1, 2))
+            reshaped.append(kept.permute(0, 3, 1, 2))
+        if output_attentions:
+            attentions.append(probs)
+    return (
+        x,
+        tuple(hidden) if output_hidden_states else None,
+        tuple(reshaped) if output_hidden_states else None,
+        tuple(attentions) if output_attentions else None,
+    )
+
+
+# ---------------------------------------------------------------------------------------------- base class
+class Swinv2PreTrainedModel(nn.Module):
+    """Weights initialisation and loading/saving shared by every Swin V2 model."""
+
+    config_class = Swinv2Config
+    base_model_prefix = "swinv2"
+    main_input_name = "pixel_values"
+
+    def __init__(self, config: Swinv2Config) -> None:
+        super().__init__()
+        if not isinstance(config, Swinv2Config):
+            raise TypeError(f"config must be a Swinv2Config, got {type(config).__name__}")
+        self.config = config
+
+    def post_init(self) -> None:
+        self.apply(self._init_weights)
+        if self.config.use_gradient_checkpointing:
+            self.gradient_checkpointing_enable()
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        std = self.config.initializer_range
+        if isinstance(module, (nn.Linear, nn.Conv2d)):
+            module.weight.normal_(0.0, std)
+            if module.bias is not None:
+                module.bias.zero_()
+        elif isinstance(module, nn.LayerNorm):
+            module.weight.fill_(1.0)
+            module.bias.zero_()
+        elif isinstance(module, PatchEmbeddings):
+            if module.mask_token is not None:
+                module.mask_token.zero_()
+            if module.position_embeddings is not None:
+                module.position_embeddings.zero_()
+        elif isinstance(module, WindowAttention):
+            module.logit_scale.fill_(math.log(10.0))
+            if module.q_bias is not None:
+                module.q_bias.zero_()
+                module.v_bias.zero_()
+
+    # -- conveniences
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.parameters()).dtype
+
+    def num_parameters(self, only_trainable: bool = False) -> int:
+        return sum(p.numel() for p in self.parameters() if p.requires_grad or not only_trainable)
+
+    def gradient_checkpointing_enable(self) -> None:
+        """Recompute each block in the backward pass instead of keeping its activations."""
+        for module in self.modules():
+            if isinstance(module, Swinv2Stage):
+                module.gradient_checkpointing = True
+
+    def gradient_checkpointing_disable(self) -> None:
+        for module in self.modules():
+            if isinstance(module, Swinv2Stage):
+                module.gradient_checkpointing = False
+
+    def clear_attention_cache(self) -> None:
+        """Forget the cached attention masks (they are rebuilt on the next inference call)."""
+        for module in self.modules():
+            if isinstance(module, Swinv2Block):
+                module.clear_cache()
+
+    # -- loading and saving
+    @classmethod
+    def from_pretrained(
+        cls,
+        name_or_path: str | os.PathLike,
+        *,
+        config: Swinv2Config | None = None,
+        torch_dtype: torch.dtype | str | None = None,
+        device: str | torch.device | None = None,
+        map_location: str | torch.device | None = None,
+        ignore_mismatched_sizes: bool = False,
+        strict: bool = True,
+        revision: str | None = None,
+        cache_dir: str | os.PathLike | None = None,
+        local_files_only: bool = False,
+        **config_overrides: Any,
+    ):
+        """Load a model from a folder, a weights file, a preset name or a hub id.
+
+        Folders written by transformers or by `save_pretrained` (config.json + model.safetensors or
+        pytorch_model.bin) and Microsoft, timm and torchvision checkpoints are recognised by their keys.
+        `torch_dtype` casts the weights (`"auto"` keeps the file's dtype); `device`/`map_location` places
+        them. Keyword arguments that name config fields override the stored config (e.g. `num_labels=10`;
+        the new head is then initialised afresh, with a warning). Missing or unexpected weights raise an
+        error listing them unless `strict=False`.
+        """
+        from .checkpoints import load_pretrained
+
+        return load_pretrained(
+            cls,
+            name_or_path,
+            config=config,
+            torch_dtype=torch_dtype,
+            device=device if device is not None else map_location,
+            ignore_mismatched_sizes=ignore_mismatched_sizes,
+            strict=strict,
+            revision=revision,
+            cache_dir=cache_dir,
+            local_files_only=local_files_only,
+            **config_overrides,
+        )
+
+    def save_pretrained(self, save_directory: str | os.PathLike, safe_serialization: bool = True) -> None:
+        """Write `config.json` and `model.safetensors` with transformers' key names (atomically)."""
+        from .checkpoints import save_pretrained
+
+        save_pretrained(self, save_directory, safe_serialization=safe_serialization)
+
+
+# ---------------------------------------------------------------------------------------------- models
+class Swinv2Model(Swinv2PreTrainedModel):
+    """The bare Swin V2 encoder: patch embedding, the stages, a final LayerNorm and average pooling."""
+
+    def __init__(self, config: Swinv2Config, add_pooling_layer: bool = True, use_mask_token: bool = False) -> None:
+        super().__init__(config)
+        self.num_layers = config.num_layers
+        self.num_features = config.hidden_size
+        self.embeddings = PatchEmbeddings(
+            config.image_hw, config.patch_hw, config.num_channels, config.embed_dim,
+            use_mask_token, config.use_absolute_embeddings, config.hidden_dropout_prob,
+        )
+        self.stages = build_stages(config)
+        self.norm = nn.LayerNorm(self.num_features, eps=config.layer_norm_eps)
+        self.add_pooling_layer = add_pooling_layer
+        self.post_init()
+
+    def forward(
+        self,
+        pixel_values: Tensor | None = None,
+        bool_masked_pos: Tensor | None = None,
+        head_mask: Tensor | Sequence[Tensor | None] | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        interpolate_pos_encoding: bool = True,
+    ) -> Swinv2ModelOutput | tuple[Tensor, ...]:
+        """`pixel_values` `(B, C, H, W)` -> `last_hidden_state` `(B, L, C_last)` and `pooler_output` `(B, C_last)`.
+
+        `bool_masked_pos` `(B, num_patches)` replaces the masked patches by the mask token (needs
+        `use_mask_token=True`). Absolute position embeddings, when used, are resized to the input's grid.
+        """
+        config = self.config
+        output_attentions = config.output_attentions if output_attentions is None else output_attentions
+        output_hidden_states = config.output_hidden_states if output_hidden_states is None else output_hidden_states
+        return_dict = config.use_return_dict if return_dict is None else return_dict
+        _check_pixel_values(pixel_values, config)
+        batch, _, height, width = pixel_values.shape
+        if bool_masked_pos is not None:
+            if self.embeddings.mask_token is None:
+                raise ValueError(
+                    "bool_masked_pos needs a mask token: build the model with Swinv2Model(config, "
+                    "use_mask_token=True) or use Swinv2ForMaskedImageModeling"
+                )
+            bool_masked_pos = _check_bool_masked_pos(bool_masked_pos, batch, _grid_size(config, height, width))
+        x = self.embeddings(pixel_values, bool_masked_pos)
+        x, hidden, reshaped, attentions = run_stages(
+            self.stages, x, _stage_head_masks(head_mask, config), output_attentions, output_hidden_states
+        )
+        sequence = self.norm(x.flatten(1, 2))
+        pooled = sequence.mean(dim=1) if self.add_pooling_layer else None
+        out = Swinv2ModelOutput(sequence, pooled, hidden, attentions, reshaped)
+        return out if return_dict else out.to_tuple()
+
+    def output_grid(self, height: int, width: int) -> tuple[int, int]:
+        """The token grid after the last stage for an input of `height x width` pixels."""
+        gh, gw = _grid_size(self.config, height, width)
+        for _ in range(self.num_layers - 1):
+            gh, gw = (gh + 1) // 2, (gw + 1) // 2
+        return gh, gw
+
+
+def classification_loss(logits: Tensor, labels: Tensor, config: Swinv2Config) -> Tensor:
+    """Loss by `config.problem_type`, inferred (and stored) on first use as transformers does:
+    regression (MSE) for one label, single-label cross-entropy for integer labels, multi-label BCE otherwise.
+    """
+    num_labels = config.num_labels
+    labels = labels.to(logits.device)
+    if config.problem_type is None:
+        if num_labels == 1:
+            config.problem_type = "regression"
+        elif labels.dtype in (torch.long, torch.int, torch.int16, torch.int8, torch.uint8):
+            config.problem_type = "single_label_classification"
+        else:
+            config.problem_type = "multi_label_classification"
+    if config.problem_type == "regression":
+        if num_labels == 1:
+            return F.mse_loss(logits.squeeze(), labels.squeeze().to(logits.dtype))
+        return F.mse_loss(logits, labels.to(logits.dtype))
+    if config.problem_type == "single_label_classification":
+        labels = labels.view(-1)
+        if labels.is_floating_point():
+            raise TypeError(f"single-label classification needs integer class labels, got {labels.dtype}")
+        if labels.numel() != logits.shape[0]:
+            raise ValueError(f"labels has {labels.numel()} entries for a batch of {logits.shape[0]} images")
+        if not torch.compiler.is_compiling() and labels.numel():
+            low, high = int(labels.min()), int(labels.max())
+            if (low < 0 and low != -100) or high >= num_labels:
+                raise ValueError(
+                    f"labels must be class indices in [0, {num_labels - 1}] (num_labels={num_labels}), got "
+                    f"values in [{low}, {high}]; check the dataset's labels or the model's num_labels"
+                )
+        return F.cross_entropy(logits.view(-1, num_labels), labels.long(), ignore_index=-100)
+    if labels.shape != logits.shape:
+        raise ValueError(
+            f"multi-label classification needs labels shaped like the logits {tuple(logits.shape)}, got "
+            f"{tuple(labels.shape)}"
+        )
+    return F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
+
+
+class Swinv2ForImageClassification(Swinv2PreTrainedModel):
+    """Swin V2 with a linear classifier on the average-pooled last hidden state."""
+
+    def __init__(self, config: Swinv2Config) -> None:
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.swinv2 = Swinv2Model(config)
+        self.classifier = (
+            nn.Linear(self.swinv2.num_features, config.num_labels) if config.num_labels > 0 else nn.Identity()
+        )
+        self.post_init()
+
+    def forward(
+        self,
+        pixel_values: Tensor | None = None,
+        head_mask: Tensor | Sequence[Tensor | None] | None = None,
+        labels: Tensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        interpolate_pos_encoding: bool = True,
+    ) -> Swinv2ImageClassifierOutput | tuple[Tensor, ...]:
+        """`pixel_values` `(B, C, H, W)` -> `logits` `(B, num_labels)`; `labels` `(B,)` (or `(B, num_labels)`
+        for multi-label) add the loss."""
+        return_dict = self.config.use_return_dict if return_dict is None else return_dict
+        outputs = self.swinv2(
+            pixel_values, head_mask=head_mask, output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states, return_dict=True,
+        )
+        logits = self.classifier(outputs.pooler_output)
+        loss = None if labels is None else classification_loss(logits, labels, self.config)
+        out = Swinv2ImageClassifierOutput(
+            loss, logits, outputs.hidden_states, outputs.attentions, outputs.reshaped_hidden_states
+        )
+        return out if return_dict else out.to_tuple()
+
+
+class Swinv2ForMaskedImageModeling(Swinv2PreTrainedModel):
+    """SimMIM: Swin V2 with mask tokens and a one-layer decoder (1x1 conv + pixel shuffle) to pixels.
+
+    The loss is the L1 distance on the masked patches only, averaged over their pixels and channels.
+    """
+
+    def __init__(self, config: Swinv2Config) -> None:
+        super().__init__(config)
+        self.swinv2 = Swinv2Model(config, add_pooling_layer=False, use_mask_token=True)
+        self.decoder = nn.Sequential(
+            nn.Conv2d(config.hidden_size, config.encoder_stride**2 * config.num_channels, kernel_size=1),
+            nn.PixelShuffle(config.encoder_stride),
+        )
+        self.post_init()
+
+    def forward(
+        self,
+        pixel_values: Tensor | None = None,
+        bool_masked_pos: Tensor | None = None,
+        head_mask: Tensor | Sequence[Tensor | None] | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        interpolate_pos_encoding: bool = True,
+    ) -> Swinv2MaskedImageModelingOutput | tuple[Tensor, ...]:
+        """`pixel_values` `(B, C, H, W)` -> `reconstruction` `(B, C, H, W)`; with `bool_masked_pos`
+        `(B, num_patches)` the masked patches are hidden from the encoder and the loss is computed on them."""
+        return_dict = self.config.use_return_dict if return_dict is None else return_dict
+        outputs = self.swinv2(
+            pixel_values, bool_masked_pos=bool_masked_pos, head_mask=head_mask,
+            output_attentions=output_attentions, output_hidden_states=output_hidden_states, return_dict=True,
+        )
+        batch, channels, height, width = pixel_values.shape
+        gh, gw = self.swinv2.output_grid(height, width)
+        features = outputs.last_hidden_state.transpose(1, 2).reshape(batch, -1, gh, gw)
+        reconstruction = self.decoder(features)
+        if reconstruction.shape[-2] >= height and reconstruction.shape[-1] >= width:
+            reconstruction = reconstruction[..., :height, :width]
+        loss = None
+        if bool_masked_pos is not None:
+            if reconstruction.shape[-2:] != pixel_values.shape[-2:]:
+                raise ValueError(
+                    f"the decoder reconstructs {tuple(reconstruction.shape[-2:])} pixels for a "
+                    f"{height}x{width} input: encoder_stride ({self.config.encoder_stride}) must equal "
+                    f"patch_size * 2**(num_stages - 1) = {self.config.patch_hw[0] * 2 ** (self.config.num_layers - 1)}"
+                )
+            grid = _grid_size(self.config, height, width)
+            mask = _check_bool_masked_pos(bool_masked_pos, batch, grid).reshape(batch, 1, *grid)
+            ph, pw = self.config.patch_hw
+            mask = mask.repeat_interleave(ph, 2).repeat_interleave(pw, 3)[..., :height, :width].to(pixel_values.dtype)
+            error = F.l1_loss(pixel_values, reconstruction.to(pixel_values.dtype), reduction="none")
+            loss = (error * mask).sum() / (mask.sum() + 1e-5) / channels
+        out = Swinv2MaskedImageModelingOutput(
+            loss, reconstruction, outputs.hidden_states, outputs.attentions, outputs.reshaped_hidden_states
+        )
+        return out if return_dict else out.to_tuple()
+
+
+class Swinv2Backbone(Swinv2PreTrainedModel):
+    """Swin V2 as a feature extractor: `(B, C_i, H_i, W_i)` maps of the stages named in `out_features`.
+
+    Stage maps are taken before each stage's patch merging; "stem" is the patch embedding.
+    """
+
+    def __init__(self, config: Swinv2Config) -> None:
+        super().__init__(config)
+        self.embeddings = PatchEmbeddings(
+            config.image_hw, config.patch_hw, config.num_channels, config.embed_dim,
+            False, config.use_absolute_embeddings, config.hidden_dropout_prob,
+        )
+        self.stages = build_stages(config)
+        self.num_features = [config.embed_dim] + [config.embed_dim * 2**i for i in range(config.num_layers)]
+        self.post_init()
+
+    @property
+    def stage_names(self) -> list[str]:
+        return self.config.stage_names
+
+    @property
+    def out_features(self) -> list[str]:
+        return self.config.out_features
+
+    @property
+    def out_indices(self) -> list[int]:
+        return self.config.out_indices
+
+    @property
+    def channels(self) -> list[int]:
+        return [self.num_features[i % len(self.num_features)] for i in self.out_indices]
+
+    def forward(
+        self,
+        pixel_values: Tensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        head_mask: Tensor | Sequence[Tensor | None] | None = None,
+    ) -> BackboneOutput | tuple[Tensor, ...]:
+        config = self.config
+        output_attentions = config.output_attentions if output_attentions is None else output_attentions
+        output_hidden_states = config.output_hidden_states if output_hidden_states is None else output_hidden_states
+        return_dict = config.use_return_dict if return_dict is None else return_dict
+        _check_pixel_values(pixel_values, config)
+        x = self.embeddings(pixel_values)
+        _, hidden, reshaped, attentions = run_stages(
+            self.stages, x, _stage_head_masks(head_mask, config), output_attentions, True, before_downsampling=True
+        )
+        wanted = set(self.out_features)
+        feature_maps = tuple(m for name, m in zip(self.stage_names, reshaped) if name in wanted)
+        out = BackboneOutput(feature_maps, hidden if output_hidden_states else None, attentions)
+        return out if return_dict else out.to_tuple()
