@@ -382,7 +382,14 @@ class Swinv2Config:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], **overrides: Any) -> Swinv2Config:
-        data = {**copy.deepcopy(data), **overrides}
+        data = copy.deepcopy(data)
+        if "num_labels" in overrides and "id2label" not in overrides:
+            # A new head size replaces the stored label names, as in transformers.
+            stored = data.get("id2label")
+            if stored is None or len(stored) != overrides["num_labels"]:
+                data.pop("id2label", None)
+                data.pop("label2id", None)
+        data.update(overrides)
         model_type = data.get("model_type", cls.model_type)
         if model_type not in (cls.model_type, "swin", None):
             raise ValueError(

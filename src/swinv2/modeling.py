@@ -167,7 +167,8 @@ def _check_pixel_values(pixel_values: Any, config: Swinv2Config) -> None:
         )
     channels = pixel_values.shape[1]
     if channels != config.num_channels:
-        hint = " (it looks channels-last: permute to (B, C, H, W))" if pixel_values.shape[-1] == config.num_channels else ""
+        channels_last = pixel_values.shape[-1] == config.num_channels
+        hint = " (it looks channels-last: permute to (B, C, H, W))" if channels_last else ""
         raise ValueError(
             f"pixel_values has {channels} channels but the model expects num_channels={config.num_channels}"
             f"{hint}; shape was {tuple(pixel_values.shape)}"

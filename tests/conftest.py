@@ -1,0 +1,79 @@
+"""Shared fixtures: small configs and transformers-made reference models with perturbed random weights."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import transformers
+
+import swinv2
+
+HF_CLASSES = {
+    "Swinv2Model": "Swinv2Model",
+    "Swinv2ForImageClassification": "Swinv2ForImageClassification",
+    "Swinv2ForMaskedImageModeling": "Swinv2ForMaskedImageModeling",
+    "Swinv2Backbone": "Swinv2Backbone",
+}
+
+# The parity configurations of the core issue, each small enough for a 2-core CI machine.
+PARITY_CONFIGS = {
+    "two_stage": dict(image_size=32, patch_size=4, embed_dim=16, depths=[2, 2], num_heads=[2, 4], window_size=4),
+    "four_stage_small_last": dict(
+        image_size=64, patch_size=4, embed_dim=16, depths=[1, 2, 2, 1], num_heads=[1, 2, 4, 8], window_size=4
+    ),
+    "not_divisible_by_window": dict(
+        image_size=44, patch_size=4, embed_dim=16, depths=[2, 2], num_heads=[2, 2], window_size=4
+    ),
+    "pretrained_windows": dict(
+        image_size=64, patch_size=4, embed_dim=16, depths=[2, 2, 2], num_heads=[2, 4, 4], window_size=8,
+        pretrained_window_sizes=[4, 4, 2],
+    ),
+    "one_channel": dict(
+        image_size=32, patch_size=4, num_channels=1, embed_dim=16, depths=[2, 2], num_heads=[2, 4], window_size=4
+    ),
+    "patch_not_dividing": dict(
+        image_size=30, patch_size=4, embed_dim=16, depths=[2, 1], num_heads=[2, 2], window_size=3,
+        encoder_stride=8,
+    ),
+}
+
+
+def perturb_(model: torch.nn.Module, generator: torch.Generator, scale: float = 0.2) -> None:
+    """Move every parameter away from its initial value so that a wrong mapping shows in the outputs.
+
+    LayerNorm weights stay near 1, logit scales stay below log(100) (the clamp) but differ per head.
+    """
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            noise = torch.randn(p.shape, generator=generator)
+            if name.endswith("logit_scale"):
+                p.copy_(math.log(10.0) + 0.5 * noise)
+            elif "norm" in name and name.endswith("weight") and p.dim() == 1:
+                p.copy_(1.0 + 0.2 * noise)
+            elif p.dim() == 1 or "mask_token" in name or "position_embeddings" in name:
+                p.copy_(scale * noise)
+            else:
+                p.add_(scale * noise * p.std().clamp(min=0.02))
+
+
+def hf_model(kind: str, config_kwargs: dict, seed: int = 0, **extra) -> torch.nn.Module:
+    """A transformers model with perturbed random weights, in eval mode."""
+    torch.manual_seed(seed)
+    config = transformers.Swinv2Config(**config_kwargs, **extra)
+    model = getattr(transformers, HF_CLASSES[kind])(config).eval()
+    perturb_(model, torch.Generator().manual_seed(seed + 1))
+    return model
+
+
+def ours_from_hf(kind: str, hf: torch.nn.Module, tmp_path) -> torch.nn.Module:
+    """Load a transformers model into ours through the real path: its save_pretrained, our from_pretrained."""
+    folder = tmp_path / f"hf-{kind}"
+    hf.save_pretrained(folder)
+    return getattr(swinv2, kind).from_pretrained(folder)
+
+
+@pytest.fixture
+def rng() -> torch.Generator:
+    return torch.Generator().manual_seed(1234)

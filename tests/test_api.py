@@ -1,0 +1,261 @@
+"""The documented API: output objects, return_dict, any input size, stochastic depth, loading options, errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import transformers
+from conftest import PARITY_CONFIGS, hf_model, perturb_
+
+import swinv2
+from swinv2 import Swinv2Config, Swinv2ForImageClassification, Swinv2Model
+from swinv2.checkpoints import CheckpointError
+
+SMALL = PARITY_CONFIGS["two_stage"]
+
+
+@pytest.fixture
+def classifier() -> Swinv2ForImageClassification:
+    torch.manual_seed(0)
+    model = Swinv2ForImageClassification(Swinv2Config(**SMALL, num_labels=3)).eval()
+    perturb_(model, torch.Generator().manual_seed(1))
+    return model
+
+
+def test_output_access_by_attribute_key_index_and_tuple(classifier, rng):
+    x = torch.randn(2, 3, 32, 32, generator=rng)
+    labels = torch.tensor([0, 2])
+    with torch.no_grad():
+        out = classifier(x, labels=labels, output_hidden_states=True)
+    assert isinstance(out, swinv2.Swinv2ImageClassifierOutput)
+    assert out.keys() == ["loss", "logits", "hidden_states", "reshaped_hidden_states"]
+    assert out["logits"] is out.logits and out[0] is out.loss and out[1] is out.logits
+    assert out.to_tuple()[2] is out.hidden_states and len(out) == 4 and "attentions" not in out
+    with pytest.raises(KeyError, match="attentions"):
+        out["attentions"]
+    assert dict(**out)["logits"] is out.logits
+
+
+def test_return_dict_false_gives_the_tuple(classifier, rng):
+    x = torch.randn(1, 3, 32, 32, generator=rng)
+    with torch.no_grad():
+        as_dict = classifier(x, output_attentions=True)
+        as_tuple = classifier(x, output_attentions=True, return_dict=False)
+        classifier.config.return_dict = False
+        from_config = classifier(x)
+    assert isinstance(as_tuple, tuple) and len(as_tuple) == 2
+    torch.testing.assert_close(as_tuple[0], as_dict.logits)
+    assert isinstance(from_config, tuple) and len(from_config) == 1
+
+
+def test_config_output_switches(rng):
+    config = Swinv2Config(**SMALL, output_hidden_states=True, output_attentions=True)
+    model = Swinv2Model(config).eval()
+    with torch.no_grad():
+        out = model(torch.randn(1, 3, 32, 32, generator=rng))
+    assert len(out.hidden_states) == 3 and len(out.attentions) == 2 and len(out.reshaped_hidden_states) == 3
+    assert out.reshaped_hidden_states[1].shape == (1, 32, 4, 4)
+
+
+def test_documented_example_shapes():
+    """The documentation's example: swinv2-tiny at 256 gives (1, 64, 768) and a (1, 3, 256, 256) reconstruction."""
+    config = Swinv2Config(image_size=256, window_size=8)
+    model = Swinv2Model(config).eval()
+    with torch.no_grad():
+        assert list(model(torch.randn(1, 3, 256, 256)).last_hidden_state.shape) == [1, 64, 768]
+    reference = transformers.Swinv2Model(transformers.Swinv2Config(image_size=256, window_size=8))
+    assert sum(p.numel() for p in model.parameters()) == sum(p.numel() for p in reference.parameters())
+
+
+@pytest.mark.parametrize("size", [(1, 1), (5, 3), (17, 33), (40, 24)])
+def test_any_input_size_runs_finite(size, classifier, rng):
+    x = torch.randn(2, 3, *size, generator=rng)
+    with torch.no_grad():
+        out = classifier(x, output_hidden_states=True)
+    assert out.logits.shape == (2, 3) and torch.isfinite(out.logits).all()
+    assert out.reshaped_hidden_states[0].shape[-2:] == (-(-size[0] // 4), -(-size[1] // 4))
+
+
+def test_window_one_has_no_nan(rng):
+    config = Swinv2Config(image_size=16, patch_size=4, embed_dim=8, depths=[2, 2], num_heads=[1, 2], window_size=1,
+                          pretrained_window_sizes=[1, 1])
+    model = Swinv2Model(config).eval()
+    with torch.no_grad():
+        out = model(torch.randn(1, 3, 16, 16, generator=rng), output_attentions=True)
+    assert torch.isfinite(out.last_hidden_state).all()
+    assert all(torch.allclose(a, torch.ones_like(a)) for a in out.attentions)  # one token per window
+
+
+def test_window_one_matches_transformers(tmp_path, rng):
+    config = dict(image_size=16, patch_size=4, embed_dim=8, depths=[2, 2], num_heads=[1, 2], window_size=1)
+    hf = hf_model("Swinv2Model", config)
+    hf.save_pretrained(tmp_path)
+    ours = Swinv2Model.from_pretrained(tmp_path)
+    x = torch.randn(1, 3, 16, 16, generator=rng)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x).last_hidden_state, hf(x).last_hidden_state, atol=1e-5, rtol=1e-5)
+
+
+def test_stochastic_depth_grows_linearly():
+    config = Swinv2Config(**SMALL, drop_path_rate=0.3)
+    model = Swinv2Model(config)
+    rates = [block.drop_path.drop_prob for stage in model.stages for block in stage.blocks]
+    torch.testing.assert_close(torch.tensor(rates), torch.linspace(0, 0.3, 4))
+
+
+def test_training_step_has_gradients_everywhere(rng):
+    config = Swinv2Config(**SMALL, num_labels=3, drop_path_rate=0.2, hidden_dropout_prob=0.1,
+                          attention_probs_dropout_prob=0.1)
+    model = Swinv2ForImageClassification(config).train()
+    out = model(torch.randn(4, 3, 32, 32, generator=rng), labels=torch.tensor([0, 1, 2, 1]))
+    out.loss.backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name
+    cpb = model.swinv2.stages[0].blocks[0].attn.cpb_mlp[0].weight.grad
+    assert cpb.abs().sum() > 0  # the position bias learns
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(rng):
+    config = Swinv2Config(**SMALL, num_labels=3, drop_path_rate=0.0)
+    torch.manual_seed(0)
+    plain = Swinv2ForImageClassification(config).train()
+    checkpointed = Swinv2ForImageClassification(config).train()
+    checkpointed.load_state_dict(plain.state_dict())
+    checkpointed.gradient_checkpointing_enable()
+    x, y = torch.randn(2, 3, 32, 32, generator=rng), torch.tensor([0, 2])
+    plain(x, labels=y).loss.backward()
+    checkpointed(x, labels=y).loss.backward()
+    for (name, a), b in zip(plain.named_parameters(), checkpointed.parameters()):
+        torch.testing.assert_close(a.grad, b.grad, atol=1e-6, rtol=1e-5, msg=name)
+
+
+def test_attention_cache_follows_weight_changes(classifier, rng):
+    """The folded bias/mask is cached in inference; changing the CPB weights must invalidate it."""
+    x = torch.randn(1, 3, 32, 32, generator=rng)
+    with torch.no_grad():
+        before = classifier.swinv2(x).last_hidden_state
+        classifier.swinv2.stages[0].blocks[1].attn.cpb_mlp[2].weight.normal_(0.0, 2.0, generator=rng)
+        after = classifier.swinv2(x).last_hidden_state
+        classifier.clear_attention_cache()
+        fresh = classifier.swinv2(x).last_hidden_state
+    assert (before - after).abs().max() > 1e-4  # a stale cache would give exactly the same output
+    torch.testing.assert_close(after, fresh)
+
+
+# ---------------------------------------------------------------------------------------------- loading options
+def test_from_pretrained_bin_folder_dtype_and_device(tmp_path, rng):
+    hf = hf_model("Swinv2ForImageClassification", SMALL, num_labels=3)
+    hf.save_pretrained(tmp_path, safe_serialization=False)
+    assert (tmp_path / "pytorch_model.bin").exists()
+    model = Swinv2ForImageClassification.from_pretrained(tmp_path, torch_dtype=torch.bfloat16, map_location="cpu")
+    assert model.dtype == torch.bfloat16 and model.device.type == "cpu" and not model.training
+    model = Swinv2ForImageClassification.from_pretrained(tmp_path, torch_dtype="float64")
+    x = torch.randn(1, 3, 32, 32, generator=rng)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x.double()).logits.float(), hf(x).logits, atol=1e-5, rtol=1e-5)
+
+
+def test_save_pretrained_round_trip_is_exact(classifier, tmp_path):
+    classifier.save_pretrained(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "model.safetensors"]
+    assert json.loads((tmp_path / "config.json").read_text())["architectures"] == ["Swinv2ForImageClassification"]
+    again = Swinv2ForImageClassification.from_pretrained(tmp_path)
+    for (name, a), b in zip(classifier.state_dict().items(), again.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
+def test_hub_id_from_offline_cache(tmp_path):
+    """A hub id resolves through huggingface_hub's cache; with HF_HUB_OFFLINE=1 nothing is fetched."""
+    hf = hf_model("Swinv2ForImageClassification", SMALL, num_labels=3)
+    snapshot = tmp_path / "hub" / "models--acme--tiny-swinv2" / "snapshots" / "0123456789abcdef"
+    hf.save_pretrained(snapshot)
+    (tmp_path / "hub" / "models--acme--tiny-swinv2" / "refs").mkdir()
+    (tmp_path / "hub" / "models--acme--tiny-swinv2" / "refs" / "main").write_text("0123456789abcdef")
+    code = (
+        "import torch, swinv2\n"
+        "m = swinv2.Swinv2ForImageClassification.from_pretrained('acme/tiny-swinv2')\n"
+        "print(m.config.num_labels, sum(p.numel() for p in m.parameters()))\n"
+        "try:\n"
+        "    swinv2.Swinv2ForImageClassification.from_pretrained('acme/not-cached')\n"
+        "except Exception as e:\n"
+        "    print('ERROR', type(e).__name__, e)\n"
+    )
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HOME": str(tmp_path)}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.strip().splitlines()
+    assert lines[0] == f"3 {sum(p.numel() for p in hf.parameters())}"
+    assert lines[1].startswith("ERROR CheckpointError") and "acme/not-cached" in lines[1]
+
+
+# ---------------------------------------------------------------------------------------------- bad input
+def test_wrong_channel_count(classifier):
+    with pytest.raises(ValueError, match="4 channels but the model expects num_channels=3"):
+        classifier(torch.randn(1, 4, 32, 32))
+    with pytest.raises(ValueError, match="channels-last"):
+        classifier(torch.randn(1, 32, 32, 3))
+
+
+def test_three_dimensional_input(classifier):
+    with pytest.raises(ValueError, match=r"4 dimensions.*unsqueeze\(0\)"):
+        classifier(torch.randn(3, 32, 32))
+
+
+def test_integer_input(classifier):
+    with pytest.raises(TypeError, match="floating-point"):
+        classifier(torch.randint(0, 255, (1, 3, 32, 32), dtype=torch.uint8))
+
+
+def test_labels_out_of_range(classifier):
+    with pytest.raises(ValueError, match=r"class indices in \[0, 2\]"):
+        classifier(torch.randn(2, 3, 32, 32), labels=torch.tensor([0, 3]))
+
+
+def test_bool_masked_pos_wrong_shape():
+    model = swinv2.Swinv2ForMaskedImageModeling(Swinv2Config(**SMALL, encoder_stride=8))
+    with pytest.raises(ValueError, match=r"\(batch, num_patches\) = \(1, 64\)"):
+        model(torch.randn(1, 3, 32, 32), bool_masked_pos=torch.zeros(1, 10, dtype=torch.bool))
+    with pytest.raises(ValueError, match="use_mask_token=True"):
+        Swinv2Model(Swinv2Config(**SMALL))(torch.randn(1, 3, 32, 32), bool_masked_pos=torch.zeros(1, 64).bool())
+
+
+def test_head_mask_wrong_shape(classifier):
+    with pytest.raises(ValueError, match="same number of heads in every stage"):
+        classifier(torch.randn(1, 3, 32, 32), head_mask=torch.ones(2))
+
+
+def test_folder_without_config_or_weights(tmp_path):
+    with pytest.raises(CheckpointError, match="no weights found"):
+        Swinv2Model.from_pretrained(tmp_path)
+    with pytest.raises(CheckpointError, match="neither a file nor a folder"):
+        Swinv2Model.from_pretrained(tmp_path / "missing" / "model")
+
+
+def test_missing_and_unexpected_keys_are_listed(classifier, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    classifier.save_pretrained(tmp_path)
+    state = load_file(tmp_path / "model.safetensors")
+    del state["swinv2.encoder.layers.1.blocks.0.layernorm_after.weight"]
+    state["swinv2.encoder.layers.0.blocks.0.extra_thing.weight"] = torch.zeros(2)
+    save_file(state, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(CheckpointError) as err:
+        Swinv2ForImageClassification.from_pretrained(tmp_path)
+    message = str(err.value)
+    assert "1 missing: swinv2.stages.1.blocks.0.norm2.weight" in message
+    assert "1 unexpected: swinv2.encoder.layers.0.blocks.0.extra_thing.weight" in message
+    assert "detected format: hf" in message
+
+
+def test_mismatched_config_and_weights(classifier, tmp_path):
+    classifier.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    config["embed_dim"], config["num_heads"] = 32, [2, 4]
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match="does not match the weights"):
+        Swinv2ForImageClassification.from_pretrained(tmp_path)

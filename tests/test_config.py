@@ -1,0 +1,120 @@
+"""Swinv2Config: documented defaults, transformers' config.json in both directions, validation."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import transformers
+
+from swinv2 import Swinv2Config
+
+DOCUMENTED_DEFAULTS = dict(
+    image_size=224, patch_size=4, num_channels=3, embed_dim=96, depths=[2, 2, 6, 2], num_heads=[3, 6, 12, 24],
+    window_size=7, pretrained_window_sizes=[0, 0, 0, 0], mlp_ratio=4.0, qkv_bias=True, hidden_dropout_prob=0.0,
+    attention_probs_dropout_prob=0.0, drop_path_rate=0.1, hidden_act="gelu", use_absolute_embeddings=False,
+    initializer_range=0.02, layer_norm_eps=1e-5, encoder_stride=32,
+)
+
+
+def test_documented_defaults():
+    config = Swinv2Config()
+    for name, value in DOCUMENTED_DEFAULTS.items():
+        assert getattr(config, name) == value, name
+    assert config.out_features == ["stage4"] and config.out_indices == [4]
+    assert config.stage_names == ["stem", "stage1", "stage2", "stage3", "stage4"]
+    assert config.num_layers == 4 and config.hidden_size == 768
+    assert config.num_labels == 2 and config.id2label == {0: "LABEL_0", 1: "LABEL_1"}
+    assert config.problem_type is None and config.use_return_dict
+    assert not config.output_hidden_states and not config.output_attentions
+
+
+def test_defaults_agree_with_transformers():
+    ours, theirs = Swinv2Config(), transformers.Swinv2Config()
+    for name in DOCUMENTED_DEFAULTS:
+        assert getattr(ours, name) == getattr(theirs, name), name
+    assert ours.out_features == theirs.out_features and ours.out_indices == theirs.out_indices
+
+
+def test_transformers_config_json_round_trip(tmp_path):
+    theirs = transformers.Swinv2Config(
+        image_size=192, window_size=12, embed_dim=128, depths=[2, 2, 18, 2], num_heads=[4, 8, 16, 32],
+        pretrained_window_sizes=[12, 12, 12, 6], id2label={0: "cat", 1: "dog", 2: "bird"},
+        out_features=["stage2", "stage4"], problem_type="single_label_classification", drop_path_rate=0.2,
+    )
+    theirs.save_pretrained(tmp_path / "theirs")
+    ours = Swinv2Config.from_pretrained(tmp_path / "theirs")
+    assert ours.embed_dim == 128 and ours.depths == [2, 2, 18, 2] and ours.pretrained_window_sizes == [12, 12, 12, 6]
+    assert ours.id2label == {0: "cat", 1: "dog", 2: "bird"} and ours.label2id == {"cat": 0, "dog": 1, "bird": 2}
+    assert ours.out_features == ["stage2", "stage4"] and ours.out_indices == [2, 4]
+    assert ours.problem_type == "single_label_classification" and ours.drop_path_rate == 0.2
+    ours.save_pretrained(tmp_path / "ours")
+    back = transformers.Swinv2Config.from_pretrained(tmp_path / "ours")
+    for name in [*DOCUMENTED_DEFAULTS, "out_features", "out_indices", "id2label", "problem_type"]:
+        assert getattr(back, name) == getattr(theirs, name), name
+    assert back.label2id == ours.label2id
+
+
+def test_unknown_keys_survive(tmp_path):
+    data = Swinv2Config(embed_dim=48).to_dict()
+    data["my_custom_field"] = {"nested": [1, 2]}
+    data["transformers_version"] = "4.57.6"
+    (tmp_path / "config.json").write_text(json.dumps(data))
+    config = Swinv2Config.from_pretrained(tmp_path)
+    config.save_pretrained(tmp_path / "again")
+    saved = json.loads((tmp_path / "again" / "config.json").read_text())
+    assert saved["my_custom_field"] == {"nested": [1, 2]} and saved["transformers_version"] == "4.57.6"
+    assert saved["model_type"] == "swinv2" and saved["embed_dim"] == 48
+
+
+def test_num_labels_and_label_maps():
+    config = Swinv2Config(num_labels=5)
+    assert config.num_labels == 5 and config.id2label[4] == "LABEL_4"
+    config.num_labels = 3
+    assert config.id2label == {0: "LABEL_0", 1: "LABEL_1", 2: "LABEL_2"}
+    config = Swinv2Config(id2label={"0": "a", "1": "b"})
+    assert config.num_labels == 2 and config.id2label == {0: "a", 1: "b"} and config.label2id == {"a": 0, "b": 1}
+
+
+@pytest.mark.parametrize(
+    "kwargs, field",
+    [
+        (dict(depths=[2, 2], num_heads=[3, 6, 12]), "num_heads"),
+        (dict(embed_dim=100, num_heads=[3, 6, 12, 24]), "embed_dim"),
+        (dict(window_size=0), "window_size"),
+        (dict(out_features=["stage9"]), "out_features"),
+        (dict(out_indices=[7]), "out_indices"),
+        (dict(out_features=["stage1"], out_indices=[2]), "out_features"),
+        (dict(patch_size=0), "patch_size"),
+        (dict(image_size="big"), "image_size"),
+        (dict(depths="2,2"), "depths"),
+        (dict(mlp_ratio=-1.0), "mlp_ratio"),
+        (dict(drop_path_rate=1.5), "drop_path_rate"),
+        (dict(hidden_act="wobble"), "hidden_act"),
+        (dict(qkv_bias="yes"), "qkv_bias"),
+        (dict(num_channels=0), "num_channels"),
+        (dict(problem_type="ranking"), "problem_type"),
+        (dict(layer_norm_eps=0.0), "layer_norm_eps"),
+        (dict(depths=[2, 2], num_heads=[3, 6], pretrained_window_sizes=[0]), "pretrained_window_sizes"),
+    ],
+)
+def test_invalid_values_name_the_field(kwargs, field):
+    with pytest.raises(ValueError, match=field):
+        Swinv2Config(**kwargs)
+
+
+def test_wrong_types_in_config_json(tmp_path):
+    data = Swinv2Config().to_dict()
+    data["depths"] = "2,2,6,2"
+    (tmp_path / "config.json").write_text(json.dumps(data))
+    with pytest.raises(ValueError, match="depths"):
+        Swinv2Config.from_pretrained(tmp_path)
+    (tmp_path / "config.json").write_text("{not json")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        Swinv2Config.from_pretrained(tmp_path)
+
+
+def test_other_model_type_is_refused(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "vit", "hidden_size": 768}))
+    with pytest.raises(ValueError, match="'vit'"):
+        Swinv2Config.from_pretrained(tmp_path)
