@@ -399,7 +399,11 @@ def load_into_model(
     own = model.state_dict()
     head_like = ("classifier.", "decoder.", "swinv2.embeddings.mask_token", "embeddings.mask_token")
     unexpected = [k for k in state if k not in own]
-    ignored_heads = [k for k in unexpected if k.startswith(HEAD_PREFIXES) or k == "norm.weight" or k == "norm.bias"]
+    # A SimMIM checkpoint's mask token is of no use to the other heads: dropped, as transformers does.
+    ignored_heads = [
+        k for k in unexpected
+        if k.startswith(HEAD_PREFIXES) or k in ("norm.weight", "norm.bias") or k.endswith("embeddings.mask_token")
+    ]
     unexpected = [k for k in unexpected if k not in ignored_heads]
     mismatched = [k for k in state if k in own and state[k].shape != own[k].shape]
     fresh: list[str] = []

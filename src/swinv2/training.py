@@ -1,0 +1,1362 @@
+"""Fine-tuning and SimMIM pre-training: the loops, their checkpoints, their metrics and plots.
+
+    from swinv2.training import TrainConfig, train, evaluate
+    result = train(TrainConfig(task="classification", data="fashion-mnist", model="config.json",
+                               output="runs/fmnist", epochs=5, batch_size=128, lr=1e-3))
+    print(result.metrics["top1"], result.best)           # best/ and last/ load with from_pretrained
+    print(evaluate(result.best, "fashion-mnist").top1)
+
+A run folder holds `train_config.json` (the resolved configuration), `metrics.jsonl` (one JSON record per
+line: `kind` "train" every `log_every` steps, "val" or "epoch" at each epoch end), `checkpoints/` (full
+training state, written atomically), `best/` and `last/` (exported with `save_pretrained` plus the image
+processor's `preprocessor_config.json`), PNG plots and, when the `tensorboard` package is installed,
+`tensorboard/`.
+
+Reproducibility: items are augmented with seeds derived from `(seed, epoch, index)` (see `data.py`) and the
+global RNG is re-seeded from `(seed, step, rank)` before every optimiser step (dropout, stochastic depth,
+Mixup), so a run killed and resumed from a checkpoint ends with the same weights as an uninterrupted one,
+and `torchrun --nproc-per-node N` with batch B/N per process follows one process with batch B.
+
+Needs torchvision, tqdm and matplotlib (the `train` extra); pyyaml for YAML config files.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import itertools
+import json
+import logging
+import math
+import os
+import random
+import sys
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tomllib
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .checkpoints import CheckpointError, atomic_write
+from .config import CONFIG_NAME, Swinv2Config
+from .data import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    AugmentedDataset,
+    DataError,
+    DataSpec,
+    MaskGenerator,
+    batch_mixer,
+    build_classification_data,
+    build_eval_data,
+    build_pretraining_data,
+    classification_train_transform,
+    item_seed,
+    simmim_transform,
+)
+from .modeling import Swinv2ForImageClassification, Swinv2ForMaskedImageModeling, Swinv2PreTrainedModel
+
+logger = logging.getLogger("swinv2")
+
+TASKS = ("classification", "simmim")
+AMP_MODES = ("none", "bf16", "fp16")
+CHECKPOINT_DIR = "checkpoints"
+METRICS_FILE = "metrics.jsonl"
+RUN_CONFIG_FILE = "train_config.json"
+EVAL_FILE = "eval.json"
+
+
+class TrainingError(ValueError):
+    """A training or evaluation request that cannot run; the message names the problem and the fix."""
+
+
+# ---------------------------------------------------------------------------------------------- configuration
+@dataclass
+class TrainConfig:
+    """Everything a run needs. `swinv2 train/pretrain` fill it from flags over an optional YAML/TOML file.
+
+    Steps are optimiser steps; one consumes `batch_size * grad_accum_steps * world_size` images.
+    """
+
+    task: str = "classification"  # "classification" (swinv2 train) or "simmim" (swinv2 pretrain)
+    data: str = ""  # "fashion-mnist", a folder of class folders (train/ + val/ or split), or of images
+    model: str = ""  # a config.json, a checkpoint folder or file, or a preset name
+    output: str = ""  # the run folder
+    epochs: int = 10
+    max_steps: int | None = None  # stop after this many steps (overrides epochs)
+    batch_size: int = 64  # per process
+    grad_accum_steps: int = 1
+    lr: float = 5e-4  # peak learning rate, reached after the warm-up
+    min_lr: float = 1e-6  # end of the cosine decay
+    warmup_epochs: float = 1.0
+    warmup_steps: int | None = None  # overrides warmup_epochs
+    weight_decay: float = 0.05
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    layer_decay: float = 1.0  # layer-wise lr decay for fine-tuning (the SimMIM recipe uses 0.9 for Swin V2)
+    clip_grad: float | None = 5.0
+    amp: str = "none"  # "none", "bf16", or "fp16" (with a gradient scaler)
+    ema_decay: float | None = None  # keep an exponential moving average of the weights (evaluated, exported)
+    gradient_checkpointing: bool = False
+    drop_path_rate: float | None = None  # overrides the model config's
+    # classification data
+    label_smoothing: float = 0.1
+    mixup: float = 0.0  # Mixup alpha (0: off)
+    cutmix: float = 0.0  # CutMix alpha (0: off)
+    randaugment: int = 0  # RandAugment magnitude with 2 ops (0: off; the reference recipe uses 9)
+    crop_scale: tuple[float, float] | None = None  # RandomResizedCrop scale; default (0.08, 1) / (0.67, 1)
+    hflip: float = 0.5
+    val_fraction: float = 0.1  # used when the data folder has no val/ split
+    limit_train: int | None = None  # use a seeded random subset of this many training images
+    limit_val: int | None = None
+    image_mean: tuple[float, ...] = IMAGENET_MEAN
+    image_std: tuple[float, ...] = IMAGENET_STD
+    new_head: bool = False  # replace a checkpoint's classifier whose classes differ from the data's
+    # SimMIM
+    mask_patch_size: int = 32
+    mask_ratio: float = 0.6
+    norm_targets: bool = False  # Microsoft's local normalisation of the reconstruction targets
+    norm_target_window: int = 47
+    # running
+    num_workers: int = 2
+    seed: int = 0
+    device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1", ...
+    fsdp: bool = False  # shard with FSDP2 fully_shard under torchrun
+    checkpoint_every: int = 500  # steps; a checkpoint is also written at every epoch end and at the end
+    keep_checkpoints: int = 2
+    log_every: int = 10
+    resume: str | None = None  # None: fresh; "latest": the run folder's newest good checkpoint (required);
+    #                            "auto": resume if there is one; or a checkpoint file / run folder
+    progress: bool = True
+    tensorboard: bool = True
+    config_file: str | None = None  # where the values came from (recorded only)
+
+    def validate(self) -> None:
+        def need(ok: bool, message: str) -> None:
+            if not ok:
+                raise TrainingError(message)
+
+        need(self.task in TASKS, f"task must be one of {TASKS}, got {self.task!r}")
+        need(bool(self.data), "no data given: pass --data DIR (or --data fashion-mnist)")
+        need(bool(self.output), "no output folder given: pass --output DIR")
+        need(bool(self.model) or self.resume not in (None, "auto"),
+             "no model given: pass --model with a config.json, a checkpoint folder or a preset name")
+        need(self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}")
+        need(self.max_steps is None or self.max_steps >= 1, f"max_steps must be >= 1, got {self.max_steps}")
+        need(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
+        need(self.grad_accum_steps >= 1, f"grad_accum_steps must be >= 1, got {self.grad_accum_steps}")
+        need(self.lr > 0 and self.min_lr >= 0, f"lr must be > 0 and min_lr >= 0, got {self.lr}, {self.min_lr}")
+        need(self.min_lr <= self.lr, f"min_lr ({self.min_lr}) must not exceed lr ({self.lr})")
+        need(0 < self.layer_decay <= 1, f"layer_decay must be in (0, 1], got {self.layer_decay}")
+        need(self.amp in AMP_MODES, f"amp must be one of {AMP_MODES}, got {self.amp!r}")
+        need(self.ema_decay is None or 0 < self.ema_decay < 1, f"ema_decay must be in (0, 1), got {self.ema_decay}")
+        need(0 <= self.label_smoothing < 1, f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        need(self.mixup >= 0 and self.cutmix >= 0, "mixup and cutmix alphas must be >= 0")
+        need(self.checkpoint_every >= 1 and self.keep_checkpoints >= 1 and self.log_every >= 1,
+             "checkpoint_every, keep_checkpoints and log_every must be >= 1")
+        need(self.norm_target_window % 2 == 1, f"norm_target_window must be odd, got {self.norm_target_window}")
+        need(len(self.image_mean) == len(self.image_std), "image_mean and image_std must have the same length")
+        need(not (self.fsdp and self.ema_decay), "--fsdp and --ema-decay cannot be combined: drop one of them")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> TrainConfig:
+        """Build from a mapping (a config file's content); unknown keys are an error naming the valid ones."""
+        names = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - set(names))
+        if unknown:
+            raise TrainingError(f"unknown training setting(s) {unknown}; valid ones: {', '.join(sorted(names))}")
+        converted = {}
+        for key, value in values.items():
+            if isinstance(value, list):
+                value = tuple(value)
+            converted[key] = value
+        return cls(**converted)
+
+
+def load_config_file(path: str | os.PathLike) -> dict[str, Any]:
+    """A YAML (.yaml/.yml), TOML (.toml) or JSON (.json) file of `TrainConfig` fields, as a dict."""
+    path = Path(path)
+    if not path.is_file():
+        raise TrainingError(f"the config file {path} does not exist; check the --config path")
+    text = path.read_text(encoding="utf-8")
+    try:
+        if path.suffix in (".yaml", ".yml"):
+            try:
+                import yaml
+            except ImportError as err:
+                raise TrainingError("YAML config files need pyyaml: pip install 'swinv2[train]'") from err
+            values = yaml.safe_load(text) or {}
+        elif path.suffix == ".toml":
+            values = tomllib.loads(text)
+        elif path.suffix == ".json":
+            values = json.loads(text)
+        else:
+            raise TrainingError(f"{path}: config files must end in .yaml, .yml, .toml or .json")
+    except (ValueError, tomllib.TOMLDecodeError) as err:
+        if isinstance(err, TrainingError):
+            raise
+        raise TrainingError(f"{path} could not be parsed ({err}); fix the file") from err
+    except Exception as err:  # yaml.YAMLError and friends
+        raise TrainingError(f"{path} could not be parsed ({err}); fix the file") from err
+    if not isinstance(values, dict):
+        raise TrainingError(f"{path} must hold a mapping of setting names to values")
+    return {k.replace("-", "_"): v for k, v in values.items()}
+
+
+def resolve_config(config_file: str | None, overrides: Mapping[str, Any], **defaults: Any) -> TrainConfig:
+    """`defaults`, then the config file's values, then `overrides` (the flags given): the last one wins."""
+    values = dict(defaults)
+    if config_file:
+        values.update(load_config_file(config_file))
+        values["config_file"] = str(config_file)
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    config = TrainConfig.from_dict(values)
+    config.validate()
+    return config
+
+
+# ---------------------------------------------------------------------------------------------- optimisation
+NO_DECAY_NAMES = ("logit_scale", "cpb_mlp", "mask_token", "position_embeddings", "q_bias", "v_bias")
+
+
+def skip_weight_decay(name: str, param: Tensor) -> bool:
+    """Norms, biases, the attention temperature, the continuous position bias MLP, the mask token and the
+    absolute positions are not decayed (as in the Microsoft recipe)."""
+    return param.dim() <= 1 or name.endswith(".bias") or any(key in name for key in NO_DECAY_NAMES)
+
+
+def layer_id(name: str, depths: Sequence[int]) -> int:
+    """Depth of a parameter for layer-wise lr decay: 0 for the patch embedding (and mask token), `k` for the
+    k-th block overall (1-based; patch merging goes with its stage's last block), `sum(depths) + 1` for the
+    final norm and the heads."""
+    name = name.removeprefix("module.").removeprefix("swinv2.")
+    if name.startswith("embeddings."):
+        return 0
+    if name.startswith("stages."):
+        parts = name.split(".")
+        stage = int(parts[1])
+        if parts[2] == "blocks":
+            return sum(depths[:stage]) + int(parts[3]) + 1
+        return sum(depths[: stage + 1])
+    return sum(depths) + 1
+
+
+def param_groups(
+    model: nn.Module, weight_decay: float, layer_decay: float = 1.0, depths: Sequence[int] | None = None
+) -> list[dict[str, Any]]:
+    """AdamW parameter groups: with/without weight decay, times one lr scale per layer when
+    `layer_decay < 1` (`lr_scale = layer_decay ** (num_layers + 1 - layer_id)`). Each group has
+    `weight_decay`, `lr_scale` and `names`."""
+    groups: dict[tuple[int, bool], dict[str, Any]] = {}
+    top = sum(depths) + 1 if depths is not None else 0
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        decay = not skip_weight_decay(name, param)
+        depth = layer_id(name, depths) if layer_decay < 1.0 and depths is not None else top
+        group = groups.setdefault((depth, decay), {
+            "params": [], "names": [], "weight_decay": weight_decay if decay else 0.0,
+            "lr_scale": layer_decay ** (top - depth),
+        })
+        group["params"].append(param)
+        group["names"].append(name)
+    return [groups[key] for key in sorted(groups)]
+
+
+def lr_factor(step: int, total_steps: int, warmup_steps: int, min_ratio: float) -> float:
+    """Multiplier of the peak lr at optimiser step `step` (0-based): linear warm-up from `1/warmup` to 1 over
+    `warmup_steps`, then a cosine from 1 down to `min_ratio` at `total_steps`."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    decay_steps = max(1, total_steps - warmup_steps)
+    progress = min(1.0, (step - warmup_steps) / decay_steps)
+    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def build_optimizer(model: nn.Module, config: TrainConfig, depths: Sequence[int]) -> torch.optim.AdamW:
+    groups = param_groups(model, config.weight_decay, config.layer_decay, depths)
+    for group in groups:
+        group["lr"] = config.lr * group["lr_scale"]
+        del group["names"]
+    return torch.optim.AdamW(groups, lr=config.lr, betas=tuple(config.betas), eps=config.eps)
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int,
+                    min_ratio: float) -> torch.optim.lr_scheduler.LambdaLR:
+    """Cosine with linear warm-up, stepped once per optimiser step; each group keeps its layer-decay scale."""
+    schedule = functools.partial(lr_factor, total_steps=total_steps, warmup_steps=warmup_steps, min_ratio=min_ratio)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+
+
+def norm_targets(pixels: Tensor, window: int) -> Tensor:
+    """SimMIM's target normalisation: each pixel minus the mean, over the std, of its `window x window`
+    neighbourhood (per channel; the unbiased variance over the pixels inside the image). `(B, C, H, W)`."""
+    if window % 2 != 1:
+        raise ValueError(f"the normalisation window must be odd, got {window}")
+    pad = window // 2
+    mean = F.avg_pool2d(pixels, window, stride=1, padding=pad, count_include_pad=False)
+    mean_sq = F.avg_pool2d(pixels * pixels, window, stride=1, padding=pad, count_include_pad=False)
+    ones = torch.ones_like(pixels[:1, :1])
+    count = F.avg_pool2d(ones, window, stride=1, padding=pad, count_include_pad=True) * window**2
+    var = ((mean_sq - mean * mean) * (count / (count - 1).clamp(min=1))).clamp(min=0)
+    return (pixels - mean) / (var + 1e-6).sqrt()
+
+
+def masked_pixels(bool_masked_pos: Tensor, patch_size: tuple[int, int], height: int, width: int) -> Tensor:
+    """`(B, num_patches)` patch mask -> `(B, 1, H, W)` float pixel mask."""
+    ph, pw = patch_size
+    grid = (math.ceil(height / ph), math.ceil(width / pw))
+    mask = bool_masked_pos.reshape(-1, 1, *grid).float()
+    return mask.repeat_interleave(ph, 2).repeat_interleave(pw, 3)[..., :height, :width]
+
+
+def simmim_loss(pixel_values: Tensor, reconstruction: Tensor, bool_masked_pos: Tensor,
+                patch_size: tuple[int, int], norm_window: int | None = None) -> Tensor:
+    """L1 between reconstruction and target over the masked pixels, per channel, as the model's own loss;
+    with `norm_window` the targets are locally normalised first (`norm_targets`)."""
+    target = pixel_values.float()
+    if norm_window:
+        target = norm_targets(target, norm_window)
+    mask = masked_pixels(bool_masked_pos, patch_size, *pixel_values.shape[-2:])
+    error = F.l1_loss(reconstruction.float(), target, reduction="none")
+    return (error * mask).sum() / (mask.sum() + 1e-5) / pixel_values.shape[1]
+
+
+# ---------------------------------------------------------------------------------------------- processes
+@dataclass
+class Distributed:
+    """This process's place under torchrun (rank 0 of 1 otherwise) and its device."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def all_reduce(self, tensor: Tensor) -> Tensor:
+        """Sum over processes (in place) and return it."""
+        if self.enabled:
+            torch.distributed.all_reduce(tensor)
+        return tensor
+
+    def barrier(self) -> None:
+        if self.enabled:
+            torch.distributed.barrier()
+
+
+def setup_distributed(device: str = "auto") -> Distributed:
+    """Join the torchrun process group (nccl on GPU, gloo on CPU) when WORLD_SIZE > 1, and pick the device."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise TrainingError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu")
+        dev = torch.device("cuda", local_rank if dev.index is None else dev.index)
+        torch.cuda.set_device(dev)
+    if world > 1 and not torch.distributed.is_initialized():
+        backend = "nccl" if dev.type == "cuda" else "gloo"
+        torch.distributed.init_process_group(backend=backend, device_id=dev if dev.type == "cuda" else None)
+    return Distributed(rank, world, local_rank, dev)
+
+
+# ---------------------------------------------------------------------------------------------- the model
+def _architectures(config: Swinv2Config) -> list[str]:
+    return list(config.extra.get("architectures") or [])
+
+
+ARCH_FIELDS = ("image_size", "patch_size", "num_channels", "embed_dim", "depths", "num_heads", "window_size",
+               "mlp_ratio", "use_absolute_embeddings")
+
+
+def _set_labels(config: Swinv2Config, class_names: Sequence[str]) -> None:
+    config.id2label = {i: str(name) for i, name in enumerate(class_names)}
+    config.label2id = {str(name): i for i, name in enumerate(class_names)}
+
+
+def _load_source(source: str) -> tuple[Swinv2Config, str | None]:
+    """`(config, weights source or None)` for `--model`: a config.json (fresh weights), a folder with a
+    config.json (and weights, if any), a weights file, or a preset / hub name."""
+    from .checkpoints import find_weights
+
+    path = Path(source).expanduser()
+    try:
+        if path.is_file() and path.suffix == ".json":
+            return Swinv2Config.from_json_file(path), None
+        if path.is_dir():
+            if not (path / CONFIG_NAME).is_file():
+                raise TrainingError(
+                    f"--model {source}: the folder has no {CONFIG_NAME}; give a folder written by save_pretrained "
+                    "(config.json + model.safetensors) or a config.json file"
+                )
+            return Swinv2Config.from_json_file(path / CONFIG_NAME), (str(path) if find_weights(path) else None)
+        if path.is_file():
+            return Swinv2Config.from_pretrained(path), str(path)
+        config = Swinv2Config.from_pretrained(source)
+    except (CheckpointError, ValueError, OSError) as err:
+        if isinstance(err, TrainingError):
+            raise
+        raise TrainingError(
+            f"--model {source}: {err}. Give a config.json, a checkpoint folder (config.json + weights) or a preset name"
+        ) from err
+    from .checkpoints import resolve_source
+
+    try:
+        _, weights = resolve_source(source)
+    except CheckpointError:
+        weights = None
+    return config, (source if weights is not None else None)
+
+
+def build_model(config: TrainConfig, class_names: Sequence[str] | None) -> tuple[Swinv2PreTrainedModel, str]:
+    """The model `config.model` names, ready for `config.task`; returns it and a line saying what was loaded.
+
+    Classification: a checkpoint's classifier is kept when its classes match the data's; otherwise it is an
+    error unless `new_head` (a checkpoint without a classifier, e.g. a SimMIM one, always gets a new head).
+    """
+    model_config, weights = _load_source(config.model)
+    if config.drop_path_rate is not None:
+        model_config.drop_path_rate = config.drop_path_rate
+    model_config.use_gradient_checkpointing = bool(config.gradient_checkpointing)
+    if config.task == "classification":
+        assert class_names is not None
+        has_head = weights is not None and "Swinv2ForImageClassification" in _architectures(model_config)
+        if has_head and model_config.num_labels != len(class_names) and not config.new_head:
+            raise TrainingError(
+                f"the data has {len(class_names)} classes but the classifier of {config.model} has "
+                f"{model_config.num_labels}: its labels would be out of range. Pass --new-head to replace the "
+                "classifier, or train on data with the checkpoint's classes"
+            )
+        replace = not has_head or config.new_head
+        _set_labels(model_config, class_names)
+        model_config.problem_type = "single_label_classification"
+        cls: type[Swinv2PreTrainedModel] = Swinv2ForImageClassification
+    else:
+        replace = False
+        cls = Swinv2ForMaskedImageModeling
+        stride = model_config.patch_hw[0] * 2 ** (model_config.num_layers - 1)
+        if model_config.encoder_stride != stride:
+            raise TrainingError(
+                f"SimMIM needs encoder_stride = patch_size * 2**(stages - 1) = {stride}, the model config has "
+                f"{model_config.encoder_stride}; set \"encoder_stride\": {stride} in the config.json"
+            )
+    if weights is None:
+        torch.manual_seed(config.seed)  # the same initial weights in every process and every run
+        return cls(model_config), f"new {cls.__name__} from {config.model}"
+    import warnings
+
+    with warnings.catch_warnings():
+        if replace:  # a new head is what was asked for: no warning about its fresh weights
+            warnings.simplefilter("ignore")
+        torch.manual_seed(config.seed)
+        try:
+            model = cls.from_pretrained(weights, config=model_config, ignore_mismatched_sizes=replace)
+        except CheckpointError as err:
+            raise TrainingError(f"--model {config.model} cannot be loaded as a Swin V2 model: {err}") from err
+    return model, f"{cls.__name__} from the weights of {weights}" + (" with a new classifier" if replace else "")
+
+
+# ---------------------------------------------------------------------------------------------- checkpoints
+def _check_writable(folder: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise TrainingError(
+            f"cannot write to the output folder {folder} ({err.strerror or err}); choose another --output"
+        ) from err
+
+
+def checkpoint_path(run: Path, step: int) -> Path:
+    return run / CHECKPOINT_DIR / f"step_{step:08d}.pt"
+
+
+def list_checkpoints(run: Path) -> list[Path]:
+    """The run's checkpoints, newest first."""
+    folder = run / CHECKPOINT_DIR
+    if not folder.is_dir():
+        return []
+    return sorted(folder.glob("step_*.pt"), reverse=True)
+
+
+def read_checkpoint(path: Path) -> dict[str, Any]:
+    """A training checkpoint (tensors and plain values only: `weights_only=True`)."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(state, dict) or "model" not in state or "step" not in state:
+        raise CheckpointError(f"{path} is not a swinv2 training checkpoint (no model/step entries)")
+    return state
+
+
+def latest_checkpoint(target: Path) -> tuple[Path, dict[str, Any]] | None:
+    """The newest checkpoint of a run folder (or the given file) that loads; unreadable ones are reported
+    and skipped (a crash while writing cannot leave one, but a full disk or a copy can)."""
+    candidates = [target] if target.is_file() else list_checkpoints(target)
+    for path in candidates:
+        try:
+            return path, read_checkpoint(path)
+        except Exception as err:  # a damaged file: take the one before it
+            logger.warning("skipping the unreadable checkpoint %s: %s", path, err)
+    return None
+
+
+def _rng_state() -> dict[str, Any]:
+    np_state = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": (np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: Mapping[str, Any]) -> None:
+    random.setstate(tuple(v if not isinstance(v, list) else tuple(v) for v in state["python"]))
+    name, keys, *rest = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _full_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
+    """Unsharded model and optimiser states on the CPU, whether the model is plain, DDP or FSDP
+    (a collective under torchrun: every rank calls it)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
+
+    distributed = torch.distributed.is_initialized()
+    options = StateDictOptions(full_state_dict=True, cpu_offload=distributed)
+    return get_state_dict(model, optimizer, options=options)
+
+
+def _load_full_state(model: nn.Module, optimizer: torch.optim.Optimizer, model_state: dict, optim_state: dict) -> None:
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
+
+    set_state_dict(model, optimizer, model_state_dict=model_state, optim_state_dict=optim_state,
+                   options=StateDictOptions(full_state_dict=True))
+
+
+# ---------------------------------------------------------------------------------------------- metrics files
+def read_metrics(run: str | os.PathLike) -> list[dict[str, Any]]:
+    """The records of a run's metrics.jsonl (an unfinished last line, from a kill, is ignored)."""
+    path = Path(run) / METRICS_FILE
+    if not path.is_file():
+        return []
+    records = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return records
+
+
+def _append_metrics(run: Path, record: Mapping[str, Any]) -> None:
+    with open(run / METRICS_FILE, "a", encoding="utf-8") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def _truncate_metrics(run: Path, step: int) -> None:
+    """Drop the records written after `step`: a resumed run writes them again."""
+    kept = [r for r in read_metrics(run) if r.get("step", 0) <= step]
+    text = "".join(json.dumps(r) + "\n" for r in kept)
+    atomic_write(run / METRICS_FILE, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+
+
+class _TensorBoard:
+    """Scalars to `run/tensorboard` when the tensorboard package is installed (silently off otherwise)."""
+
+    def __init__(self, run: Path, enabled: bool) -> None:
+        self.writer = None
+        if enabled:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                logger.info("tensorboard is not installed: no TensorBoard logs (pip install tensorboard)")
+                return
+            self.writer = SummaryWriter(str(run / "tensorboard"))
+
+    def log(self, record: Mapping[str, Any]) -> None:
+        if self.writer is None:
+            return
+        for key, value in record.items():
+            if key not in ("kind", "step", "epoch") and isinstance(value, (int, float)):
+                self.writer.add_scalar(f"{record['kind']}/{key}", value, record["step"])
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+# ---------------------------------------------------------------------------------------------- export
+def image_processor(config: Swinv2Config, mean: Sequence[float], std: Sequence[float]):
+    """The `Swinv2ImageProcessor` that reproduces the evaluation transform of a run."""
+    from .processing import Swinv2ImageProcessor
+
+    height, width = config.image_hw
+    return Swinv2ImageProcessor(
+        do_resize=True, size={"height": height, "width": width}, resample=3, do_rescale=True,
+        rescale_factor=1 / 255, do_normalize=True, image_mean=list(mean), image_std=list(std),
+    )
+
+
+def export_model(model: Swinv2PreTrainedModel, folder: Path, mean: Sequence[float], std: Sequence[float]) -> None:
+    """`save_pretrained` plus `preprocessor_config.json`: what `swinv2 predict` and transformers load."""
+    model.save_pretrained(folder)
+    image_processor(model.config, mean, std).save_pretrained(folder)
+
+
+# ---------------------------------------------------------------------------------------------- evaluation
+@dataclass
+class EvalResult:
+    """Classification metrics; `confusion[i][j]` counts images of true class i predicted as j."""
+
+    loss: float
+    top1: float
+    top5: float
+    per_class: dict[str, float]
+    confusion: list[list[int]]
+    class_names: list[str]
+    num_images: int
+    images_per_second: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+class _Shard(torch.utils.data.Dataset):
+    """Items `rank, rank + world, ...` of a dataset, padded to the same length on every rank with items
+    labelled -1 (ignored by the metrics), so that collectives inside the forward (FSDP) stay in step."""
+
+    def __init__(self, dataset: torch.utils.data.Dataset, rank: int, world: int) -> None:
+        self.dataset = dataset
+        self.indices = list(range(rank, len(dataset), world))
+        self.length = math.ceil(len(dataset) / world)
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, i: int) -> tuple[Tensor, int]:
+        if i < len(self.indices):
+            return self.dataset[self.indices[i]]
+        pixels, _ = self.dataset[self.indices[0] if self.indices else 0]
+        return pixels, -1
+
+
+def _autocast(device: torch.device, amp: str):
+    if amp == "none":
+        return torch.autocast(device.type, enabled=False)
+    return torch.autocast(device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
+
+
+@torch.no_grad()
+def _evaluate_loader(model: nn.Module, dataset: torch.utils.data.Dataset, num_classes: int, dist: Distributed,
+                     batch_size: int, num_workers: int, amp: str, progress: bool = False) -> dict[str, Any]:
+    from tqdm.auto import tqdm
+
+    was_training = model.training
+    model.eval()
+    loader = torch.utils.data.DataLoader(_Shard(dataset, dist.rank, dist.world_size), batch_size=batch_size,
+                                         num_workers=num_workers, pin_memory=dist.device.type == "cuda")
+    device = dist.device
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    top5_hits = torch.zeros((), dtype=torch.float64, device=device)
+    confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
+    start = time.perf_counter()
+    for pixels, labels in tqdm(loader, desc="evaluate", leave=False, disable=not (progress and dist.main)):
+        pixels, labels = pixels.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+        with _autocast(device, amp):
+            logits = model(pixel_values=pixels).logits.float()
+        valid = labels >= 0
+        logits, labels = logits[valid], labels[valid]
+        loss_sum += F.cross_entropy(logits, labels, reduction="sum").double()
+        k = min(5, num_classes)
+        top5_hits += (logits.topk(k, dim=-1).indices == labels[:, None]).any(-1).sum()
+        confusion += torch.bincount(labels * num_classes + logits.argmax(-1),
+                                    minlength=num_classes**2).view(num_classes, num_classes)
+    elapsed = time.perf_counter() - start
+    dist.all_reduce(loss_sum)
+    dist.all_reduce(top5_hits)
+    dist.all_reduce(confusion)
+    model.train(was_training)
+    count = int(confusion.sum())
+    return {"loss": float(loss_sum) / max(count, 1), "top1": float(confusion.diag().sum()) / max(count, 1),
+            "top5": float(top5_hits) / max(count, 1), "confusion": confusion.cpu(), "count": count,
+            "img_per_s": count / max(elapsed, 1e-9)}
+
+
+def _eval_result(raw: Mapping[str, Any], class_names: Sequence[str]) -> EvalResult:
+    confusion = raw["confusion"]
+    totals = confusion.sum(1).clamp(min=1)
+    per_class = {name: float(confusion[i, i] / totals[i]) for i, name in enumerate(class_names)}
+    return EvalResult(raw["loss"], raw["top1"], raw["top5"], per_class, confusion.tolist(), list(class_names),
+                      raw["count"], raw["img_per_s"])
+
+
+def _label_order(model_config: Swinv2Config, class_names: Sequence[str], source: str) -> list[str]:
+    """Check that the data's classes fit the model's head; returns the class names in the model's order."""
+    names = [model_config.id2label[i] for i in range(model_config.num_labels)]
+    if len(class_names) > model_config.num_labels:
+        raise TrainingError(
+            f"the data has {len(class_names)} classes but the classifier of {source} has {model_config.num_labels}: "
+            "labels would be out of range. Evaluate on data with the model's classes "
+            f"({', '.join(names)}), or fine-tune the model on this data first"
+        )
+    if not set(class_names) <= set(names):  # the model's labels are generic (LABEL_0, ...): take the data's
+        return list(class_names) + names[len(class_names):]
+    if list(class_names) != names[: len(class_names)]:
+        raise TrainingError(
+            f"the data's class folders ({', '.join(class_names)}) are in another order than the model's labels "
+            f"({', '.join(names)}); name the folders so that they sort in the model's order"
+        )
+    return names
+
+
+def evaluate(
+    model: str | os.PathLike | Swinv2ForImageClassification,
+    data: str,
+    *,
+    batch_size: int = 256,
+    num_workers: int = 2,
+    limit: int | None = None,
+    device: str = "auto",
+    amp: str = "none",
+    output: str | os.PathLike | None = None,
+    progress: bool = True,
+) -> EvalResult:
+    """Top-1/top-5 accuracy, loss, per-class accuracy and confusion matrix of a classifier on `data`
+    (Fashion-MNIST's test split, `DATA/val`, or a folder of class folders), with the model's own
+    preprocessing (resize to its image size, its processor's mean/std when a preprocessor_config.json is
+    next to it, else ImageNet's). With `output`, writes `eval.json` and `confusion_matrix.png` there."""
+    dist = setup_distributed(device)
+    source = str(model) if not isinstance(model, nn.Module) else "the model"
+    mean, std = IMAGENET_MEAN, IMAGENET_STD
+    if not isinstance(model, nn.Module):
+        path = Path(model)
+        try:
+            probe = Swinv2Config.from_pretrained(path)
+        except (CheckpointError, ValueError, OSError) as err:
+            raise TrainingError(
+                f"{model}: {err}. Pass a folder written by `swinv2 train` (its best/ or last/)"
+            ) from err
+        if "Swinv2ForMaskedImageModeling" in _architectures(probe) or probe.num_labels == 0:
+            raise TrainingError(
+                f"{model} has no classifier (it is a {', '.join(_architectures(probe)) or 'headless'} model); "
+                "fine-tune it first with `swinv2 train --model " + str(model) + " ...`"
+            )
+        try:
+            model = Swinv2ForImageClassification.from_pretrained(path)
+        except CheckpointError as err:
+            raise TrainingError(f"{source} cannot be loaded as a classifier: {err}") from err
+        processor_file = (path if path.is_dir() else path.parent) / "preprocessor_config.json"
+        if processor_file.is_file():
+            settings = json.loads(processor_file.read_text(encoding="utf-8"))
+            mean, std = settings.get("image_mean", mean), settings.get("image_std", std)
+    model = model.to(dist.device)
+    config = model.config
+    spec = DataSpec(data, config.image_hw, config.num_channels, mean, std, limit_val=limit)
+    try:
+        dataset, class_names = build_eval_data(spec)
+    except DataError as err:
+        raise TrainingError(str(err)) from err
+    names = _label_order(config, class_names, source)
+    raw = _evaluate_loader(model, dataset, config.num_labels, dist, batch_size, num_workers, amp, progress)
+    result = _eval_result(raw, names)
+    if output is not None and dist.main:
+        out = Path(output)
+        _check_writable(out)
+        text = json.dumps(result.to_dict(), indent=2) + "\n"
+        atomic_write(out / EVAL_FILE, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+        plot_confusion(result.confusion, result.class_names, out / "confusion_matrix.png")
+    return result
+
+
+# ---------------------------------------------------------------------------------------------- training
+@dataclass
+class TrainResult:
+    """What a finished run left behind: its folder, the exported models and the final metrics."""
+
+    output: Path
+    last: Path
+    best: Path | None
+    steps: int
+    metrics: dict[str, Any]
+    images_per_second: float
+
+
+class _SkipSampler(torch.utils.data.Sampler):
+    """The first `skip` indices of another sampler left out: a resumed epoch goes on where it stopped."""
+
+    def __init__(self, sampler: torch.utils.data.Sampler, skip: int) -> None:
+        self.sampler, self.skip = sampler, skip
+
+    def __iter__(self) -> Iterator[int]:
+        return itertools.islice(iter(self.sampler), self.skip, None)
+
+    def __len__(self) -> int:
+        return max(0, len(self.sampler) - self.skip)
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+def _wrap(model: nn.Module, config: TrainConfig, dist: Distributed) -> nn.Module:
+    if config.fsdp:
+        if not dist.enabled:
+            raise TrainingError("--fsdp shards the model over processes: run it under torchrun --nproc-per-node N")
+        from torch.distributed.fsdp import fully_shard
+
+        from .layers import Swinv2Block
+
+        for module in model.modules():
+            if isinstance(module, Swinv2Block):
+                fully_shard(module)
+        fully_shard(model)
+        return model
+    if dist.enabled:
+        return nn.parallel.DistributedDataParallel(
+            model, device_ids=[dist.device.index] if dist.device.type == "cuda" else None, broadcast_buffers=False
+        )
+    return model
+
+
+def _micro_batches(loader: torch.utils.data.DataLoader, accum: int) -> Iterator[list]:
+    """Groups of `accum` batches, one group per optimiser step (an incomplete last group is dropped)."""
+    iterator = iter(loader)
+    while True:
+        group = list(itertools.islice(iterator, accum))
+        if len(group) < accum:
+            return
+        yield group
+
+
+def _sync_context(model: nn.Module, sync: bool):
+    """Gradient all-reduce only on the last micro-batch of an accumulation."""
+    import contextlib
+
+    if isinstance(model, nn.parallel.DistributedDataParallel) and not sync:
+        return model.no_sync()
+    if hasattr(model, "set_requires_gradient_sync"):  # FSDP2
+        model.set_requires_gradient_sync(sync)
+    return contextlib.nullcontext()
+
+
+def _read_run_config(run: Path) -> dict[str, Any] | None:
+    path = run / RUN_CONFIG_FILE
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
+def train(config: TrainConfig) -> TrainResult:
+    """Run (or resume) one training run as `config` says; see the module docstring for what it writes.
+
+    Works the same in one process and under `torchrun --nproc-per-node N` (every process calls it; only
+    rank 0 writes files). Raises `TrainingError` / `DataError` with the fix for a bad request.
+    """
+    config.validate()
+    dist = setup_distributed(config.device)
+    try:
+        return _train(config, dist)
+    finally:
+        if dist.enabled and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+
+def pretrain(config: TrainConfig) -> TrainResult:
+    """SimMIM pre-training: `train` with `task="simmim"`."""
+    return train(dataclasses.replace(config, task="simmim"))
+
+
+def _train(config: TrainConfig, dist: Distributed) -> TrainResult:
+    from tqdm.auto import tqdm
+
+    run = Path(config.output).expanduser()
+    _check_writable(run)
+    dist.barrier()
+
+    # -- where we start from
+    resume_state: dict[str, Any] | None = None
+    if config.resume is not None:
+        target = run if config.resume in ("latest", "auto") else Path(config.resume).expanduser()
+        found = latest_checkpoint(target)
+        if found is None and config.resume != "auto":
+            raise TrainingError(
+                f"--resume: no readable checkpoint in {target / CHECKPOINT_DIR if target.is_dir() else target}; "
+                "run without --resume to start a new run there"
+            )
+        if found is not None:
+            ckpt_path, resume_state = found
+            if resume_state.get("task") != config.task:
+                raise TrainingError(
+                    f"{ckpt_path} is a {resume_state.get('task')} checkpoint, not {config.task}: resume it with "
+                    f"`swinv2 {'pretrain' if resume_state.get('task') == 'simmim' else 'train'}`"
+                )
+            if not config.model:
+                config = dataclasses.replace(config, model=resume_state["train_config"]["model"])
+    elif list_checkpoints(run):
+        raise TrainingError(
+            f"{run} already holds a run (checkpoints in {run / CHECKPOINT_DIR}); pass --resume to continue it, "
+            "or choose another --output"
+        )
+
+    # -- data
+    try:
+        model_config_probe = (Swinv2Config.from_dict(resume_state["model_config"]) if resume_state
+                              else _load_source(config.model)[0])
+    except ValueError as err:
+        raise TrainingError(str(err)) from err
+    image_size = model_config_probe.image_hw
+    spec = DataSpec(config.data, image_size, model_config_probe.num_channels, config.image_mean, config.image_std,
+                    config.val_fraction, config.limit_train, config.limit_val, config.seed)
+    if len(config.image_mean) != model_config_probe.num_channels:
+        raise TrainingError(
+            f"image_mean/image_std have {len(config.image_mean)} values but the model reads "
+            f"{model_config_probe.num_channels} channels; give one value per channel"
+        )
+    val_set: AugmentedDataset | None = None
+    class_names: list[str] | None = None
+    try:
+        if config.task == "classification":
+            transform = classification_train_transform(image_size, config.image_mean, config.image_std,
+                                                       config.crop_scale or (0.08, 1.0), config.hflip,
+                                                       config.randaugment)
+            train_set, val_set, class_names = build_classification_data(spec, transform)
+        else:
+            patch = model_config_probe.patch_hw
+            if patch[0] != patch[1]:
+                raise TrainingError(f"SimMIM masking needs square patches, the model has {patch}")
+            generator = MaskGenerator(image_size, config.mask_patch_size, patch[0], config.mask_ratio)
+            transform = simmim_transform(image_size, config.image_mean, config.image_std,
+                                         config.crop_scale or (0.67, 1.0), config.hflip)
+            train_set = build_pretraining_data(spec, transform, generator)
+    except (DataError, ValueError) as err:
+        if isinstance(err, TrainingError):
+            raise
+        raise TrainingError(str(err)) from err
+
+    # -- model
+    if resume_state is not None:
+        model_config = Swinv2Config.from_dict(resume_state["model_config"])
+        if config.model and resume_state["train_config"]["model"] != config.model:
+            current = _load_source(config.model)[0]
+            different = [f for f in ARCH_FIELDS if getattr(current, f) != getattr(model_config, f)]
+            if different:
+                changes = ", ".join(
+                    f"{f}: {getattr(model_config, f)} there, {getattr(current, f)} in --model" for f in different
+                )
+                raise TrainingError(
+                    f"the checkpoint was written by another architecture ({changes}); "
+                    "resume with the --model of that run, or start a new run in another --output"
+                )
+        model_config.use_gradient_checkpointing = bool(config.gradient_checkpointing)
+        cls = Swinv2ForImageClassification if config.task == "classification" else Swinv2ForMaskedImageModeling
+        model: nn.Module = cls(model_config)
+        described = f"{cls.__name__} resumed from {ckpt_path}"
+        if class_names is not None and model_config.num_labels != len(class_names):
+            raise TrainingError(
+                f"the data has {len(class_names)} classes, the checkpoint's classifier {model_config.num_labels}; "
+                "resume with the data the run was started with"
+            )
+    else:
+        model, described = build_model(config, class_names)
+    model = model.to(dist.device)
+    base: Swinv2PreTrainedModel = model
+    if config.gradient_checkpointing:
+        base.gradient_checkpointing_enable()
+
+    # -- steps
+    world, accum, batch = dist.world_size, config.grad_accum_steps, config.batch_size
+    sampler = torch.utils.data.DistributedSampler(train_set, num_replicas=world, rank=dist.rank, shuffle=True,
+                                                  seed=config.seed, drop_last=True)
+    steps_per_epoch = len(sampler) // batch // accum
+    if steps_per_epoch < 1:
+        raise TrainingError(
+            f"the training set has {len(train_set)} images, fewer than one step needs "
+            f"(batch_size {batch} x grad_accum_steps {accum} x {world} processes); lower --batch-size or add data"
+        )
+    total_steps = config.max_steps or config.epochs * steps_per_epoch
+    num_epochs = math.ceil(total_steps / steps_per_epoch)
+    warmup = config.warmup_steps if config.warmup_steps is not None else round(config.warmup_epochs * steps_per_epoch)
+    warmup = max(0, min(warmup, total_steps - 1))
+
+    ema = None
+    if config.ema_decay:
+        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+        ema = AveragedModel(base, multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay), use_buffers=True)
+    model = _wrap(model, config, dist)
+    # after wrapping: fully_shard replaces the parameters by sharded ones
+    optimizer = build_optimizer(_unwrap(model), config, model_config_probe.depths)
+    scheduler = build_scheduler(optimizer, total_steps, warmup, config.min_lr / config.lr)
+    scaler = torch.amp.GradScaler(dist.device.type, enabled=config.amp == "fp16")
+
+    step, best_top1, best_step = 0, -1.0, None
+    if resume_state is not None:
+        _load_full_state(model, optimizer, resume_state["model"], resume_state["optimizer"])
+        scheduler.load_state_dict(resume_state["scheduler"])
+        scaler.load_state_dict(resume_state["scaler"])
+        if ema is not None and resume_state.get("ema") is not None:
+            ema.load_state_dict(resume_state["ema"])
+        _set_rng_state(resume_state["rng"])
+        step = int(resume_state["step"])
+        best_top1 = float(resume_state.get("best_top1", -1.0))
+        best_step = resume_state.get("best_step")
+
+    # -- files (rank 0)
+    tensorboard = None
+    if dist.main:
+        if resume_state is not None:
+            _truncate_metrics(run, step)
+        elif (run / METRICS_FILE).exists():
+            (run / METRICS_FILE).unlink()
+        resolved = {**config.to_dict(), "resolved": {
+            "world_size": world, "global_batch_size": batch * accum * world, "steps_per_epoch": steps_per_epoch,
+            "total_steps": total_steps, "warmup_steps": warmup, "device": str(dist.device),
+            "model_config": base.config.to_dict(),
+            "classes": class_names,
+        }}
+        text = json.dumps(resolved, indent=2) + "\n"
+        atomic_write(run / RUN_CONFIG_FILE, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+        tensorboard = _TensorBoard(run, config.tensorboard)
+        logger.info("%s; %d images, %d steps of %d images (%d per epoch), %s, %d process(es)", described,
+                    len(train_set), total_steps, batch * accum * world, steps_per_epoch, dist.device, world)
+
+    def save_checkpoint() -> None:
+        model_state, optim_state = _full_state(model, optimizer)  # collective: all ranks
+        if not dist.main:
+            return
+        state = {
+            "task": config.task, "step": step, "epoch": step // steps_per_epoch,
+            "model": model_state, "optimizer": optim_state, "scheduler": scheduler.state_dict(),
+            "scaler": scaler.state_dict(), "ema": ema.state_dict() if ema is not None else None,
+            "rng": _rng_state(), "best_top1": best_top1, "best_step": best_step,
+            "model_config": base.config.to_dict(), "train_config": config.to_dict(),
+        }
+        path = checkpoint_path(run, step)
+        atomic_write(path, lambda tmp: torch.save(state, tmp))
+        for old in list_checkpoints(run)[config.keep_checkpoints:]:
+            old.unlink(missing_ok=True)
+
+    def eval_model() -> nn.Module:
+        return ema.module if ema is not None else model
+
+    def export(folder: Path) -> None:
+        """Export the (EMA) weights; a collective under FSDP, written by rank 0."""
+        if config.fsdp:
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+            state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+            if not dist.main:
+                return
+            plain = type(base)(base.config)
+            plain.load_state_dict(state)
+        else:
+            if not dist.main:
+                return
+            plain = _unwrap(eval_model())
+        export_model(plain, folder, config.image_mean, config.image_std)
+
+    mixer = (batch_mixer(len(class_names), config.mixup, config.cutmix)
+             if config.task == "classification" and class_names else None)
+    patch_hw = model_config_probe.patch_hw
+    norm_window = config.norm_target_window if config.norm_targets else None
+    device = dist.device
+    model.train()
+    last_val: dict[str, Any] = {}
+    start_epoch = step // steps_per_epoch
+    throughput_images, throughput_time = 0, 0.0
+
+    for epoch in range(start_epoch, num_epochs):
+        if step >= total_steps:
+            break
+        train_set.epoch = epoch
+        sampler.set_epoch(epoch)
+        done_in_epoch = step - epoch * steps_per_epoch
+        loader = torch.utils.data.DataLoader(
+            train_set, batch_size=batch, sampler=_SkipSampler(sampler, done_in_epoch * accum * batch),
+            num_workers=config.num_workers, drop_last=True, pin_memory=device.type == "cuda",
+        )
+        steps_this_epoch = min(steps_per_epoch, total_steps - epoch * steps_per_epoch)
+        bar = tqdm(total=steps_this_epoch, initial=done_in_epoch, desc=f"epoch {epoch + 1}/{num_epochs}",
+                   disable=not (config.progress and dist.main), dynamic_ncols=True, file=sys.stderr)
+        # running sums since the last log line, and over the epoch: loss*images, correct, images
+        window = torch.zeros(3, dtype=torch.float64, device=device)
+        epoch_sums = torch.zeros(3, dtype=torch.float64, device=device)
+        window_start = time.perf_counter()
+        for group in _micro_batches(loader, accum):
+            if step >= total_steps:
+                break
+            torch.manual_seed(item_seed(config.seed, step, dist.rank))
+            for i, (pixels, target) in enumerate(group):
+                pixels = pixels.to(device, non_blocking=True)
+                target = target.to(device, non_blocking=True)
+                hard = target
+                if mixer is not None:
+                    pixels, target = mixer(pixels, target)
+                with _sync_context(model, i == accum - 1), _autocast(device, config.amp):
+                    if config.task == "classification":
+                        logits = model(pixel_values=pixels).logits.float()
+                        loss = F.cross_entropy(logits, target, label_smoothing=config.label_smoothing)
+                    else:
+                        out = model(pixel_values=pixels, bool_masked_pos=target)
+                        loss = (simmim_loss(pixels, out.reconstruction, target, patch_hw, norm_window)
+                                if norm_window else out.loss.float())
+                    scaler.scale(loss / accum).backward()
+                n = pixels.shape[0]
+                correct = (logits.argmax(-1) == hard).sum() if config.task == "classification" and mixer is None else 0
+                stats = torch.stack([loss.detach().double() * n, torch.as_tensor(correct, device=device).double(),
+                                     torch.tensor(float(n), device=device, dtype=torch.float64)])
+                window += stats
+                epoch_sums += stats
+            if config.clip_grad:
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip_grad)
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+            lr = optimizer.param_groups[-1]["lr"]  # the top group: the peak lr times the schedule
+            scheduler.step()
+            if ema is not None:
+                ema.update_parameters(_unwrap(model))
+            step += 1
+            bar.update(1)
+            if step % config.log_every == 0 or step == total_steps:
+                reduced = dist.all_reduce(window.clone())
+                elapsed = time.perf_counter() - window_start
+                images = float(reduced[2])
+                throughput_images += images
+                throughput_time += elapsed
+                record = {"kind": "train", "step": step, "epoch": step / steps_per_epoch,
+                          "loss": float(reduced[0] / images), "lr": lr, "img_per_s": images / max(elapsed, 1e-9)}
+                if config.task == "classification" and mixer is None:
+                    record["top1"] = float(reduced[1] / images)
+                bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{lr:.2e}", img_s=f"{record['img_per_s']:.0f}")
+                if dist.main:
+                    _append_metrics(run, record)
+                    tensorboard.log(record)
+                window.zero_()
+                window_start = time.perf_counter()
+            if step % config.checkpoint_every == 0 and step < total_steps and step % steps_per_epoch != 0:
+                save_checkpoint()
+        bar.close()
+
+        # -- epoch end (or the last step)
+        reduced = dist.all_reduce(epoch_sums.clone())
+        record = {"kind": "val" if val_set is not None else "epoch", "step": step, "epoch": step / steps_per_epoch}
+        if reduced[2] > 0:
+            record["train_loss"] = float(reduced[0] / reduced[2])
+            if config.task == "classification" and mixer is None:
+                record["train_top1"] = float(reduced[1] / reduced[2])
+        if val_set is not None:
+            raw = _evaluate_loader(_unwrap(eval_model()), val_set, len(class_names), dist, batch, config.num_workers,
+                                   config.amp)
+            last_val = {"loss": raw["loss"], "top1": raw["top1"], "top5": raw["top5"], "raw": raw}
+            record.update(val_loss=raw["loss"], val_top1=raw["top1"], val_top5=raw["top5"])
+            if raw["top1"] > best_top1:
+                best_top1, best_step = raw["top1"], step
+                export(run / "best")
+            if dist.main:
+                logger.info("epoch %d: val top-1 %.4f, top-5 %.4f, loss %.4f", epoch + 1, raw["top1"], raw["top5"],
+                            raw["loss"])
+        if dist.main:
+            _append_metrics(run, record)
+            tensorboard.log(record)
+        save_checkpoint()
+
+    # -- the end: export, final metrics, plots
+    export(run / "last")
+    metrics: dict[str, Any] = {"steps": step}
+    if dist.main:
+        records = read_metrics(run)
+        train_records = [r for r in records if r["kind"] == "train"]
+        if train_records:
+            metrics["train_loss"] = train_records[-1]["loss"]
+        if val_set is not None and last_val:
+            result = _eval_result(last_val["raw"], class_names)
+            metrics.update(top1=result.top1, top5=result.top5, val_loss=result.loss, best_top1=best_top1,
+                           best_step=best_step, per_class=result.per_class)
+            text = json.dumps(result.to_dict(), indent=2) + "\n"
+            atomic_write(run / EVAL_FILE, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+            plot_confusion(result.confusion, result.class_names, run / "confusion_matrix.png")
+        plot_run(run)
+        if config.task == "simmim":
+            plot_reconstructions(_unwrap(eval_model()), train_set, run / "reconstructions.png",
+                                 config.image_mean, config.image_std, norm_window)
+        if tensorboard is not None:
+            tensorboard.close()
+    images_per_second = throughput_images / throughput_time if throughput_time else 0.0
+    metrics["img_per_s"] = images_per_second
+    dist.barrier()
+    best = run / "best" if (run / "best").is_dir() else None
+    return TrainResult(run, run / "last", best, step, metrics, images_per_second)
+
+
+# ---------------------------------------------------------------------------------------------- plots
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save_figure(fig, path: Path) -> None:
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight"))
+
+
+def plot_learning_curves(runs: Mapping[str, Sequence[Mapping[str, Any]]], path: str | os.PathLike,
+                         train_key: str = "loss", val_key: str | None = "val_loss", ylabel: str = "loss") -> None:
+    """One figure with a line per run of `train_key` over the "train" records and, when present, markers
+    of `val_key` over the epoch-end records; x is the epoch. `runs` maps a label to metrics records."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for label, records in runs.items():
+        train = [r for r in records if r.get("kind") == "train" and train_key in r]
+        if train:
+            line, = ax.plot([r["epoch"] for r in train], [r[train_key] for r in train], label=f"{label} train")
+            color = line.get_color()
+        else:
+            color = None
+        if val_key:
+            val = [r for r in records if r.get("kind") in ("val", "epoch") and val_key in r]
+            if val:
+                ax.plot([r["epoch"] for r in val], [r[val_key] for r in val], "o--", color=color, label=f"{label} val")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    _save_figure(fig, Path(path))
+    plt.close(fig)
+
+
+def plot_run(run: str | os.PathLike) -> list[Path]:
+    """`loss.png`, `lr.png` and (classification) `accuracy.png` of a run folder, from its metrics.jsonl."""
+    run = Path(run)
+    records = read_metrics(run)
+    written = []
+    if not records:
+        return written
+    plot_learning_curves({"": records}, run / "loss.png")
+    written.append(run / "loss.png")
+    plt = _pyplot()
+    train = [r for r in records if r["kind"] == "train"]
+    fig, ax = plt.subplots(figsize=(7, 3))
+    ax.plot([r["step"] for r in train], [r["lr"] for r in train])
+    ax.set_xlabel("step")
+    ax.set_ylabel("learning rate")
+    ax.grid(alpha=0.3)
+    _save_figure(fig, run / "lr.png")
+    plt.close(fig)
+    written.append(run / "lr.png")
+    val = [r for r in records if r["kind"] == "val"]
+    if val:
+        fig, ax = plt.subplots(figsize=(7, 4))
+        if any("train_top1" in r for r in val):
+            ax.plot([r["epoch"] for r in val if "train_top1" in r], [r["train_top1"] for r in val if "train_top1" in r],
+                    "o-", label="train top-1 (augmented)")
+        ax.plot([r["epoch"] for r in val], [r["val_top1"] for r in val], "o-", label="val top-1")
+        ax.plot([r["epoch"] for r in val], [r["val_top5"] for r in val], "o--", label="val top-5")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("accuracy")
+        ax.set_ylim(0, 1)
+        ax.grid(alpha=0.3)
+        ax.legend()
+        _save_figure(fig, run / "accuracy.png")
+        plt.close(fig)
+        written.append(run / "accuracy.png")
+    return written
+
+
+def plot_confusion(confusion: Sequence[Sequence[int]], class_names: Sequence[str], path: str | os.PathLike) -> None:
+    """The confusion matrix, rows = true class, normalised per row, with the counts written in the cells."""
+    plt = _pyplot()
+    matrix = np.asarray(confusion, dtype=np.float64)
+    rates = matrix / np.maximum(matrix.sum(1, keepdims=True), 1)
+    n = len(class_names)
+    fig, ax = plt.subplots(figsize=(1.0 + 0.6 * n, 1.0 + 0.6 * n))
+    ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(n), class_names, rotation=60, ha="right")
+    ax.set_yticks(range(n), class_names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    if n <= 30:
+        for i in range(n):
+            for j in range(n):
+                if matrix[i, j]:
+                    ax.text(j, i, int(matrix[i, j]), ha="center", va="center", fontsize=7,
+                            color="white" if rates[i, j] > 0.5 else "black")
+    _save_figure(fig, Path(path))
+    plt.close(fig)
+
+
+@torch.no_grad()
+def plot_reconstructions(model: Swinv2ForMaskedImageModeling, dataset: AugmentedDataset, path: str | os.PathLike,
+                         mean: Sequence[float], std: Sequence[float], norm_window: int | None = None,
+                         count: int = 8) -> None:
+    """A grid of SimMIM results, one column per image: original, masked input, and the reconstruction of
+    the masked patches pasted into the visible ones. With normalised targets the prediction is mapped back
+    with the original's local mean and std."""
+    plt = _pyplot()
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    items = [dataset[i] for i in range(min(count, len(dataset)))]
+    pixels = torch.stack([p for p, _ in items]).to(device)
+    masks = torch.stack([m for _, m in items]).to(device)
+    recon = model(pixel_values=pixels, bool_masked_pos=masks).reconstruction.float()
+    if norm_window:
+        pad = norm_window // 2
+        local_mean = F.avg_pool2d(pixels, norm_window, 1, pad, count_include_pad=False)
+        local_var = F.avg_pool2d(pixels * pixels, norm_window, 1, pad, count_include_pad=False) - local_mean**2
+        recon = recon * (local_var.clamp(min=0) + 1e-6).sqrt() + local_mean
+    model.train(was_training)
+    pixel_mask = masked_pixels(masks, model.config.patch_hw, *pixels.shape[-2:])
+    mean_t = torch.tensor(mean, device=device).view(1, -1, 1, 1)
+    std_t = torch.tensor(std, device=device).view(1, -1, 1, 1)
+
+    def show(x: Tensor) -> np.ndarray:
+        x = (x * std_t + mean_t).clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy()
+        return x[..., 0] if x.shape[-1] == 1 else x
+
+    original = show(pixels)
+    visible = (1 - pixel_mask).permute(0, 2, 3, 1).cpu().numpy()
+    rows = {
+        "original": original,
+        "masked": original * (visible[..., 0] if original.ndim == 3 else visible),
+        "reconstructed": show(recon * pixel_mask + pixels * (1 - pixel_mask)),
+    }
+    n = pixels.shape[0]
+    fig, axes = plt.subplots(3, n, figsize=(1.4 * n, 4.4), squeeze=False)
+    for r, (name, images) in enumerate(rows.items()):
+        for c in range(n):
+            ax = axes[r][c]
+            ax.imshow(images[c], cmap="gray" if images[c].ndim == 2 else None, vmin=0, vmax=1)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if c == 0:
+                ax.set_ylabel(name)
+    _save_figure(fig, Path(path))
+    plt.close(fig)
