@@ -107,15 +107,35 @@ def _interpolation():
     return InterpolationMode.BICUBIC
 
 
-def eval_transform(image_size: tuple[int, int], mean: Sequence[float], std: Sequence[float]) -> Callable:
-    """Resize to `image_size` (bicubic), scale to [0, 1], normalise: what `Swinv2ImageProcessor` does."""
-    from torchvision.transforms import v2
+def eval_processor(image_size: tuple[int, int], mean: Sequence[float], std: Sequence[float]):
+    """The `Swinv2ImageProcessor` of a run: bicubic resize to `image_size`, rescale to [0, 1], normalise.
 
-    return v2.Compose([
-        v2.Resize(image_size, interpolation=_interpolation(), antialias=True),
-        v2.ToDtype(torch.float32, scale=True),
-        v2.Normalize(mean, std),
-    ])
+    It is exported next to the trained model, and validation and `evaluate` use it too, so that
+    `swinv2 predict` and transformers see exactly the numbers the accuracy was measured on.
+    """
+    from .processing import Swinv2ImageProcessor
+
+    height, width = image_size
+    return Swinv2ImageProcessor(
+        do_resize=True, size={"height": height, "width": width}, resample=3, do_rescale=True,
+        rescale_factor=1 / 255, do_normalize=True, image_mean=list(mean), image_std=list(std),
+        num_channels=len(mean) if len(mean) != 3 else None,
+    )
+
+
+class _ProcessorTransform:
+    """`(C, H, W)` uint8 -> `(C, H', W')` float through an image processor (picklable for the workers)."""
+
+    def __init__(self, processor) -> None:
+        self.processor = processor
+
+    def __call__(self, image: Tensor) -> Tensor:
+        return self.processor(image, return_tensors="pt")["pixel_values"][0]
+
+
+def eval_transform(image_size: tuple[int, int], mean: Sequence[float], std: Sequence[float]) -> Callable:
+    """The evaluation transform: `eval_processor` applied to one `(C, H, W)` uint8 image."""
+    return _ProcessorTransform(eval_processor(image_size, mean, std))
 
 
 def classification_train_transform(
@@ -264,11 +284,10 @@ class ImageFileDataset(AugmentedDataset):
         return len(self.files)
 
     def load(self, index: int) -> Tensor:
-        from PIL import Image
+        from .processing import load_image
 
-        with Image.open(self.files[index]) as image:
-            image = image.convert("RGB" if self.num_channels == 3 else "L")
-            array = np.asarray(image, dtype=np.uint8)
+        image = load_image(self.files[index]).convert("RGB" if self.num_channels == 3 else "L")
+        array = np.asarray(image, dtype=np.uint8)
         tensor = torch.from_numpy(array.copy())
         return tensor.unsqueeze(0) if tensor.dim() == 2 else tensor.permute(2, 0, 1)
 
@@ -276,9 +295,9 @@ class ImageFileDataset(AugmentedDataset):
         return -1 if self.labels is None else self.labels[index]
 
     def _report_unreadable(self, index: int, err: Exception) -> None:
-        if index not in self._reported:
+        if index not in self._reported:  # once per worker process
             self._reported.add(index)
-            logger.warning("skipping unreadable image %s: %s", self.files[index], err)
+            logger.warning("skipping an unreadable image: %s", err)
 
 
 # ---------------------------------------------------------------------------------------------- Fashion-MNIST

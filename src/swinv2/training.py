@@ -57,6 +57,7 @@ from .data import (
     build_eval_data,
     build_pretraining_data,
     classification_train_transform,
+    eval_processor,
     item_seed,
     simmim_transform,
 )
@@ -611,21 +612,10 @@ class _TensorBoard:
 
 
 # ---------------------------------------------------------------------------------------------- export
-def image_processor(config: Swinv2Config, mean: Sequence[float], std: Sequence[float]):
-    """The `Swinv2ImageProcessor` that reproduces the evaluation transform of a run."""
-    from .processing import Swinv2ImageProcessor
-
-    height, width = config.image_hw
-    return Swinv2ImageProcessor(
-        do_resize=True, size={"height": height, "width": width}, resample=3, do_rescale=True,
-        rescale_factor=1 / 255, do_normalize=True, image_mean=list(mean), image_std=list(std),
-    )
-
-
 def export_model(model: Swinv2PreTrainedModel, folder: Path, mean: Sequence[float], std: Sequence[float]) -> None:
     """`save_pretrained` plus `preprocessor_config.json`: what `swinv2 predict` and transformers load."""
     model.save_pretrained(folder)
-    image_processor(model.config, mean, std).save_pretrained(folder)
+    eval_processor(model.config.image_hw, mean, std).save_pretrained(folder)
 
 
 # ---------------------------------------------------------------------------------------------- evaluation
