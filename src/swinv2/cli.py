@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 
@@ -117,7 +118,6 @@ def _add_pretrain_parser(sub) -> None:
 
 def _setup_logging() -> None:
     import logging
-    import os
 
     main_rank = os.environ.get("RANK", "0") == "0"
     logging.basicConfig(level=logging.INFO if main_rank else logging.WARNING, format="%(message)s")
@@ -139,6 +139,8 @@ def _run_train(args: argparse.Namespace) -> int:
     except (TrainingError, DataError, CheckpointError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 reports
+        return 0
     metrics = result.metrics
     summary = [f"{result.steps} steps", f"{result.images_per_second:.0f} img/s"]
     if "top1" in metrics:

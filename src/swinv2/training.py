@@ -382,7 +382,7 @@ def setup_distributed(device: str = "auto") -> Distributed:
 
 # ---------------------------------------------------------------------------------------------- the model
 def _architectures(config: Swinv2Config) -> list[str]:
-    return list(config.extra.get("architectures") or [])
+    return list(config.architectures or [])
 
 
 ARCH_FIELDS = ("image_size", "patch_size", "num_channels", "embed_dim", "depths", "num_heads", "window_size",
@@ -828,7 +828,7 @@ def _wrap(model: nn.Module, config: TrainConfig, dist: Distributed) -> nn.Module
         return model
     if dist.enabled:
         return nn.parallel.DistributedDataParallel(
-            model, device_ids=[dist.device.index] if dist.device.type == "cuda" else None, broadcast_buffers=False
+            model, device_ids=[dist.device.index] if dist.device.type == "cuda" else None
         )
     return model
 

@@ -1,0 +1,377 @@
+"""Training pieces on their own: SimMIM masks and targets, schedules, parameter groups, checkpoint files,
+configuration, data folders, Fashion-MNIST files, and the errors for bad requests."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import itertools
+import json
+import logging
+import math
+
+import numpy as np
+import pytest
+import torch
+from photos import TINY_MODEL, make_photo_folder
+
+from swinv2 import Swinv2Config, Swinv2ForImageClassification, Swinv2ForMaskedImageModeling
+from swinv2 import data as data_module
+from swinv2.checkpoints import atomic_write
+from swinv2.data import (
+    DataError,
+    DataSpec,
+    ImageFileDataset,
+    MaskGenerator,
+    build_classification_data,
+    eval_processor,
+    eval_transform,
+    load_fashion_mnist,
+    scan_class_folders,
+    split_by_fraction,
+)
+from swinv2.processing import load_image
+from swinv2.training import (
+    TrainConfig,
+    TrainingError,
+    build_optimizer,
+    build_scheduler,
+    checkpoint_path,
+    latest_checkpoint,
+    layer_id,
+    lr_factor,
+    norm_targets,
+    param_groups,
+    resolve_config,
+    simmim_loss,
+    train,
+)
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    return make_photo_folder(tmp_path_factory.mktemp("photos"), train_per_class=6, val_per_class=3)
+
+
+@pytest.fixture
+def tiny_config(tmp_path):
+    path = tmp_path / "tiny.json"
+    Swinv2Config(**TINY_MODEL).to_json_file(path)
+    return path
+
+
+# ---------------------------------------------------------------------------------------------- SimMIM
+def test_mask_generator_masks_whole_squares_at_the_ratio():
+    generator = MaskGenerator((192, 192), mask_patch_size=32, model_patch_size=4, mask_ratio=0.6)
+    mask = generator(torch.Generator().manual_seed(0))
+    assert mask.shape == (48 * 48,) and mask.dtype == torch.bool
+    # 36 squares of 32 px, ceil(0.6 * 36) = 22 of them masked, each 8 x 8 model patches
+    assert int(mask.sum()) == 22 * 64
+    squares = mask.view(6, 8, 6, 8).permute(0, 2, 1, 3).reshape(36, 64)
+    assert bool((squares.all(1) | ~squares.any(1)).all()), "a square is partly masked"
+    again = generator(torch.Generator().manual_seed(0))
+    other = generator(torch.Generator().manual_seed(1))
+    assert torch.equal(mask, again) and not torch.equal(mask, other)
+
+
+def test_mask_generator_rectangular_and_bad_sizes():
+    mask = MaskGenerator((32, 64), mask_patch_size=16, model_patch_size=4, mask_ratio=0.5)()
+    assert mask.shape == (8 * 16,) and int(mask.sum()) == 4 * 16
+    with pytest.raises(ValueError, match="multiple of mask_patch_size"):
+        MaskGenerator((40, 40), mask_patch_size=32, model_patch_size=4)
+    with pytest.raises(ValueError, match="multiple of the model's patch size"):
+        MaskGenerator((36, 36), mask_patch_size=6, model_patch_size=4)
+    with pytest.raises(ValueError, match="mask_ratio"):
+        MaskGenerator((32, 32), mask_patch_size=8, model_patch_size=4, mask_ratio=1.0)
+
+
+def test_norm_targets_matches_a_direct_computation(rng):
+    pixels = torch.randn(2, 3, 9, 7, generator=rng, dtype=torch.float64)
+    window = 5
+    got = norm_targets(pixels, window)
+    expected = torch.empty_like(pixels)
+    r = window // 2
+    for i in range(9):
+        for j in range(7):
+            patch = pixels[:, :, max(0, i - r): i + r + 1, max(0, j - r): j + r + 1].flatten(2)
+            mean, var = patch.mean(-1), patch.var(-1, unbiased=True)
+            expected[:, :, i, j] = (pixels[:, :, i, j] - mean) / (var + 1e-6).sqrt()
+    torch.testing.assert_close(got, expected, atol=1e-9, rtol=1e-9)
+
+
+def test_simmim_loss_is_the_models_loss_and_differs_with_normalised_targets(rng):
+    torch.manual_seed(0)
+    model = Swinv2ForMaskedImageModeling(Swinv2Config(**TINY_MODEL)).eval()
+    pixels = torch.randn(2, 3, 32, 32, generator=rng)
+    mask = torch.stack([MaskGenerator((32, 32), 8, 4)(torch.Generator().manual_seed(i)) for i in range(2)])
+    out = model(pixel_values=pixels, bool_masked_pos=mask)
+    ours = simmim_loss(pixels, out.reconstruction, mask, (4, 4))
+    torch.testing.assert_close(ours, out.loss, atol=1e-6, rtol=1e-6)
+    normalised = simmim_loss(pixels, out.reconstruction, mask, (4, 4), norm_window=7)
+    assert not torch.isclose(normalised, ours)
+
+
+# ---------------------------------------------------------------------------------------------- schedules
+def test_lr_factor_warmup_then_cosine():
+    total, warmup, low = 100, 10, 0.01
+    factors = [lr_factor(s, total, warmup, low) for s in range(total + 1)]
+    assert factors[:warmup] == pytest.approx([(s + 1) / warmup for s in range(warmup)])
+    assert factors[warmup] == pytest.approx(1.0)
+    assert factors[warmup + 45] == pytest.approx(low + (1 - low) * 0.5)  # half way down the cosine
+    assert factors[total] == pytest.approx(low)
+    after = factors[warmup:]
+    assert all(a >= b for a, b in itertools.pairwise(after))
+    assert lr_factor(0, 5, 0, 0.0) == pytest.approx(1.0)  # no warm-up: the peak at once
+
+
+def test_scheduler_keeps_each_groups_layer_scale():
+    torch.manual_seed(0)
+    config = Swinv2Config(**TINY_MODEL, num_labels=3)
+    model = Swinv2ForImageClassification(config)
+    train_config = TrainConfig(data="x", model="x", output="x", lr=1e-3, layer_decay=0.5, min_lr=0.0)
+    optimizer = build_optimizer(model, train_config, config.depths)
+    scheduler = build_scheduler(optimizer, total_steps=20, warmup_steps=4, min_ratio=0.0)
+    for _ in range(7):
+        optimizer.step()
+        scheduler.step()
+    factor = lr_factor(7, 20, 4, 0.0)
+    for group in optimizer.param_groups:
+        assert group["lr"] == pytest.approx(1e-3 * group["lr_scale"] * factor)
+    assert {g["lr_scale"] for g in optimizer.param_groups} == {1.0, 0.5, 0.25, 0.125}
+
+
+# ---------------------------------------------------------------------------------------------- parameter groups
+def test_param_groups_exclude_norms_biases_logit_scale_cpb_from_decay():
+    config = Swinv2Config(**{**TINY_MODEL, "depths": [2, 2], "num_heads": [1, 2]}, num_labels=3)
+    model = Swinv2ForImageClassification(config)
+    groups = param_groups(model, weight_decay=0.05)
+    names = [n for g in groups for n in g["names"]]
+    assert sorted(names) == sorted(n for n, _ in model.named_parameters())  # each parameter exactly once
+    no_decay = {n for g in groups if g["weight_decay"] == 0.0 for n in g["names"]}
+    decay = {n for g in groups if g["weight_decay"] == 0.05 for n in g["names"]}
+    for name in names:
+        excluded = ("norm" in name or name.endswith(("bias", "q_bias", "v_bias"))
+                    or "logit_scale" in name or "cpb_mlp" in name)
+        assert (name in no_decay) == excluded, name
+    assert "swinv2.stages.0.blocks.1.attn.cpb_mlp.0.weight" in no_decay
+    assert {"classifier.weight", "swinv2.embeddings.proj.weight", "swinv2.stages.0.blocks.0.attn.qkv.weight",
+            "swinv2.stages.0.downsample.reduction.weight", "swinv2.stages.1.blocks.1.mlp.fc2.weight"} <= decay
+    mim = Swinv2ForMaskedImageModeling(Swinv2Config(**TINY_MODEL))
+    mim_no_decay = {n for g in param_groups(mim, 0.05) if g["weight_decay"] == 0 for n in g["names"]}
+    assert "swinv2.embeddings.mask_token" in mim_no_decay
+    assert "decoder.0.weight" not in mim_no_decay
+
+
+def test_layer_decay_scales_follow_depth():
+    depths = [2, 2]
+    assert layer_id("swinv2.embeddings.proj.weight", depths) == 0
+    assert layer_id("swinv2.stages.0.blocks.0.attn.qkv.weight", depths) == 1
+    assert layer_id("swinv2.stages.0.blocks.1.norm1.weight", depths) == 2
+    assert layer_id("swinv2.stages.0.downsample.reduction.weight", depths) == 2  # with its stage's last block
+    assert layer_id("swinv2.stages.1.blocks.1.mlp.fc1.weight", depths) == 4
+    assert layer_id("swinv2.norm.weight", depths) == 5
+    assert layer_id("classifier.weight", depths) == 5
+    model = Swinv2ForImageClassification(Swinv2Config(**{**TINY_MODEL, "depths": depths}, num_labels=3))
+    scales = {n: g["lr_scale"] for g in param_groups(model, 0.05, 0.8, depths) for n in g["names"]}
+    assert scales["classifier.weight"] == 1.0
+    assert scales["swinv2.embeddings.proj.weight"] == pytest.approx(0.8**5)
+    assert scales["swinv2.stages.1.blocks.0.attn.qkv.weight"] == pytest.approx(0.8**2)
+
+
+# ---------------------------------------------------------------------------------------------- checkpoint files
+def test_atomic_write_keeps_the_old_file_when_the_writer_fails(tmp_path):
+    path = tmp_path / "checkpoints" / "state.pt"
+    atomic_write(path, lambda tmp: torch.save({"step": 1}, tmp))
+
+    def crash(tmp):
+        with open(tmp, "wb") as f:
+            f.write(b"half a checkpoint")
+        raise RuntimeError("killed while writing")
+
+    with pytest.raises(RuntimeError):
+        atomic_write(path, crash)
+    assert torch.load(path, weights_only=True) == {"step": 1}
+    assert [p.name for p in path.parent.iterdir()] == ["state.pt"]  # no temporary left behind
+
+
+def test_latest_checkpoint_skips_a_damaged_one(tmp_path, caplog):
+    for step in (2, 4):
+        atomic_write(checkpoint_path(tmp_path, step), lambda tmp, s=step: torch.save({"model": {}, "step": s}, tmp))
+    newest = checkpoint_path(tmp_path, 4)
+    newest.write_bytes(newest.read_bytes()[:50])  # e.g. a disk that filled up
+    with caplog.at_level(logging.WARNING, logger="swinv2"):
+        path, state = latest_checkpoint(tmp_path)
+    assert path == checkpoint_path(tmp_path, 2) and state["step"] == 2
+    assert "step_00000004.pt" in caplog.text
+    assert latest_checkpoint(tmp_path / "nothing-here") is None
+
+
+# ---------------------------------------------------------------------------------------------- configuration
+def test_config_file_then_flags(tmp_path):
+    yaml_file = tmp_path / "run.yaml"
+    yaml_file.write_text("data: fashion-mnist\nlr: 0.002\nbatch-size: 16\ncrop_scale: [0.5, 1.0]\n")
+    config = resolve_config(str(yaml_file), {"lr": 0.01, "epochs": None, "model": "m", "output": "o"})
+    assert (config.lr, config.batch_size, config.crop_scale, config.epochs) == (0.01, 16, (0.5, 1.0), 10)
+    assert config.config_file == str(yaml_file)
+    toml_file = tmp_path / "run.toml"
+    toml_file.write_text('data = "d"\nmodel = "m"\noutput = "o"\ntask = "simmim"\nmask_ratio = 0.75\n')
+    assert resolve_config(str(toml_file), {}).mask_ratio == 0.75
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("data: d\nlearning_rate: 1\n")
+    with pytest.raises(TrainingError, match=r"(?s)unknown training setting.*learning_rate"):
+        resolve_config(str(bad), {"model": "m", "output": "o"})
+    with pytest.raises(TrainingError, match="does not exist"):
+        resolve_config(str(tmp_path / "missing.yaml"), {})
+    with pytest.raises(TrainingError, match="amp must be one of"):
+        resolve_config(None, {"data": "d", "model": "m", "output": "o", "amp": "fp8"})
+
+
+# ---------------------------------------------------------------------------------------------- data
+def test_split_by_fraction_is_stratified_and_disjoint():
+    labels = [0] * 10 + [1] * 20 + [2] * 3
+    train_idx, val_idx = split_by_fraction(labels, 0.2, seed=0)
+    assert sorted(train_idx + val_idx) == list(range(len(labels)))
+    assert [sum(labels[i] == c for i in val_idx) for c in range(3)] == [2, 4, 1]
+    assert split_by_fraction(labels, 0.2, seed=0) == (train_idx, val_idx)
+
+
+def test_image_folder_splits_and_evaluation_matches_the_processor(photos):
+    spec = DataSpec(str(photos), (32, 32))
+    train_set, val_set, classes = build_classification_data(spec, eval_transform((32, 32), (0.5,) * 3, (0.5,) * 3))
+    assert classes == ["cat", "coffee", "rocket"] and len(train_set) == 18 and len(val_set) == 9
+    pixels, label = val_set[4]
+    assert pixels.shape == (3, 32, 32) and label == 1
+    processor = eval_processor((32, 32), spec.mean, spec.std)
+    expected = processor(load_image(val_set.files[4]), return_tensors="pt")["pixel_values"][0]
+    torch.testing.assert_close(pixels, expected, atol=0, rtol=0)
+
+
+def test_folder_without_val_split_uses_the_fraction(photos, tmp_path):
+    spec = DataSpec(str(photos / "train"), (32, 32), val_fraction=0.34)
+    train_set, val_set, classes = build_classification_data(spec, eval_transform((32, 32), (0.5,) * 3, (0.5,) * 3))
+    assert len(classes) == 3 and len(val_set) == 6 and len(train_set) == 12
+    assert not set(train_set.files) & set(val_set.files)
+
+
+def test_bad_data_folders_name_the_problem(tmp_path):
+    with pytest.raises(DataError, match=r"(?s)does not exist.*fashion-mnist"):
+        scan_class_folders(tmp_path / "missing")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(DataError, match=r"(?s)no class folders.*empty"):
+        scan_class_folders(empty)
+    (empty / "cat").mkdir()
+    (empty / "dog").mkdir()
+    (empty / "cat" / "a.png").write_bytes(b"")
+    with pytest.raises(DataError, match=r"class folder .*dog holds no images.*add images"):
+        scan_class_folders(empty)
+    loose = tmp_path / "loose"
+    loose.mkdir()
+    from PIL import Image
+
+    Image.new("RGB", (8, 8)).save(loose / "x.png")
+    with pytest.raises(DataError, match=r"(?s)one sub-folder per class.*swinv2 pretrain"):
+        scan_class_folders(loose)
+
+
+def test_a_corrupt_image_is_reported_and_skipped(photos, tmp_path, caplog):
+    files = sorted((photos / "train" / "cat").glob("*.png"))[:3]
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(files[0].read_bytes()[:100])  # a truncated PNG
+    dataset = ImageFileDataset([files[0], broken, files[2]], [0, 1, 2], eval_transform((32, 32), (0.5,) * 3,
+                                                                                       (0.5,) * 3), 3)
+    with caplog.at_level(logging.WARNING, logger="swinv2"):
+        pixels, label = dataset[1]
+    assert label == 2  # the next readable item stands in
+    torch.testing.assert_close(pixels, dataset[2][0])
+    assert "broken.png" in caplog.text
+
+
+def _idx(array: np.ndarray) -> bytes:
+    header = bytes([0, 0, 8, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    return header + array.astype(np.uint8).tobytes()
+
+
+def test_fashion_mnist_reader_debian_copy_and_verified_download(tmp_path, monkeypatch):
+    from skimage import data as skdata
+
+    images = np.stack([skdata.camera()[i * 28: i * 28 + 28, :28] for i in range(6)])
+    labels = np.array([0, 9, 3, 3, 1, 2], dtype=np.uint8)
+    debian = tmp_path / "debian"
+    debian.mkdir()
+    (debian / "t10k-images-idx3-ubyte.gz").write_bytes(gzip.compress(_idx(images)))
+    (debian / "t10k-labels-idx1-ubyte.gz").write_bytes(gzip.compress(_idx(labels)))
+    monkeypatch.setattr(data_module, "FASHION_MNIST_DEBIAN_DIR", debian)
+    monkeypatch.setattr(data_module, "FASHION_MNIST_FILES", {**data_module.FASHION_MNIST_FILES, "test": (
+        ("t10k-images-idx3-ubyte.gz", "0" * 32), ("t10k-labels-idx1-ubyte.gz", "0" * 32), 6)})
+    got_images, got_labels = load_fashion_mnist("test")
+    assert torch.equal(got_images, torch.from_numpy(images)) and got_labels.tolist() == labels.tolist()
+
+    # Without the Debian copy: fetched from a mirror and kept only when the MD5 matches.
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    for name in ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"):
+        (mirror / name).write_bytes((debian / name).read_bytes())
+    md5 = {n: hashlib.md5((mirror / n).read_bytes()).hexdigest() for n in ("t10k-images-idx3-ubyte.gz",
+                                                                            "t10k-labels-idx1-ubyte.gz")}
+    monkeypatch.setattr(data_module, "FASHION_MNIST_DEBIAN_DIR", tmp_path / "not-installed")
+    monkeypatch.setattr(data_module, "FASHION_MNIST_MIRRORS", (mirror.as_uri() + "/",))
+    monkeypatch.setenv("SWINV2_DATA", str(tmp_path / "cache"))
+    monkeypatch.setattr(data_module, "FASHION_MNIST_FILES", {**data_module.FASHION_MNIST_FILES, "test": (
+        ("t10k-images-idx3-ubyte.gz", md5["t10k-images-idx3-ubyte.gz"]),
+        ("t10k-labels-idx1-ubyte.gz", "f" * 32), 6)})
+    with pytest.raises(DataError, match=r"(?s)MD5.*apt-get install dataset-fashion-mnist"):
+        load_fashion_mnist("test")
+    assert not (tmp_path / "cache" / "fashion-mnist" / "t10k-labels-idx1-ubyte.gz").exists()
+    monkeypatch.setattr(data_module, "FASHION_MNIST_FILES", {**data_module.FASHION_MNIST_FILES, "test": (
+        ("t10k-images-idx3-ubyte.gz", md5["t10k-images-idx3-ubyte.gz"]),
+        ("t10k-labels-idx1-ubyte.gz", md5["t10k-labels-idx1-ubyte.gz"]), 6)})
+    assert load_fashion_mnist("test")[1].tolist() == labels.tolist()
+    assert (tmp_path / "cache" / "fashion-mnist" / "t10k-labels-idx1-ubyte.gz").is_file()
+
+
+# ---------------------------------------------------------------------------------------------- bad requests
+def _config(tiny_config, photos, output, **changes) -> TrainConfig:
+    values = dict(data=str(photos), model=str(tiny_config), output=str(output), batch_size=6, max_steps=2,
+                  num_workers=0, progress=False, tensorboard=False)
+    return TrainConfig(**{**values, **changes})
+
+
+def test_bad_requests_stop_early_with_the_fix(tiny_config, photos, tmp_path):
+    with pytest.raises(TrainingError, match="does not exist"):
+        train(_config(tiny_config, tmp_path / "no-data", tmp_path / "a"))
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    with pytest.raises(TrainingError, match=r"(?s)cannot write to the output folder.*choose another --output"):
+        train(_config(tiny_config, photos, blocker / "run"))
+    with pytest.raises(TrainingError, match=r"(?s)no readable checkpoint.*run without --resume"):
+        train(_config(tiny_config, photos, tmp_path / "b", resume="latest"))
+    with pytest.raises(TrainingError, match="fewer than one step"):
+        train(_config(tiny_config, photos, tmp_path / "c", batch_size=64))
+    # a classifier with other classes than the data's
+    two = tmp_path / "two-classes"
+    Swinv2ForImageClassification(Swinv2Config(**TINY_MODEL, num_labels=2)).save_pretrained(two)
+    with pytest.raises(TrainingError, match=r"(?s)3 classes but the classifier .* has 2.*--new-head"):
+        train(_config(tiny_config, photos, tmp_path / "d", model=str(two)))
+    with pytest.raises(TrainingError, match=r"cannot be loaded as a Swin V2 model|not a config\.json"):
+        (tmp_path / "foreign").mkdir()
+        (tmp_path / "foreign" / "config.json").write_text(json.dumps({**TINY_MODEL, "model_type": "swinv2"}))
+        torch.save({"conv.weight": torch.zeros(1)}, tmp_path / "foreign" / "pytorch_model.bin")
+        train(_config(tiny_config, photos, tmp_path / "e", model=str(tmp_path / "foreign")))
+
+
+def test_resume_checks_the_architecture_and_fresh_runs_do_not_overwrite(tiny_config, photos, tmp_path):
+    run = tmp_path / "run"
+    result = train(_config(tiny_config, photos, run, new_head=True))
+    assert result.steps == 2 and (run / "last" / "model.safetensors").is_file()
+    with pytest.raises(TrainingError, match=r"(?s)already holds a run.*--resume"):
+        train(_config(tiny_config, photos, run))
+    wider = tmp_path / "wider.json"
+    Swinv2Config(**{**TINY_MODEL, "embed_dim": 32}).to_json_file(wider)
+    with pytest.raises(TrainingError, match=r"(?s)another architecture.*embed_dim: 16 there, 32 in --model"):
+        train(_config(tiny_config, photos, run, model=str(wider), resume="latest", max_steps=3))
+    with pytest.raises(TrainingError, match=r"(?s)classification checkpoint, not simmim.*swinv2 train"):
+        train(_config(tiny_config, photos, run, task="simmim", resume="latest", mask_patch_size=8))
+    finished = train(_config(tiny_config, photos, run, resume="latest"))  # nothing left to do
+    assert finished.steps == 2
+    assert math.isfinite(finished.metrics.get("img_per_s", 0.0))
