@@ -648,6 +648,12 @@ def resolve_source(
         or (os.sep in text.rstrip("/")
         and text.count("/") > 1)
     )
+    if preset_kwargs(text) is not None and text.count("/") == 0:
+        raise CheckpointError(
+            f"{text!r} names an official checkpoint, but no file or folder of that name is here. Give the "
+            "path to its weights (a Microsoft .pth, a timm or torchvision file, a Hugging Face folder), or "
+            f"build an untrained model with Swinv2Config.from_pretrained({text!r})"
+        )
     if looks_local or text.count("/") != 1:
         raise CheckpointError(
             f"{text!r} is neither a file nor a folder, nor a Hugging Face Hub id (owner/name). Give the path "
@@ -670,14 +676,20 @@ def resolve_config(name_or_path: str | os.PathLike, **overrides: Any) -> Swinv2C
         if kwargs is not None and (not owner or repo.lower() in PRESET_NAMES):
             return Swinv2Config(**{**kwargs, **overrides})
     config_path, weights_path = resolve_source(name_or_path)
-    if config_path is None and weights_path is None:
-        raise CheckpointError(f"no {CONFIG_NAME} and no weights found at {name_or_path}")
-    state: dict[str, Tensor] = {}
-    embedded, fmt = None, ""
-    if weights_path is not None:
-        state, embedded = read_weights(weights_path)
-        fmt = detect_format(state)
+    if config_path is not None:
+        data = _read_json(config_path)
+        if not _is_timm_config(data):
+            return _config_from_dict(data, overrides)
+    if weights_path is None:
+        raise CheckpointError(f"no Swin V2 {CONFIG_NAME} and no weights to infer one from at {name_or_path}")
+    state, embedded = read_weights(weights_path)
+    fmt = detect_format(state)
     return checkpoint_config(state, fmt, config_path, embedded, weights_path, text, overrides)
+
+
+def _is_timm_config(data: dict[str, Any]) -> bool:
+    """timm's config.json names the model (`architecture`) instead of describing it."""
+    return "architecture" in data and "model_type" not in data
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -713,7 +725,7 @@ def checkpoint_config(
     names: list[str] = []
     if config_path is not None:
         data = _read_json(config_path)
-        if "architecture" in data and "model_type" not in data:  # timm's config.json: only the model's name
+        if _is_timm_config(data):
             names.append(str(data["architecture"]))
         else:
             return _config_from_dict(data, overrides)
@@ -804,8 +816,8 @@ def infer_config(
             f"this {fmt} checkpoint does not record its {' and '.join(unknown)} and its name does not tell "
             "it. Pass them (from_pretrained(path, window_size=8, image_size=256)), or "
             "config=Swinv2Config(...) or a preset name "
-            "(Swinv2Config.from_pretrained('swinv2-tiny-patch4-window8-256')), or keep the official file name "
-            "(e.g. swinv2_tiny_patch4_window8_256.pth)"
+            "(Swinv2Config.from_pretrained('swinv2-tiny-patch4-window8-256')), or keep the official file "
+            "name (e.g. swinv2_tiny_patch4_window8_256.pth)"
         )
     return Swinv2Config(**fields)
 
@@ -1106,18 +1118,22 @@ def convert(
     or unexpected weights fails here rather than in the other library; dtypes are kept."""
     if fmt not in WRITE_FORMATS:
         raise CheckpointError(f"cannot write format {fmt!r}; we write: {', '.join(WRITE_FORMATS)}")
-    _, weights_path = resolve_source(source)
+    config_path, weights_path = resolve_source(source)
     if weights_path is None:
         raise CheckpointError(f"no weights found at {source}")
-    state, _ = read_weights(weights_path)
+    state, embedded = read_weights(weights_path)
     canonical, source_fmt = to_canonical(state)
+    if config is None:
+        config = checkpoint_config(state, source_fmt, config_path, embedded, weights_path, str(source), {})
     cls = model_class_for(canonical)
+    model = cls(config)
     with warnings.catch_warnings():
         # A warning about re-initialised weights would mean invented weights in the output: an error here.
         warnings.simplefilter("error", UserWarning)
         try:
-            model = load_pretrained(cls, source, config=config, torch_dtype="auto", strict=True)
+            load_into_model(model, canonical, source_fmt, strict=True, source=str(weights_path))
         except UserWarning as err:
             raise CheckpointError(f"{source} does not fill a {cls.__name__}: {err}") from err
+    model.to(dtype=_target_dtype("auto", state)).eval()
     write_checkpoint(model, destination, fmt)
     return source_fmt, model
