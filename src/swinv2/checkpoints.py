@@ -645,8 +645,7 @@ def resolve_source(
     looks_local = (
         text.startswith((".", "/", "~"))
         or text.endswith(WEIGHT_SUFFIXES)
-        or (os.sep in text.rstrip("/")
-        and text.count("/") > 1)
+        or (os.sep in text.rstrip("/") and text.count("/") > 1)
     )
     if preset_kwargs(text) is not None and text.count("/") == 0:
         raise CheckpointError(
