@@ -1,13 +1,20 @@
 """Reading and writing checkpoints: where the weights are, which library wrote them, and their key names.
 
-Every format is mapped onto our own module names (see `layers.py`) in one place, here:
+Every format is mapped onto our own module names (see `layers.py`) in one place, here, one table each:
 - `hf`: transformers' `Swinv2*` models (`embeddings.patch_embeddings.projection`, `encoder.layers.N.blocks.M
   .attention.self.query`, ...), split query/key/value;
+- `microsoft`: Microsoft's Swin-Transformer `.pth` (`{"model": ...}`; `patch_embed`, `layers.N.blocks.M.attn`,
+  the patch merging at the end of a stage, `head`), and `microsoft-simmim`, SimMIM's pre-training files
+  (the same under `encoder.`, plus `decoder.`);
+- `timm`: the patch merging opens the next stage (`layers.N+1.downsample`), the classifier is `head.fc`;
+- `torchvision`: one `features` Sequential, `qkv.bias = cat(q, 0, v)`;
 - `swinv2`: our own names (`embeddings.proj`, `stages.N.blocks.M.attn.qkv`, ...), a fused qkv with
   `q_bias`/`v_bias` as in the paper's code.
 
 A state dict in canonical form has the encoder's keys without prefix and the heads' keys under
 `classifier.` or `decoder.`; `_fit_to_model` adds the `swinv2.` prefix that the heads' models use.
+Buffers derived from the geometry are dropped on reading and recomputed on writing where a format persists
+them; they also tell window and image size when a checkpoint comes without a config (`infer_config`).
 """
 
 from __future__ import annotations
@@ -384,12 +391,8 @@ def ours_to_hf(state: dict[str, Tensor], with_prefix: bool) -> dict[str, Tensor]
             stage, block, part = match.groups()
             prefix = f"encoder.layers.{stage}.blocks.{block}.attention.self."
             if part == "qkv.weight":
-                q, k, v = value.chunk(3)
-                out[prefix + "query.weight"], out[prefix + "key.weight"], out[prefix + "value.weight"] = (
-                    q,
-                    k,
-                    v,
-                )
+                for name, third in zip(("query", "key", "value"), value.chunk(3)):
+                    out[f"{prefix}{name}.weight"] = third
             else:
                 out[prefix + ("query.bias" if part == "q_bias" else "value.bias")] = value
             continue
@@ -469,9 +472,9 @@ def _refuse_extras(state: dict[str, Tensor], fmt: str) -> None:
     ]
     if extras:
         raise CheckpointError(
-            f"{FORMAT_NAMES[fmt]}'s Swin V2 has no place for {', '.join(extras)}; convert to hf or microsoft,"
-            " "
-            "which keep them (or load the encoder alone with Swinv2Model, without use_absolute_embeddings)"
+            f"{FORMAT_NAMES[fmt]}'s Swin V2 has no place for {', '.join(extras)}; convert to hf or "
+            "microsoft, which keep them (or load the encoder alone with Swinv2Model, without "
+            "use_absolute_embeddings)"
         )
 
 
@@ -730,10 +733,6 @@ def checkpoint_config(
             return _config_from_dict(data, overrides)
     if embedded is not None:
         return _config_from_dict(embedded, overrides)
-    if not state:
-        raise CheckpointError(
-            f"{config_path} is no Swin V2 config and there are no weights to infer one from"
-        )
     if weights_path is not None:
         names += [weights_path.name, weights_path.parent.name]
     return infer_config(state, fmt, [*names, name], **overrides)

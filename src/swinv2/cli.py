@@ -19,23 +19,28 @@ def _add_convert_parser(sub: argparse._SubParsersAction) -> None:
         "convert",
         help="convert a checkpoint between Hugging Face, Microsoft, timm and torchvision layouts",
         description=(
-            "Read a Swin V2 checkpoint of any layout (Hugging Face folder or file, Microsoft .pth, SimMIM, timm, "
-            "torchvision; the layout is detected from the keys) and write it for another library. "
+            "Read a Swin V2 checkpoint of any layout (Hugging Face folder or file, Microsoft .pth, SimMIM, "
+            "timm, torchvision; the layout is detected from the keys) and write it for another library. "
             "Converting there and back gives the same tensors."
         ),
     )
-    parser.add_argument("source", metavar="SRC", help="folder with config.json, or a .safetensors/.bin/.pth file")
     parser.add_argument(
-        "destination", metavar="DST",
-        help="output: a folder for --to hf, else a file (.pth for microsoft; .safetensors or .pth for timm and "
-        "torchvision)",
+        "source", metavar="SRC", help="folder with config.json, or a .safetensors/.bin/.pth file"
     )
-    parser.add_argument("--to", required=True, choices=("hf", "microsoft", "timm", "torchvision"),
-                        help="layout to write")
     parser.add_argument(
-        "--config", metavar="NAME_OR_PATH",
-        help="config of SRC when it has none and its file name does not tell window and image size: a preset "
-        "(swinv2-tiny-patch4-window8-256) or a config.json",
+        "destination",
+        metavar="DST",
+        help="output: a folder for --to hf, else a file (.pth for microsoft; .safetensors or .pth for timm "
+        "and torchvision)",
+    )
+    parser.add_argument(
+        "--to", required=True, choices=("hf", "microsoft", "timm", "torchvision"), help="layout to write"
+    )
+    parser.add_argument(
+        "--config",
+        metavar="NAME_OR_PATH",
+        help="config of SRC when it has none and its file name does not tell window and image size: a "
+        "preset (swinv2-tiny-patch4-window8-256) or a config.json",
     )
     parser.set_defaults(func=_run_convert)
 
