@@ -1,31 +1,41 @@
 """Reading and writing checkpoints: where the weights are, which library wrote them, and their key names.
 
-Every format is mapped onto our own module names (see `layers.py`) in one place, here:
+Every format is mapped onto our own module names (see `layers.py`) in one place, here, one table each:
 - `hf`: transformers' `Swinv2*` models (`embeddings.patch_embeddings.projection`, `encoder.layers.N.blocks.M
   .attention.self.query`, ...), split query/key/value;
+- `microsoft`: Microsoft's Swin-Transformer `.pth` (`{"model": ...}`; `patch_embed`, `layers.N.blocks.M.attn`,
+  the patch merging at the end of a stage, `head`), and `microsoft-simmim`, SimMIM's pre-training files
+  (the same under `encoder.`, plus `decoder.`);
+- `timm`: the patch merging opens the next stage (`layers.N+1.downsample`), the classifier is `head.fc`;
+- `torchvision`: one `features` Sequential, `qkv.bias = cat(q, 0, v)`;
 - `swinv2`: our own names (`embeddings.proj`, `stages.N.blocks.M.attn.qkv`, ...), a fused qkv with
   `q_bias`/`v_bias` as in the paper's code.
 
 A state dict in canonical form has the encoder's keys without prefix and the heads' keys under
 `classifier.` or `decoder.`; `_fit_to_model` adds the `swinv2.` prefix that the heads' models use.
+Buffers derived from the geometry are dropped on reading and recomputed on writing where a format persists
+them; they also tell window and image size when a checkpoint comes without a config (`infer_config`).
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
+import math
 import os
 import re
 import tempfile
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from .config import CONFIG_NAME, Swinv2Config
+from .config import CONFIG_NAME, PRESET_NAMES, Swinv2Config, preset_kwargs
+from .layers import relative_coords_table, relative_position_index, shifted_window_mask
 
 logger = logging.getLogger("swinv2")
 
@@ -37,6 +47,8 @@ WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pth", ".pt", ".ckpt")
 HEAD_PREFIXES = ("classifier.", "decoder.")
 # Buffers that are derived from the geometry: never loaded, regenerated where a format persists them.
 DERIVED_BUFFERS = ("relative_coords_table", "relative_position_index", "attn_mask")
+# Where `write_checkpoint` keeps our config in files of formats that have no config.json.
+EMBEDDED_CONFIG_KEY = "swinv2_config"
 
 
 class CheckpointError(ValueError):
@@ -72,10 +84,17 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
 
 
 def load_state_dict_file(path: str | os.PathLike) -> dict[str, Tensor]:
-    """Tensors of a `.safetensors`, `.bin`, `.pth` or `.pt` file.
+    """Tensors of a `.safetensors`, `.bin`, `.pth` or `.pt` file (see `load_checkpoint_file`)."""
+    return load_checkpoint_file(path)[0]
+
+
+def load_checkpoint_file(path: str | os.PathLike) -> tuple[dict[str, Tensor], dict[str, Any] | None]:
+    """Tensors of a `.safetensors`, `.bin`, `.pth` or `.pt` file, and the config stored inside it, if any.
 
     Pickled files are read with `torch.load(weights_only=True)`, which refuses to run code. A training
-    checkpoint (`{"model": ...}`, `{"state_dict": ...}`, `{"model_state": ...}`) is unwrapped.
+    checkpoint (`{"model": ...}`, `{"state_dict": ...}`, `{"model_state": ...}`) is unwrapped. The config is
+    the one `write_checkpoint` embeds (safetensors metadata or a `"swinv2_config"` entry beside `"model"`), so
+    that formats without a config.json keep window and image size.
     """
     path = Path(path)
     if not path.is_file():
@@ -83,31 +102,51 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, Tensor]:
     if path.stat().st_size == 0:
         raise CheckpointError(f"{path} is empty (0 bytes): the download or the save did not complete")
     if path.suffix == ".safetensors":
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
+        from safetensors import SafetensorError, safe_open
 
         try:
-            return load_file(str(path))
+            with safe_open(str(path), framework="pt") as f:
+                metadata = f.metadata() or {}
+                tensors = {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118 (safe_open is no dict)
         except (SafetensorError, OSError, ValueError, RuntimeError) as err:
             raise CheckpointError(
                 f"{path} is not a readable safetensors file ({err}); it may be truncated or corrupt: "
                 "download or save it again"
             ) from err
+        if not tensors:
+            raise CheckpointError(f"{path} holds no tensors")
+        return tensors, _parse_embedded_config(metadata.get(EMBEDDED_CONFIG_KEY), path)
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises several unrelated types for a bad pickle
         text = str(err)
         if "Weights only load failed" in text or "Unsupported global" in text:
             raise CheckpointError(
-                f"{path} holds Python objects besides tensors, which could run code when unpickled, so it was "
-                "not loaded. If you trust the file, re-save its state dict with torch.save(state_dict) or as "
-                "safetensors"
+                f"{path} holds Python objects besides tensors, which could run code when unpickled, so it "
+                "was not loaded. If you trust the file, re-save its state dict with torch.save(state_dict) "
+                "or as safetensors"
             ) from err
+        first_line = text.splitlines()[0] if text else ""
         raise CheckpointError(
-            f"{path} could not be read as a PyTorch checkpoint ({type(err).__name__}: {text.splitlines()[0] if text else ''}); "
+            f"{path} could not be read as a PyTorch checkpoint ({type(err).__name__}: {first_line}); "
             "it may be truncated or corrupt: download or save it again"
         ) from err
-    return _unwrap_state_dict(obj, path)
+    embedded = obj.get(EMBEDDED_CONFIG_KEY) if isinstance(obj, dict) else None
+    return _unwrap_state_dict(obj, path), _parse_embedded_config(embedded, path)
+
+
+def _parse_embedded_config(text: Any, path: Path) -> dict[str, Any] | None:
+    if text is None:
+        return None
+    try:
+        data = json.loads(text) if isinstance(text, str) else None
+    except json.JSONDecodeError:
+        data = None
+    if not isinstance(data, dict):
+        raise CheckpointError(
+            f"{path}: the embedded {EMBEDDED_CONFIG_KEY!r} is not a JSON object of config fields"
+        )
+    return data
 
 
 def _unwrap_state_dict(obj: Any, path: Path) -> dict[str, Tensor]:
@@ -121,12 +160,15 @@ def _unwrap_state_dict(obj: Any, path: Path) -> dict[str, Tensor]:
     if not tensors:
         raise CheckpointError(f"{path} holds no tensors")
     if all(k.startswith("module.") for k in tensors):  # saved from DistributedDataParallel
-        tensors = {k[len("module."):]: v for k, v in tensors.items()}
+        tensors = {k[len("module.") :]: v for k, v in tensors.items()}
     return tensors
 
 
 def _load_sharded(index_path: Path) -> dict[str, Tensor]:
-    index = json.loads(index_path.read_text())
+    try:
+        index = json.loads(index_path.read_text())
+    except json.JSONDecodeError as err:
+        raise CheckpointError(f"{index_path} is not valid JSON ({err}); download or save it again") from err
     state: dict[str, Tensor] = {}
     for shard in sorted(set(index.get("weight_map", {}).values())):
         state.update(load_state_dict_file(index_path.parent / shard))
@@ -141,19 +183,28 @@ def find_weights(folder: Path) -> Path | None:
     return candidates[0] if len(candidates) == 1 else None
 
 
-def read_weights(path: Path) -> dict[str, Tensor]:
+def read_weights(path: Path) -> tuple[dict[str, Tensor], dict[str, Any] | None]:
+    """The tensors behind a weights file or a shard index, and the config embedded in the file, if any."""
     if path.name.endswith(".index.json"):
-        return _load_sharded(path)
-    return load_state_dict_file(path)
+        return _load_sharded(path), None
+    return load_checkpoint_file(path)
 
 
 # ---------------------------------------------------------------------------------------------- key mapping
-# transformers <-> ours for the keys that are a plain rename; a name ending in "." renames a prefix.
-# ({i}: stage, {j}: block.) The fused qkv and the position embeddings are handled apart.
+# One table per format: (their name, our name) template pairs, read top to bottom, the first match wins;
+# a name ending in "." renames a prefix. Placeholders: {i} the stage, {j} the block; an index stored as an
+# affine function of the stage is written out: timm numbers its patch mergings {i+1} (they open the next
+# stage), torchvision numbers patch embedding, stages and mergings in one Sequential ({2i+1} and {2i+2}).
+# The keys that are not a plain rename (fused or split qkv, position embeddings) are handled by each format.
+
+# transformers: split query/key/value, an unused first row in the position embeddings.
 HF_NAMES: list[tuple[str, str]] = [
     ("embeddings.patch_embeddings.projection.", "embeddings.proj."),
     ("encoder.layers.{i}.blocks.{j}.attention.self.logit_scale", "stages.{i}.blocks.{j}.attn.logit_scale"),
-    ("encoder.layers.{i}.blocks.{j}.attention.self.continuous_position_bias_mlp.", "stages.{i}.blocks.{j}.attn.cpb_mlp."),
+    (
+        "encoder.layers.{i}.blocks.{j}.attention.self.continuous_position_bias_mlp.",
+        "stages.{i}.blocks.{j}.attn.cpb_mlp.",
+    ),
     ("encoder.layers.{i}.blocks.{j}.attention.output.dense.", "stages.{i}.blocks.{j}.attn.proj."),
     ("encoder.layers.{i}.blocks.{j}.layernorm_before.", "stages.{i}.blocks.{j}.norm1."),
     ("encoder.layers.{i}.blocks.{j}.layernorm_after.", "stages.{i}.blocks.{j}.norm2."),
@@ -162,13 +213,74 @@ HF_NAMES: list[tuple[str, str]] = [
     ("encoder.layers.{i}.downsample.", "stages.{i}.downsample."),
     ("layernorm.", "norm."),
 ]
-_HF_QKV = re.compile(r"^encoder\.layers\.(\d+)\.blocks\.(\d+)\.attention\.self\.(query|key|value)\.(weight|bias)$")
+# Microsoft's Swin-Transformer repository (and SimMIM's, under `encoder.`): our block internals have its
+# names, the patch merging closes a stage. It persists relative_coords_table, relative_position_index and
+# attn_mask.
+MICROSOFT_NAMES: list[tuple[str, str]] = [
+    ("patch_embed.proj.", "embeddings.proj."),
+    ("patch_embed.norm.", "embeddings.norm."),
+    ("absolute_pos_embed", "embeddings.position_embeddings"),
+    ("mask_token", "embeddings.mask_token"),
+    ("layers.{i}.blocks.{j}.", "stages.{i}.blocks.{j}."),
+    ("layers.{i}.downsample.", "stages.{i}.downsample."),
+    ("norm.", "norm."),
+    ("head.", "classifier."),
+]
+# timm: Microsoft's names, but the patch merging opens the next stage and the classifier is `head.fc`.
+TIMM_NAMES: list[tuple[str, str]] = [
+    ("patch_embed.proj.", "embeddings.proj."),
+    ("patch_embed.norm.", "embeddings.norm."),
+    ("layers.{i}.blocks.{j}.", "stages.{i}.blocks.{j}."),
+    ("layers.{i+1}.downsample.", "stages.{i}.downsample."),
+    ("norm.", "norm."),
+    ("head.fc.", "classifier."),
+]
+# torchvision: `features` = [conv + permute + norm, stage 0, merging 0, stage 1, ...];
+# qkv.bias = cat(q, 0, v); the MLP is a Sequential (Linear, GELU, Dropout, Linear, Dropout). It persists
+# relative_coords_table and a flat relative_position_index.
+TORCHVISION_NAMES: list[tuple[str, str]] = [
+    ("features.0.0.", "embeddings.proj."),
+    ("features.0.2.", "embeddings.norm."),
+    ("features.{2i+1}.{j}.mlp.0.", "stages.{i}.blocks.{j}.mlp.fc1."),
+    ("features.{2i+1}.{j}.mlp.3.", "stages.{i}.blocks.{j}.mlp.fc2."),
+    ("features.{2i+1}.{j}.", "stages.{i}.blocks.{j}."),
+    ("features.{2i+2}.", "stages.{i}.downsample."),
+    ("norm.", "norm."),
+    ("head.", "classifier."),
+]
+FORMAT_NAMES = {
+    "hf": "Hugging Face transformers",
+    "microsoft": "Microsoft Swin-Transformer (.pth with 'model')",
+    "microsoft-simmim": "Microsoft SimMIM pre-training (encoder. + decoder.)",
+    "timm": "timm",
+    "torchvision": "torchvision",
+    "swinv2": "swinv2 (ours)",
+}
+WRITE_FORMATS = ("hf", "microsoft", "timm", "torchvision")
+
+_PLACEHOLDER = re.compile(r"\{(\d*)([ij])(?:\+(\d+))?\}")
 _OURS_QKV = re.compile(r"^stages\.(\d+)\.blocks\.(\d+)\.attn\.(qkv\.weight|q_bias|v_bias)$")
+_HF_QKV = re.compile(
+    r"^encoder\.layers\.(\d+)\.blocks\.(\d+)\.attention\.self\.(query|key|value)\.(weight|bias)$"
+)
+_TV_QKV_BIAS = re.compile(r"^features\.(\d+)\.(\d+)\.attn\.qkv\.bias$")
+_OURS_QV_BIAS = re.compile(r"^stages\.(\d+)\.blocks\.(\d+)\.attn\.(q_bias|v_bias)$")
 
 
-def _template_regex(template: str) -> re.Pattern:
-    pattern = re.escape(template).replace(r"\{i\}", r"(?P<i>\d+)").replace(r"\{j\}", r"(?P<j>\d+)")
-    return re.compile("^" + pattern + ("" if template.endswith(".") else "$"))
+@functools.cache
+def _compile_template(template: str) -> tuple[re.Pattern, tuple[tuple[str, int, int], ...]]:
+    """A template -> (regex with one group per placeholder, (variable, scale, offset) per placeholder)."""
+    pattern, fields, last = "^", [], 0
+    for match in _PLACEHOLDER.finditer(template):
+        pattern += re.escape(template[last : match.start()]) + r"(\d+)"
+        fields.append((match[2], int(match[1] or 1), int(match[3] or 0)))
+        last = match.end()
+    pattern += re.escape(template[last:]) + ("" if template.endswith(".") else "$")
+    return re.compile(pattern), tuple(fields)
+
+
+def _format_template(template: str, values: dict[str, int]) -> str:
+    return _PLACEHOLDER.sub(lambda m: str(int(m[1] or 1) * values[m[2]] + int(m[3] or 0)), template)
 
 
 def rename_key(key: str, table: list[tuple[str, str]], reverse: bool = False) -> str | None:
@@ -176,14 +288,38 @@ def rename_key(key: str, table: list[tuple[str, str]], reverse: bool = False) ->
     for source, target in table:
         if reverse:
             source, target = target, source
-        match = _template_regex(source).match(key)
-        if match:
-            return target.format(**match.groupdict()) + key[match.end():]
+        regex, fields = _compile_template(source)
+        match = regex.match(key)
+        if not match:
+            continue
+        values: dict[str, int] = {}
+        for (name, scale, offset), text in zip(fields, match.groups()):
+            index, remainder = divmod(int(text) - offset, scale)
+            if index < 0 or remainder or values.get(name, index) != index:
+                break
+            values[name] = index
+        else:
+            return _format_template(target, values) + key[match.end() :]
     return None
+
+
+def _rename_all(
+    state: dict[str, Tensor], table: list[tuple[str, str]], reverse: bool = False
+) -> dict[str, Tensor]:
+    """Every key renamed by `table`; keys no template matches are kept, so that errors can name them."""
+    out = {}
+    for key, value in state.items():
+        new = rename_key(key, table, reverse)
+        out[new if new is not None else key] = value
+    return out
 
 
 def _is_derived(key: str) -> bool:
     return key.rsplit(".", 1)[-1] in DERIVED_BUFFERS
+
+
+def _drop_derived(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    return {k: v for k, v in state.items() if not _is_derived(k)}
 
 
 def split_heads(state: dict[str, Tensor], body_prefix: str) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
@@ -193,12 +329,13 @@ def split_heads(state: dict[str, Tensor], body_prefix: str) -> tuple[dict[str, T
         if key.startswith(HEAD_PREFIXES):
             heads[key] = value
         elif body_prefix and key.startswith(body_prefix):
-            body[key[len(body_prefix):]] = value
+            body[key[len(body_prefix) :]] = value
         else:
             body[key] = value
     return body, heads
 
 
+# ---- transformers
 def hf_to_ours(state: dict[str, Tensor]) -> dict[str, Tensor]:
     """transformers' key names -> canonical ours (the `swinv2.` prefix of the heads' models is removed)."""
     body, out = split_heads(state, "swinv2.")
@@ -223,9 +360,13 @@ def hf_to_ours(state: dict[str, Tensor]) -> dict[str, Tensor]:
     for (stage, block), parts in qkv.items():
         prefix = f"stages.{stage}.blocks.{block}.attn."
         if {"query.weight", "key.weight", "value.weight"} <= parts.keys():
-            out[prefix + "qkv.weight"] = torch.cat([parts["query.weight"], parts["key.weight"], parts["value.weight"]])
+            out[prefix + "qkv.weight"] = torch.cat(
+                [parts["query.weight"], parts["key.weight"], parts["value.weight"]]
+            )
         else:  # keep what is there so that the error names it
-            out.update({f"encoder.layers.{stage}.blocks.{block}.attention.self.{k}": v for k, v in parts.items()})
+            out.update(
+                {f"encoder.layers.{stage}.blocks.{block}.attention.self.{k}": v for k, v in parts.items()}
+            )
         if "query.bias" in parts:
             out[prefix + "q_bias"] = parts["query.bias"]
         if "value.bias" in parts:
@@ -234,7 +375,7 @@ def hf_to_ours(state: dict[str, Tensor]) -> dict[str, Tensor]:
 
 
 def _is_square_plus_one(n: int) -> bool:
-    root = int(round((n - 1) ** 0.5))
+    root = math.isqrt(n - 1) if n > 0 else 0
     return root * root == n - 1 and n > 1
 
 
@@ -250,8 +391,8 @@ def ours_to_hf(state: dict[str, Tensor], with_prefix: bool) -> dict[str, Tensor]
             stage, block, part = match.groups()
             prefix = f"encoder.layers.{stage}.blocks.{block}.attention.self."
             if part == "qkv.weight":
-                q, k, v = value.chunk(3)
-                out[prefix + "query.weight"], out[prefix + "key.weight"], out[prefix + "value.weight"] = q, k, v
+                for name, third in zip(("query", "key", "value"), value.chunk(3)):
+                    out[f"{prefix}{name}.weight"] = third
             else:
                 out[prefix + ("query.bias" if part == "q_bias" else "value.bias")] = value
             continue
@@ -265,33 +406,203 @@ def ours_to_hf(state: dict[str, Tensor], with_prefix: bool) -> dict[str, Tensor]
     return out
 
 
+# ---- Microsoft (and SimMIM)
+def microsoft_to_ours(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Microsoft's names (with SimMIM's `encoder.` prefix or without) -> canonical ours; buffers dropped."""
+    return _drop_derived(_rename_all(_microsoft_plain(state), MICROSOFT_NAMES))
+
+
+def _microsoft_plain(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """SimMIM's `encoder.` prefix removed (`decoder.` kept); early Swin V2 code's `rpe_mlp` -> `cpb_mlp`."""
+    out = {}
+    for key, value in state.items():
+        key = key.removeprefix("encoder.")
+        out[key.replace(".attn.rpe_mlp.", ".attn.cpb_mlp.")] = value
+    return out
+
+
+def ours_to_microsoft(model: torch.nn.Module) -> dict[str, Tensor]:
+    """A model's weights in Microsoft's layout, with the buffers its code persists (recomputed here).
+
+    A SimMIM model (mask token and decoder) is written as SimMIM writes it: the encoder under `encoder.`.
+    """
+    config = model.config
+    state = model_state_canonical(model)
+    out = _rename_all(state, MICROSOFT_NAMES, reverse=True)
+    grid_h, grid_w = (s // p for s, p in zip(config.image_hw, config.patch_hw))
+    for i, stage in enumerate(_encoder(model).stages):
+        height, width = grid_h // 2**i, grid_w // 2**i  # Microsoft's stage resolution (floor)
+        for j, block in enumerate(stage.blocks):
+            prefix = f"layers.{i}.blocks.{j}."
+            out[prefix + "attn.relative_coords_table"] = (
+                block.attn.relative_coords_table.detach().cpu()[None].clone()
+            )
+            out[prefix + "attn.relative_position_index"] = (
+                block.attn.relative_position_index.detach().cpu().clone()
+            )
+            if block.shift > 0:
+                pad_h, pad_w = -height % block.window, -width % block.window
+                out[prefix + "attn_mask"] = shifted_window_mask(
+                    height + pad_h, width + pad_w, block.window, block.shift
+                )
+    if any(k.startswith("decoder.") for k in out):
+        out = {(k if k.startswith("decoder.") else "encoder." + k): v for k, v in out.items()}
+    return out
+
+
+# ---- timm
+def timm_to_ours(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """timm's names -> canonical ours (a patch merging moves from the start of stage i+1 to the end of i)."""
+    return _drop_derived(_rename_all(state, TIMM_NAMES))
+
+
+def ours_to_timm(model: torch.nn.Module) -> dict[str, Tensor]:
+    """A model's weights in timm's `SwinTransformerV2` layout (timm persists no buffers)."""
+    state = model_state_canonical(model)
+    _refuse_extras(state, "timm")
+    return _rename_all(state, TIMM_NAMES, reverse=True)
+
+
+def _refuse_extras(state: dict[str, Tensor], fmt: str) -> None:
+    """timm and torchvision have no absolute position embeddings, mask token or SimMIM decoder."""
+    extras = [
+        k
+        for k in state
+        if k.startswith("decoder.") or k in ("embeddings.mask_token", "embeddings.position_embeddings")
+    ]
+    if extras:
+        raise CheckpointError(
+            f"{FORMAT_NAMES[fmt]}'s Swin V2 has no place for {', '.join(extras)}; convert to hf or "
+            "microsoft, which keep them (or load the encoder alone with Swinv2Model, without "
+            "use_absolute_embeddings)"
+        )
+
+
+# ---- torchvision
+def torchvision_to_ours(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """torchvision's names -> canonical ours: `qkv.bias = cat(q, 0, v)` becomes `q_bias`, `v_bias`."""
+    split: dict[str, Tensor] = {}
+    for key, value in state.items():
+        match = _TV_QKV_BIAS.match(key)
+        if match:
+            prefix = key.removesuffix("qkv.bias")
+            # The key's third is zero at init and zeroed again in every forward: it carries nothing.
+            q, _, v = value.chunk(3)
+            split[prefix + "q_bias"], split[prefix + "v_bias"] = q, v
+        else:
+            split[key] = value
+    return _drop_derived(_rename_all(split, TORCHVISION_NAMES))
+
+
+def ours_to_torchvision(model: torch.nn.Module) -> dict[str, Tensor]:
+    """A model's weights in torchvision's `SwinTransformer` (V2 blocks) layout, with its persistent buffers.
+
+    torchvision uses one window for every stage and never shrinks it to a small feature map (it pads); a
+    model whose config shrinks a stage's window computes differently there, which is warned about.
+    """
+    config = model.config
+    state = model_state_canonical(model)
+    _refuse_extras(state, "torchvision")
+    fused: dict[str, Tensor] = {}
+    for key, value in state.items():
+        match = _OURS_QV_BIAS.match(key)
+        if not match:
+            fused[key] = value
+        elif match[3] == "q_bias":
+            prefix = key.removesuffix("q_bias")
+            fused[prefix + "qkv.bias"] = torch.cat([value, torch.zeros_like(value), state[prefix + "v_bias"]])
+    out = _rename_all(fused, TORCHVISION_NAMES, reverse=True)
+    window = config.window_size
+    shrunk = []
+    for i, stage in enumerate(_encoder(model).stages):
+        if stage.blocks[0].window != window:
+            shrunk.append(f"stage {i + 1}: {stage.blocks[0].window}")
+        table = relative_coords_table(window, config.pretrained_window_sizes[i])[None]
+        for j, block in enumerate(stage.blocks):
+            prefix = f"features.{2 * i + 1}.{j}.attn."
+            if block.attn.q_bias is None:  # torchvision always has a qkv bias: a zero one is the same model
+                dim = block.attn.dim
+                out[prefix + "qkv.bias"] = block.attn.qkv.weight.new_zeros(3 * dim).detach().cpu()
+            out[prefix + "relative_coords_table"] = table.clone()
+            out[prefix + "relative_position_index"] = relative_position_index(window).flatten()
+    if shrunk:
+        warnings.warn(
+            f"at image_size {config.image_size} this model shrinks the window of {', '.join(shrunk)} (window "
+            f"{window} elsewhere); torchvision keeps window {window} and pads instead, so its outputs will "
+            "differ",
+            stacklevel=3,
+        )
+    return out
+
+
+def _encoder(model: torch.nn.Module) -> torch.nn.Module:
+    return getattr(model, "swinv2", model)
+
+
+# ---- detection
 def detect_format(state: dict[str, Tensor]) -> str:
-    """Which library wrote this state dict: `hf` or `swinv2` (ours); raises for anything else."""
+    """Which library wrote this state dict (see `FORMAT_NAMES`); raises for anything else."""
     keys = list(state)
+    if any(k.endswith("relative_position_bias_table") for k in keys):
+        raise CheckpointError(
+            "this is a Swin Transformer V1 checkpoint (it has relative_position_bias_table); swinv2 reads "
+            "Swin Transformer V2 weights only (continuous position bias, cpb_mlp)"
+        )
     if any(".attention.self." in k or "patch_embeddings.projection" in k for k in keys):
         return "hf"
+    if any(re.match(r"features\.\d+\.\d+\.attn\.", k) for k in keys):
+        return "torchvision"
+    if any(re.match(r"encoder\.(patch_embed\.|layers\.\d+\.blocks\.)", k) for k in keys):
+        return "microsoft-simmim"
+    if any(re.match(r"(patch_embed\.|layers\.\d+\.blocks\.)", k) for k in keys):
+        # timm's first stage has no patch merging, Microsoft's has; with one stage the layouts agree but
+        # for the head (`head.fc` in timm).
+        if "layers.0.downsample.reduction.weight" in state or "head.weight" in state:
+            return "microsoft"
+        if "head.fc.weight" in state or any(re.match(r"layers\.\d+\.downsample\.", k) for k in keys):
+            return "timm"
+        return "microsoft"
     if any(re.search(r"(^|\.)stages\.\d+\.blocks\.\d+\.attn\.", k) for k in keys) and any(
         "embeddings.proj." in k for k in keys
     ):
         return "swinv2"
     raise CheckpointError(
-        "unknown checkpoint format: the keys match none of the formats we read (Hugging Face transformers, "
-        f"swinv2). First keys: {keys[:5]}"
+        "unknown checkpoint format: the keys match none of the formats we read ("
+        + "; ".join(f"{name}: {text}" for name, text in FORMAT_NAMES.items())
+        + f"). First keys: {keys[:5]}"
     )
 
 
+_READERS: dict[str, Callable[[dict[str, Tensor]], dict[str, Tensor]]] = {
+    "hf": hf_to_ours,
+    "microsoft": microsoft_to_ours,
+    "microsoft-simmim": microsoft_to_ours,
+    "timm": timm_to_ours,
+    "torchvision": torchvision_to_ours,
+}
+
+
 def to_canonical(state: dict[str, Tensor], fmt: str | None = None) -> tuple[dict[str, Tensor], str]:
-    """Map any supported state dict onto canonical ours; returns it with the detected format."""
+    """Map any supported state dict onto canonical ours; returns it with the (detected) format."""
     fmt = fmt or detect_format(state)
-    if fmt == "hf":
-        return hf_to_ours(state), fmt
+    if fmt in _READERS:
+        return _READERS[fmt](state), fmt
     if fmt == "swinv2":
         body, heads = split_heads(state, "swinv2.")
-        return {**{k: v for k, v in body.items() if not _is_derived(k)}, **heads}, fmt
-    raise CheckpointError(f"unknown checkpoint format {fmt!r}; we read: hf, swinv2")
+        return {**_drop_derived(body), **heads}, fmt
+    raise CheckpointError(f"unknown checkpoint format {fmt!r}; we read: {', '.join(FORMAT_NAMES)}")
 
 
-# ---------------------------------------------------------------------------------------------- resolving sources
+def _with_buffers_renamed(state: dict[str, Tensor], fmt: str) -> dict[str, Tensor]:
+    """The state dict under our names with the persisted buffers kept (they tell windows and image size)."""
+    if fmt in ("microsoft", "microsoft-simmim"):
+        return _rename_all(_microsoft_plain(state), MICROSOFT_NAMES)
+    if fmt == "torchvision":
+        return _rename_all(state, TORCHVISION_NAMES)
+    return {}
+
+
+# ------------------------------------------------------------------------------------------ resolving sources
 def _hub_download(repo_id: str, revision: str | None, cache_dir: Any, local_files_only: bool) -> Path:
     try:
         from huggingface_hub import snapshot_download
@@ -334,11 +645,22 @@ def resolve_source(
         sibling = path.parent / CONFIG_NAME
         return (sibling if sibling.is_file() else None), path
     text = str(name_or_path)
-    looks_local = text.startswith((".", "/", "~")) or text.endswith(WEIGHT_SUFFIXES) or os.sep in text.rstrip("/") and text.count("/") > 1
+    looks_local = (
+        text.startswith((".", "/", "~"))
+        or text.endswith(WEIGHT_SUFFIXES)
+        or (os.sep in text.rstrip("/") and text.count("/") > 1)
+    )
+    if preset_kwargs(text) is not None and text.count("/") == 0:
+        raise CheckpointError(
+            f"{text!r} names an official checkpoint, but no file or folder of that name is here. Give the "
+            "path to its weights (a Microsoft .pth, a timm or torchvision file, a Hugging Face folder), or "
+            f"build an untrained model with Swinv2Config.from_pretrained({text!r})"
+        )
     if looks_local or text.count("/") != 1:
         raise CheckpointError(
             f"{text!r} is neither a file nor a folder, nor a Hugging Face Hub id (owner/name). Give the path "
-            "to a folder with config.json and model.safetensors, or to a weights file (.safetensors, .bin, .pth)"
+            "to a folder with config.json and model.safetensors, or to a weights file (.safetensors, .bin, "
+            ".pth)"
         )
     folder = _hub_download(text, revision, cache_dir, local_files_only)
     config = folder / CONFIG_NAME
@@ -346,10 +668,207 @@ def resolve_source(
 
 
 def resolve_config(name_or_path: str | os.PathLike, **overrides: Any) -> Swinv2Config:
-    config_path, _ = resolve_source(name_or_path)
-    if config_path is None:
-        raise CheckpointError(f"no {CONFIG_NAME} found for {name_or_path}")
-    return Swinv2Config.from_json_file(config_path, **overrides)
+    """The config for a folder, a weights file (inferred from its tensors when it has no config.json), an
+    official checkpoint's name in any spelling (`swinv2-tiny-patch4-window8-256`, `microsoft/...`,
+    `swinv2_tiny_window8_256`), or a hub id."""
+    text = str(name_or_path)
+    if not Path(text).expanduser().exists():
+        owner, _, repo = text.rpartition("/")
+        kwargs = preset_kwargs(repo) if owner in ("", "microsoft") else None
+        if kwargs is not None and (not owner or repo.lower() in PRESET_NAMES):
+            return Swinv2Config(**{**kwargs, **overrides})
+    config_path, weights_path = resolve_source(name_or_path)
+    if config_path is not None:
+        data = _read_json(config_path)
+        if not _is_timm_config(data):
+            return _config_from_dict(data, overrides)
+    if weights_path is None:
+        raise CheckpointError(f"no Swin V2 {CONFIG_NAME} and no weights to infer one from at {name_or_path}")
+    state, embedded = read_weights(weights_path)
+    fmt = detect_format(state)
+    return checkpoint_config(state, fmt, config_path, embedded, weights_path, text, overrides)
+
+
+def _is_timm_config(data: dict[str, Any]) -> bool:
+    """timm's config.json names the model (`architecture`) instead of describing it."""
+    return "architecture" in data and "model_type" not in data
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CheckpointError(
+            f"{path} is not valid JSON ({err}); re-save the config or fix the file"
+        ) from err
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path} must hold a JSON object of config fields, got {type(data).__name__}")
+    return data
+
+
+def _config_from_dict(data: dict[str, Any], overrides: dict[str, Any]) -> Swinv2Config:
+    """A stored config with overrides; a new `num_labels` replaces the stored labels (as in transformers)."""
+    if "num_labels" in overrides and "id2label" not in overrides:
+        data = {k: v for k, v in data.items() if k not in ("id2label", "label2id", "num_labels")}
+    return Swinv2Config.from_dict(data, **overrides)
+
+
+def checkpoint_config(
+    state: dict[str, Tensor],
+    fmt: str,
+    config_path: Path | None,
+    embedded: dict[str, Any] | None,
+    weights_path: Path | None,
+    name: str,
+    overrides: dict[str, Any],
+) -> Swinv2Config:
+    """The config of a checkpoint: its config.json, else the config embedded in the weights file, else one
+    inferred from the tensors and the names (timm's config.json `architecture`, the file, the folder)."""
+    names: list[str] = []
+    if config_path is not None:
+        data = _read_json(config_path)
+        if _is_timm_config(data):
+            names.append(str(data["architecture"]))
+        else:
+            return _config_from_dict(data, overrides)
+    if embedded is not None:
+        return _config_from_dict(embedded, overrides)
+    if weights_path is not None:
+        names += [weights_path.name, weights_path.parent.name]
+    return infer_config(state, fmt, [*names, name], **overrides)
+
+
+def infer_config(
+    state: dict[str, Tensor], fmt: str | None = None, names: Sequence[str] = (), **overrides: Any
+) -> Swinv2Config:
+    """A config that fits a state dict of any format, for checkpoints that come without config.json.
+
+    The tensors give embed_dim, patch size, channels, depths, heads (the CPB MLP's last layer), MLP ratio,
+    qkv bias, absolute position embeddings, the number of labels (classifier) and encoder_stride (SimMIM
+    decoder). Window, image size and pretrained windows come from the buffers that Microsoft's and
+    torchvision's files persist, else from an official name among `names` (see `config.preset_kwargs`);
+    `overrides` win over everything. Raises when the window or the image size cannot be told.
+    """
+    canonical, fmt = to_canonical(state, fmt)
+    proj = canonical.get("embeddings.proj.weight")
+    if proj is None or proj.dim() != 4:
+        raise CheckpointError(
+            f"cannot infer a config from this {fmt} checkpoint: it has no patch embedding. Pass config=..."
+        )
+    embed_dim, num_channels, patch_h, patch_w = proj.shape
+    depth_of: dict[int, int] = {}
+    for key in canonical:
+        match = re.match(r"stages\.(\d+)\.blocks\.(\d+)\.", key)
+        if match:
+            stage, block = int(match[1]), int(match[2])
+            depth_of[stage] = max(depth_of.get(stage, 0), block + 1)
+    num_stages = len(depth_of)
+    try:
+        if sorted(depth_of) != list(range(num_stages)) or not num_stages:
+            raise KeyError("stages")
+        num_heads = [
+            canonical[f"stages.{i}.blocks.0.attn.cpb_mlp.2.weight"].shape[0] for i in range(num_stages)
+        ]
+        hidden = canonical["stages.0.blocks.0.mlp.fc1.weight"].shape[0]
+    except KeyError as err:
+        raise CheckpointError(
+            f"cannot infer a config from this {fmt} checkpoint: {err} is missing. Pass config=..."
+        ) from err
+    patch = patch_h if patch_h == patch_w else [patch_h, patch_w]
+    fields: dict[str, Any] = {
+        "patch_size": patch,
+        "num_channels": num_channels,
+        "embed_dim": embed_dim,
+        "depths": [depth_of[i] for i in range(num_stages)],
+        "num_heads": num_heads,
+        "mlp_ratio": hidden / embed_dim,
+        "qkv_bias": "stages.0.blocks.0.attn.q_bias" in canonical,
+        "use_absolute_embeddings": "embeddings.position_embeddings" in canonical,
+        "encoder_stride": patch_h * 2 ** (num_stages - 1),
+    }
+    if "classifier.weight" in canonical:
+        fields["num_labels"] = canonical["classifier.weight"].shape[0]
+    if "decoder.0.weight" in canonical:
+        fields["encoder_stride"] = math.isqrt(canonical["decoder.0.weight"].shape[0] // num_channels)
+    geometry = _geometry(_with_buffers_renamed(state, fmt), canonical, fmt, patch_h, num_stages)
+    hint = next((kwargs for kwargs in map(preset_kwargs, names) if kwargs), {})
+    if hint and (hint["embed_dim"], hint["depths"]) != (embed_dim, fields["depths"]):
+        logger.warning(
+            "the checkpoint's name says %s, its tensors say embed_dim %d, depths %s: the tensors win",
+            names,
+            embed_dim,
+            fields["depths"],
+        )
+    for name in ("window_size", "image_size", "pretrained_window_sizes"):
+        value = geometry.get(name, hint.get(name))
+        if value is not None:
+            fields[name] = value
+    if fmt == "torchvision" and "image_size" not in fields and "window_size" in fields:
+        # torchvision never shrinks a window to the feature map: the smallest image where ours does not.
+        fields["image_size"] = fields["window_size"] * patch_h * 2 ** (num_stages - 1)
+    fields.setdefault("pretrained_window_sizes", [0] * num_stages)
+    fields.update(overrides)
+    unknown = [name for name in ("window_size", "image_size") if name not in fields]
+    if unknown:
+        raise CheckpointError(
+            f"this {fmt} checkpoint does not record its {' and '.join(unknown)} and its name does not tell "
+            "it. Pass them (from_pretrained(path, window_size=8, image_size=256)), or "
+            "config=Swinv2Config(...) or a preset name "
+            "(Swinv2Config.from_pretrained('swinv2-tiny-patch4-window8-256')), or keep the official file "
+            "name (e.g. swinv2_tiny_patch4_window8_256.pth)"
+        )
+    return Swinv2Config(**fields)
+
+
+def _geometry(
+    full: dict[str, Tensor], canonical: dict[str, Tensor], fmt: str, patch: int, num_stages: int
+) -> dict[str, Any]:
+    """Window, image size and pretrained windows told by persisted buffers and position embeddings."""
+    windows: dict[int, int] = {}
+    pretrained: dict[int, int] = {}
+    masks: dict[int, int] = {}
+    for key, value in full.items():
+        match = re.match(r"stages\.(\d+)\.blocks\.\d+\.(attn\.relative_coords_table|attn_mask)$", key)
+        if not match:
+            continue
+        stage = int(match[1])
+        if match[2] == "attn_mask":
+            masks[stage] = value.shape[0]
+        else:
+            windows[stage] = (value.shape[-2] + 1) // 2
+            pretrained[stage] = _pretrained_window(value, windows[stage])
+    out: dict[str, Any] = {}
+    if windows:
+        out["window_size"] = max(windows.values())
+        if sorted(pretrained) == list(range(num_stages)):
+            out["pretrained_window_sizes"] = [pretrained[i] for i in range(num_stages)]
+    for stage, count in sorted(masks.items()):
+        side = math.isqrt(count)
+        if side * side == count and stage in windows:  # a square grid of windows
+            out["image_size"] = windows[stage] * side * 2**stage * patch
+            break
+    else:
+        # Microsoft shrinks a window to a stage's feature map when the map is smaller: then window = map.
+        shrunk = [i for i, w in sorted(windows.items()) if w < out.get("window_size", 0)]
+        if fmt.startswith("microsoft") and shrunk:
+            out["image_size"] = windows[shrunk[0]] * 2 ** shrunk[0] * patch
+        elif "embeddings.position_embeddings" in canonical:
+            out["image_size"] = math.isqrt(canonical["embeddings.position_embeddings"].shape[1]) * patch
+    return out
+
+
+def _pretrained_window(table: Tensor, window: int) -> int:
+    """The pretrained window a coordinate table was normalised by (0: its own window).
+
+    The largest coordinate is `log2(1 + 8 (W-1) / (W'-1)) / 3`, so `W' = 1 + 8 (W-1) / (2**(3 t) - 1)`.
+    """
+    if window <= 1:
+        return 0
+    top = float(table.reshape(-1, 2)[-1, 0])
+    if not math.isfinite(top) or top <= 0:
+        return 0
+    reference = round(1 + 8 * (window - 1) / (2 ** (3 * top) - 1))
+    return 0 if reference == window else reference
 
 
 # ---------------------------------------------------------------------------------------------- loading
@@ -399,10 +918,13 @@ def load_into_model(
     own = model.state_dict()
     head_like = ("classifier.", "decoder.", "swinv2.embeddings.mask_token", "embeddings.mask_token")
     unexpected = [k for k in state if k not in own]
-    # A SimMIM checkpoint's mask token is of no use to the other heads: dropped, as transformers does.
+    # Heads the model lacks are left out: a SimMIM or classification checkpoint fine-tunes another head.
     ignored_heads = [
-        k for k in unexpected
-        if k.startswith(HEAD_PREFIXES) or k in ("norm.weight", "norm.bias") or k.endswith("embeddings.mask_token")
+        k
+        for k in unexpected
+        if k.startswith(HEAD_PREFIXES)
+        or k in ("norm.weight", "norm.bias")
+        or k.endswith("embeddings.mask_token")
     ]
     unexpected = [k for k in unexpected if k not in ignored_heads]
     mismatched = [k for k in state if k in own and state[k].shape != own[k].shape]
@@ -416,8 +938,8 @@ def load_into_model(
         else:
             raise CheckpointError(
                 f"{source}: weight {key} has shape {tuple(state[key].shape)} in the checkpoint but "
-                f"{tuple(own[key].shape)} in the model (detected format: {fmt}); the config does not match the "
-                "weights. Use the checkpoint's own config.json, or pass ignore_mismatched_sizes=True to "
+                f"{tuple(own[key].shape)} in the model (detected format: {fmt}); the config does not match "
+                "the weights. Use the checkpoint's own config.json, or pass ignore_mismatched_sizes=True to "
                 "re-initialise these weights"
             )
     missing = [k for k in own if k not in state]
@@ -438,8 +960,8 @@ def load_into_model(
     not_loaded = fresh + missing_heads + ([] if strict else missing)
     if not_loaded:
         warnings.warn(
-            f"{type(model).__name__}: these weights were not in the checkpoint {source} (or did not fit) and are "
-            f"newly initialised; train them before use: {_describe(not_loaded)}",
+            f"{type(model).__name__}: these weights were not in the checkpoint {source} (or did not fit) and "
+            f"are newly initialised; train them before use: {_describe(not_loaded)}",
             stacklevel=3,
         )
     if ignored_heads or (unexpected and not strict):
@@ -449,7 +971,7 @@ def load_into_model(
 def _resize_positions(pos: Tensor, shape: torch.Size) -> Tensor:
     """Bicubically resize square absolute position embeddings `(1, N, C)` to another grid."""
     n_old, n_new = pos.shape[1], shape[1]
-    old, new = int(round(n_old**0.5)), int(round(n_new**0.5))
+    old, new = math.isqrt(n_old), math.isqrt(n_new)
     if old * old != n_old or new * new != n_new:
         raise CheckpointError(f"cannot resize position embeddings of {n_old} patches to {n_new}")
     grid = pos.reshape(1, old, old, -1).permute(0, 3, 1, 2).float()
@@ -477,16 +999,14 @@ def load_pretrained(
             f"no weights found at {name_or_path}: expected {SAFE_WEIGHTS_NAME} or {TORCH_WEIGHTS_NAME} "
             "(or a single .safetensors/.bin/.pth file) in the folder"
         )
-    state = read_weights(weights_path)
+    state, embedded = read_weights(weights_path)
     canonical, fmt = to_canonical(state)
     if config is None:
-        if config_path is None:
-            raise CheckpointError(
-                f"no {CONFIG_NAME} next to {weights_path}: give the model's config with config=Swinv2Config(...)"
-            )
-        config = Swinv2Config.from_json_file(config_path, **config_overrides)
+        config = checkpoint_config(
+            state, fmt, config_path, embedded, weights_path, str(name_or_path), config_overrides
+        )
     elif config_overrides:
-        config = Swinv2Config.from_dict(config.to_dict(), **config_overrides)
+        config = _config_from_dict(config.to_dict(), config_overrides)
     dtype = _target_dtype(torch_dtype, state)
     model = cls(config)
     load_into_model(model, canonical, fmt, strict, ignore_mismatched_sizes, str(weights_path))
@@ -502,8 +1022,10 @@ def model_state_canonical(model: torch.nn.Module) -> dict[str, Tensor]:
     return {**body, **heads}
 
 
-def save_pretrained(model: torch.nn.Module, save_directory: str | os.PathLike, safe_serialization: bool = True) -> None:
-    """config.json + model.safetensors (or pytorch_model.bin) in transformers' layout, each written atomically."""
+def save_pretrained(
+    model: torch.nn.Module, save_directory: str | os.PathLike, safe_serialization: bool = True
+) -> None:
+    """config.json + model.safetensors (or pytorch_model.bin) in transformers' layout, written atomically."""
     from safetensors.torch import save_file
 
     folder = Path(save_directory)
@@ -523,3 +1045,93 @@ def save_pretrained(model: torch.nn.Module, save_directory: str | os.PathLike, s
         atomic_write(folder / TORCH_WEIGHTS_NAME, lambda tmp: torch.save(state, tmp))
     text = json.dumps(config_dict, indent=2, sort_keys=True) + "\n"
     atomic_write(folder / CONFIG_NAME, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+
+
+# ---------------------------------------------------------------------------------------------- other formats
+_WRITERS: dict[str, Callable[[torch.nn.Module], dict[str, Tensor]]] = {
+    "microsoft": ours_to_microsoft,
+    "timm": ours_to_timm,
+    "torchvision": ours_to_torchvision,
+}
+
+
+def export_state_dict(model: torch.nn.Module, fmt: str) -> dict[str, Tensor]:
+    """The model's weights in another library's layout: `hf`, `microsoft`, `timm` or `torchvision`."""
+    if fmt == "hf":
+        with_prefix = any(k.startswith("swinv2.") for k in model.state_dict())
+        return ours_to_hf(model_state_canonical(model), with_prefix)
+    if fmt not in _WRITERS:
+        raise CheckpointError(f"cannot write format {fmt!r}; we write: {', '.join(WRITE_FORMATS)}")
+    return _WRITERS[fmt](model)
+
+
+def write_checkpoint(model: torch.nn.Module, path: str | os.PathLike, fmt: str) -> Path:
+    """Write the model for another library, atomically; returns what was written.
+
+    `hf`: a `save_pretrained` folder. `microsoft`: a `.pth` holding `{"model": state_dict}` as Microsoft's
+    code reads it. `timm`/`torchvision`: a plain state dict, as `.safetensors` or `.pth` by the suffix of
+    `path`. Our config rides along where the format allows it (safetensors metadata, a `"swinv2_config"`
+    entry beside Microsoft's `"model"`), so that reading the file back needs no config; plain `.pth` state
+    dicts for timm or torchvision carry none, as those libraries load them with `load_state_dict`.
+    """
+    path = Path(path)
+    if fmt == "hf":
+        save_pretrained(model, path)
+        return path
+    state = {k: v.detach().to("cpu").contiguous().clone() for k, v in export_state_dict(model, fmt).items()}
+    config_text = json.dumps(model.config.to_dict(), sort_keys=True)
+    if path.suffix == ".safetensors":
+        from safetensors.torch import save_file
+
+        metadata = {"format": "pt", EMBEDDED_CONFIG_KEY: config_text}
+        atomic_write(path, lambda tmp: save_file(state, tmp, metadata=metadata))
+    elif path.suffix in (".pth", ".pt", ".bin"):
+        payload: dict[str, Any] = (
+            {"model": state, EMBEDDED_CONFIG_KEY: config_text} if fmt == "microsoft" else state
+        )
+        atomic_write(path, lambda tmp: torch.save(payload, tmp))
+    else:
+        raise CheckpointError(f"{path}: give the {fmt} file a .safetensors or .pth suffix")
+    return path
+
+
+def model_class_for(state: dict[str, Tensor]) -> type:
+    """The model class that holds exactly the weights of a canonical state dict (nothing re-initialised)."""
+    from . import modeling
+
+    if any(k.startswith("decoder.") for k in state):
+        return modeling.Swinv2ForMaskedImageModeling
+    if any(k.startswith("classifier.") for k in state):
+        return modeling.Swinv2ForImageClassification
+    if "norm.weight" in state:
+        return modeling.Swinv2Model
+    return modeling.Swinv2Backbone
+
+
+def convert(
+    source: str | os.PathLike, destination: str | os.PathLike, fmt: str, config: Swinv2Config | None = None
+) -> tuple[str, torch.nn.Module]:
+    """Read a checkpoint of any format we read and write it as `fmt`; returns the source's format and the
+    model in between. The weights go through a model of the matching class, so that a checkpoint with missing
+    or unexpected weights fails here rather than in the other library; dtypes are kept."""
+    if fmt not in WRITE_FORMATS:
+        raise CheckpointError(f"cannot write format {fmt!r}; we write: {', '.join(WRITE_FORMATS)}")
+    config_path, weights_path = resolve_source(source)
+    if weights_path is None:
+        raise CheckpointError(f"no weights found at {source}")
+    state, embedded = read_weights(weights_path)
+    canonical, source_fmt = to_canonical(state)
+    if config is None:
+        config = checkpoint_config(state, source_fmt, config_path, embedded, weights_path, str(source), {})
+    cls = model_class_for(canonical)
+    model = cls(config)
+    with warnings.catch_warnings():
+        # A warning about re-initialised weights would mean invented weights in the output: an error here.
+        warnings.simplefilter("error", UserWarning)
+        try:
+            load_into_model(model, canonical, source_fmt, strict=True, source=str(weights_path))
+        except UserWarning as err:
+            raise CheckpointError(f"{source} does not fill a {cls.__name__}: {err}") from err
+    model.to(dtype=_target_dtype("auto", state)).eval()
+    write_checkpoint(model, destination, fmt)
+    return source_fmt, model

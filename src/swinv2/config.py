@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -430,3 +431,106 @@ class Swinv2Config:
 
     def __repr__(self) -> str:
         return f"Swinv2Config {self.to_json_string()}"
+
+
+# ---------------------------------------------------------------------------------------------- presets
+# The official checkpoints (Microsoft's release, mirrored as microsoft/swinv2-* on the Hugging Face Hub and as
+# swinv2_* in timm): family -> (embed_dim, depths, num_heads).
+FAMILIES: dict[str, tuple[int, tuple[int, ...], tuple[int, ...]]] = {
+    "tiny": (96, (2, 2, 6, 2), (3, 6, 12, 24)),
+    "small": (96, (2, 2, 18, 2), (3, 6, 12, 24)),
+    "base": (128, (2, 2, 18, 2), (4, 8, 16, 32)),
+    "large": (192, (2, 2, 18, 2), (6, 12, 24, 48)),
+}
+IMAGENET_1K_LABELS = 1000
+IMAGENET_22K_LABELS = 21841
+
+# Names as on the Hub (without "microsoft/"): family, window, image size, and for the fine-tuned ones the
+# window and image size of pre-training, given as "12to16" and "192to256".
+PRESET_NAMES: tuple[str, ...] = (
+    "swinv2-tiny-patch4-window8-256",
+    "swinv2-tiny-patch4-window16-256",
+    "swinv2-small-patch4-window8-256",
+    "swinv2-small-patch4-window16-256",
+    "swinv2-base-patch4-window8-256",
+    "swinv2-base-patch4-window16-256",
+    "swinv2-base-patch4-window12-192-22k",
+    "swinv2-large-patch4-window12-192-22k",
+    "swinv2-base-patch4-window12to16-192to256-22kto1k-ft",
+    "swinv2-base-patch4-window12to24-192to384-22kto1k-ft",
+    "swinv2-large-patch4-window12to16-192to256-22kto1k-ft",
+    "swinv2-large-patch4-window12to24-192to384-22kto1k-ft",
+)
+
+# Microsoft/Hub names (swinv2-base-patch4-window12to16-192to256-22kto1k-ft), timm names
+# (swinv2_base_window12to16_192to256.ms_in22k_ft_in1k) and file names (swinv2_tiny_patch4_window8_256.pth),
+# after "_" -> "-" and lower-casing.
+_NAME = re.compile(
+    r"swinv2-(?P<family>tiny|small|base|large)(?:-patch(?P<patch>\d+))?"
+    r"-window(?P<window0>\d+)(?:to(?P<window>\d+))?-(?P<image0>\d+)(?:to(?P<image>\d+))?(?P<rest>.*)$"
+)
+# SimMIM's pre-training checkpoints: simmim_pretrain__swinv2_base__img192_window12__800ep.pth
+_SIMMIM_NAME = re.compile(
+    r"swinv2-(?P<family>tiny|small|base|large)-+img(?P<image>\d+)-window(?P<window>\d+)"
+)
+# torchvision's swin_v2_t / swin_v2_s / swin_v2_b: window 8, trained at 256 x 256.
+_TORCHVISION_NAME = re.compile(r"(?:^|[^a-z])swin-v2-(?P<letter>[tsb])(?![a-z])")
+
+
+def preset_kwargs(name: str | os.PathLike) -> dict[str, Any] | None:
+    """Config fields told by a checkpoint's name, or None when the name tells nothing.
+
+    Understands the official names in every spelling: `swinv2-tiny-patch4-window8-256`,
+    `microsoft/swinv2-tiny-patch4-window8-256`, `swinv2_tiny_patch4_window8_256.pth`, timm's
+    `swinv2_base_window12to16_192to256.ms_in22k_ft_in1k`, SimMIM's `..._swinv2_base__img192_window12_...` and
+    torchvision's `swin_v2_t`. A fine-tuned name (`window12to16_192to256`) gives `pretrained_window_sizes`:
+    the pre-training window clipped to each stage's pre-training grid, e.g. `[12, 12, 12, 6]`.
+    """
+    text = Path(str(name)).name.lower().replace("_", "-")
+    for suffix in (".safetensors", ".pth", ".pt", ".bin", ".ckpt"):
+        text = text.removesuffix(suffix)
+    match = _NAME.search(text)
+    if match:
+        family = match["family"]
+        patch = int(match["patch"] or 4)
+        window = int(match["window"] or match["window0"])
+        image = int(match["image"] or match["image0"])
+        rest = match["rest"]
+        in22k = ("22k" in rest and "1k" not in rest) or rest.endswith("in22k")
+        pretrained = [0, 0, 0, 0]
+        if match["window"]:
+            pretrain_window, pretrain_grid = int(match["window0"]), int(match["image0"]) // patch
+            pretrained = [min(pretrain_window, pretrain_grid // 2**i) for i in range(4)]
+        num_labels = IMAGENET_22K_LABELS if in22k else IMAGENET_1K_LABELS
+        return _family_kwargs(family, patch, window, image, pretrained, num_labels)
+    match = _SIMMIM_NAME.search(text)
+    if match:
+        return _family_kwargs(match["family"], 4, int(match["window"]), int(match["image"]), [0, 0, 0, 0], 0)
+    match = _TORCHVISION_NAME.search(text)
+    if match:
+        family = {"t": "tiny", "s": "small", "b": "base"}[match["letter"]]
+        return _family_kwargs(family, 4, 8, 256, [0, 0, 0, 0], IMAGENET_1K_LABELS)
+    return None
+
+
+def _family_kwargs(
+    family: str, patch: int, window: int, image: int, pretrained: list[int], num_labels: int
+) -> dict[str, Any]:
+    embed_dim, depths, num_heads = FAMILIES[family]
+    return {
+        "image_size": image,
+        "patch_size": patch,
+        "embed_dim": embed_dim,
+        "depths": list(depths),
+        "num_heads": list(num_heads),
+        "window_size": window,
+        "pretrained_window_sizes": pretrained,
+        "num_labels": num_labels,
+        "encoder_stride": patch * 2 ** (len(depths) - 1),
+    }
+
+
+def preset_config(name: str | os.PathLike, **overrides: Any) -> Swinv2Config | None:
+    """The config of an official checkpoint named in any spelling (see `preset_kwargs`), or None."""
+    kwargs = preset_kwargs(name)
+    return None if kwargs is None else Swinv2Config(**{**kwargs, **overrides})

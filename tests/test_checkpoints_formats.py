@@ -1,0 +1,553 @@
+"""Checkpoints of every library: timm, torchvision, Microsoft (and SimMIM), Hugging Face, mapped both ways.
+
+The other libraries build their models with random weights, moved away from their initial values (timm
+initialises the post-norms to zero, which would hide any mistake in the blocks), and their logits are the
+reference. Tolerance: atol 1e-5 on float32 logits (the same math in another order); the models' logits are
+~0.1-2 in size, and the measured differences ~1e-8 (small models) to ~5e-7 (the real tiny architectures).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+import torchvision
+import transformers
+from safetensors.torch import save_file
+from timm.models.swin_transformer_v2 import SwinTransformerV2, checkpoint_filter_fn
+from torchvision.models.swin_transformer import PatchMergingV2, SwinTransformer, SwinTransformerBlockV2
+
+import swinv2
+from swinv2 import checkpoints as ck
+from swinv2.config import PRESET_NAMES, preset_config
+
+ATOL = 1e-5
+SMALL = dict(embed_dim=32, depths=(2, 2), num_heads=(2, 4), window_size=4)
+
+
+def perturb_(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Every parameter away from its initial value: LayerNorm weights near 1, logit scales vary per head."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            noise = torch.randn(p.shape, generator=generator)
+            if name.endswith("logit_scale"):
+                p.copy_(math.log(10.0) + 0.5 * noise)
+            elif "norm" in name and name.endswith("weight") and p.dim() == 1:
+                p.copy_(1.0 + 0.2 * noise)
+            elif p.dim() == 1 or name.endswith(("mask_token", "position_embeddings", "pos_embed")):
+                p.copy_(0.2 * noise)
+            else:
+                p.add_(0.2 * noise * p.std().clamp(min=0.02))
+    return model.eval()
+
+
+def images(size: int, batch: int = 2, seed: int = 1) -> torch.Tensor:
+    return torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+def timm_small(num_classes: int = 5, **kwargs) -> SwinTransformerV2:
+    torch.manual_seed(0)
+    return perturb_(SwinTransformerV2(img_size=64, num_classes=num_classes, **{**SMALL, **kwargs}))
+
+
+def torchvision_small(num_classes: int = 5) -> SwinTransformer:
+    torch.manual_seed(0)
+    model = SwinTransformer(
+        patch_size=[4, 4],
+        embed_dim=32,
+        depths=[2, 2],
+        num_heads=[2, 4],
+        window_size=[4, 4],
+        num_classes=num_classes,
+        block=SwinTransformerBlockV2,
+        downsample_layer=PatchMergingV2,
+    )
+    return perturb_(model)
+
+
+def ours(kind: str = "Swinv2ForImageClassification", seed: int = 0, **config) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    fields = dict(image_size=64, embed_dim=16, depths=[2, 2], num_heads=[2, 4], window_size=4, num_labels=5)
+    return perturb_(getattr(swinv2, kind)(swinv2.Swinv2Config(**{**fields, **config})), seed)
+
+
+def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    return (a - b).abs().max().item()
+
+
+def assert_same_tensors(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert sorted(a) == sorted(b), sorted(set(a) ^ set(b))
+    for key in a:
+        assert a[key].dtype == b[key].dtype, key
+        assert torch.equal(a[key], b[key]), key
+
+
+# ---------------------------------------------------------------------------------------------- timm
+@pytest.mark.parametrize("suffix", [".safetensors", ".pth", ".pt", ".bin"])
+def test_timm_small_logits_match(tmp_path, suffix):
+    reference = timm_small()
+    path = tmp_path / f"weights{suffix}"
+    if suffix == ".safetensors":
+        save_file(reference.state_dict(), path)
+    else:
+        torch.save(reference.state_dict(), path)
+    model = swinv2.Swinv2ForImageClassification.from_pretrained(path, window_size=4, image_size=64)
+    assert (model.config.embed_dim, model.config.depths, model.config.num_heads) == (32, [2, 2], [2, 4])
+    assert model.config.num_labels == 5
+    x = images(64)
+    with torch.no_grad():
+        diff = max_diff(model(x).logits, reference(x))
+    assert diff < ATOL, f"timm (small): max |logits difference| {diff:.2e}"
+
+
+def test_timm_real_architecture_from_timm_hub_layout(tmp_path):
+    """swinv2_tiny_window8_256 as timm publishes it: model.safetensors, config.json naming the model."""
+    import timm
+
+    torch.manual_seed(0)
+    reference = perturb_(timm.create_model("swinv2_tiny_window8_256"))
+    folder = tmp_path / "timm-swinv2_tiny"
+    folder.mkdir()
+    save_file(reference.state_dict(), folder / "model.safetensors")
+    (folder / "config.json").write_text('{"architecture": "swinv2_tiny_window8_256", "num_classes": 1000}')
+    model = swinv2.Swinv2ForImageClassification.from_pretrained(folder)
+    assert (model.config.window_size, model.config.image_size, model.config.num_labels) == (8, 256, 1000)
+    x = images(256, batch=1)
+    with torch.no_grad():
+        expected = reference(x)
+        diff = max_diff(model(x).logits, expected)
+    assert expected.abs().max() > 0.5  # the comparison means something
+    assert diff < ATOL, f"timm swinv2_tiny_window8_256: max |logits difference| {diff:.2e}"
+
+
+def test_timm_checkpoint_without_window_asks_for_it(tmp_path):
+    path = tmp_path / "weights.safetensors"
+    save_file(timm_small().state_dict(), path)
+    with pytest.raises(
+        ck.CheckpointError, match=r"window_size and image_size.*window_size=8, image_size=256"
+    ):
+        swinv2.Swinv2ForImageClassification.from_pretrained(path)
+
+
+# ---------------------------------------------------------------------------------------------- torchvision
+def test_torchvision_small_logits_match(tmp_path):
+    reference = torchvision_small()
+    path = tmp_path / "swin_small.pth"
+    torch.save(reference.state_dict(), path)
+    model = swinv2.Swinv2ForImageClassification.from_pretrained(path, image_size=64)
+    assert model.config.window_size == 4  # from the persisted coordinate tables
+    x = images(64)
+    with torch.no_grad():
+        diff = max_diff(model(x).logits, reference(x))
+    assert diff < ATOL, f"torchvision (small): max |logits difference| {diff:.2e}"
+
+
+def test_torchvision_swin_v2_t_logits_match(tmp_path):
+    torch.manual_seed(0)
+    reference = perturb_(torchvision.models.swin_v2_t())
+    path = tmp_path / "swin_v2_t-b137f0e2.pth"  # torchvision's file name
+    torch.save(reference.state_dict(), path)
+    model = swinv2.Swinv2ForImageClassification.from_pretrained(path)
+    config = model.config
+    assert (config.embed_dim, config.depths, config.num_heads) == (96, [2, 2, 6, 2], [3, 6, 12, 24])
+    assert (config.window_size, config.image_size, config.num_labels) == (8, 256, 1000)
+    x = images(256, batch=1)
+    with torch.no_grad():
+        expected = reference(x)
+        diff = max_diff(model(x).logits, expected)
+    assert expected.abs().max() > 0.5
+    assert diff < ATOL, f"torchvision swin_v2_t: max |logits difference| {diff:.2e}"
+
+
+def test_torchvision_layout_written_by_us_loads_into_torchvision():
+    model = ours(embed_dim=32)
+    reference = torchvision_small()
+    state = ck.export_state_dict(model, "torchvision")
+    assert sorted(state) == sorted(reference.state_dict())
+    # qkv.bias = cat(q, 0, v)
+    bias = state["features.1.0.attn.qkv.bias"].chunk(3)
+    assert torch.equal(bias[0], model.swinv2.stages[0].blocks[0].attn.q_bias.detach())
+    assert not bias[1].any()
+    reference.load_state_dict(state)
+    x = images(64)
+    with torch.no_grad():
+        diff = max_diff(reference(x), model(x).logits)
+    assert diff < ATOL, f"ours -> torchvision: max |logits difference| {diff:.2e}"
+
+
+def test_torchvision_pretrained_window_survives_in_the_coordinate_table():
+    """torchvision persists the coordinate table, so a pretrained window rides along (and is read back)."""
+    model = ours(image_size=64, window_size=8, pretrained_window_sizes=[4, 4], embed_dim=16)
+    state = ck.export_state_dict(model, "torchvision")
+    config = ck.infer_config(state, image_size=64)
+    assert (config.window_size, config.pretrained_window_sizes) == (8, [4, 4])
+
+
+# ---------------------------------------------------------------------------------------------- Microsoft
+@pytest.mark.parametrize(
+    "config",
+    [
+        dict(embed_dim=32),
+        # the last stage's window shrinks to its 4x4 map, pretrained windows normalise the coordinates
+        dict(
+            embed_dim=16,
+            depths=[2, 2, 2],
+            num_heads=[2, 4, 8],
+            window_size=8,
+            pretrained_window_sizes=[4, 4, 2],
+        ),
+    ],
+    ids=["two_stage", "shrunk_window_pretrained"],
+)
+def test_microsoft_layout_through_timms_own_filter(tmp_path, config):
+    """ours -> Microsoft .pth -> timm's checkpoint_filter_fn (its reader of Microsoft files) -> timm model."""
+    model = ours(**config)
+    path = tmp_path / "swinv2.pth"
+    ck.write_checkpoint(model, path, "microsoft")
+    raw = torch.load(path, weights_only=True)
+    assert set(raw) == {"model", "swinv2_config"}
+    assert "layers.0.downsample.reduction.weight" in raw["model"] and "head.weight" in raw["model"]
+    c = model.config
+    reference = SwinTransformerV2(
+        img_size=64,
+        embed_dim=c.embed_dim,
+        depths=c.depths,
+        num_heads=c.num_heads,
+        window_size=c.window_size,
+        pretrained_window_sizes=c.pretrained_window_sizes,
+        num_classes=5,
+    ).eval()
+    reference.load_state_dict(checkpoint_filter_fn(raw, reference))
+    x = images(64)
+    with torch.no_grad():
+        diff = max_diff(reference(x), model(x).logits)
+    assert diff < ATOL, f"ours -> microsoft -> timm: max |logits difference| {diff:.2e}"
+
+
+def test_microsoft_buffers_match_microsofts_definitions():
+    """The persisted buffers are what Microsoft's code computes: checked against timm's copy of that code."""
+    model = ours(
+        embed_dim=16, depths=[2, 2, 2], num_heads=[2, 4, 8], window_size=8, pretrained_window_sizes=[4, 4, 2]
+    )
+    state = ck.export_state_dict(model, "microsoft")
+    reference = SwinTransformerV2(
+        img_size=64,
+        embed_dim=16,
+        depths=(2, 2, 2),
+        num_heads=(2, 4, 8),
+        window_size=8,
+        pretrained_window_sizes=(4, 4, 2),
+        num_classes=5,
+    )
+    for i, stage in enumerate(reference.layers):
+        for j, block in enumerate(stage.blocks):
+            prefix = f"layers.{i}.blocks.{j}."
+            assert torch.allclose(
+                state[prefix + "attn.relative_coords_table"], block.attn.relative_coords_table
+            )
+            assert torch.equal(
+                state[prefix + "attn.relative_position_index"], block.attn.relative_position_index
+            )
+            if block.attn_mask is None:
+                assert prefix + "attn_mask" not in state
+            else:
+                assert torch.equal(state[prefix + "attn_mask"], block.attn_mask)
+
+
+def test_microsoft_file_without_config_infers_it(tmp_path):
+    """A Microsoft .pth as released ({"model": ...}, buffers included, no config): everything is inferred."""
+    model = ours(
+        embed_dim=16, depths=[2, 2, 2], num_heads=[2, 4, 8], window_size=8, pretrained_window_sizes=[4, 4, 2]
+    )
+    path = tmp_path / "released.pth"
+    torch.save({"model": ck.export_state_dict(model, "microsoft")}, path)
+    loaded = swinv2.Swinv2ForImageClassification.from_pretrained(path)
+    for field in (
+        "image_size",
+        "embed_dim",
+        "depths",
+        "num_heads",
+        "window_size",
+        "pretrained_window_sizes",
+        "num_labels",
+        "mlp_ratio",
+        "qkv_bias",
+    ):
+        assert getattr(loaded.config, field) == getattr(model.config, field), field
+    x = images(64)
+    with torch.no_grad():
+        assert torch.equal(loaded(x).logits, model(x).logits)
+
+
+def test_official_file_name_gives_the_config(tmp_path):
+    """swinv2_tiny_patch4_window8_256.pth: the name alone tells window and image size (no buffers needed)."""
+    torch.manual_seed(0)
+    reference = perturb_(swinv2.Swinv2ForImageClassification(preset_config("swinv2-tiny-patch4-window8-256")))
+    state = ck.export_state_dict(reference, "microsoft")
+    state = {k: v for k, v in state.items() if not ck._is_derived(k)}  # as if saved without buffers
+    path = tmp_path / "swinv2_tiny_patch4_window8_256.pth"
+    torch.save({"model": state}, path)
+    model = swinv2.Swinv2ForImageClassification.from_pretrained(path)
+    assert model.config.to_dict() == reference.config.to_dict()
+
+
+def test_simmim_checkpoint_round_trip_and_fine_tuning(tmp_path):
+    model = ours("Swinv2ForMaskedImageModeling", encoder_stride=8)
+    path = tmp_path / "simmim_pretrain__swinv2_tiny__img64_window4__100ep.pth"
+    ck.write_checkpoint(model, path, "microsoft")
+    raw = torch.load(path, weights_only=True)["model"]
+    assert all(k.startswith(("encoder.", "decoder.")) for k in raw)
+    assert "encoder.mask_token" in raw and "decoder.0.weight" in raw
+    assert ck.detect_format(raw) == "microsoft-simmim"
+    # Early Swin V2 code named the position-bias MLP rpe_mlp.
+    old = {k.replace(".cpb_mlp.", ".rpe_mlp."): v for k, v in raw.items() if not ck._is_derived(k)}
+    old_path = tmp_path / "old.pth"
+    torch.save({"model": old}, old_path)
+    loaded = swinv2.Swinv2ForMaskedImageModeling.from_pretrained(old_path, image_size=64, window_size=4)
+    assert loaded.config.encoder_stride == 8
+    assert_same_tensors(ck.model_state_canonical(loaded), ck.model_state_canonical(model))
+    # Fine-tuning from SimMIM: the decoder and the mask token are left out, only the new head is initialised.
+    with pytest.warns(UserWarning, match=r"newly initialised") as record:
+        classifier = swinv2.Swinv2ForImageClassification.from_pretrained(path, num_labels=3)
+    message = str(record[0].message)
+    assert "classifier.weight" in message and "mask_token" not in message and "decoder" not in message
+    assert torch.equal(
+        classifier.swinv2.stages[1].blocks[1].attn.cpb_mlp[2].weight,
+        model.swinv2.stages[1].blocks[1].attn.cpb_mlp[2].weight,
+    )
+
+
+# ---------------------------------------------------------------------------------------------- round trips
+@pytest.mark.parametrize(
+    "kind", ["Swinv2ForImageClassification", "Swinv2Model", "Swinv2ForMaskedImageModeling"]
+)
+def test_every_format_maps_back_tensor_equal(kind):
+    extra = {"encoder_stride": 8} if kind == "Swinv2ForMaskedImageModeling" else {}
+    model = ours(kind, **extra)
+    canonical = ck.model_state_canonical(model)
+    formats = ["hf", "microsoft"] + (
+        [] if kind == "Swinv2ForMaskedImageModeling" else ["timm", "torchvision"]
+    )
+    for fmt in formats:
+        written = ck.export_state_dict(model, fmt)
+        back, detected = ck.to_canonical(written)
+        assert detected == ("microsoft-simmim" if fmt == "microsoft" and extra else fmt)
+        assert_same_tensors(back, canonical)
+
+
+def test_chain_hf_microsoft_timm_torchvision_is_lossless():
+    model = ours()
+    canonical = ck.model_state_canonical(model)
+    state = canonical
+    for fmt in ("hf", "microsoft", "timm", "torchvision", "hf"):
+        carrier = ours(seed=7)
+        ck.load_into_model(carrier, state, "swinv2")
+        state, detected = ck.to_canonical(ck.export_state_dict(carrier, fmt))
+        assert detected == fmt
+    assert_same_tensors(state, canonical)
+
+
+def test_timm_and_torchvision_refuse_what_they_cannot_hold():
+    with pytest.raises(ck.CheckpointError, match=r"position_embeddings.*convert to hf or microsoft"):
+        ck.export_state_dict(ours(use_absolute_embeddings=True), "timm")
+    with pytest.raises(ck.CheckpointError, match=r"decoder.*convert to hf or microsoft"):
+        ck.export_state_dict(ours("Swinv2ForMaskedImageModeling", encoder_stride=8), "torchvision")
+
+
+def test_torchvision_warns_when_our_window_shrinks():
+    model = ours(image_size=32, window_size=8)  # 8x8 then 4x4 maps: windows shrink to 8 and 4
+    with pytest.warns(UserWarning, match=r"shrinks the window of stage 2: 4.*torchvision keeps window 8"):
+        ck.export_state_dict(model, "torchvision")
+
+
+# ---------------------------------------------------------------------------------------------- errors
+def test_missing_and_unexpected_keys_are_listed_with_the_format(tmp_path):
+    state = timm_small().state_dict()
+    del state["layers.1.blocks.0.attn.q_bias"]
+    state["layers.0.blocks.0.attn.surprise"] = torch.zeros(1)
+    path = tmp_path / "broken.safetensors"
+    save_file(state, path)
+    with pytest.raises(ck.CheckpointError) as info:
+        swinv2.Swinv2ForImageClassification.from_pretrained(path, window_size=4, image_size=64)
+    message = str(info.value)
+    assert "detected format: timm" in message
+    assert "1 missing: swinv2.stages.1.blocks.0.attn.q_bias" in message
+    assert "1 unexpected: swinv2.stages.0.blocks.0.attn.surprise" in message
+
+
+def test_unknown_format_names_the_formats_we_read(tmp_path):
+    path = tmp_path / "other.safetensors"
+    save_file({"backbone.conv1.weight": torch.zeros(2, 3, 1, 1)}, path)
+    with pytest.raises(ck.CheckpointError) as info:
+        swinv2.Swinv2Model.from_pretrained(path)
+    message = str(info.value)
+    assert "unknown checkpoint format" in message and "backbone.conv1.weight" in message
+    for name in ("hf", "microsoft", "microsoft-simmim", "timm", "torchvision"):
+        assert f"{name}:" in message
+
+
+def test_swin_v1_checkpoint_is_named_as_such():
+    with pytest.raises(ck.CheckpointError, match="Swin Transformer V1"):
+        ck.detect_format({"layers.0.blocks.0.attn.relative_position_bias_table": torch.zeros(49, 3)})
+
+
+@pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
+def test_truncated_file_gives_a_clear_error(tmp_path, suffix):
+    whole = tmp_path / f"whole{suffix}"
+    if suffix == ".pth":
+        torch.save(timm_small().state_dict(), whole)
+    else:
+        save_file(timm_small().state_dict(), whole)
+    cut = tmp_path / f"cut{suffix}"
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    with pytest.raises(ck.CheckpointError, match=r"truncated or corrupt"):
+        swinv2.Swinv2Model.from_pretrained(cut, window_size=4, image_size=64)
+
+
+class _WritesAFile:
+    """Unpickling this calls Path.write_text: what a malicious checkpoint would do."""
+
+    def __init__(self, target: Path) -> None:
+        self.target = target
+
+    def __reduce__(self):
+        return (Path.write_text, (self.target, "code ran while loading a checkpoint"))
+
+
+def test_pickle_that_runs_code_is_refused(tmp_path):
+    marker = tmp_path / "pwned.txt"
+    state = {k: v for k, v in timm_small().state_dict().items()}
+    path = tmp_path / "evil.pth"
+    with open(path, "wb") as f:
+        torch.save({"model": state, "extra": _WritesAFile(marker)}, f)
+    assert not marker.exists()
+    with pytest.raises(ck.CheckpointError, match=r"Python objects besides tensors.*not loaded"):
+        swinv2.Swinv2Model.from_pretrained(path, window_size=4, image_size=64)
+    assert not marker.exists()
+    # The payload is real: an unrestricted load would have written the file.
+    torch.load(path, weights_only=False)
+    assert marker.exists()
+
+
+# ---------------------------------------------------------------------------------------------- transfer
+def test_window_and_resolution_transfer_matches_transformers(tmp_path):
+    """Weights trained at 32 px / window 4 load into 64 px / window 8 with pretrained_window_sizes: the CPB
+    MLP is continuous, nothing is resized; transformers given the same weights and config agrees."""
+    source = ours(image_size=32, window_size=4)
+    folder = tmp_path / "small"
+    source.save_pretrained(folder)
+    overrides = dict(image_size=64, window_size=8, pretrained_window_sizes=[4, 4])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing is re-initialised
+        model = swinv2.Swinv2ForImageClassification.from_pretrained(folder, **overrides)
+    assert model.swinv2.stages[0].blocks[0].window == 8
+    reference = transformers.Swinv2ForImageClassification.from_pretrained(folder, **overrides).eval()
+    x = images(64)
+    with torch.no_grad():
+        diff = max_diff(model(x).logits, reference(pixel_values=x).logits)
+    assert diff < ATOL, f"transfer 32/w4 -> 64/w8: max |logits difference| {diff:.2e}"
+
+
+def test_absolute_position_embeddings_are_interpolated(tmp_path):
+    source = ours(image_size=32, window_size=4, use_absolute_embeddings=True)
+    path = tmp_path / "with_positions.pth"
+    ck.write_checkpoint(source, path, "microsoft")
+    model = swinv2.Swinv2ForImageClassification.from_pretrained(
+        path, image_size=64, window_size=8, pretrained_window_sizes=[4, 4]
+    )
+    old = source.swinv2.embeddings.position_embeddings.detach().reshape(1, 8, 8, -1).permute(0, 3, 1, 2)
+    expected = F.interpolate(old, size=(16, 16), mode="bicubic", align_corners=False)
+    expected = expected.permute(0, 2, 3, 1).reshape(1, 256, -1)
+    assert torch.allclose(model.swinv2.embeddings.position_embeddings, expected, atol=1e-6)
+
+
+def test_new_number_of_labels_reinitialises_the_head_with_a_warning(tmp_path):
+    source = ours()
+    folder = tmp_path / "five"
+    source.save_pretrained(folder)
+    with pytest.warns(
+        UserWarning, match=r"newly initialised.*classifier\.weight \(checkpoint \(5, 32\), model \(10, 32\)\)"
+    ):
+        model = swinv2.Swinv2ForImageClassification.from_pretrained(folder, num_labels=10)
+    assert model.classifier.weight.shape == (10, 32)
+    assert torch.equal(model.swinv2.norm.weight, source.swinv2.norm.weight)
+
+
+# ---------------------------------------------------------------------------------------------- presets
+def test_presets_resolve_in_every_spelling():
+    base = swinv2.Swinv2Config.from_pretrained(
+        "microsoft/swinv2-base-patch4-window12to24-192to384-22kto1k-ft"
+    )
+    assert (base.embed_dim, base.depths, base.num_heads) == (128, [2, 2, 18, 2], [4, 8, 16, 32])
+    assert (base.window_size, base.image_size, base.pretrained_window_sizes) == (24, 384, [12, 12, 12, 6])
+    assert base.num_labels == 1000
+    for spelling in (
+        "swinv2_base_patch4_window12to24_192to384_22kto1k_ft",
+        "swinv2-base-patch4-window12to24-192to384-22kto1k-ft",
+        "swinv2_base_window12to24_192to384.ms_in22k_ft_in1k",
+    ):
+        assert swinv2.Swinv2Config.from_pretrained(spelling) == base, spelling
+    large = swinv2.Swinv2Config.from_pretrained("swinv2_large_patch4_window12_192_22k")
+    assert (large.embed_dim, large.window_size, large.image_size, large.num_labels) == (192, 12, 192, 21841)
+    assert large.pretrained_window_sizes == [0, 0, 0, 0]
+    for name in PRESET_NAMES:
+        config = swinv2.Swinv2Config.from_pretrained(name)
+        window, image = re.search(r"window(?:\d+to)?(\d+)-(?:\d+to)?(\d+)", name).groups()
+        assert (config.window_size, config.image_size) == (int(window), int(image)), name
+
+
+def test_tiny_preset_holds_timms_tiny_exactly():
+    import timm
+
+    reference = timm.create_model("swinv2_tiny_window8_256")
+    model = swinv2.Swinv2ForImageClassification(
+        swinv2.Swinv2Config.from_pretrained("swinv2-tiny-patch4-window8-256")
+    )
+    canonical, _ = ck.to_canonical(reference.state_dict())
+    ck.load_into_model(
+        model, canonical, "timm"
+    )  # strict: raises on any missing, unexpected or mis-shaped key
+    assert model.num_parameters() == sum(p.numel() for p in reference.parameters())
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "swinv2-tiny-patch4-window8-256",
+        "swinv2-base-patch4-window12to16-192to256-22kto1k-ft",
+        "swinv2-large-patch4-window12-192-22k",
+    ],
+)
+def test_microsoft_buffers_tell_the_official_geometries(name):
+    """Window, image size and pretrained windows of the official checkpoints, read back from the buffers
+    Microsoft's files persist (narrow models with the official depths, windows and resolutions)."""
+    preset = preset_config(name, embed_dim=16, num_heads=[1, 2, 4, 8])
+    state = ck.export_state_dict(swinv2.Swinv2ForImageClassification(preset), "microsoft")
+    inferred = ck.infer_config(state)  # no name given
+    for field in (
+        "window_size",
+        "image_size",
+        "pretrained_window_sizes",
+        "depths",
+        "num_heads",
+        "num_labels",
+    ):
+        assert getattr(inferred, field) == getattr(preset, field), field
+
+
+def test_transformers_checkpoint_logits_match(tmp_path):
+    torch.manual_seed(0)
+    config = transformers.Swinv2Config(image_size=64, num_labels=5, **{**SMALL, "depths": [2, 2]})
+    reference = perturb_(transformers.Swinv2ForImageClassification(config))
+    reference.save_pretrained(tmp_path / "hf")
+    model = swinv2.Swinv2ForImageClassification.from_pretrained(tmp_path / "hf")
+    x = images(64)
+    with torch.no_grad():
+        diff = max_diff(model(x).logits, reference(pixel_values=x).logits)
+    assert diff < ATOL, f"transformers: max |logits difference| {diff:.2e}"

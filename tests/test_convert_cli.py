@@ -1,0 +1,177 @@
+"""`swinv2 convert SRC DST --to {hf,microsoft,timm,torchvision}`: the files other libraries read, and back."""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from timm.models.swin_transformer_v2 import SwinTransformerV2
+from torchvision.models.swin_transformer import PatchMergingV2, SwinTransformer, SwinTransformerBlockV2
+
+import swinv2
+from swinv2 import checkpoints as ck
+from swinv2.cli import main
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+
+
+def small_model(kind: str = "Swinv2ForImageClassification", seed: int = 0, **config) -> torch.nn.Module:
+    """A small model with every parameter moved away from its initial value (so a wrong mapping shows)."""
+    torch.manual_seed(seed)
+    fields = dict(image_size=64, embed_dim=16, depths=[2, 2], num_heads=[2, 4], window_size=4, num_labels=3)
+    model = getattr(swinv2, kind)(swinv2.Swinv2Config(**{**fields, **config}))
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            noise = torch.randn(p.shape, generator=generator)
+            if name.endswith("logit_scale"):
+                p.copy_(math.log(10.0) + 0.5 * noise)
+            elif "norm" in name and name.endswith("weight"):
+                p.copy_(1.0 + 0.2 * noise)
+            else:
+                p.add_(0.2 * noise)
+    return model.eval()
+
+
+def hf_folder(model: torch.nn.Module, path: Path) -> Path:
+    model.save_pretrained(path)
+    return path
+
+
+def run(*argv: str) -> int:
+    return main(["convert", *map(str, argv)])
+
+
+def assert_same_folder(a: Path, b: Path) -> None:
+    left, right = load_file(a / "model.safetensors"), load_file(b / "model.safetensors")
+    assert sorted(left) == sorted(right), sorted(set(left) ^ set(right))
+    for key in left:
+        assert left[key].dtype == right[key].dtype and torch.equal(left[key], right[key]), key
+    assert swinv2.Swinv2Config.from_pretrained(a) == swinv2.Swinv2Config.from_pretrained(b)
+
+
+@pytest.mark.parametrize(
+    ("fmt", "name"),
+    [
+        ("microsoft", "model.pth"),
+        ("timm", "model.safetensors"),
+        ("timm", "model.pth"),
+        ("torchvision", "model.safetensors"),
+        ("torchvision", "model.pth"),
+    ],
+)
+def test_there_and_back_is_the_identity(tmp_path, fmt, name, capsys):
+    source = hf_folder(small_model(), tmp_path / "source")
+    middle = tmp_path / name
+    assert run(source, middle, "--to", fmt) == 0
+    assert f"-> {middle} ({fmt})" in capsys.readouterr().out
+    back = tmp_path / "back"
+    # A plain .pth state dict for timm or torchvision carries no config: window and image size are given back.
+    extra = ["--config", str(source / "config.json")] if name.endswith(".pth") and fmt != "microsoft" else []
+    assert run(middle, back, "--to", "hf", *extra) == 0
+    assert_same_folder(source, back)
+
+
+def test_chain_through_every_format_is_lossless(tmp_path):
+    source = hf_folder(small_model(pretrained_window_sizes=[2, 2]), tmp_path / "source")
+    steps = [("microsoft", "a.pth"), ("timm", "b.safetensors"), ("torchvision", "c.safetensors"), ("hf", "d")]
+    current = source
+    for fmt, name in steps:
+        assert run(current, tmp_path / name, "--to", fmt) == 0
+        current = tmp_path / name
+    assert_same_folder(source, current)
+
+
+def test_outputs_load_in_their_libraries(tmp_path):
+    """What convert writes is read by timm and torchvision as they read their own files."""
+    model = small_model(embed_dim=32)
+    source = hf_folder(model, tmp_path / "source")
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        expected = model(x).logits
+
+    assert run(source, tmp_path / "timm.safetensors", "--to", "timm") == 0
+    timm_model = SwinTransformerV2(
+        img_size=64, embed_dim=32, depths=(2, 2), num_heads=(2, 4), window_size=4, num_classes=3
+    ).eval()
+    timm_model.load_state_dict(load_file(tmp_path / "timm.safetensors"))
+
+    assert run(source, tmp_path / "tv.pth", "--to", "torchvision") == 0
+    tv_model = SwinTransformer(
+        patch_size=[4, 4],
+        embed_dim=32,
+        depths=[2, 2],
+        num_heads=[2, 4],
+        window_size=[4, 4],
+        num_classes=3,
+        block=SwinTransformerBlockV2,
+        downsample_layer=PatchMergingV2,
+    ).eval()
+    tv_model.load_state_dict(torch.load(tmp_path / "tv.pth", weights_only=True))
+
+    with torch.no_grad():
+        assert (timm_model(x) - expected).abs().max() < 1e-5
+        assert (tv_model(x) - expected).abs().max() < 1e-5
+
+
+def test_simmim_model_converts_to_microsofts_simmim_layout(tmp_path):
+    model = small_model("Swinv2ForMaskedImageModeling", encoder_stride=8)
+    source = hf_folder(model, tmp_path / "source")
+    assert run(source, tmp_path / "simmim.pth", "--to", "microsoft") == 0
+    raw = torch.load(tmp_path / "simmim.pth", weights_only=True)["model"]
+    assert "encoder.mask_token" in raw and "decoder.0.weight" in raw
+    assert run(tmp_path / "simmim.pth", tmp_path / "back", "--to", "hf") == 0
+    assert_same_folder(source, tmp_path / "back")
+
+
+def test_dtype_is_kept(tmp_path):
+    model = small_model().to(torch.bfloat16)
+    source = hf_folder(model, tmp_path / "source")
+    assert run(source, tmp_path / "timm.safetensors", "--to", "timm") == 0
+    state = load_file(tmp_path / "timm.safetensors")
+    assert {v.dtype for v in state.values()} == {torch.bfloat16}
+
+
+def test_errors_are_one_clear_line(tmp_path, capsys):
+    assert run(tmp_path / "missing.pth", tmp_path / "out.pth", "--to", "timm") == 1
+    assert "swinv2 convert: error:" in capsys.readouterr().err
+
+    with_positions = hf_folder(small_model(use_absolute_embeddings=True), tmp_path / "positions")
+    assert run(with_positions, tmp_path / "out.pth", "--to", "timm") == 1
+    err = capsys.readouterr().err
+    assert "position_embeddings" in err and "convert to hf or microsoft" in err
+    assert not (tmp_path / "out.pth").exists()
+
+    plain = tmp_path / "plain.pth"
+    assert run(hf_folder(small_model(), tmp_path / "s"), plain, "--to", "timm") == 0
+    assert run(plain, tmp_path / "back", "--to", "hf") == 1  # no config, no telling name
+    assert "window_size" in capsys.readouterr().err
+
+    assert run(hf_folder(small_model(), tmp_path / "t"), tmp_path / "out.npz", "--to", "timm") == 1
+    assert ".safetensors or .pth" in capsys.readouterr().err
+
+    with pytest.raises(SystemExit) as info:
+        run(with_positions, tmp_path / "x", "--to", "keras")
+    assert info.value.code == 2
+
+
+def test_console_script_entry_point(tmp_path):
+    source = hf_folder(small_model(), tmp_path / "source")
+    env = {**os.environ, "PYTHONPATH": f"{SRC}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    out = tmp_path / "ms.pth"
+    result = subprocess.run(
+        [sys.executable, "-m", "swinv2.cli", "convert", str(source), str(out), "--to", "microsoft"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "(hf, Swinv2ForImageClassification" in result.stdout
+    assert ck.detect_format(torch.load(out, weights_only=True)["model"]) == "microsoft"
