@@ -375,3 +375,42 @@ def test_resume_checks_the_architecture_and_fresh_runs_do_not_overwrite(tiny_con
     finished = train(_config(tiny_config, photos, run, resume="latest"))  # nothing left to do
     assert finished.steps == 2
     assert math.isfinite(finished.metrics.get("img_per_s", 0.0))
+
+
+# ---------------------------------------------------------------------------------------------- options
+def _last_weights(run) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(run / "last" / "model.safetensors")
+
+
+def test_gradient_accumulation_equals_the_large_batch(tiny_config, photos, tmp_path):
+    # Adam's first steps move each weight by about lr * g / (|g| + eps): for a gradient within rounding
+    # noise of zero that is any value in [-lr, lr], whatever the summation order. A larger eps keeps such
+    # weights from hiding the comparison of the accumulated gradients themselves.
+    big = train(_config(tiny_config, photos, tmp_path / "big", batch_size=8, max_steps=2, lr=2e-3, eps=1e-6))
+    small = train(_config(tiny_config, photos, tmp_path / "small", batch_size=4, grad_accum_steps=2, max_steps=2,
+                          lr=2e-3, eps=1e-6))
+    assert big.steps == small.steps == 2
+    a, b = _last_weights(tmp_path / "big"), _last_weights(tmp_path / "small")
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], atol=1e-6, rtol=0, msg=key)
+
+
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+def test_amp_ema_checkpointing_mixup_randaugment_and_tensorboard(tiny_config, photos, tmp_path, amp):
+    run = tmp_path / "run"
+    result = train(_config(tiny_config, photos, run, amp=amp, ema_decay=0.5, gradient_checkpointing=True,
+                           mixup=0.8, cutmix=1.0, randaugment=9, max_steps=3, tensorboard=True, log_every=1))
+    records = [r for r in json.loads("[" + ",".join((run / "metrics.jsonl").read_text().split()) + "]")]
+    assert [r["step"] for r in records if r["kind"] == "train"] == [1, 2, 3]
+    assert all(math.isfinite(r["loss"]) for r in records if r["kind"] == "train")
+    assert "top1" not in records[0]  # no training accuracy against mixed labels
+    assert list((run / "tensorboard").glob("events.out.tfevents.*"))
+    # the export holds the EMA weights, not the raw ones
+    state = torch.load(sorted((run / "checkpoints").glob("*.pt"))[-1], weights_only=True)
+    exported = Swinv2ForImageClassification.from_pretrained(result.last).state_dict()
+    ema = {k.removeprefix("module."): v for k, v in state["ema"].items() if k.startswith("module.")}
+    key = "swinv2.stages.0.blocks.0.attn.qkv.weight"
+    torch.testing.assert_close(exported[key], ema[key])
+    assert not torch.allclose(state["model"][key], ema[key])

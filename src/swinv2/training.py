@@ -1226,14 +1226,16 @@ def plot_learning_curves(runs: Mapping[str, Sequence[Mapping[str, Any]]], path: 
     for label, records in runs.items():
         train = [r for r in records if r.get("kind") == "train" and train_key in r]
         if train:
-            line, = ax.plot([r["epoch"] for r in train], [r[train_key] for r in train], label=f"{label} train")
+            line, = ax.plot([r["epoch"] for r in train], [r[train_key] for r in train],
+                            label=f"{label} train".strip())
             color = line.get_color()
         else:
             color = None
         if val_key:
             val = [r for r in records if r.get("kind") in ("val", "epoch") and val_key in r]
             if val:
-                ax.plot([r["epoch"] for r in val], [r[val_key] for r in val], "o--", color=color, label=f"{label} val")
+                ax.plot([r["epoch"] for r in val], [r[val_key] for r in val], "o--", color=color,
+                        label=f"{label} val".strip())
     ax.set_xlabel("epoch")
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
@@ -1306,9 +1308,13 @@ def plot_confusion(confusion: Sequence[Sequence[int]], class_names: Sequence[str
 def plot_reconstructions(model: Swinv2ForMaskedImageModeling, dataset: AugmentedDataset, path: str | os.PathLike,
                          mean: Sequence[float], std: Sequence[float], norm_window: int | None = None,
                          count: int = 8) -> None:
-    """A grid of SimMIM results, one column per image: original, masked input, and the reconstruction of
-    the masked patches pasted into the visible ones. With normalised targets the prediction is mapped back
-    with the original's local mean and std."""
+    """A grid of SimMIM results, one column per image: the original, the masked input (hidden patches grey)
+    and the prediction of the hidden patches pasted into the visible ones.
+
+    With normalised targets the model predicts locally normalised pixels, which cannot be mapped back
+    without the hidden pixels' statistics; the grid then shows the normalised target and the prediction,
+    each stretched to its own range, in place of the last row.
+    """
     plt = _pyplot()
     was_training = model.training
     model.eval()
@@ -1316,30 +1322,36 @@ def plot_reconstructions(model: Swinv2ForMaskedImageModeling, dataset: Augmented
     items = [dataset[i] for i in range(min(count, len(dataset)))]
     pixels = torch.stack([p for p, _ in items]).to(device)
     masks = torch.stack([m for _, m in items]).to(device)
-    recon = model(pixel_values=pixels, bool_masked_pos=masks).reconstruction.float()
-    if norm_window:
-        pad = norm_window // 2
-        local_mean = F.avg_pool2d(pixels, norm_window, 1, pad, count_include_pad=False)
-        local_var = F.avg_pool2d(pixels * pixels, norm_window, 1, pad, count_include_pad=False) - local_mean**2
-        recon = recon * (local_var.clamp(min=0) + 1e-6).sqrt() + local_mean
+    prediction = model(pixel_values=pixels, bool_masked_pos=masks).reconstruction.float()
     model.train(was_training)
     pixel_mask = masked_pixels(masks, model.config.patch_hw, *pixels.shape[-2:])
     mean_t = torch.tensor(mean, device=device).view(1, -1, 1, 1)
     std_t = torch.tensor(std, device=device).view(1, -1, 1, 1)
 
-    def show(x: Tensor) -> np.ndarray:
-        x = (x * std_t + mean_t).clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy()
+    def as_images(x: Tensor) -> np.ndarray:
+        """(B, C, H, W) in [0, 1] -> what imshow takes: (B, H, W) for one channel, else (B, H, W, C)."""
+        x = x.clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy()
         return x[..., 0] if x.shape[-1] == 1 else x
 
-    original = show(pixels)
-    visible = (1 - pixel_mask).permute(0, 2, 3, 1).cpu().numpy()
+    def stretch(x: Tensor) -> Tensor:
+        low = x.amin(dim=(1, 2, 3), keepdim=True)
+        high = x.amax(dim=(1, 2, 3), keepdim=True)
+        return (x - low) / (high - low).clamp(min=1e-6)
+
+    original = pixels * std_t + mean_t
     rows = {
-        "original": original,
-        "masked": original * (visible[..., 0] if original.ndim == 3 else visible),
-        "reconstructed": show(recon * pixel_mask + pixels * (1 - pixel_mask)),
+        "original": as_images(original),
+        "masked": as_images(original * (1 - pixel_mask) + 0.5 * pixel_mask),
     }
+    if norm_window:
+        target = norm_targets(pixels.float(), norm_window)
+        rows["target (normalised)"] = as_images(stretch(target))
+        rows["prediction"] = as_images(stretch(prediction * pixel_mask + target * (1 - pixel_mask)))
+    else:
+        rows["reconstructed"] = as_images(prediction * pixel_mask * std_t + mean_t * pixel_mask
+                                          + original * (1 - pixel_mask))
     n = pixels.shape[0]
-    fig, axes = plt.subplots(3, n, figsize=(1.4 * n, 4.4), squeeze=False)
+    fig, axes = plt.subplots(len(rows), n, figsize=(1.4 * n, 1.5 * len(rows)), squeeze=False)
     for r, (name, images) in enumerate(rows.items()):
         for c in range(n):
             ax = axes[r][c]
@@ -1347,6 +1359,6 @@ def plot_reconstructions(model: Swinv2ForMaskedImageModeling, dataset: Augmented
             ax.set_xticks([])
             ax.set_yticks([])
             if c == 0:
-                ax.set_ylabel(name)
+                ax.set_ylabel(name, fontsize=8)
     _save_figure(fig, Path(path))
     plt.close(fig)
