@@ -42,6 +42,7 @@ from swinv2.training import (
     lr_factor,
     norm_targets,
     param_groups,
+    read_metrics,
     resolve_config,
     simmim_loss,
     train,
@@ -394,7 +395,7 @@ def test_gradient_accumulation_equals_the_large_batch(tiny_config, photos, tmp_p
     assert big.steps == small.steps == 2
     a, b = _last_weights(tmp_path / "big"), _last_weights(tmp_path / "small")
     for key in a:
-        torch.testing.assert_close(b[key], a[key], atol=1e-6, rtol=0, msg=key)
+        torch.testing.assert_close(b[key], a[key], atol=1e-5, rtol=0, msg=key)
 
 
 @pytest.mark.parametrize("amp", ["bf16", "fp16"])
@@ -402,7 +403,7 @@ def test_amp_ema_checkpointing_mixup_randaugment_and_tensorboard(tiny_config, ph
     run = tmp_path / "run"
     result = train(_config(tiny_config, photos, run, amp=amp, ema_decay=0.5, gradient_checkpointing=True,
                            mixup=0.8, cutmix=1.0, randaugment=9, max_steps=3, tensorboard=True, log_every=1))
-    records = [r for r in json.loads("[" + ",".join((run / "metrics.jsonl").read_text().split()) + "]")]
+    records = read_metrics(run)
     assert [r["step"] for r in records if r["kind"] == "train"] == [1, 2, 3]
     assert all(math.isfinite(r["loss"]) for r in records if r["kind"] == "train")
     assert "top1" not in records[0]  # no training accuracy against mixed labels

@@ -147,14 +147,16 @@ def classification_train_transform(
     randaugment_magnitude: int = 0,
 ) -> Callable:
     """RandomResizedCrop + horizontal flip (+ RandAugment with 2 ops at `randaugment_magnitude` when > 0)."""
-    from torchvision.transforms import v2
+    from torchvision.transforms import InterpolationMode, v2
 
     steps: list = [
         v2.RandomResizedCrop(image_size, scale=tuple(crop_scale), interpolation=_interpolation(), antialias=True),
         v2.RandomHorizontalFlip(hflip),
     ]
     if randaugment_magnitude > 0:
-        steps.append(v2.RandAugment(num_ops=2, magnitude=randaugment_magnitude, interpolation=_interpolation()))
+        # bilinear: torchvision's affine ops on tensors do not take bicubic
+        steps.append(v2.RandAugment(num_ops=2, magnitude=randaugment_magnitude,
+                                    interpolation=InterpolationMode.BILINEAR))
     steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)]
     return v2.Compose(steps)
 

@@ -32,13 +32,13 @@ import os
 import random
 import sys
 import time
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import tomllib
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -197,12 +197,19 @@ def load_config_file(path: str | os.PathLike) -> dict[str, Any]:
                 raise TrainingError("YAML config files need pyyaml: pip install 'swinv2[train]'") from err
             values = yaml.safe_load(text) or {}
         elif path.suffix == ".toml":
+            try:
+                import tomllib
+            except ImportError:  # Python 3.10
+                try:
+                    import tomli as tomllib
+                except ImportError as err:
+                    raise TrainingError("TOML config files need Python 3.11+ or tomli (pip install tomli)") from err
             values = tomllib.loads(text)
         elif path.suffix == ".json":
             values = json.loads(text)
         else:
             raise TrainingError(f"{path}: config files must end in .yaml, .yml, .toml or .json")
-    except (ValueError, tomllib.TOMLDecodeError) as err:
+    except ValueError as err:  # json and toml decode errors are ValueErrors
         if isinstance(err, TrainingError):
             raise
         raise TrainingError(f"{path} could not be parsed ({err}); fix the file") from err
@@ -463,8 +470,6 @@ def build_model(config: TrainConfig, class_names: Sequence[str] | None) -> tuple
     if weights is None:
         torch.manual_seed(config.seed)  # the same initial weights in every process and every run
         return cls(model_config), f"new {cls.__name__} from {config.model}"
-    import warnings
-
     with warnings.catch_warnings():
         if replace:  # a new head is what was asked for: no warning about its fresh weights
             warnings.simplefilter("ignore")
@@ -1127,7 +1132,10 @@ def _train(config: TrainConfig, dist: Distributed) -> TrainResult:
             scaler.update()
             optimizer.zero_grad(set_to_none=True)
             lr = optimizer.param_groups[-1]["lr"]  # the top group: the peak lr times the schedule
-            scheduler.step()
+            with warnings.catch_warnings():
+                # fp16: the scaler skips the steps whose gradients overflowed; the schedule goes on regardless
+                warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
+                scheduler.step()
             if ema is not None:
                 ema.update_parameters(_unwrap(model))
             step += 1
