@@ -175,7 +175,7 @@ def _setup_logging() -> None:
 def _run_train(args: argparse.Namespace) -> int:
     from .checkpoints import CheckpointError
     from .data import DataError
-    from .training import TrainingError, resolve_config, train
+    from .training import TrainingError, resolve_config, saved_settings, train
 
     _setup_logging()
     overrides = {name: getattr(args, name) for name, _ in _TRAIN_FLAGS}
@@ -183,7 +183,9 @@ def _run_train(args: argparse.Namespace) -> int:
     if overrides["clip_grad"] == 0:
         overrides["clip_grad"] = None
     try:
-        config = resolve_config(args.config, overrides, task=args.task)
+        # resuming: the run's own settings first, so that `--output DIR --resume` is enough
+        defaults = saved_settings(args.output) if args.resume is not None and args.output else {}
+        config = resolve_config(args.config, overrides, **{**defaults, "task": args.task})
         result = train(config)
     except (TrainingError, DataError, CheckpointError) as err:
         print(f"error: {err}", file=sys.stderr)

@@ -220,6 +220,20 @@ def load_config_file(path: str | os.PathLike) -> dict[str, Any]:
     return {k.replace("-", "_"): v for k, v in values.items()}
 
 
+def saved_settings(output: str | os.PathLike) -> dict[str, Any]:
+    """The settings a run folder was started with (its train_config.json), or {} when it has none: resuming
+    needs no flags but `--output` and `--resume`."""
+    path = Path(output).expanduser() / RUN_CONFIG_FILE
+    if not path.is_file():
+        return {}
+    names = {f.name for f in dataclasses.fields(TrainConfig)} - {"resume", "config_file"}
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise TrainingError(f"{path} is not valid JSON ({err}); give the settings as flags instead") from err
+    return {k: v for k, v in saved.items() if k in names}
+
+
 def resolve_config(config_file: str | None, overrides: Mapping[str, Any], **defaults: Any) -> TrainConfig:
     """`defaults`, then the config file's values, then `overrides` (the flags given): the last one wins."""
     values = dict(defaults)
@@ -1008,6 +1022,9 @@ def _train(config: TrainConfig, dist: Distributed) -> TrainResult:
     scaler = torch.amp.GradScaler(dist.device.type, enabled=config.amp == "fp16")
 
     step, best_top1, best_step = 0, -1.0, None
+    # running sums (loss * images, correct, images) since the last log line (row 0) and over the epoch (row 1);
+    # a checkpoint keeps them, reduced over the processes, so a resumed run logs what an uninterrupted one does
+    sums = torch.zeros(2, 3, dtype=torch.float64, device=dist.device)
     if resume_state is not None:
         _load_full_state(model, optimizer, resume_state["model"], resume_state["optimizer"])
         scheduler.load_state_dict(resume_state["scheduler"])
@@ -1018,6 +1035,8 @@ def _train(config: TrainConfig, dist: Distributed) -> TrainResult:
         step = int(resume_state["step"])
         best_top1 = float(resume_state.get("best_top1", -1.0))
         best_step = resume_state.get("best_step")
+        if dist.main:
+            sums.copy_(resume_state["running_sums"])
 
     # -- files (rank 0)
     tensorboard = None
@@ -1040,6 +1059,7 @@ def _train(config: TrainConfig, dist: Distributed) -> TrainResult:
 
     def save_checkpoint() -> None:
         model_state, optim_state = _full_state(model, optimizer)  # collective: all ranks
+        running = dist.all_reduce(sums.clone()).cpu()
         if not dist.main:
             return
         state = {
@@ -1047,7 +1067,7 @@ def _train(config: TrainConfig, dist: Distributed) -> TrainResult:
             "model": model_state, "optimizer": optim_state, "scheduler": scheduler.state_dict(),
             "scaler": scaler.state_dict(), "ema": ema.state_dict() if ema is not None else None,
             "rng": _rng_state(), "best_top1": best_top1, "best_step": best_step,
-            "model_config": base.config.to_dict(), "train_config": config.to_dict(),
+            "model_config": base.config.to_dict(), "train_config": config.to_dict(), "running_sums": running,
         }
         path = checkpoint_path(run, step)
         atomic_write(path, lambda tmp: torch.save(state, tmp))
@@ -1096,9 +1116,7 @@ def _train(config: TrainConfig, dist: Distributed) -> TrainResult:
         steps_this_epoch = min(steps_per_epoch, total_steps - epoch * steps_per_epoch)
         bar = tqdm(total=steps_this_epoch, initial=done_in_epoch, desc=f"epoch {epoch + 1}/{num_epochs}",
                    disable=not (config.progress and dist.main), dynamic_ncols=True, file=sys.stderr)
-        # running sums since the last log line, and over the epoch: loss*images, correct, images
-        window = torch.zeros(3, dtype=torch.float64, device=device)
-        epoch_sums = torch.zeros(3, dtype=torch.float64, device=device)
+        window, epoch_sums = sums[0], sums[1]  # views: zeroed at each epoch end, restored on resume
         window_start = time.perf_counter()
         for group in _micro_batches(loader, accum):
             if step >= total_steps:
@@ -1162,6 +1180,7 @@ def _train(config: TrainConfig, dist: Distributed) -> TrainResult:
 
         # -- epoch end (or the last step)
         reduced = dist.all_reduce(epoch_sums.clone())
+        sums.zero_()  # a partial log window is not carried into the next epoch
         record = {"kind": "val" if val_set is not None else "epoch", "step": step, "epoch": step / steps_per_epoch}
         if reduced[2] > 0:
             record["train_loss"] = float(reduced[0] / reduced[2])
