@@ -1101,7 +1101,7 @@ def _train(config: TrainConfig, dist: Distributed) -> TrainResult:
     model.train()
     last_val: dict[str, Any] = {}
     start_epoch = step // steps_per_epoch
-    throughput_images, throughput_time = 0, 0.0
+    windows: list[tuple[float, float]] = []  # (images, seconds) of each log window, for the run's throughput
 
     for epoch in range(start_epoch, num_epochs):
         if step >= total_steps:
@@ -1162,8 +1162,7 @@ def _train(config: TrainConfig, dist: Distributed) -> TrainResult:
                 reduced = dist.all_reduce(window.clone())
                 elapsed = time.perf_counter() - window_start
                 images = float(reduced[2])
-                throughput_images += images
-                throughput_time += elapsed
+                windows.append((images, elapsed))
                 record = {"kind": "train", "step": step, "epoch": step / steps_per_epoch,
                           "loss": float(reduced[0] / images), "lr": lr, "img_per_s": images / max(elapsed, 1e-9)}
                 if config.task == "classification" and mixer is None:
@@ -1223,7 +1222,10 @@ def _train(config: TrainConfig, dist: Distributed) -> TrainResult:
                                  config.image_mean, config.image_std, norm_window)
         if tensorboard is not None:
             tensorboard.close()
-    images_per_second = throughput_images / throughput_time if throughput_time else 0.0
+    # the first window pays for the start (workers, first allocations): left out when there are others
+    steady = windows[1:] or windows
+    seconds = sum(t for _, t in steady)
+    images_per_second = sum(n for n, _ in steady) / seconds if seconds else 0.0
     metrics["img_per_s"] = images_per_second
     dist.barrier()
     best = run / "best" if (run / "best").is_dir() else None
