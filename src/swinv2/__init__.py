@@ -12,16 +12,19 @@ from .modeling import (
     Swinv2ModelOutput,
     Swinv2PreTrainedModel,
 )
+from .processing import AutoImageProcessor, Swinv2ImageProcessor
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AutoImageProcessor",
     "BackboneOutput",
     "Swinv2Backbone",
     "Swinv2Config",
     "Swinv2ForImageClassification",
     "Swinv2ForMaskedImageModeling",
     "Swinv2ImageClassifierOutput",
+    "Swinv2ImageProcessor",
     "Swinv2MaskedImageModelingOutput",
     "Swinv2Model",
     "Swinv2ModelOutput",

@@ -1,0 +1,590 @@
+"""Image preprocessing: load, convert, resize, crop, rescale and normalise images for the model.
+
+`Swinv2ImageProcessor` reads and writes the `preprocessor_config.json` that transformers' `ViTImageProcessor`
+(the processor of the Swin V2 checkpoints on the Hugging Face Hub) reads and writes, and gives the same
+numbers for the same settings: images are resized with Pillow, exactly as transformers does, and the
+rescale and normalisation run on the whole batch at once as tensor operations.
+
+`load_image` opens an image file with errors that name the file and the problem (empty, truncated,
+corrupt, not an image, too large); the `predict` command and the folder datasets use it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import PIL.Image
+import PIL.ImageOps
+import torch
+from torch import Tensor
+
+PREPROCESSOR_CONFIG_NAME = "preprocessor_config.json"
+IMAGENET_DEFAULT_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_DEFAULT_STD = (0.229, 0.224, 0.225)
+# The processor type written into preprocessor_config.json: transformers' AutoImageProcessor then builds a
+# ViTImageProcessor, the class the Swin V2 checkpoints on the Hub are published with.
+HF_PROCESSOR_TYPE = "ViTImageProcessor"
+
+# Pillow's resampling filters by name; config files store the integer.
+RESAMPLE = {
+    "nearest": PIL.Image.Resampling.NEAREST,
+    "box": PIL.Image.Resampling.BOX,
+    "bilinear": PIL.Image.Resampling.BILINEAR,
+    "hamming": PIL.Image.Resampling.HAMMING,
+    "bicubic": PIL.Image.Resampling.BICUBIC,
+    "lanczos": PIL.Image.Resampling.LANCZOS,
+}
+
+
+class ImageLoadError(ValueError):
+    """An image file that cannot be read: empty, truncated, corrupt, not an image, or too large."""
+
+
+# ---------------------------------------------------------------------------------------------- files
+def load_image(path: str | os.PathLike) -> PIL.Image.Image:
+    """Open an image file fully (so a truncated file fails here, not later) and apply its EXIF rotation.
+
+    The mode is left as stored (RGB, L, RGBA, P, CMYK, ...); the processor converts it to the model's
+    channels. 16-bit and 32-bit integer images are scaled to 8 bits. Pillow's decompression-bomb limit
+    (`PIL.Image.MAX_IMAGE_PIXELS`) stays in force.
+
+    Raises:
+        ImageLoadError: naming the file and what is wrong with it.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise ImageLoadError(f"{path}: no such file")
+    if path.is_dir():
+        raise ImageLoadError(f"{path}: is a folder, not an image file")
+    try:
+        size = path.stat().st_size
+    except OSError as err:
+        raise ImageLoadError(f"{path}: cannot read ({err.strerror})") from err
+    if size == 0:
+        raise ImageLoadError(f"{path}: empty file (0 bytes)")
+    try:
+        with PIL.Image.open(path) as image:
+            image.load()  # decode now: a truncated or corrupt file raises here
+            image = PIL.ImageOps.exif_transpose(image)
+    except PIL.Image.DecompressionBombError as err:
+        raise ImageLoadError(
+            f"{path}: too many pixels ({err}); raise PIL.Image.MAX_IMAGE_PIXELS if you trust this file"
+        ) from err
+    except PIL.UnidentifiedImageError as err:
+        raise ImageLoadError(f"{path}: not an image file Pillow can read") from err
+    except (OSError, SyntaxError, ValueError) as err:
+        # Pillow reports truncated and corrupt data as OSError (and a few decoders as SyntaxError/ValueError).
+        raise ImageLoadError(f"{path}: truncated or corrupt image ({err})") from err
+    if image.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+        array = np.asarray(image, dtype=np.float64)
+        top = 65535.0 if image.mode.startswith("I;16") else max(float(array.max()), 1.0)
+        image = PIL.Image.fromarray(np.round(array * (255.0 / top)).clip(0, 255).astype(np.uint8), mode="L")
+    return image
+
+
+# ---------------------------------------------------------------------------------------------- outputs
+class BatchFeature(Mapping):
+    """The processor's output: a mapping (`model(**inputs)`) whose entries are also attributes.
+
+    `pixel_values` has shape (batch, channels, height, width).
+    """
+
+    def __init__(self, data: dict[str, Any]) -> None:
+        self.data = dict(data)
+
+    def __getitem__(self, key: str) -> Any:
+        return self.data[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.data)
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self.__dict__["data"][name]
+        except KeyError:
+            raise AttributeError(f"BatchFeature has no field {name!r}; it has {list(self.data)}") from None
+
+    def __repr__(self) -> str:
+        shapes = {
+            k: tuple(v.shape) if hasattr(v, "shape") else type(v).__name__ for k, v in self.data.items()
+        }
+        return f"BatchFeature({shapes})"
+
+    def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> BatchFeature:
+        """Move every tensor to `device`, and cast the floating ones to `dtype`."""
+        moved = {}
+        for key, value in self.data.items():
+            if isinstance(value, Tensor):
+                value = value.to(device=device, dtype=dtype if value.is_floating_point() else None)
+            moved[key] = value
+        return BatchFeature(moved)
+
+
+# ---------------------------------------------------------------------------------------------- settings
+def _size_dict(size: Any, name: str) -> dict[str, int]:
+    """transformers' size conventions: an int is a square, (h, w) a rectangle, or a dict."""
+    if isinstance(size, bool):
+        raise ValueError(f"{name} must be an int, (height, width) or a dict, got {size!r}")
+    if isinstance(size, int):
+        size = {"height": size, "width": size}
+    elif isinstance(size, (tuple, list)) and len(size) == 2:
+        size = {"height": size[0], "width": size[1]}
+    if not isinstance(size, Mapping):
+        raise ValueError(
+            f"{name} must be an int, (height, width), {{'height': H, 'width': W}} or {{'shortest_edge': N}}, "
+            f"got {size!r}"
+        )
+    keys = set(size)
+    if keys not in ({"height", "width"}, {"shortest_edge"}):
+        raise ValueError(
+            f"{name} must have the keys 'height' and 'width', or only 'shortest_edge'; got {sorted(keys)}"
+        )
+    for key, value in size.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise ValueError(f"{name}[{key!r}] must be a positive int, got {value!r}")
+    return dict(size)
+
+
+def _resample(value: Any) -> int:
+    if isinstance(value, str):
+        if value.lower() not in RESAMPLE:
+            raise ValueError(
+                f"resample must be one of {sorted(RESAMPLE)} (or Pillow's number), got {value!r}"
+            )
+        return int(RESAMPLE[value.lower()])
+    if isinstance(value, bool) or int(value) not in {int(v) for v in RESAMPLE.values()}:
+        raise ValueError(
+            f"resample must be a Pillow filter number 0-5 or a name in {sorted(RESAMPLE)}, got {value!r}"
+        )
+    return int(value)
+
+
+def _channel_stats(values: float | Sequence[float], name: str) -> list[float] | float:
+    if isinstance(values, (int, float)) and not isinstance(values, bool):
+        return float(values)
+    values = [float(v) for v in values]
+    if not values:
+        raise ValueError(f"{name} must be a number or a list with one number per channel, got []")
+    return values
+
+
+# ---------------------------------------------------------------------------------------------- conversion
+def _to_hwc(image: Any, num_channels: int) -> np.ndarray:
+    """One image as a (height, width, num_channels) array, uint8 when it came as 8-bit, float otherwise."""
+    if isinstance(image, PIL.Image.Image):
+        mode = "L" if num_channels == 1 else "RGB"
+        if image.mode != mode:
+            # Pillow's conversions (alpha dropped, palettes expanded, CMYK to RGB, ITU-R 601-2 luma),
+            # the same as transformers with do_convert_rgb=True.
+            image = image.convert(mode)
+        array = np.asarray(image)
+        return array[:, :, None] if array.ndim == 2 else array
+    if isinstance(image, Tensor):
+        if image.ndim == 3 and image.shape[0] in (1, 2, 3, 4):
+            image = image.permute(1, 2, 0)  # tensors are channels-first, as torchvision makes them
+        array = image.detach().cpu().numpy()
+    elif isinstance(image, np.ndarray):
+        array = image
+        if array.ndim == 3 and array.shape[-1] not in (1, 2, 3, 4) and array.shape[0] in (1, 2, 3, 4):
+            array = array.transpose(1, 2, 0)  # arrays are channels-last, unless that cannot be
+    else:
+        raise TypeError(
+            "images must be PIL images, numpy arrays (H, W, C) or torch tensors (C, H, W), got "
+            f"{type(image).__name__}"
+        )
+    if array.ndim == 2:
+        array = array[:, :, None]
+    if array.ndim != 3 or array.shape[-1] not in (1, 2, 3, 4):
+        raise ValueError(
+            f"an image array must be (H, W), (H, W, C) or, as a tensor, (C, H, W) with C in 1-4; got shape "
+            f"{tuple(array.shape)}"
+        )
+    if array.dtype == np.bool_:
+        array = array.astype(np.uint8) * 255
+    return _convert_channels(array, num_channels)
+
+
+def _convert_channels(array: np.ndarray, num_channels: int) -> np.ndarray:
+    channels = array.shape[-1]
+    if channels == num_channels:
+        return array
+    if array.dtype == np.uint8 and channels in (1, 2, 3, 4):
+        # 8-bit: let Pillow convert so arrays give exactly what the same picture as a PIL image gives.
+        modes = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}
+        source = array[:, :, 0] if channels == 1 else array
+        converted = np.asarray(
+            PIL.Image.fromarray(source, modes[channels]).convert("L" if num_channels == 1 else "RGB")
+        )
+        converted = converted[:, :, None] if converted.ndim == 2 else converted
+        if num_channels in (1, 3):
+            return converted
+        array = converted
+        channels = array.shape[-1]
+    color = array[:, :, :3] if channels >= 3 else array[:, :, :1]  # drop alpha
+    if num_channels == 1:
+        if color.shape[-1] == 1:
+            return color
+        luma = color[..., 0] * 0.299 + color[..., 1] * 0.587 + color[..., 2] * 0.114  # ITU-R 601-2, as Pillow
+        return luma[:, :, None].astype(np.float32)
+    if color.shape[-1] == 1:
+        return np.repeat(color, num_channels, axis=-1)
+    raise ValueError(
+        f"cannot convert a {channels}-channel image to the model's {num_channels} channels; give "
+        f"{num_channels}-channel images"
+    )
+
+
+def _pil_ready(array: np.ndarray) -> tuple[np.ndarray, float]:
+    """The 8-bit array Pillow resizes, and the factor that brings the result back to the input's range.
+
+    The same rules as transformers: integer values in [0, 255] are taken as they are, floats in [0, 1] are
+    multiplied by 255 (and truncated) and divided again after the resize.
+    """
+    if array.dtype == np.uint8:
+        return array, 1.0
+    values = array.astype(np.float64)
+    if not np.isfinite(values).all():
+        raise ValueError("the image contains NaN or infinite values")
+    low, high = float(values.min()), float(values.max())
+    if np.allclose(values, values.astype(np.int64)):
+        if low >= 0 and high <= 255:
+            return values.astype(np.uint8), 1.0
+        raise ValueError(
+            f"integer image values must lie in [0, 255] to be resized, got [{low:g}, {high:g}]; convert "
+            "16-bit images to 8 bits or to floats in [0, 1]"
+        )
+    if low >= 0 and high <= 1:
+        return (values * 255).astype(np.uint8), 1 / 255
+    raise ValueError(
+        f"float image values must lie in [0, 1] (or be whole numbers in [0, 255]) to be resized, got "
+        f"[{low:g}, {high:g}]"
+    )
+
+
+def _resize(array: np.ndarray, height: int, width: int, resample: int) -> np.ndarray:
+    pixels, back = _pil_ready(array)
+    source = PIL.Image.fromarray(pixels[:, :, 0] if pixels.shape[-1] == 1 else pixels)
+    resized = np.asarray(source.resize((width, height), resample=resample))
+    resized = resized[:, :, None] if resized.ndim == 2 else resized
+    return resized if back == 1.0 else (resized.astype(np.float64) * back).astype(np.float32)
+
+
+def _short_side_size(height: int, width: int, short: int) -> tuple[int, int]:
+    """(height, width) with the short side `short`, the aspect ratio kept (rounded down, as transformers)."""
+    if width <= height:
+        return int(short * height / width), short
+    return short, int(short * width / height)
+
+
+def _center_crop(array: np.ndarray, height: int, width: int) -> np.ndarray:
+    """The central `height x width` window; zero-padded (centred) where the image is smaller."""
+    h, w = array.shape[:2]
+    top, left = (h - height) // 2, (w - width) // 2
+    if top >= 0 and left >= 0:
+        return array[top : top + height, left : left + width]
+    padded = np.zeros((max(h, height), max(w, width), array.shape[2]), dtype=array.dtype)
+    pad_top, pad_left = -(-(padded.shape[0] - h) // 2), -(-(padded.shape[1] - w) // 2)
+    padded[pad_top : pad_top + h, pad_left : pad_left + w] = array
+    h, w = padded.shape[:2]
+    top, left = (h - height) // 2, (w - width) // 2
+    return padded[top : top + height, left : left + width]
+
+
+def _flatten(images: Any) -> list[Any]:
+    """A single image, a batch array/tensor (N, ...) or a (nested) list of images, as a flat list."""
+    if isinstance(images, (PIL.Image.Image, np.ndarray, Tensor)):
+        if isinstance(images, np.ndarray) and images.ndim == 4:
+            return list(images)  # (N, H, W, C)
+        if isinstance(images, Tensor) and images.ndim == 4:
+            return list(images.unbind(0))  # (N, C, H, W)
+        return [images]
+    if isinstance(images, (list, tuple)):
+        flat = [image for item in images for image in _flatten(item)]
+        if not flat:
+            raise ValueError("no images given: the list is empty")
+        return flat
+    raise TypeError(
+        "images must be a PIL image, a numpy array, a torch tensor or a list of them, got "
+        f"{type(images).__name__}"
+    )
+
+
+# ---------------------------------------------------------------------------------------------- processor
+class Swinv2ImageProcessor:
+    """Resize, (centre-crop,) rescale and normalise images into `pixel_values` for a Swin V2 model.
+
+    Mirrors transformers' `ViTImageProcessor` (the processor the Swin V2 checkpoints use) and reads the
+    settings of its relatives where a config carries them:
+
+    Args:
+        do_resize: resize the images.
+        size: `{"height": H, "width": W}` (or an int for a square): resize to exactly that size; or
+            `{"shortest_edge": N}`: resize the short side to N, keeping the aspect ratio.
+        resample: Pillow filter (3 = bicubic), a number or a name.
+        do_rescale: multiply the pixel values by `rescale_factor` (1/255 maps 8-bit values to [0, 1]).
+        do_normalize: subtract `image_mean` and divide by `image_std`, per channel.
+        image_mean / image_std: one value, or one per channel.
+        do_convert_rgb: kept for transformers' config files; images are always converted to the model's
+            channels (`num_channels`): RGBA, palette, CMYK and grayscale become RGB, or luma for 1 channel.
+        do_center_crop / crop_size: crop the centre `crop_size` after resizing.
+        crop_pct: with `size={"shortest_edge": N}`: resize the short side to `int(N / crop_pct)` and crop
+            the centre N x N (timm's and ConvNeXt's evaluation transform).
+        num_channels: channels of the model's input; default: the length of `image_mean`, else 3.
+        **kwargs: other keys of a preprocessor_config.json, kept and written back.
+    """
+
+    model_input_names = ("pixel_values",)
+
+    def __init__(
+        self,
+        do_resize: bool = True,
+        size: int | Sequence[int] | dict[str, int] | None = None,
+        resample: int | str = PIL.Image.Resampling.BICUBIC,
+        do_rescale: bool = True,
+        rescale_factor: float = 1 / 255,
+        do_normalize: bool = True,
+        image_mean: float | Sequence[float] | None = None,
+        image_std: float | Sequence[float] | None = None,
+        do_convert_rgb: bool | None = None,
+        do_center_crop: bool | None = None,
+        crop_size: int | Sequence[int] | dict[str, int] | None = None,
+        crop_pct: float | None = None,
+        num_channels: int | None = None,
+        **kwargs: Any,
+    ) -> None:
+        # Names written by older transformers versions, with no meaning for the numbers.
+        for key in ("feature_extractor_type", "image_processor_type", "processor_class", "_processor_class"):
+            kwargs.pop(key, None)
+        self.do_resize = bool(do_resize)
+        self.size = _size_dict(size if size is not None else {"height": 256, "width": 256}, "size")
+        self.resample = _resample(resample)
+        self.do_rescale = bool(do_rescale)
+        self.rescale_factor = float(rescale_factor)
+        self.do_normalize = bool(do_normalize)
+        self.image_mean = _channel_stats(
+            image_mean if image_mean is not None else list(IMAGENET_DEFAULT_MEAN), "image_mean"
+        )
+        self.image_std = _channel_stats(
+            image_std if image_std is not None else list(IMAGENET_DEFAULT_STD), "image_std"
+        )
+        stds = self.image_std if isinstance(self.image_std, list) else [self.image_std]
+        if any(s == 0 for s in stds):
+            raise ValueError(f"image_std must not contain 0 (it divides), got {self.image_std}")
+        self.do_convert_rgb = do_convert_rgb
+        self.do_center_crop = do_center_crop
+        self.crop_size = _size_dict(crop_size, "crop_size") if crop_size is not None else None
+        if self.crop_size is not None and set(self.crop_size) != {"height", "width"}:
+            raise ValueError(f"crop_size must be {{'height': H, 'width': W}} or an int, got {crop_size!r}")
+        if crop_pct is not None and not 0 < float(crop_pct) <= 1:
+            raise ValueError(f"crop_pct must be in (0, 1], got {crop_pct!r}")
+        self.crop_pct = float(crop_pct) if crop_pct is not None else None
+        if num_channels is not None and (isinstance(num_channels, bool) or int(num_channels) < 1):
+            raise ValueError(f"num_channels must be a positive int, got {num_channels!r}")
+        self.num_channels = int(num_channels) if num_channels is not None else None
+        for name in ("image_mean", "image_std"):
+            stats = getattr(self, name)
+            if isinstance(stats, list) and len(stats) != self.channels:
+                raise ValueError(
+                    f"{name} has {len(stats)} values but the images have {self.channels} channels; "
+                    "give one per channel"
+                )
+        self.extra = dict(kwargs)
+
+    @property
+    def channels(self) -> int:
+        """How many channels the images are converted to."""
+        if self.num_channels is not None:
+            return self.num_channels
+        return len(self.image_mean) if isinstance(self.image_mean, list) else 3
+
+    def __repr__(self) -> str:
+        return f"Swinv2ImageProcessor({json.dumps(self.to_dict(), sort_keys=True)})"
+
+    # -- the pipeline
+    def _geometry(self, array: np.ndarray) -> np.ndarray:
+        """Resize and crop one (H, W, C) image."""
+        if self.do_resize:
+            h, w = array.shape[:2]
+            if "shortest_edge" in self.size:
+                short = self.size["shortest_edge"]
+                if self.crop_pct is not None:
+                    array = _resize(array, *_short_side_size(h, w, int(short / self.crop_pct)), self.resample)
+                    return _center_crop(array, short, short)
+                array = _resize(array, *_short_side_size(h, w, short), self.resample)
+            else:
+                array = _resize(array, self.size["height"], self.size["width"], self.resample)
+        if self.do_center_crop and self.crop_size is not None:
+            array = _center_crop(array, self.crop_size["height"], self.crop_size["width"])
+        return array
+
+    def preprocess(self, images: Any, return_tensors: str | None = "pt", **overrides: Any) -> BatchFeature:
+        """Turn one image or a batch into `pixel_values` of shape (batch, channels, height, width).
+
+        Args:
+            images: PIL images, numpy arrays (H, W[, C]) of uint8 or floats, torch tensors (C, H, W) or
+                batches (N, H, W, C) arrays / (N, C, H, W) tensors, alone or in a list.
+            return_tensors: "pt" (a float32 torch tensor), "np" (a numpy array) or None (a list of
+                (C, H, W) numpy arrays, which may differ in size).
+            **overrides: settings for this call only (e.g. `size=384`, `do_normalize=False`).
+        """
+        if overrides:
+            return self.__class__(**{**self.to_dict(), **overrides}).preprocess(images, return_tensors)
+        if return_tensors not in ("pt", "np", None):
+            raise ValueError(f"return_tensors must be 'pt', 'np' or None, got {return_tensors!r}")
+        arrays = [self._geometry(_to_hwc(image, self.channels)) for image in _flatten(images)]
+        shapes = {a.shape for a in arrays}
+        if len(shapes) > 1 and return_tensors is not None:
+            raise ValueError(
+                f"the images have different sizes after resizing ({sorted(shapes)}) and do not stack into "
+                "one batch; resize to one size (size={'height': H, 'width': W}) or pass return_tensors=None"
+            )
+        if return_tensors is None:
+            values = [
+                self._finish(torch.from_numpy(np.array(a))[None])[0].numpy() for a in arrays
+            ]
+            return BatchFeature({"pixel_values": values})
+        batch = torch.from_numpy(np.ascontiguousarray(np.stack(arrays)))  # (N, H, W, C), one copy
+        pixel_values = self._finish(batch)
+        return BatchFeature(
+            {"pixel_values": pixel_values if return_tensors == "pt" else pixel_values.numpy()}
+        )
+
+    __call__ = preprocess
+
+    def _finish(self, batch: Tensor) -> Tensor:
+        """(N, H, W, C) uint8/float -> (N, C, H, W) float32, rescaled and normalised in one pass."""
+        x = batch.permute(0, 3, 1, 2)
+        x = x.to(torch.float64) * self.rescale_factor if self.do_rescale else x.to(torch.float64)
+        x = x.to(torch.float32)  # transformers rescales in float64 and normalises in float32
+        if self.do_normalize:
+            c = x.shape[1]
+            mean = torch.tensor(self.image_mean, dtype=torch.float32).reshape(-1, 1, 1).expand(c, 1, 1)
+            std = torch.tensor(self.image_std, dtype=torch.float32).reshape(-1, 1, 1).expand(c, 1, 1)
+            x = (x - mean) / std
+        return x.contiguous()
+
+    # -- serialisation
+    def to_dict(self) -> dict[str, Any]:
+        """The preprocessor_config.json entries, with the keys transformers' ViTImageProcessor writes."""
+        out: dict[str, Any] = {
+            "do_convert_rgb": self.do_convert_rgb,
+            "do_normalize": self.do_normalize,
+            "do_rescale": self.do_rescale,
+            "do_resize": self.do_resize,
+            "image_mean": self.image_mean,
+            "image_processor_type": HF_PROCESSOR_TYPE,
+            "image_std": self.image_std,
+            "resample": self.resample,
+            "rescale_factor": self.rescale_factor,
+            "size": dict(self.size),
+        }
+        # Settings ViTImageProcessor does not have: written only when used, so a plain config stays identical.
+        for key in ("do_center_crop", "crop_size", "crop_pct", "num_channels"):
+            if getattr(self, key) is not None:
+                out[key] = getattr(self, key)
+        out.update(self.extra)
+        return out
+
+    def to_json_string(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
+
+    def save_pretrained(self, save_directory: str | os.PathLike) -> Path:
+        """Write `preprocessor_config.json` into the folder (atomically); returns its path."""
+        from .checkpoints import atomic_write
+
+        folder = Path(save_directory)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise OSError(f"cannot create the output folder {folder}: {err.strerror}") from err
+        path = folder / PREPROCESSOR_CONFIG_NAME
+        text = self.to_json_string()
+        atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+        return path
+
+    @classmethod
+    def from_dict(cls, config: dict[str, Any], **overrides: Any) -> Swinv2ImageProcessor:
+        return cls(**{**config, **overrides})
+
+    @classmethod
+    def from_json_file(cls, path: str | os.PathLike, **overrides: Any) -> Swinv2ImageProcessor:
+        try:
+            config = json.loads(Path(path).read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as err:
+            raise ValueError(f"cannot read the image processor config {path}: {err}") from err
+        if not isinstance(config, dict):
+            raise ValueError(f"{path} must hold a JSON object, got {type(config).__name__}")
+        return cls.from_dict(config, **overrides)
+
+    @classmethod
+    def from_model_config(cls, config: Any, **overrides: Any) -> Swinv2ImageProcessor:
+        """The evaluation transform of a checkpoint that ships no preprocessor_config.json.
+
+        Microsoft, timm and torchvision Swin V2 checkpoints are evaluated at `config.image_size` with bicubic
+        resizing and the ImageNet mean and std; models with other channel counts use the channel-averaged
+        ImageNet statistics.
+        """
+        height, width = config.image_hw
+        channels = int(config.num_channels)
+        if channels == 3:
+            mean, std = list(IMAGENET_DEFAULT_MEAN), list(IMAGENET_DEFAULT_STD)
+        else:
+            mean = [round(sum(IMAGENET_DEFAULT_MEAN) / 3, 4)] * channels
+            std = [round(sum(IMAGENET_DEFAULT_STD) / 3, 4)] * channels
+        settings: dict[str, Any] = {
+            "size": {"height": height, "width": width},
+            "resample": PIL.Image.Resampling.BICUBIC,
+            "image_mean": mean,
+            "image_std": std,
+        }
+        if channels != 3:
+            settings["num_channels"] = channels
+        return cls(**{**settings, **overrides})
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | os.PathLike, **overrides: Any) -> Swinv2ImageProcessor:
+        """Read `preprocessor_config.json` from a folder (or next to a file), or build the processor from
+        the model's `config.json` when there is none (see `from_model_config`). Keyword arguments override
+        settings.
+        """
+        from .checkpoints import resolve_source
+        from .config import CONFIG_NAME, Swinv2Config
+
+        path = Path(name_or_path).expanduser()
+        if path.is_file() and path.name == PREPROCESSOR_CONFIG_NAME:
+            return cls.from_json_file(path, **overrides)
+        folder = path if path.is_dir() else path.parent if path.is_file() else None
+        if folder is not None and (folder / PREPROCESSOR_CONFIG_NAME).is_file():
+            return cls.from_json_file(folder / PREPROCESSOR_CONFIG_NAME, **overrides)
+        config_path, weights = resolve_source(name_or_path)  # raises a clear error for a missing path
+        if config_path is not None and (config_path.parent / PREPROCESSOR_CONFIG_NAME).is_file():
+            return cls.from_json_file(config_path.parent / PREPROCESSOR_CONFIG_NAME, **overrides)
+        if config_path is None:
+            where = (
+                folder if folder is not None else (weights.parent if weights is not None else name_or_path)
+            )
+            raise ValueError(
+                f"no {PREPROCESSOR_CONFIG_NAME} and no {CONFIG_NAME} in {where}: build the processor with "
+                "Swinv2ImageProcessor(size=..., image_mean=..., image_std=...) or from_model_config(config)"
+            )
+        return cls.from_model_config(Swinv2Config.from_json_file(config_path), **overrides)
+
+
+class AutoImageProcessor:
+    """`AutoImageProcessor.from_pretrained(path)`, as in transformers; Swin V2 has one processor class."""
+
+    def __init__(self) -> None:
+        raise TypeError("use AutoImageProcessor.from_pretrained(path)")
+
+    @staticmethod
+    def from_pretrained(name_or_path: str | os.PathLike, **overrides: Any) -> Swinv2ImageProcessor:
+        """See `Swinv2ImageProcessor.from_pretrained`."""
+        return Swinv2ImageProcessor.from_pretrained(name_or_path, **overrides)
