@@ -113,9 +113,7 @@ class BatchFeature(Mapping):
             raise AttributeError(f"BatchFeature has no field {name!r}; it has {list(self.data)}") from None
 
     def __repr__(self) -> str:
-        shapes = {
-            k: tuple(v.shape) if hasattr(v, "shape") else type(v).__name__ for k, v in self.data.items()
-        }
+        shapes = {k: tuple(v.shape) if hasattr(v, "shape") else type(v).__name__ for k, v in self.data.items()}
         return f"BatchFeature({shapes})"
 
     def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> BatchFeature:
@@ -144,9 +142,7 @@ def _size_dict(size: Any, name: str) -> dict[str, int]:
         )
     keys = set(size)
     if keys not in ({"height", "width"}, {"shortest_edge"}):
-        raise ValueError(
-            f"{name} must have the keys 'height' and 'width', or only 'shortest_edge'; got {sorted(keys)}"
-        )
+        raise ValueError(f"{name} must have the keys 'height' and 'width', or only 'shortest_edge'; got {sorted(keys)}")
     for key, value in size.items():
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
             raise ValueError(f"{name}[{key!r}] must be a positive int, got {value!r}")
@@ -156,14 +152,10 @@ def _size_dict(size: Any, name: str) -> dict[str, int]:
 def _resample(value: Any) -> int:
     if isinstance(value, str):
         if value.lower() not in RESAMPLE:
-            raise ValueError(
-                f"resample must be one of {sorted(RESAMPLE)} (or Pillow's number), got {value!r}"
-            )
+            raise ValueError(f"resample must be one of {sorted(RESAMPLE)} (or Pillow's number), got {value!r}")
         return int(RESAMPLE[value.lower()])
     if isinstance(value, bool) or int(value) not in {int(v) for v in RESAMPLE.values()}:
-        raise ValueError(
-            f"resample must be a Pillow filter number 0-5 or a name in {sorted(RESAMPLE)}, got {value!r}"
-        )
+        raise ValueError(f"resample must be a Pillow filter number 0-5 or a name in {sorted(RESAMPLE)}, got {value!r}")
     return int(value)
 
 
@@ -197,8 +189,7 @@ def _to_hwc(image: Any, num_channels: int) -> np.ndarray:
             array = array.transpose(1, 2, 0)  # arrays are channels-last, unless that cannot be
     else:
         raise TypeError(
-            "images must be PIL images, numpy arrays (H, W, C) or torch tensors (C, H, W), got "
-            f"{type(image).__name__}"
+            f"images must be PIL images, numpy arrays (H, W, C) or torch tensors (C, H, W), got {type(image).__name__}"
         )
     if array.ndim == 2:
         array = array[:, :, None]
@@ -312,8 +303,7 @@ def _flatten(images: Any) -> list[Any]:
             raise ValueError("no images given: the list is empty")
         return flat
     raise TypeError(
-        "images must be a PIL image, a numpy array, a torch tensor or a list of them, got "
-        f"{type(images).__name__}"
+        f"images must be a PIL image, a numpy array, a torch tensor or a list of them, got {type(images).__name__}"
     )
 
 
@@ -372,9 +362,7 @@ class Swinv2ImageProcessor:
         self.image_mean = _channel_stats(
             image_mean if image_mean is not None else list(IMAGENET_DEFAULT_MEAN), "image_mean"
         )
-        self.image_std = _channel_stats(
-            image_std if image_std is not None else list(IMAGENET_DEFAULT_STD), "image_std"
-        )
+        self.image_std = _channel_stats(image_std if image_std is not None else list(IMAGENET_DEFAULT_STD), "image_std")
         stds = self.image_std if isinstance(self.image_std, list) else [self.image_std]
         if any(s == 0 for s in stds):
             raise ValueError(f"image_std must not contain 0 (it divides), got {self.image_std}")
@@ -393,8 +381,7 @@ class Swinv2ImageProcessor:
             stats = getattr(self, name)
             if isinstance(stats, list) and len(stats) != self.channels:
                 raise ValueError(
-                    f"{name} has {len(stats)} values but the images have {self.channels} channels; "
-                    "give one per channel"
+                    f"{name} has {len(stats)} values but the images have {self.channels} channels; give one per channel"
                 )
         self.extra = dict(kwargs)
 
@@ -447,15 +434,11 @@ class Swinv2ImageProcessor:
                 "one batch; resize to one size (size={'height': H, 'width': W}) or pass return_tensors=None"
             )
         if return_tensors is None:
-            values = [
-                self._finish(torch.from_numpy(np.array(a))[None])[0].numpy() for a in arrays
-            ]
+            values = [self._finish(torch.from_numpy(np.array(a))[None])[0].numpy() for a in arrays]
             return BatchFeature({"pixel_values": values})
         batch = torch.from_numpy(np.ascontiguousarray(np.stack(arrays)))  # (N, H, W, C), one copy
         pixel_values = self._finish(batch)
-        return BatchFeature(
-            {"pixel_values": pixel_values if return_tensors == "pt" else pixel_values.numpy()}
-        )
+        return BatchFeature({"pixel_values": pixel_values if return_tensors == "pt" else pixel_values.numpy()})
 
     __call__ = preprocess
 
@@ -568,9 +551,7 @@ class Swinv2ImageProcessor:
         if config_path is not None and (config_path.parent / PREPROCESSOR_CONFIG_NAME).is_file():
             return cls.from_json_file(config_path.parent / PREPROCESSOR_CONFIG_NAME, **overrides)
         if config_path is None:
-            where = (
-                folder if folder is not None else (weights.parent if weights is not None else name_or_path)
-            )
+            where = folder if folder is not None else (weights.parent if weights is not None else name_or_path)
             raise ValueError(
                 f"no {PREPROCESSOR_CONFIG_NAME} and no {CONFIG_NAME} in {where}: build the processor with "
                 "Swinv2ImageProcessor(size=..., image_mean=..., image_std=...) or from_model_config(config)"
@@ -588,3 +569,43 @@ class AutoImageProcessor:
     def from_pretrained(name_or_path: str | os.PathLike, **overrides: Any) -> Swinv2ImageProcessor:
         """See `Swinv2ImageProcessor.from_pretrained`."""
         return Swinv2ImageProcessor.from_pretrained(name_or_path, **overrides)
+
+
+# ---------------------------------------------------------------------------------------------- class names
+# Class-index order of the ImageNet heads: built by scripts/make_imagenet_labels.py (see data/README.md).
+IMAGENET_LABEL_FILES = {1000: "imagenet1k_labels.tsv", 21841: "imagenet22k_labels.tsv"}
+
+
+def imagenet_id2label(num_classes: int) -> dict[int, str]:
+    """The ImageNet class names of a `num_classes`-way head: 1000 (ImageNet-1k) or 21841 (ImageNet-22k,
+    the Microsoft Swin V2 22k checkpoints), e.g. `{0: "tench, Tinca tinca", ...}`."""
+    from importlib.resources import files
+
+    if num_classes not in IMAGENET_LABEL_FILES:
+        raise ValueError(
+            f"there are ImageNet class names for 1000 (ImageNet-1k) and 21841 (ImageNet-22k) classes, "
+            f"not for {num_classes}"
+        )
+    text = files("swinv2").joinpath("data", IMAGENET_LABEL_FILES[num_classes]).read_text(encoding="utf-8")
+    names = [line.split("\t", 1)[1] for line in text.splitlines() if line]
+    if len(names) != num_classes:
+        raise RuntimeError(f"{IMAGENET_LABEL_FILES[num_classes]} holds {len(names)} names, not {num_classes}")
+    return dict(enumerate(names))
+
+
+def has_placeholder_labels(id2label: Mapping[int, str]) -> bool:
+    """True when the names are transformers' placeholders `LABEL_0, LABEL_1, ...` (no names were stored)."""
+    return all(name == f"LABEL_{index}" for index, name in id2label.items())
+
+
+def resolve_id2label(config: Any) -> tuple[dict[int, str], str]:
+    """The class names of a model, and where they come from ("config", "imagenet-1k", "imagenet-22k").
+
+    Checkpoints that store no names (Microsoft, timm, torchvision; transformers' placeholders `LABEL_i`)
+    with a 1000- or 21841-way head get the ImageNet names.
+    """
+    id2label = {int(k): str(v) for k, v in config.id2label.items()}
+    if has_placeholder_labels(id2label) and len(id2label) in IMAGENET_LABEL_FILES:
+        source = "imagenet-1k" if len(id2label) == 1000 else "imagenet-22k"
+        return imagenet_id2label(len(id2label)), source
+    return id2label, "config"
