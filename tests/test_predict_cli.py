@@ -269,12 +269,16 @@ def test_model_problems_are_one_line(workdir, tmp_path):
     (tmp_path / "broken.safetensors").write_bytes(b"\x00" * 64)
     headless = tmp_path / "headless"
     swinv2.Swinv2Model(swinv2.Swinv2Config(**SMALL)).save_pretrained(headless)
+    broken_settings = tmp_path / "broken-settings"
+    shutil.copytree(workdir / "named", broken_settings)
+    (broken_settings / "preprocessor_config.json").write_text('{"size": {"height": 64}, ')
     cases = [
         (tmp_path / "missing-model", "neither a file nor a folder"),
         (tmp_path / "other.pth", "unknown checkpoint format"),
         (tmp_path / "broken.safetensors", "broken.safetensors"),
         (headless, "classifier.weight"),
         (workdir / "photos", "no weights found"),
+        (broken_settings, "preprocessor_config.json"),
     ]
     for model, message in cases:
         proc = swinv2_cli("predict", model, photo)

@@ -121,6 +121,19 @@ def test_numpy_float_and_tensor_inputs(photos):
     assert max_diff(ours([a.astype(np.float64) for a in arrays]).pixel_values, ref_255) <= TOL
 
 
+def test_float_arrays_with_alpha_or_one_channel(photos):
+    rgb = [np.asarray(p).astype(np.float32) / 255 for p in photos[:3]]
+    rgba = [np.concatenate([a, np.full((*a.shape[:2], 1), 0.5, np.float32)], -1) for a in rgb]
+    gray = [a[..., 1] for a in rgb]  # (H, W) floats
+    ours, hf = Swinv2ImageProcessor(size=40), hf_vit(size=40)
+    ref = hf(rgb, do_rescale=False, return_tensors="pt").pixel_values
+    assert max_diff(ours(rgba, do_rescale=False).pixel_values, ref) <= TOL  # alpha dropped
+    ref_gray = hf([np.repeat(g[..., None], 3, -1) for g in gray], do_rescale=False, return_tensors="pt").pixel_values
+    assert max_diff(ours(gray, do_rescale=False).pixel_values, ref_gray) <= TOL  # replicated
+    unresized = Swinv2ImageProcessor(do_resize=False, do_normalize=False, do_rescale=False)(rgba[0]).pixel_values
+    assert torch.equal(unresized[0], torch.from_numpy(rgb[0]).permute(2, 0, 1))  # floats kept exactly
+
+
 def test_single_image_and_batched_tensor(photos):
     crops = [np.asarray(p)[:300, :300] for p in photos]  # one size, so they stack into a batch
     ours = Swinv2ImageProcessor(size=32)

@@ -210,13 +210,7 @@ def _run_predict(args: argparse.Namespace) -> int:
 def _predict(args: argparse.Namespace) -> int:
     import torch
 
-    from swinv2.processing import (
-        AutoImageProcessor,
-        ImageLoadError,
-        Swinv2ImageProcessor,
-        load_image,
-        resolve_id2label,
-    )
+    from swinv2.processing import AutoImageProcessor, ImageLoadError, load_image, resolve_id2label
 
     files, failures = _collect_inputs(args.inputs)
     for text, problem in failures:
@@ -225,9 +219,11 @@ def _predict(args: argparse.Namespace) -> int:
     model = _load_model(args.model)
     model.to(device)
     try:
+        # The model loaded, so its config.json is there: without a preprocessor_config.json the processor is
+        # built from it; any error here is a broken preprocessor_config.json.
         processor = AutoImageProcessor.from_pretrained(args.model)
-    except ValueError:
-        processor = Swinv2ImageProcessor.from_model_config(model.config)
+    except ValueError as err:
+        raise _CommandError(f"cannot read the image settings of {args.model!r}: {err}") from err
     id2label, _ = resolve_id2label(model.config)
     k = min(args.top_k, len(id2label))
 
@@ -270,7 +266,7 @@ def _predict(args: argparse.Namespace) -> int:
         print(json.dumps({"model": args.model, "results": results, "errors": errors}, indent=2))
     elif args.csv:
         _write_predictions_csv(args.csv, results)
-    else:
+    elif results:
         print(_predictions_table(results))
     if failures:
         print(f"swinv2 predict: {len(results)} image(s) classified, {len(failures)} input(s) failed", file=sys.stderr)

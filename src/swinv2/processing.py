@@ -225,6 +225,8 @@ def _convert_channels(array: np.ndarray, num_channels: int) -> np.ndarray:
             return color
         luma = color[..., 0] * 0.299 + color[..., 1] * 0.587 + color[..., 2] * 0.114  # ITU-R 601-2, as Pillow
         return luma[:, :, None].astype(np.float32)
+    if color.shape[-1] == num_channels:
+        return color
     if color.shape[-1] == 1:
         return np.repeat(color, num_channels, axis=-1)
     raise ValueError(
