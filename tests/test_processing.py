@@ -256,7 +256,7 @@ def test_falls_back_to_the_model_config(tmp_path, photos):
 
 
 def test_missing_sources_are_named(tmp_path):
-    with pytest.raises(ValueError, match=r"no preprocessor_config\.json and no config\.json"):
+    with pytest.raises(ValueError, match=r"no preprocessor_config\.json for .*no model config"):
         AutoImageProcessor.from_pretrained(tmp_path)
     with pytest.raises(ValueError, match="neither a file nor a folder"):
         AutoImageProcessor.from_pretrained(tmp_path / "missing" / "folder")
@@ -367,3 +367,29 @@ def test_resolve_id2label():
     named = Swinv2Config(id2label={i: f"class {i}" for i in range(1000)})
     assert resolve_id2label(named) == ({i: f"class {i}" for i in range(1000)}, "config")
     assert resolve_id2label(Swinv2Config(num_labels=10))[0][3] == "LABEL_3"
+
+
+def test_timm_and_microsoft_checkpoints_without_preprocessor_config(tmp_path, photos):
+    import timm
+    from timm.data import create_transform, resolve_data_config
+    from timm.models._hub import save_for_hf
+
+    from swinv2.checkpoints import write_checkpoint
+
+    model = timm.create_model(
+        "swinv2_tiny_window8_256", embed_dim=16, depths=(1, 1), num_heads=(2, 2), img_size=64, window_size=4
+    )
+    save_for_hf(model, tmp_path / "timm")  # config.json with timm's pretrained_cfg, no preprocessor_config.json
+    pretrained_cfg = json.loads((tmp_path / "timm" / "config.json").read_text())["pretrained_cfg"]
+    processor = AutoImageProcessor.from_pretrained(tmp_path / "timm")
+    assert processor.size == {"height": 64, "width": 64} and processor.resample == 3
+    # timm's transform without its crop, on square photos (so resizing the short side is the whole resize)
+    transform = create_transform(**resolve_data_config(pretrained_cfg={**pretrained_cfg, "crop_pct": 1.0}))
+    squares = [p.crop((0, 0, min(p.size), min(p.size))) for p in photos]
+    reference = torch.stack([transform(p) for p in squares])
+    assert max_diff(processor(squares).pixel_values, reference) <= TOL
+
+    config = Swinv2Config(image_size=48, embed_dim=16, depths=[1, 1], num_heads=[2, 2], window_size=4, num_labels=7)
+    write_checkpoint(Swinv2ForImageClassification(config), tmp_path / "ms.pth", "microsoft")  # no config.json
+    processor = AutoImageProcessor.from_pretrained(tmp_path / "ms.pth")
+    assert processor.size == {"height": 48, "width": 48} and processor.image_std == list(IMAGENET_DEFAULT_STD)

@@ -535,13 +535,37 @@ class Swinv2ImageProcessor:
         return cls(**{**settings, **overrides})
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str | os.PathLike, **overrides: Any) -> Swinv2ImageProcessor:
-        """Read `preprocessor_config.json` from a folder (or next to a file), or build the processor from
-        the model's `config.json` when there is none (see `from_model_config`). Keyword arguments override
-        settings.
+    def from_timm_pretrained_cfg(cls, cfg: Mapping[str, Any], **overrides: Any) -> Swinv2ImageProcessor:
+        """The processor for timm's `pretrained_cfg` (stored in its config.json): its `input_size`,
+        interpolation, mean and std.
+
+        Images are resized to `input_size`, as transformers' processor for Swin V2 resizes them; timm's
+        evaluation crop (`crop_pct`) is not applied, as its crop offsets round differently from transformers'.
+        Pass `size={"shortest_edge": N}, crop_pct=...` to crop.
         """
-        from .checkpoints import resolve_source
-        from .config import CONFIG_NAME, Swinv2Config
+        channels, height, width = (int(v) for v in cfg["input_size"])
+        settings: dict[str, Any] = {
+            "size": {"height": height, "width": width},
+            "resample": cfg.get("interpolation", "bicubic"),
+            "image_mean": list(cfg.get("mean", IMAGENET_DEFAULT_MEAN)),
+            "image_std": list(cfg.get("std", IMAGENET_DEFAULT_STD)),
+        }
+        if channels != 3:
+            settings["num_channels"] = channels
+        return cls(**{**settings, **overrides})
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | os.PathLike, **overrides: Any) -> Swinv2ImageProcessor:
+        """The processor of a checkpoint (a folder, a file in it, or a hub id), from the first of:
+
+        1. its `preprocessor_config.json` (transformers' layout);
+        2. timm's `pretrained_cfg` in a timm `config.json` (see `from_timm_pretrained_cfg`);
+        3. the model's config (`config.json`, or the one inferred for Microsoft, timm and torchvision
+           weights files): `image_size`, bicubic, ImageNet mean and std (see `from_model_config`).
+
+        Keyword arguments override settings.
+        """
+        from .checkpoints import CheckpointError, resolve_config, resolve_source
 
         path = Path(name_or_path).expanduser()
         if path.is_file() and path.name == PREPROCESSOR_CONFIG_NAME:
@@ -549,16 +573,25 @@ class Swinv2ImageProcessor:
         folder = path if path.is_dir() else path.parent if path.is_file() else None
         if folder is not None and (folder / PREPROCESSOR_CONFIG_NAME).is_file():
             return cls.from_json_file(folder / PREPROCESSOR_CONFIG_NAME, **overrides)
-        config_path, weights = resolve_source(name_or_path)  # raises a clear error for a missing path
-        if config_path is not None and (config_path.parent / PREPROCESSOR_CONFIG_NAME).is_file():
-            return cls.from_json_file(config_path.parent / PREPROCESSOR_CONFIG_NAME, **overrides)
-        if config_path is None:
-            where = folder if folder is not None else (weights.parent if weights is not None else name_or_path)
+        config_path, _ = resolve_source(name_or_path)  # a clear error for a missing path; fetches hub ids
+        if config_path is not None:
+            if (config_path.parent / PREPROCESSOR_CONFIG_NAME).is_file():
+                return cls.from_json_file(config_path.parent / PREPROCESSOR_CONFIG_NAME, **overrides)
+            try:
+                data = json.loads(config_path.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                data = None  # resolve_config below explains what is wrong with the file
+            timm_cfg = data.get("pretrained_cfg") if isinstance(data, dict) and "architecture" in data else None
+            if isinstance(timm_cfg, dict) and "input_size" in timm_cfg:
+                return cls.from_timm_pretrained_cfg(timm_cfg, **overrides)
+        try:
+            config = resolve_config(name_or_path)
+        except CheckpointError as err:
             raise ValueError(
-                f"no {PREPROCESSOR_CONFIG_NAME} and no {CONFIG_NAME} in {where}: build the processor with "
-                "Swinv2ImageProcessor(size=..., image_mean=..., image_std=...) or from_model_config(config)"
-            )
-        return cls.from_model_config(Swinv2Config.from_json_file(config_path), **overrides)
+                f"no {PREPROCESSOR_CONFIG_NAME} for {name_or_path}, and no model config to build one from "
+                f"({err}). Build the processor with Swinv2ImageProcessor(size=..., image_mean=..., image_std=...)"
+            ) from err
+        return cls.from_model_config(config, **overrides)
 
 
 class AutoImageProcessor:
