@@ -132,6 +132,10 @@ def test_float_arrays_with_alpha_or_one_channel(photos):
     assert max_diff(ours(gray, do_rescale=False).pixel_values, ref_gray) <= TOL  # replicated
     unresized = Swinv2ImageProcessor(do_resize=False, do_normalize=False, do_rescale=False)(rgba[0]).pixel_values
     assert torch.equal(unresized[0], torch.from_numpy(rgb[0]).permute(2, 0, 1))  # floats kept exactly
+    half = torch.from_numpy(rgb[0]).permute(2, 0, 1).to(torch.bfloat16)  # (C, H, W) bfloat16 tensor
+    got = ours(half, do_rescale=False).pixel_values
+    ref_half = hf([half.float().permute(1, 2, 0).numpy()], do_rescale=False, return_tensors="pt").pixel_values
+    assert max_diff(got, ref_half) <= TOL
 
 
 def test_single_image_and_batched_tensor(photos):

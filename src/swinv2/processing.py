@@ -50,8 +50,8 @@ def load_image(path: str | os.PathLike) -> PIL.Image.Image:
     """Open an image file fully (so a truncated file fails here, not later) and apply its EXIF rotation.
 
     The mode is left as stored (RGB, L, RGBA, P, CMYK, ...); the processor converts it to the model's
-    channels. 16-bit and 32-bit integer images are scaled to 8 bits. Pillow's decompression-bomb limit
-    (`PIL.Image.MAX_IMAGE_PIXELS`) stays in force.
+    channels. 16-bit images are scaled to 8 bits (32-bit integer ones by their maximum). Pillow's
+    decompression-bomb limit (`PIL.Image.MAX_IMAGE_PIXELS`) stays in force.
 
     Raises:
         ImageLoadError: naming the file and what is wrong with it.
@@ -182,6 +182,8 @@ def _to_hwc(image: Any, num_channels: int) -> np.ndarray:
     if isinstance(image, Tensor):
         if image.ndim == 3 and image.shape[0] in (1, 2, 3, 4):
             image = image.permute(1, 2, 0)  # tensors are channels-first, as torchvision makes them
+        if image.is_floating_point() and image.dtype != torch.float64:
+            image = image.float()  # numpy has no bfloat16
         array = image.detach().cpu().numpy()
     elif isinstance(image, np.ndarray):
         array = image
