@@ -28,9 +28,7 @@ def _add_convert_parser(sub: argparse._SubParsersAction) -> None:
             "Converting there and back gives the same tensors."
         ),
     )
-    parser.add_argument(
-        "source", metavar="SRC", help="folder with config.json, or a .safetensors/.bin/.pth file"
-    )
+    parser.add_argument("source", metavar="SRC", help="folder with config.json, or a .safetensors/.bin/.pth file")
     parser.add_argument(
         "destination",
         metavar="DST",
@@ -60,8 +58,10 @@ def _run_convert(args: argparse.Namespace) -> int:
         print(f"swinv2 convert: error: {err}", file=sys.stderr)
         return 1
     millions = sum(p.numel() for p in model.parameters()) / 1e6
-    print(f"{args.source} ({source_format}, {type(model).__name__}, {millions:.1f}M parameters) -> "
-          f"{args.destination} ({args.to})")
+    print(
+        f"{args.source} ({source_format}, {type(model).__name__}, {millions:.1f}M parameters) -> "
+        f"{args.destination} ({args.to})"
+    )
     return 0
 
 
@@ -236,7 +236,11 @@ def _predict(args: argparse.Namespace) -> int:
                 images.append(load_image(path))
                 names.append(str(path))
             except ImageLoadError as err:
-                print(f"swinv2 predict: skipped {err}", file=sys.stderr)
+                message = f"swinv2 predict: skipped {err}"
+                if bar is not None:
+                    bar.write(message, file=sys.stderr)  # above the bar, which stays on the last line
+                else:
+                    print(message, file=sys.stderr)
                 failures.append((str(path), str(err)))
             if bar is not None:
                 bar.update(1)
@@ -277,9 +281,16 @@ def _progress(total: int) -> Any:
     """A tqdm bar on stderr when there are more than a few images and stderr is a terminal, else None."""
     if total <= _PROGRESS_MIN_IMAGES or not sys.stderr.isatty():
         return None
+    import os
+
     from tqdm import tqdm
 
-    return tqdm(total=total, unit="img", file=sys.stderr, desc="predict")
+    try:
+        columns, lines = os.get_terminal_size(sys.stderr.fileno())
+    except OSError:
+        columns, lines = 0, 0
+    # A terminal that reports no size (some consoles, `script`) would hide the bar: assume 80x24.
+    return tqdm(total=total, unit="img", file=sys.stderr, desc="predict", ncols=columns or 80, nrows=lines or 24)
 
 
 def _predictions_table(results: list[dict[str, Any]]) -> str:
