@@ -174,7 +174,39 @@ def _check_pixel_values(pixel_values: Any, config: Swinv2Config) -> None:
             f"{hint}; shape was {tuple(pixel_values.shape)}"
         )
     if pixel_values.shape[0] == 0 or pixel_values.shape[2] == 0 or pixel_values.shape[3] == 0:
-        raise ValueError(f"pixel_values is empty: shape {tuple(pixel_values.shape)}")
+        raise ValueError(
+            f"pixel_values is empty: shape {tuple(pixel_values.shape)}; every image needs at least one pixel "
+            "and the batch at least one image"
+        )
+    _check_finite(pixel_values, config.check_finite_inputs)
+
+
+def _check_finite(pixel_values: Tensor, policy: bool | None) -> None:
+    """Reject NaN/Inf pixel values, which would otherwise spread through attention into every output.
+
+    `policy` is `config.check_finite_inputs`: None checks CPU tensors only (one cheap pass over the
+    input), True checks on every device, False never. The default skips accelerators because reading the
+    answer back is a host synchronisation that stalls the GPU's queue of work. Traced or compiled
+    forwards (torch.compile, torch.export, ONNX export) never check: the answer would be a data-dependent
+    branch in the graph.
+    """
+    if policy is False or (policy is None and pixel_values.device.type != "cpu"):
+        return
+    if torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.onnx.is_in_onnx_export():
+        return
+    finite = torch.isfinite(pixel_values)
+    if bool(finite.all()):
+        return
+    nan = int(torch.isnan(pixel_values).sum())
+    inf = int((~finite).sum()) - nan
+    images = (~finite).flatten(1).any(1).nonzero().flatten().tolist()
+    raise ValueError(
+        f"pixel_values holds {nan} NaN and {inf} infinite values (batch indices {images[:10]}"
+        f"{'...' if len(images) > 10 else ''}); the model would return NaN for these images. Check how they "
+        "were loaded and normalised (a zero standard deviation or a division by zero gives Inf/NaN), or "
+        "replace them, e.g. torch.nan_to_num(pixel_values). To skip this check pass "
+        "check_finite_inputs=False to the config (or from_pretrained)"
+    )
 
 
 def _grid_size(config: Swinv2Config, height: int, width: int) -> tuple[int, int]:
