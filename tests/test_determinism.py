@@ -79,9 +79,9 @@ def _in_fresh_process(seed: int) -> str:
 
 
 def test_two_training_runs_give_bit_identical_weights(restore_global_state):
-    """Two separate processes (fresh thread pools and generators), and a third run in this one."""
-    first, second = _in_fresh_process(0), _in_fresh_process(0)
-    assert first == second
+    """One run in a fresh process (its own thread pool and generators), one in this process after other
+    tests have used the generators."""
+    first = _in_fresh_process(0)
     assert train_and_fingerprint(0) == first
     # The runs do depend on randomness (init, crops, dropout): another seed gives other weights.
     assert train_and_fingerprint(1) != first
