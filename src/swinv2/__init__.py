@@ -1,6 +1,7 @@
 """swinv2: a fast, faithful Swin Transformer V2 for PyTorch."""
 
 from .config import Swinv2Config
+from .determinism import set_deterministic
 from .modeling import (
     BackboneOutput,
     Swinv2Backbone,
@@ -30,4 +31,5 @@ __all__ = [
     "Swinv2ModelOutput",
     "Swinv2PreTrainedModel",
     "__version__",
+    "set_deterministic",
 ]

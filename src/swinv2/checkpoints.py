@@ -66,6 +66,10 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
         write(tmp)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
+        # mkstemp creates 0600; give the file the mode a plain open() would have.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -681,7 +685,7 @@ def resolve_config(name_or_path: str | os.PathLike, **overrides: Any) -> Swinv2C
     if config_path is not None:
         data = _read_json(config_path)
         if not _is_timm_config(data):
-            return _config_from_dict(data, overrides)
+            return Swinv2Config.from_dict(data, **overrides)
     if weights_path is None:
         raise CheckpointError(f"no Swin V2 {CONFIG_NAME} and no weights to infer one from at {name_or_path}")
     state, embedded = read_weights(weights_path)
@@ -706,13 +710,6 @@ def _read_json(path: Path) -> dict[str, Any]:
     return data
 
 
-def _config_from_dict(data: dict[str, Any], overrides: dict[str, Any]) -> Swinv2Config:
-    """A stored config with overrides; a new `num_labels` replaces the stored labels (as in transformers)."""
-    if "num_labels" in overrides and "id2label" not in overrides:
-        data = {k: v for k, v in data.items() if k not in ("id2label", "label2id", "num_labels")}
-    return Swinv2Config.from_dict(data, **overrides)
-
-
 def checkpoint_config(
     state: dict[str, Tensor],
     fmt: str,
@@ -730,9 +727,9 @@ def checkpoint_config(
         if _is_timm_config(data):
             names.append(str(data["architecture"]))
         else:
-            return _config_from_dict(data, overrides)
+            return Swinv2Config.from_dict(data, **overrides)
     if embedded is not None:
-        return _config_from_dict(embedded, overrides)
+        return Swinv2Config.from_dict(embedded, **overrides)
     if weights_path is not None:
         names += [weights_path.name, weights_path.parent.name]
     return infer_config(state, fmt, [*names, name], **overrides)
@@ -1006,7 +1003,7 @@ def load_pretrained(
             state, fmt, config_path, embedded, weights_path, str(name_or_path), config_overrides
         )
     elif config_overrides:
-        config = _config_from_dict(config.to_dict(), config_overrides)
+        config = Swinv2Config.from_dict(config.to_dict(), **config_overrides)
     dtype = _target_dtype(torch_dtype, state)
     model = cls(config)
     load_into_model(model, canonical, fmt, strict, ignore_mismatched_sizes, str(weights_path))

@@ -5,12 +5,17 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
+from typing import Any
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="swinv2", description="Swin Transformer V2: predict, train, convert.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_convert_parser(sub)
+    _add_predict_parser(sub)
+    _add_info_parser(sub)
+    _add_export_parser(sub)
     _add_train_parser(sub)
     _add_pretrain_parser(sub)
     _add_evaluate_parser(sub)
@@ -28,9 +33,7 @@ def _add_convert_parser(sub: argparse._SubParsersAction) -> None:
             "Converting there and back gives the same tensors."
         ),
     )
-    parser.add_argument(
-        "source", metavar="SRC", help="folder with config.json, or a .safetensors/.bin/.pth file"
-    )
+    parser.add_argument("source", metavar="SRC", help="folder with config.json, or a .safetensors/.bin/.pth file")
     parser.add_argument(
         "destination",
         metavar="DST",
@@ -60,8 +63,10 @@ def _run_convert(args: argparse.Namespace) -> int:
         print(f"swinv2 convert: error: {err}", file=sys.stderr)
         return 1
     millions = sum(p.numel() for p in model.parameters()) / 1e6
-    print(f"{args.source} ({source_format}, {type(model).__name__}, {millions:.1f}M parameters) -> "
-          f"{args.destination} ({args.to})")
+    print(
+        f"{args.source} ({source_format}, {type(model).__name__}, {millions:.1f}M parameters) -> "
+        f"{args.destination} ({args.to})"
+    )
     return 0
 
 
@@ -255,6 +260,497 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     return args.func(args)
+
+
+# ---------------------------------------------------------------------------------------------- shared helpers
+class _CommandError(Exception):
+    """A problem that ends a command with one line on stderr and exit status 2 (no traceback)."""
+
+
+_DEVICES = ("auto", "cpu", "cuda", "mps")
+
+
+def _pick_device(name: str) -> Any:
+    import torch
+
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        mps = getattr(torch.backends, "mps", None)
+        return torch.device("mps" if mps is not None and mps.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise _CommandError("--device cuda: no CUDA GPU is visible to this PyTorch build; use --device cpu")
+    if name == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            raise _CommandError("--device mps: Apple's Metal backend is not available here; use --device cpu")
+    return torch.device(name)
+
+
+def _load_model(name: str, cls_name: str | None = None) -> Any:
+    """The model at `name`, or a `_CommandError` saying what was tried and why it failed."""
+    import warnings
+
+    import swinv2
+    from swinv2.checkpoints import CheckpointError
+
+    cls = getattr(swinv2, cls_name) if cls_name else swinv2.Swinv2ForImageClassification
+    path = Path(name).expanduser()
+    where = "folder" if path.is_dir() else "file" if path.is_file() else "path or hub id"
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            model = cls.from_pretrained(name)
+    except (CheckpointError, ValueError, OSError, KeyError, RuntimeError) as err:
+        message = " ".join(str(err).split())
+        raise _CommandError(f"cannot load a {cls.__name__} from the {where} {name!r}: {message}") from err
+    for warning in caught:
+        if "newly initialised" in str(warning.message):
+            # A head the checkpoint lacks would be random: its outputs would mean nothing.
+            raise _CommandError(f"the {where} {name!r} is not a complete {cls.__name__} checkpoint: {warning.message}")
+        warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
+    return model
+
+
+# ---------------------------------------------------------------------------------------------- predict
+_GLOB_CHARS = set("*?[")
+_PROGRESS_MIN_IMAGES = 8  # fewer images finish before a bar is worth drawing
+
+
+def _add_predict_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "predict",
+        help="classify image files",
+        description="Classify image files with a Swin V2 classification model and print the top-k classes.",
+        epilog="Exit status: 0 all images classified, 1 some inputs could not be read (named on stderr), "
+        "2 bad arguments or a model that cannot be loaded.",
+    )
+    p.add_argument("model", metavar="MODEL", help="folder, weights file or hub id of a classification model")
+    p.add_argument(
+        "inputs", metavar="INPUT", nargs="+", help="image files, folders (searched recursively) or glob patterns"
+    )
+    p.add_argument("--top-k", type=_positive_int, default=5, help="classes to show per image (default 5)")
+    p.add_argument("--batch-size", type=_positive_int, default=8, help="images per forward pass (default 8)")
+    p.add_argument("--device", choices=_DEVICES, default="auto", help="default: cuda, else mps, else cpu")
+    out = p.add_mutually_exclusive_group()
+    out.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    out.add_argument("--csv", metavar="FILE", help="write CSV (image,rank,index,label,probability); '-' = stdout")
+    p.set_defaults(func=_run_predict)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _collect_inputs(inputs: list[str]) -> tuple[list[Path], list[tuple[str, str]]]:
+    """Files to classify (in order, without repeats) and `(input, problem)` for inputs that name nothing.
+
+    Folders are searched recursively; hidden files and folders (names starting with '.') are left out.
+    """
+    import glob
+
+    files: list[Path] = []
+    missing: list[tuple[str, str]] = []
+
+    def visible(path: Path, root: Path) -> bool:
+        return not any(part.startswith(".") for part in path.relative_to(root).parts)
+
+    for text in inputs:
+        path = Path(text).expanduser()
+        if path.is_dir():
+            found = sorted(f for f in path.rglob("*") if f.is_file() and visible(f, path))
+            if not found:
+                missing.append((text, "folder holds no files"))
+            files.extend(found)
+        elif path.is_file():
+            files.append(path)
+        elif _GLOB_CHARS & set(text):
+            found = sorted(Path(f) for f in glob.glob(str(path), recursive=True) if Path(f).is_file())
+            if not found:
+                missing.append((text, "no files match this pattern"))
+            files.extend(found)
+        else:
+            missing.append((text, "no such file or folder"))
+    seen: set[Path] = set()
+    unique = []
+    for f in files:
+        key = f.resolve()
+        if key not in seen:
+            seen.add(key)
+            unique.append(f)
+    return unique, missing
+
+
+def _run_predict(args: argparse.Namespace) -> int:
+    try:
+        return _predict(args)
+    except _CommandError as err:
+        print(f"swinv2 predict: {err}", file=sys.stderr)
+        return 2
+
+
+def _predict(args: argparse.Namespace) -> int:
+    import torch
+
+    from swinv2.processing import AutoImageProcessor, ImageLoadError, load_image, resolve_id2label
+
+    files, failures = _collect_inputs(args.inputs)
+    for text, problem in failures:
+        print(f"swinv2 predict: {text}: {problem}", file=sys.stderr)
+    device = _pick_device(args.device)
+    model = _load_model(args.model)
+    model.to(device)
+    try:
+        # The model loaded, so its config.json is there: without a preprocessor_config.json the processor is
+        # built from it; any error here is a broken preprocessor_config.json.
+        processor = AutoImageProcessor.from_pretrained(args.model)
+    except ValueError as err:
+        raise _CommandError(f"cannot read the image settings of {args.model!r}: {err}") from err
+    id2label, _ = resolve_id2label(model.config)
+    k = min(args.top_k, len(id2label))
+
+    results: list[dict[str, Any]] = []
+    bar = _progress(len(files))
+    for start in range(0, len(files), args.batch_size):
+        images, names = [], []
+        for path in files[start : start + args.batch_size]:
+            try:
+                images.append(load_image(path))
+                names.append(str(path))
+            except ImageLoadError as err:
+                message = f"swinv2 predict: skipped {err}"
+                if bar is not None:
+                    bar.write(message, file=sys.stderr)  # above the bar, which stays on the last line
+                else:
+                    print(message, file=sys.stderr)
+                failures.append((str(path), str(err)))
+            if bar is not None:
+                bar.update(1)
+        if not images:
+            continue
+        pixel_values = processor(images, return_tensors="pt").pixel_values.to(device, model.dtype)
+        with torch.inference_mode():
+            probs = model(pixel_values).logits.float().softmax(-1)
+        top = probs.topk(k, dim=-1)
+        for name, values, indices in zip(names, top.values.tolist(), top.indices.tolist()):
+            results.append(
+                {
+                    "image": name,
+                    "predictions": [
+                        {"index": i, "label": id2label.get(i, str(i)), "probability": v}
+                        for v, i in zip(values, indices)
+                    ],
+                }
+            )
+    if bar is not None:
+        bar.close()
+
+    if args.json:
+        import json
+
+        errors = [{"input": text, "error": problem} for text, problem in failures]
+        print(json.dumps({"model": args.model, "results": results, "errors": errors}, indent=2))
+    elif args.csv:
+        _write_predictions_csv(args.csv, results)
+    elif results:
+        print(_predictions_table(results))
+    if failures:
+        print(f"swinv2 predict: {len(results)} image(s) classified, {len(failures)} input(s) failed", file=sys.stderr)
+    return 1 if failures else 0
+
+
+def _progress(total: int) -> Any:
+    """A tqdm bar on stderr when there are more than a few images and stderr is a terminal, else None."""
+    if total <= _PROGRESS_MIN_IMAGES or not sys.stderr.isatty():
+        return None
+    import os
+
+    from tqdm import tqdm
+
+    try:
+        columns, lines = os.get_terminal_size(sys.stderr.fileno())
+    except OSError:
+        columns, lines = 0, 0
+    # A terminal that reports no size (some consoles, `script`) would hide the bar: assume 80x24.
+    return tqdm(total=total, unit="img", file=sys.stderr, desc="predict", ncols=columns or 80, nrows=lines or 24)
+
+
+def _predictions_table(results: list[dict[str, Any]]) -> str:
+    """Columns image | label | probability; the image name on its first row only."""
+    rows = [("image", "label", "probability")]
+    for result in results:
+        for rank, pred in enumerate(result["predictions"]):
+            rows.append((result["image"] if rank == 0 else "", pred["label"], f"{pred['probability']:.4f}"))
+    widths = [max(len(row[c]) for row in rows) for c in range(2)]
+    lines = [f"{a:<{widths[0]}}  {b:<{widths[1]}}  {c:>11}".rstrip() for a, b, c in rows]
+    return "\n".join(lines)
+
+
+def _write_predictions_csv(target: str, results: list[dict[str, Any]]) -> None:
+    import csv
+    import io
+
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["image", "rank", "index", "label", "probability"])
+    for result in results:
+        for rank, pred in enumerate(result["predictions"], start=1):
+            writer.writerow([result["image"], rank, pred["index"], pred["label"], f"{pred['probability']:.6f}"])
+    if target == "-":
+        sys.stdout.write(buffer.getvalue())
+        return
+    from swinv2.checkpoints import atomic_write
+
+    try:
+        atomic_write(target, lambda tmp: Path(tmp).write_text(buffer.getvalue(), encoding="utf-8"))
+    except OSError as err:
+        raise _CommandError(f"cannot write the CSV file {target}: {err.strerror or err}") from err
+
+
+# ---------------------------------------------------------------------------------------------- info
+_MODEL_CLASSES = (
+    "Swinv2ForImageClassification",
+    "Swinv2ForMaskedImageModeling",
+    "Swinv2Backbone",
+    "Swinv2Model",
+)
+
+
+def _add_info_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "info",
+        help="describe a model: architecture, parameters, MACs, labels",
+        description="Describe a Swin V2 model: its architecture, parameter count, multiply-accumulates at its "
+        "input size (counted with torch.utils.flop_counter.FlopCounterMode) and its class names.",
+    )
+    p.add_argument("model", metavar="MODEL", help="folder, weights file or hub id")
+    p.add_argument("--labels", type=int, default=5, metavar="N", help="class names to list (default 5)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=_run_info)
+
+
+def _run_info(args: argparse.Namespace) -> int:
+    try:
+        return _info(args)
+    except _CommandError as err:
+        print(f"swinv2 info: {err}", file=sys.stderr)
+        return 2
+
+
+def _model_class_name(name: str) -> str | None:
+    """The class the checkpoint was saved from (config.json's `architectures`), when it is one of ours."""
+    import json
+
+    from swinv2.checkpoints import resolve_source
+
+    try:
+        config_path, _ = resolve_source(name)
+        stored = json.loads(config_path.read_text(encoding="utf-8")).get("architectures") if config_path else None
+    except Exception:  # any problem resurfaces, explained, when the model is loaded
+        return None
+    if isinstance(stored, list) and stored and stored[0] in _MODEL_CLASSES:
+        return stored[0]
+    return None
+
+
+def count_macs(model: Any, height: int, width: int) -> int:
+    """Multiply-accumulates of one forward pass on a (1, C, height, width) input.
+
+    Counted by `torch.utils.flop_counter.FlopCounterMode` (matrix products, convolutions and attention,
+    with the position-bias MLP; it reports 2 FLOPs per multiply-accumulate, halved here). Norms,
+    activations, softmax and other element-wise operations are not counted, as is usual for MAC figures.
+    """
+    import torch
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.utils.flop_counter import FlopCounterMode
+
+    pixel_values = torch.zeros(1, model.config.num_channels, height, width, device=model.device, dtype=model.dtype)
+    model.clear_attention_cache()  # count the position-bias MLP too, as a first call computes it
+    # The counter has no formula for the fused CPU attention kernel; the math backend runs the same products
+    # as matmuls, which it counts.
+    with torch.inference_mode(), sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
+        model(pixel_values)
+    return counter.get_total_flops() // 2
+
+
+def _info(args: argparse.Namespace) -> int:
+    from swinv2.processing import resolve_id2label
+
+    model = _load_model(args.model, _model_class_name(args.model))
+    config = model.config
+    height, width = config.image_hw
+    macs = count_macs(model, height, width)
+    stages = []
+    ph, pw = config.patch_hw
+    grid_h, grid_w = -(-height // ph), -(-width // pw)
+    for i, (depth, heads) in enumerate(zip(config.depths, config.num_heads)):
+        stages.append(
+            {
+                "stage": i + 1,
+                "blocks": depth,
+                "heads": heads,
+                "channels": config.embed_dim * 2**i,
+                "tokens": [grid_h, grid_w],
+                "window": min(config.window_size, grid_h, grid_w),
+            }
+        )
+        grid_h, grid_w = -(-grid_h // 2), -(-grid_w // 2)
+    info: dict[str, Any] = {
+        "model": args.model,
+        "class": type(model).__name__,
+        "image_size": [height, width],
+        "patch_size": [ph, pw],
+        "num_channels": config.num_channels,
+        "embed_dim": config.embed_dim,
+        "depths": list(config.depths),
+        "num_heads": list(config.num_heads),
+        "window_size": config.window_size,
+        "pretrained_window_sizes": list(config.pretrained_window_sizes),
+        "mlp_ratio": config.mlp_ratio,
+        "use_absolute_embeddings": config.use_absolute_embeddings,
+        "stages": stages,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "macs": macs,
+        "macs_counted_with": "torch.utils.flop_counter.FlopCounterMode (FLOPs / 2)",
+    }
+    if hasattr(model, "classifier"):
+        id2label, source = resolve_id2label(config)
+        info["num_labels"] = len(id2label)
+        info["labels_from"] = source
+        info["labels"] = [id2label[i] for i in sorted(id2label)[: max(args.labels, 0)]]
+    if args.json:
+        import json
+
+        print(json.dumps(info, indent=2))
+        return 0
+    print(_info_text(info))
+    return 0
+
+
+def _info_text(info: dict[str, Any]) -> str:
+    def pair(v: list[int]) -> str:
+        return f"{v[0]}x{v[1]}"
+
+    lines = [
+        f"model          {info['model']}",
+        f"class          {info['class']}",
+        f"input          {info['num_channels']} x {pair(info['image_size'])}, patches {pair(info['patch_size'])}"
+        + (", absolute position embeddings" if info["use_absolute_embeddings"] else ""),
+        f"embed_dim      {info['embed_dim']}, mlp_ratio {info['mlp_ratio']:g}, window {info['window_size']}"
+        + f", pretrained windows {info['pretrained_window_sizes']}",
+        f"parameters     {info['parameters']:,} ({info['parameters'] / 1e6:.2f} M)",
+        f"MACs           {info['macs']:,} ({info['macs'] / 1e9:.3f} G) at {pair(info['image_size'])}, counted with "
+        f"{info['macs_counted_with']}",
+        "stages",
+    ]
+    for s in info["stages"]:
+        lines.append(
+            f"  stage {s['stage']}      {s['blocks']} blocks, {s['heads']} heads, {s['channels']} channels, "
+            f"{pair(s['tokens'])} tokens, window {s['window']}"
+        )
+    if "labels" in info:
+        shown = "; ".join(info["labels"])
+        more = info["num_labels"] - len(info["labels"])
+        lines.append(
+            f"labels         {info['num_labels']} (from {info['labels_from']}): {shown}"
+            + (f"; ... ({more} more)" if more > 0 else "")
+        )
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------- export
+_EXPORT_CLASSES = ("Swinv2ForImageClassification", "Swinv2Model", "Swinv2ForMaskedImageModeling", "Swinv2Backbone")
+
+
+def _add_export_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "export",
+        help="export a model to ONNX",
+        description="Export a Swin V2 model to an ONNX file that takes pixel_values (B, C, H, W) float32, "
+        "normalised as the image processor does, and returns the model's main output (logits for "
+        "classification, last_hidden_state and pooler_output for the bare model, reconstruction for SimMIM, "
+        "the feature maps for the backbone).",
+        epilog="Exit status: 0 exported (and checked with --check), 1 the export or the check failed, "
+        "2 bad arguments or a model that cannot be loaded.",
+    )
+    p.add_argument("model", metavar="MODEL", help="folder, weights file or hub id of the model")
+    p.add_argument("output", metavar="OUTPUT", help="the .onnx file to write")
+    p.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"),
+                   help="input height and width, fixed in the graph (default: the config's image_size)")
+    p.add_argument("--dynamic-batch", action="store_true", help="let the batch size vary (default: fixed at 1)")
+    p.add_argument("--model-class", choices=_EXPORT_CLASSES,
+                   help="the model class to load (default: config.json's architectures, else classification)")
+    p.add_argument("--opset", type=int, default=None, help="ONNX opset version (default 18)")
+    p.add_argument("--exporter", choices=("auto", "dynamo", "torchscript"), default="auto",
+                   help="torch.onnx exporter; auto tries dynamo, then the TorchScript tracer (default auto)")
+    p.add_argument("--check", action="store_true",
+                   help="run the exported file in onnxruntime and print its largest difference from PyTorch")
+    p.set_defaults(func=_run_export)
+
+
+def _export_model_class(name: str, chosen: str | None) -> str:
+    """The class to load: the one asked for, else the first swinv2 class in config.json's architectures."""
+    if chosen:
+        return chosen
+    from swinv2.checkpoints import CheckpointError, resolve_config
+
+    try:
+        architectures = resolve_config(name).architectures or []
+    except (CheckpointError, ValueError, OSError):
+        return "Swinv2ForImageClassification"  # no readable config: from_pretrained will say what is wrong
+    known = [a for a in architectures if a in _EXPORT_CLASSES]
+    return known[0] if known else "Swinv2ForImageClassification"
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    def fail(message: str, status: int) -> int:
+        print(f"swinv2 export: {message}", file=sys.stderr)
+        return status
+
+    if args.image_size is not None and min(args.image_size) < 1:
+        return fail(f"--image-size must be two positive integers, got {args.image_size}", 2)
+    if Path(args.output).is_dir():
+        return fail(f"OUTPUT {args.output!r} is a folder; give a file name such as model.onnx", 2)
+    import torch
+
+    from swinv2.export import DEFAULT_OPSET, check_onnx, export_onnx
+
+    cls_name = _export_model_class(args.model, args.model_class)
+    try:
+        model = _load_model(args.model, cls_name)
+    except _CommandError as err:
+        return fail(str(err), 2)
+    image_size = tuple(args.image_size) if args.image_size else model.config.image_hw
+    try:
+        used = export_onnx(model, args.output, image_size=image_size, dynamic_batch=args.dynamic_batch,
+                           opset=args.opset or DEFAULT_OPSET, exporter=args.exporter)
+    except ImportError as err:
+        return fail(str(err), 1)
+    except Exception as err:  # exporter failures come in many types; report them in one line
+        return fail(f"the {args.exporter} export failed: {type(err).__name__}: {str(err).splitlines()[0]}", 1)
+    batch = "dynamic" if args.dynamic_batch else "1"
+    print(f"wrote {args.output}: {cls_name}, pixel_values ({batch}, {model.config.num_channels}, "
+          f"{image_size[0]}, {image_size[1]}), exporter {used}")
+    if args.check:
+        generator = torch.Generator().manual_seed(0)
+        sample = torch.randn(2 if args.dynamic_batch else 1, model.config.num_channels, *image_size,
+                             generator=generator)
+        try:
+            errors = check_onnx(model, args.output, sample)
+        except ImportError as err:
+            return fail(str(err), 1)
+        worst = max(errors.values())
+        print("onnxruntime vs PyTorch, largest absolute difference: "
+              + ", ".join(f"{k} {v:.2e}" for k, v in errors.items()))
+        if worst > 1e-3:
+            return fail(f"the exported graph differs from PyTorch by {worst:.2e} (more than 1e-3)", 1)
+    return 0
 
 
 if __name__ == "__main__":

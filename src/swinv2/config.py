@@ -92,8 +92,11 @@ class Swinv2Config:
         encoder_stride: upsampling factor of the SimMIM decoder.
         out_features / out_indices: stages returned by `Swinv2Backbone` ("stem", "stage1", ...).
         **kwargs: `num_labels`, `id2label`, `label2id`, `problem_type`, `output_hidden_states`,
-            `output_attentions`, `return_dict`, `use_gradient_checkpointing`; anything else is kept
-            verbatim and written back to `config.json`.
+            `output_attentions`, `return_dict`, `use_gradient_checkpointing`, `check_finite_inputs`;
+            anything else is kept verbatim and written back to `config.json`.
+            `check_finite_inputs` decides whether `forward` rejects NaN/Inf pixel values with a ValueError:
+            None (default) checks tensors on the CPU only, True checks on every device (on a GPU that costs
+            a host synchronisation per call), False never checks.
     """
 
     model_type = "swinv2"
@@ -153,6 +156,7 @@ class Swinv2Config:
         for name, default in _COMMON_DEFAULTS.items():
             setattr(self, name, kwargs.pop(name, default))
         self.use_gradient_checkpointing = kwargs.pop("use_gradient_checkpointing", False)
+        self.check_finite_inputs = kwargs.pop("check_finite_inputs", None)
 
         id2label = kwargs.pop("id2label", None)
         label2id = kwargs.pop("label2id", None)
@@ -294,6 +298,10 @@ class Swinv2Config:
         for name in ("qkv_bias", "use_absolute_embeddings", "output_hidden_states", "output_attentions",
                      "return_dict", "use_gradient_checkpointing"):
             _flag(getattr(self, name), name)
+        if not (self.check_finite_inputs is None or isinstance(self.check_finite_inputs, bool)):
+            raise ValueError(
+                f"check_finite_inputs must be None (check CPU inputs), true or false, got {self.check_finite_inputs!r}"
+            )
         if not callable(self.hidden_act) and self.hidden_act not in ACTIVATIONS:
             raise ValueError(f"hidden_act must be one of {', '.join(ACTIVATIONS)} (or a callable), got "
                              f"{self.hidden_act!r}")
@@ -377,6 +385,8 @@ class Swinv2Config:
                 out[name] = value
         if self.use_gradient_checkpointing:
             out["use_gradient_checkpointing"] = True
+        if self.check_finite_inputs is not None:
+            out["check_finite_inputs"] = self.check_finite_inputs
         for key, value in self.extra.items():
             out.setdefault(key, value)
         return out

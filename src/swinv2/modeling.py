@@ -155,7 +155,11 @@ def _check_pixel_values(pixel_values: Any, config: Swinv2Config) -> None:
             f"{type(pixel_values).__name__}; use Swinv2ImageProcessor to turn images into tensors"
         )
     if pixel_values.dim() != 4:
-        hint = " (add the batch dimension with pixel_values.unsqueeze(0))" if pixel_values.dim() == 3 else ""
+        hints = {
+            2: "; for one single-channel image use pixel_values[None, None]",
+            3: " (add the batch dimension with pixel_values.unsqueeze(0))",
+        }
+        hint = hints.get(pixel_values.dim(), "; reshape it to (batch, channels, height, width)")
         raise ValueError(
             f"pixel_values must have 4 dimensions (batch, channels, height, width), got shape "
             f"{tuple(pixel_values.shape)}{hint}"
@@ -174,7 +178,53 @@ def _check_pixel_values(pixel_values: Any, config: Swinv2Config) -> None:
             f"{hint}; shape was {tuple(pixel_values.shape)}"
         )
     if pixel_values.shape[0] == 0 or pixel_values.shape[2] == 0 or pixel_values.shape[3] == 0:
-        raise ValueError(f"pixel_values is empty: shape {tuple(pixel_values.shape)}")
+        raise ValueError(
+            f"pixel_values is empty: shape {tuple(pixel_values.shape)}; every image needs at least one pixel "
+            "and the batch at least one image"
+        )
+    _check_finite(pixel_values, config.check_finite_inputs)
+
+
+def _check_finite(pixel_values: Tensor, policy: bool | None) -> None:
+    """Reject NaN/Inf pixel values, which would otherwise spread through attention into every output.
+
+    `policy` is `config.check_finite_inputs`: None checks CPU tensors only (one cheap pass over the
+    input), True checks on every device, False never. The default skips accelerators because reading the
+    answer back is a host synchronisation that stalls the GPU's queue of work. Traced or compiled
+    forwards (torch.compile, torch.export, ONNX export) never check: the answer would be a data-dependent
+    branch in the graph.
+    """
+    if policy is False or (policy is None and pixel_values.device.type != "cpu"):
+        return
+    if torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.onnx.is_in_onnx_export():
+        return
+    finite = torch.isfinite(pixel_values)
+    if bool(finite.all()):
+        return
+    nan = int(torch.isnan(pixel_values).sum())
+    inf = int((~finite).sum()) - nan
+    images = (~finite).flatten(1).any(1).nonzero().flatten().tolist()
+    raise ValueError(
+        f"pixel_values holds {nan} NaN and {inf} infinite values (batch indices {images[:10]}"
+        f"{'...' if len(images) > 10 else ''}); the model would return NaN for these images. Check how they "
+        "were loaded and normalised (a zero standard deviation or a division by zero gives Inf/NaN), or "
+        "replace them, e.g. torch.nan_to_num(pixel_values). To skip this check pass "
+        "check_finite_inputs=False to the config (or from_pretrained)"
+    )
+
+
+def _check_matches_weights(pixel_values: Tensor, weight: Tensor) -> None:
+    """The input must be where the weights are, in their dtype (autocast converts it itself)."""
+    if pixel_values.device != weight.device:
+        raise ValueError(
+            f"pixel_values is on {pixel_values.device} but the model's weights are on {weight.device}; move the "
+            f"input with pixel_values.to(model.device) (or the model with model.to('{pixel_values.device}'))"
+        )
+    if pixel_values.dtype != weight.dtype and not torch.is_autocast_enabled(pixel_values.device.type):
+        raise TypeError(
+            f"pixel_values is {pixel_values.dtype} but the model's weights are {weight.dtype}; convert the input "
+            f"with pixel_values.to(model.dtype), or run the model under torch.autocast"
+        )
 
 
 def _grid_size(config: Swinv2Config, height: int, width: int) -> tuple[int, int]:
@@ -183,9 +233,30 @@ def _grid_size(config: Swinv2Config, height: int, width: int) -> tuple[int, int]
 
 
 def _check_bool_masked_pos(bool_masked_pos: Tensor, batch: int, grid: tuple[int, int]) -> Tensor:
+    """`(B, num_patches)` or `(B, grid_h, grid_w)` bool (or 0/1 integer) -> `(B, num_patches)`."""
     num_patches = grid[0] * grid[1]
     if not isinstance(bool_masked_pos, Tensor):
-        raise TypeError(f"bool_masked_pos must be a tensor (batch, num_patches), got {type(bool_masked_pos).__name__}")
+        raise TypeError(
+            f"bool_masked_pos must be a bool tensor (batch, num_patches), got {type(bool_masked_pos).__name__}; "
+            "convert it with torch.as_tensor(bool_masked_pos, dtype=torch.bool)"
+        )
+    if bool_masked_pos.is_floating_point() or bool_masked_pos.is_complex():
+        # A fractional value would blend the patch with the mask token: neither masked nor visible.
+        raise TypeError(
+            f"bool_masked_pos must be a bool tensor (True = masked patch), got {bool_masked_pos.dtype}; "
+            "convert it with bool_masked_pos.bool() (or bool_masked_pos > 0.5)"
+        )
+    if (
+        bool_masked_pos.dtype != torch.bool
+        and bool_masked_pos.device.type == "cpu"
+        and not torch.compiler.is_compiling()
+        and ((bool_masked_pos != 0) & (bool_masked_pos != 1)).any()
+    ):
+        values = bool_masked_pos.unique()[:6].tolist()
+        raise ValueError(
+            f"bool_masked_pos must hold True/False (or 1/0), got the values {values}; "
+            "convert it with bool_masked_pos != 0 if non-zero means masked"
+        )
     if bool_masked_pos.dim() == 3 and tuple(bool_masked_pos.shape[1:]) == grid:
         bool_masked_pos = bool_masked_pos.flatten(1)
     if tuple(bool_masked_pos.shape) != (batch, num_patches) and tuple(bool_masked_pos.shape) != (1, num_patches):
@@ -206,10 +277,16 @@ def _stage_head_masks(head_mask: Any, config: Swinv2Config) -> list[Tensor | Non
     if head_mask is None:
         return None
     heads, depths = config.num_heads, config.depths
+    if isinstance(head_mask, (str, bytes)) or not isinstance(head_mask, (Tensor, Sequence)):
+        raise TypeError(
+            f"head_mask must be a tensor (num_heads,) or (num_stages, num_heads), or a list with one entry per "
+            f"stage, got {type(head_mask).__name__}"
+        )
     if isinstance(head_mask, Tensor):
         if head_mask.dim() not in (1, 2):
             raise ValueError(
-                f"head_mask must be (num_heads,) or (num_stages, num_heads), got shape {tuple(head_mask.shape)}"
+                f"head_mask must be (num_heads,) or (num_stages, num_heads), got shape {tuple(head_mask.shape)}; "
+                "for a mask per block pass a list with one (depth_i, num_heads_i) tensor per stage"
             )
         if len(set(heads)) != 1:
             raise ValueError(
@@ -224,20 +301,24 @@ def _stage_head_masks(head_mask: Any, config: Swinv2Config) -> list[Tensor | Non
                 f"{tuple(head_mask.shape)}"
             )
         head_mask = list(head_mask)
-    if not isinstance(head_mask, Sequence) or len(head_mask) != len(depths):
-        raise ValueError(f"head_mask needs one entry per stage ({len(depths)})")
+    if len(head_mask) != len(depths):
+        raise ValueError(
+            f"head_mask needs one entry per stage ({len(depths)}: shapes (num_heads_i,) or (depth_i, num_heads_i), "
+            f"or None for a stage without a mask), got {len(head_mask)} entries"
+        )
     out: list[Tensor | None] = []
     for i, mask in enumerate(head_mask):
         if mask is None:
             out.append(None)
             continue
         mask = torch.as_tensor(mask)
+        given = tuple(mask.shape)
         if mask.dim() == 1:
             mask = mask.unsqueeze(0).expand(depths[i], -1)
         if tuple(mask.shape) != (depths[i], heads[i]):
             raise ValueError(
-                f"head_mask for stage {i + 1} must have shape ({heads[i]},) or ({depths[i]}, {heads[i]}), "
-                f"got {tuple(mask.shape)}"
+                f"head_mask for stage {i + 1} must have shape ({heads[i]},) or ({depths[i]}, {heads[i]}) "
+                f"(stage {i + 1} has {depths[i]} blocks of {heads[i]} heads), got {given}"
             )
         out.append(mask)
     return out
@@ -427,6 +508,7 @@ class Swinv2Model(Swinv2PreTrainedModel):
         output_hidden_states = config.output_hidden_states if output_hidden_states is None else output_hidden_states
         return_dict = config.use_return_dict if return_dict is None else return_dict
         _check_pixel_values(pixel_values, config)
+        _check_matches_weights(pixel_values, self.embeddings.proj.weight)
         batch, _, height, width = pixel_values.shape
         if bool_masked_pos is not None:
             if self.embeddings.mask_token is None:
@@ -457,6 +539,13 @@ def classification_loss(logits: Tensor, labels: Tensor, config: Swinv2Config) ->
     regression (MSE) for one label, single-label cross-entropy for integer labels, multi-label BCE otherwise.
     """
     num_labels = config.num_labels
+    if not isinstance(labels, Tensor):
+        raise TypeError(
+            f"labels must be a tensor, got {type(labels).__name__}; convert it with torch.as_tensor(labels) "
+            "(class indices (batch,) for single-label classification)"
+        )
+    if num_labels == 0:
+        raise ValueError("this model has num_labels=0 (no classifier): it computes no loss; drop the labels")
     labels = labels.to(logits.device)
     if config.problem_type is None:
         if num_labels == 1:
@@ -466,27 +555,40 @@ def classification_loss(logits: Tensor, labels: Tensor, config: Swinv2Config) ->
         else:
             config.problem_type = "multi_label_classification"
     if config.problem_type == "regression":
+        # MSE broadcasts mismatched shapes into a meaningless loss: insist on one target per output.
+        if labels.numel() != logits.numel() or (num_labels > 1 and labels.shape != logits.shape):
+            raise ValueError(
+                f"regression needs one target per output: labels shaped like the logits {tuple(logits.shape)}"
+                f"{' (or (batch,))' if num_labels == 1 else ''}, got {tuple(labels.shape)}"
+            )
         if num_labels == 1:
-            return F.mse_loss(logits.squeeze(), labels.squeeze().to(logits.dtype))
+            return F.mse_loss(logits.view(-1), labels.reshape(-1).to(logits.dtype))
         return F.mse_loss(logits, labels.to(logits.dtype))
     if config.problem_type == "single_label_classification":
         labels = labels.view(-1)
-        if labels.is_floating_point():
-            raise TypeError(f"single-label classification needs integer class labels, got {labels.dtype}")
+        if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+            raise TypeError(
+                f"single-label classification needs integer class labels, got {labels.dtype}; convert them with "
+                "labels.long(), or set config.problem_type='multi_label_classification' for 0/1 targets per class"
+            )
         if labels.numel() != logits.shape[0]:
-            raise ValueError(f"labels has {labels.numel()} entries for a batch of {logits.shape[0]} images")
-        if not torch.compiler.is_compiling() and labels.numel():
-            low, high = int(labels.min()), int(labels.max())
-            if (low < 0 and low != -100) or high >= num_labels:
+            raise ValueError(
+                f"labels has {labels.numel()} entries for a batch of {logits.shape[0]} images; give one class "
+                f"index per image, shape ({logits.shape[0]},)"
+            )
+        counted = labels[labels != -100]  # -100 marks samples to ignore, as in transformers
+        if not torch.compiler.is_compiling() and counted.numel():
+            low, high = int(counted.min()), int(counted.max())
+            if low < 0 or high >= num_labels:
                 raise ValueError(
-                    f"labels must be class indices in [0, {num_labels - 1}] (num_labels={num_labels}), got "
-                    f"values in [{low}, {high}]; check the dataset's labels or the model's num_labels"
+                    f"labels must be class indices in [0, {num_labels - 1}] (num_labels={num_labels}) or -100 "
+                    f"(ignored), got values in [{low}, {high}]; check the dataset's labels or the model's num_labels"
                 )
         return F.cross_entropy(logits.view(-1, num_labels), labels.long(), ignore_index=-100)
     if labels.shape != logits.shape:
         raise ValueError(
-            f"multi-label classification needs labels shaped like the logits {tuple(logits.shape)}, got "
-            f"{tuple(labels.shape)}"
+            f"multi-label classification needs labels shaped like the logits {tuple(logits.shape)} (one 0/1 "
+            f"target per class), got {tuple(labels.shape)}"
         )
     return F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
 
@@ -631,6 +733,7 @@ class Swinv2Backbone(Swinv2PreTrainedModel):
         output_hidden_states = config.output_hidden_states if output_hidden_states is None else output_hidden_states
         return_dict = config.use_return_dict if return_dict is None else return_dict
         _check_pixel_values(pixel_values, config)
+        _check_matches_weights(pixel_values, self.embeddings.proj.weight)
         x = self.embeddings(pixel_values)
         _, hidden, reshaped, attentions = run_stages(
             self.stages, x, _stage_head_masks(head_mask, config), output_attentions, True, before_downsampling=True

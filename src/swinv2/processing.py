@@ -50,8 +50,8 @@ def load_image(path: str | os.PathLike) -> PIL.Image.Image:
     """Open an image file fully (so a truncated file fails here, not later) and apply its EXIF rotation.
 
     The mode is left as stored (RGB, L, RGBA, P, CMYK, ...); the processor converts it to the model's
-    channels. 16-bit and 32-bit integer images are scaled to 8 bits. Pillow's decompression-bomb limit
-    (`PIL.Image.MAX_IMAGE_PIXELS`) stays in force.
+    channels. 16-bit images are scaled to 8 bits (32-bit integer ones by their maximum). Pillow's
+    decompression-bomb limit (`PIL.Image.MAX_IMAGE_PIXELS`) stays in force.
 
     Raises:
         ImageLoadError: naming the file and what is wrong with it.
@@ -113,9 +113,7 @@ class BatchFeature(Mapping):
             raise AttributeError(f"BatchFeature has no field {name!r}; it has {list(self.data)}") from None
 
     def __repr__(self) -> str:
-        shapes = {
-            k: tuple(v.shape) if hasattr(v, "shape") else type(v).__name__ for k, v in self.data.items()
-        }
+        shapes = {k: tuple(v.shape) if hasattr(v, "shape") else type(v).__name__ for k, v in self.data.items()}
         return f"BatchFeature({shapes})"
 
     def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> BatchFeature:
@@ -144,9 +142,7 @@ def _size_dict(size: Any, name: str) -> dict[str, int]:
         )
     keys = set(size)
     if keys not in ({"height", "width"}, {"shortest_edge"}):
-        raise ValueError(
-            f"{name} must have the keys 'height' and 'width', or only 'shortest_edge'; got {sorted(keys)}"
-        )
+        raise ValueError(f"{name} must have the keys 'height' and 'width', or only 'shortest_edge'; got {sorted(keys)}")
     for key, value in size.items():
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
             raise ValueError(f"{name}[{key!r}] must be a positive int, got {value!r}")
@@ -156,14 +152,10 @@ def _size_dict(size: Any, name: str) -> dict[str, int]:
 def _resample(value: Any) -> int:
     if isinstance(value, str):
         if value.lower() not in RESAMPLE:
-            raise ValueError(
-                f"resample must be one of {sorted(RESAMPLE)} (or Pillow's number), got {value!r}"
-            )
+            raise ValueError(f"resample must be one of {sorted(RESAMPLE)} (or Pillow's number), got {value!r}")
         return int(RESAMPLE[value.lower()])
     if isinstance(value, bool) or int(value) not in {int(v) for v in RESAMPLE.values()}:
-        raise ValueError(
-            f"resample must be a Pillow filter number 0-5 or a name in {sorted(RESAMPLE)}, got {value!r}"
-        )
+        raise ValueError(f"resample must be a Pillow filter number 0-5 or a name in {sorted(RESAMPLE)}, got {value!r}")
     return int(value)
 
 
@@ -190,6 +182,8 @@ def _to_hwc(image: Any, num_channels: int) -> np.ndarray:
     if isinstance(image, Tensor):
         if image.ndim == 3 and image.shape[0] in (1, 2, 3, 4):
             image = image.permute(1, 2, 0)  # tensors are channels-first, as torchvision makes them
+        if image.is_floating_point() and image.dtype != torch.float64:
+            image = image.float()  # numpy has no bfloat16
         array = image.detach().cpu().numpy()
     elif isinstance(image, np.ndarray):
         array = image
@@ -197,8 +191,7 @@ def _to_hwc(image: Any, num_channels: int) -> np.ndarray:
             array = array.transpose(1, 2, 0)  # arrays are channels-last, unless that cannot be
     else:
         raise TypeError(
-            "images must be PIL images, numpy arrays (H, W, C) or torch tensors (C, H, W), got "
-            f"{type(image).__name__}"
+            f"images must be PIL images, numpy arrays (H, W, C) or torch tensors (C, H, W), got {type(image).__name__}"
         )
     if array.ndim == 2:
         array = array[:, :, None]
@@ -234,6 +227,8 @@ def _convert_channels(array: np.ndarray, num_channels: int) -> np.ndarray:
             return color
         luma = color[..., 0] * 0.299 + color[..., 1] * 0.587 + color[..., 2] * 0.114  # ITU-R 601-2, as Pillow
         return luma[:, :, None].astype(np.float32)
+    if color.shape[-1] == num_channels:
+        return color
     if color.shape[-1] == 1:
         return np.repeat(color, num_channels, axis=-1)
     raise ValueError(
@@ -312,8 +307,7 @@ def _flatten(images: Any) -> list[Any]:
             raise ValueError("no images given: the list is empty")
         return flat
     raise TypeError(
-        "images must be a PIL image, a numpy array, a torch tensor or a list of them, got "
-        f"{type(images).__name__}"
+        f"images must be a PIL image, a numpy array, a torch tensor or a list of them, got {type(images).__name__}"
     )
 
 
@@ -372,9 +366,7 @@ class Swinv2ImageProcessor:
         self.image_mean = _channel_stats(
             image_mean if image_mean is not None else list(IMAGENET_DEFAULT_MEAN), "image_mean"
         )
-        self.image_std = _channel_stats(
-            image_std if image_std is not None else list(IMAGENET_DEFAULT_STD), "image_std"
-        )
+        self.image_std = _channel_stats(image_std if image_std is not None else list(IMAGENET_DEFAULT_STD), "image_std")
         stds = self.image_std if isinstance(self.image_std, list) else [self.image_std]
         if any(s == 0 for s in stds):
             raise ValueError(f"image_std must not contain 0 (it divides), got {self.image_std}")
@@ -393,8 +385,7 @@ class Swinv2ImageProcessor:
             stats = getattr(self, name)
             if isinstance(stats, list) and len(stats) != self.channels:
                 raise ValueError(
-                    f"{name} has {len(stats)} values but the images have {self.channels} channels; "
-                    "give one per channel"
+                    f"{name} has {len(stats)} values but the images have {self.channels} channels; give one per channel"
                 )
         self.extra = dict(kwargs)
 
@@ -447,15 +438,11 @@ class Swinv2ImageProcessor:
                 "one batch; resize to one size (size={'height': H, 'width': W}) or pass return_tensors=None"
             )
         if return_tensors is None:
-            values = [
-                self._finish(torch.from_numpy(np.array(a))[None])[0].numpy() for a in arrays
-            ]
+            values = [self._finish(torch.from_numpy(np.array(a))[None])[0].numpy() for a in arrays]
             return BatchFeature({"pixel_values": values})
         batch = torch.from_numpy(np.ascontiguousarray(np.stack(arrays)))  # (N, H, W, C), one copy
         pixel_values = self._finish(batch)
-        return BatchFeature(
-            {"pixel_values": pixel_values if return_tensors == "pt" else pixel_values.numpy()}
-        )
+        return BatchFeature({"pixel_values": pixel_values if return_tensors == "pt" else pixel_values.numpy()})
 
     __call__ = preprocess
 
@@ -550,13 +537,37 @@ class Swinv2ImageProcessor:
         return cls(**{**settings, **overrides})
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str | os.PathLike, **overrides: Any) -> Swinv2ImageProcessor:
-        """Read `preprocessor_config.json` from a folder (or next to a file), or build the processor from
-        the model's `config.json` when there is none (see `from_model_config`). Keyword arguments override
-        settings.
+    def from_timm_pretrained_cfg(cls, cfg: Mapping[str, Any], **overrides: Any) -> Swinv2ImageProcessor:
+        """The processor for timm's `pretrained_cfg` (stored in its config.json): its `input_size`,
+        interpolation, mean and std.
+
+        Images are resized to `input_size`, as transformers' processor for Swin V2 resizes them; timm's
+        evaluation crop (`crop_pct`) is not applied, as its crop offsets round differently from transformers'.
+        Pass `size={"shortest_edge": N}, crop_pct=...` to crop.
         """
-        from .checkpoints import resolve_source
-        from .config import CONFIG_NAME, Swinv2Config
+        channels, height, width = (int(v) for v in cfg["input_size"])
+        settings: dict[str, Any] = {
+            "size": {"height": height, "width": width},
+            "resample": cfg.get("interpolation", "bicubic"),
+            "image_mean": list(cfg.get("mean", IMAGENET_DEFAULT_MEAN)),
+            "image_std": list(cfg.get("std", IMAGENET_DEFAULT_STD)),
+        }
+        if channels != 3:
+            settings["num_channels"] = channels
+        return cls(**{**settings, **overrides})
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | os.PathLike, **overrides: Any) -> Swinv2ImageProcessor:
+        """The processor of a checkpoint (a folder, a file in it, or a hub id), from the first of:
+
+        1. its `preprocessor_config.json` (transformers' layout);
+        2. timm's `pretrained_cfg` in a timm `config.json` (see `from_timm_pretrained_cfg`);
+        3. the model's config (`config.json`, or the one inferred for Microsoft, timm and torchvision
+           weights files): `image_size`, bicubic, ImageNet mean and std (see `from_model_config`).
+
+        Keyword arguments override settings.
+        """
+        from .checkpoints import CheckpointError, resolve_config, resolve_source
 
         path = Path(name_or_path).expanduser()
         if path.is_file() and path.name == PREPROCESSOR_CONFIG_NAME:
@@ -564,18 +575,25 @@ class Swinv2ImageProcessor:
         folder = path if path.is_dir() else path.parent if path.is_file() else None
         if folder is not None and (folder / PREPROCESSOR_CONFIG_NAME).is_file():
             return cls.from_json_file(folder / PREPROCESSOR_CONFIG_NAME, **overrides)
-        config_path, weights = resolve_source(name_or_path)  # raises a clear error for a missing path
-        if config_path is not None and (config_path.parent / PREPROCESSOR_CONFIG_NAME).is_file():
-            return cls.from_json_file(config_path.parent / PREPROCESSOR_CONFIG_NAME, **overrides)
-        if config_path is None:
-            where = (
-                folder if folder is not None else (weights.parent if weights is not None else name_or_path)
-            )
+        config_path, _ = resolve_source(name_or_path)  # a clear error for a missing path; fetches hub ids
+        if config_path is not None:
+            if (config_path.parent / PREPROCESSOR_CONFIG_NAME).is_file():
+                return cls.from_json_file(config_path.parent / PREPROCESSOR_CONFIG_NAME, **overrides)
+            try:
+                data = json.loads(config_path.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                data = None  # resolve_config below explains what is wrong with the file
+            timm_cfg = data.get("pretrained_cfg") if isinstance(data, dict) and "architecture" in data else None
+            if isinstance(timm_cfg, dict) and "input_size" in timm_cfg:
+                return cls.from_timm_pretrained_cfg(timm_cfg, **overrides)
+        try:
+            config = resolve_config(name_or_path)
+        except CheckpointError as err:
             raise ValueError(
-                f"no {PREPROCESSOR_CONFIG_NAME} and no {CONFIG_NAME} in {where}: build the processor with "
-                "Swinv2ImageProcessor(size=..., image_mean=..., image_std=...) or from_model_config(config)"
-            )
-        return cls.from_model_config(Swinv2Config.from_json_file(config_path), **overrides)
+                f"no {PREPROCESSOR_CONFIG_NAME} for {name_or_path}, and no model config to build one from "
+                f"({err}). Build the processor with Swinv2ImageProcessor(size=..., image_mean=..., image_std=...)"
+            ) from err
+        return cls.from_model_config(config, **overrides)
 
 
 class AutoImageProcessor:
@@ -588,3 +606,43 @@ class AutoImageProcessor:
     def from_pretrained(name_or_path: str | os.PathLike, **overrides: Any) -> Swinv2ImageProcessor:
         """See `Swinv2ImageProcessor.from_pretrained`."""
         return Swinv2ImageProcessor.from_pretrained(name_or_path, **overrides)
+
+
+# ---------------------------------------------------------------------------------------------- class names
+# Class-index order of the ImageNet heads: built by scripts/make_imagenet_labels.py (see data/README.md).
+IMAGENET_LABEL_FILES = {1000: "imagenet1k_labels.tsv", 21841: "imagenet22k_labels.tsv"}
+
+
+def imagenet_id2label(num_classes: int) -> dict[int, str]:
+    """The ImageNet class names of a `num_classes`-way head: 1000 (ImageNet-1k) or 21841 (ImageNet-22k,
+    the Microsoft Swin V2 22k checkpoints), e.g. `{0: "tench, Tinca tinca", ...}`."""
+    from importlib.resources import files
+
+    if num_classes not in IMAGENET_LABEL_FILES:
+        raise ValueError(
+            f"there are ImageNet class names for 1000 (ImageNet-1k) and 21841 (ImageNet-22k) classes, "
+            f"not for {num_classes}"
+        )
+    text = files("swinv2").joinpath("data", IMAGENET_LABEL_FILES[num_classes]).read_text(encoding="utf-8")
+    names = [line.split("\t", 1)[1] for line in text.splitlines() if line]
+    if len(names) != num_classes:
+        raise RuntimeError(f"{IMAGENET_LABEL_FILES[num_classes]} holds {len(names)} names, not {num_classes}")
+    return dict(enumerate(names))
+
+
+def has_placeholder_labels(id2label: Mapping[int, str]) -> bool:
+    """True when the names are transformers' placeholders `LABEL_0, LABEL_1, ...` (no names were stored)."""
+    return all(name == f"LABEL_{index}" for index, name in id2label.items())
+
+
+def resolve_id2label(config: Any) -> tuple[dict[int, str], str]:
+    """The class names of a model, and where they come from ("config", "imagenet-1k", "imagenet-22k").
+
+    Checkpoints that store no names (Microsoft, timm, torchvision; transformers' placeholders `LABEL_i`)
+    with a 1000- or 21841-way head get the ImageNet names.
+    """
+    id2label = {int(k): str(v) for k, v in config.id2label.items()}
+    if has_placeholder_labels(id2label) and len(id2label) in IMAGENET_LABEL_FILES:
+        source = "imagenet-1k" if len(id2label) == 1000 else "imagenet-22k"
+        return imagenet_id2label(len(id2label)), source
+    return id2label, "config"

@@ -1,0 +1,135 @@
+"""ONNX export: the exported graphs run in onnxruntime and give PyTorch's numbers on real photos."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import onnx
+import onnxruntime
+import pytest
+import torch
+from conftest import PARITY_CONFIGS, perturb_
+from PIL import Image
+from skimage import data as photos
+
+import swinv2
+from swinv2 import cli
+from swinv2.export import export_onnx
+
+SMALL = PARITY_CONFIGS["two_stage"]  # image 32, patch 4, window 4, embed 16, depths [2, 2]
+MEAN, STD = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
+
+
+def photo_batch(names: list[str], height: int, width: int) -> torch.Tensor:
+    """scikit-image's sample photos, resized (bicubic) and normalised with the ImageNet mean and std."""
+    images = []
+    for name in names:
+        image = Image.fromarray(getattr(photos, name)()).convert("RGB").resize((width, height), Image.BICUBIC)
+        array = (np.asarray(image, dtype=np.float64) / 255.0 - MEAN) / STD
+        images.append(array.transpose(2, 0, 1))
+    return torch.from_numpy(np.stack(images)).float()
+
+
+def perturbed(cls: type, **overrides) -> torch.nn.Module:
+    torch.manual_seed(0)
+    model = cls(swinv2.Swinv2Config(**{**SMALL, **overrides})).eval()
+    perturb_(model, torch.Generator().manual_seed(1))
+    return model
+
+
+def run(path, pixel_values: torch.Tensor) -> list[np.ndarray]:
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run(None, {"pixel_values": pixel_values.numpy()})
+
+
+def test_classifier_with_dynamic_batch_matches_pytorch_on_photos(tmp_path):
+    model = perturbed(swinv2.Swinv2ForImageClassification, num_labels=10)
+    path = tmp_path / "classifier.onnx"
+    # "dynamo" rather than "auto": a silent fallback to the TorchScript tracer would hide a regression.
+    assert export_onnx(model, path, image_size=(32, 32), dynamic_batch=True, exporter="dynamo") == "dynamo"
+    graph = onnx.load(path)
+    onnx.checker.check_model(graph)
+    assert [o.name for o in graph.graph.output] == ["logits"]
+    assert graph.graph.input[0].type.tensor_type.shape.dim[0].dim_param  # a named, free batch dimension
+    for names in (["astronaut"], ["astronaut", "chelsea", "coffee"]):
+        x = photo_batch(names, 32, 32)
+        (logits,) = run(path, x)
+        with torch.no_grad():
+            expected = model(x).logits
+        assert logits.shape == (len(names), 10)
+        np.testing.assert_allclose(logits, expected.numpy(), atol=1e-4, rtol=0)
+        assert expected.std() > 0.1  # the weights are perturbed: a wrong graph would not hit these numbers
+    assert not model.training
+
+
+def test_bare_model_through_the_command_line(tmp_path, capsys):
+    """`swinv2 export MODEL out.onnx --image-size H W` on a saved Swinv2Model, at a size other than
+    config.image_size and not a multiple of the window (padding and shifts are baked into the graph)."""
+    model = perturbed(swinv2.Swinv2Model)
+    model.save_pretrained(tmp_path / "model")
+    out = tmp_path / "onnx" / "bare.onnx"
+    status = cli.main(["export", str(tmp_path / "model"), str(out), "--image-size", "40", "52", "--check"])
+    printed = capsys.readouterr()
+    assert status == 0, printed.err
+    assert "Swinv2Model" in printed.out and "(1, 3, 40, 52)" in printed.out and "exporter dynamo" in printed.out
+    assert "last_hidden_state" in printed.out  # the --check line
+    x = photo_batch(["chelsea"], 40, 52)
+    hidden, pooled = run(out, x)
+    with torch.no_grad():
+        expected = model(x)
+    np.testing.assert_allclose(hidden, expected.last_hidden_state.numpy(), atol=1e-4, rtol=0)
+    np.testing.assert_allclose(pooled, expected.pooler_output.numpy(), atol=1e-4, rtol=0)
+    # Without --dynamic-batch the batch is fixed: onnxruntime refuses another one.
+    with pytest.raises(onnxruntime.capi.onnxruntime_pybind11_state.InvalidArgument, match="pixel_values"):
+        run(out, photo_batch(["chelsea", "coffee"], 40, 52))
+
+
+def test_torchscript_exporter_and_the_fallback(tmp_path, monkeypatch):
+    mim = perturbed(swinv2.Swinv2ForMaskedImageModeling, encoder_stride=8).train()
+    path = tmp_path / "mim.onnx"
+    assert export_onnx(mim, path, dynamic_batch=True, exporter="torchscript") == "torchscript"
+    assert mim.training  # left in the mode it was in
+    x = photo_batch(["coffee", "astronaut"], 32, 32)
+    (reconstruction,) = run(path, x)
+    mim.eval()
+    with torch.no_grad():
+        np.testing.assert_allclose(reconstruction, mim(x).reconstruction.numpy(), atol=1e-4, rtol=0)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("simulated dynamo failure")
+
+    monkeypatch.setattr("swinv2.export._export_dynamo", broken)
+    with pytest.warns(UserWarning, match="simulated dynamo failure.*falling back to the TorchScript"):
+        assert export_onnx(mim, tmp_path / "fallback.onnx") == "torchscript"
+    with pytest.raises(RuntimeError, match="simulated"):
+        export_onnx(mim, tmp_path / "strict.onnx", exporter="dynamo")
+    assert not (tmp_path / "strict.onnx").exists()  # a failed export leaves no file behind
+    assert sorted(os.listdir(tmp_path)) == ["fallback.onnx", "mim.onnx"]  # nor temporary files
+
+
+def test_backbone_outputs_are_named_after_the_stages(tmp_path):
+    backbone = perturbed(swinv2.Swinv2Backbone, out_features=["stem", "stage2"])
+    path = tmp_path / "backbone.onnx"
+    export_onnx(backbone, path, exporter="torchscript")  # the fast exporter; dynamo is covered above
+    assert [o.name for o in onnx.load(path).graph.output] == ["stem", "stage2"]
+    x = photo_batch(["astronaut"], 32, 32)
+    with torch.no_grad():
+        expected = backbone(x).feature_maps
+    for got, want in zip(run(path, x), expected):
+        np.testing.assert_allclose(got, want.numpy(), atol=1e-4, rtol=0)
+
+
+def test_bad_export_arguments(tmp_path, capsys):
+    model = perturbed(swinv2.Swinv2ForImageClassification, num_labels=3)
+    with pytest.raises(ValueError, match=r"image_size must be a positive int or a \(height, width\) pair"):
+        export_onnx(model, tmp_path / "a.onnx", image_size=(0, 32))
+    with pytest.raises(ValueError, match="exporter must be 'auto', 'dynamo' or 'torchscript'"):
+        export_onnx(model, tmp_path / "a.onnx", exporter="tflite")
+    with pytest.raises(TypeError, match=r"takes a Swin V2 model.*got Linear"):
+        export_onnx(torch.nn.Linear(2, 2), tmp_path / "a.onnx")
+    assert cli.main(["export", str(tmp_path / "missing"), str(tmp_path / "a.onnx")]) == 2
+    assert "cannot load a Swinv2ForImageClassification from" in capsys.readouterr().err
+    assert cli.main(["export", str(tmp_path), str(tmp_path)]) == 2
+    assert "is a folder; give a file name" in capsys.readouterr().err
+    assert not (tmp_path / "a.onnx").exists()
