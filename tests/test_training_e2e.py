@@ -124,6 +124,12 @@ def test_train_sigkill_resume_evaluate_and_load_in_transformers(photos, tiny_con
     assert result["num_images"] == 24 and result["top1"] == pytest.approx(best_top1, abs=1e-9)
     assert sum(map(sum, result["confusion"])) == 24 and set(result["per_class"]) == {"cat", "coffee", "rocket"}
 
+    # `swinv2 predict` on the export agrees with it, image by image
+    predicted = json.loads(_run(_swinv2("predict", str(whole / "best"), str(photos / "val"), "--json")))
+    assert not predicted["errors"] and len(predicted["results"]) == 24
+    hits = sum(r["predictions"][0]["label"] == Path(r["image"]).parent.name for r in predicted["results"])
+    assert hits / 24 == pytest.approx(result["top1"], abs=1e-9)
+
     # transformers loads the export (weights, labels and preprocessor) and predicts what we predict.
     import transformers
     from PIL import Image
