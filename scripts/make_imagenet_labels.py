@@ -1,4 +1,4 @@
-"""Build the ImageNet class-name files shipped in `src/swinv2/data/` from timm's ImageNet metadata.
+"""Build the ImageNet class-name files shipped in `src/swinv2/labels/` from timm's ImageNet metadata.
 
 timm (Apache-2.0) keeps the WordNet synset lists and the synset -> lemma table under `timm/data/_info/`.
 We write one `synset<TAB>names` line per class, in class-index order:
@@ -16,7 +16,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-OUT = Path(__file__).resolve().parent.parent / "src" / "swinv2" / "data"
+OUT = Path(__file__).resolve().parent.parent / "src" / "swinv2" / "labels"
 FILES = {"imagenet1k_labels.tsv": "imagenet_synsets.txt", "imagenet22k_labels.tsv": "imagenet22k_synsets.txt"}
 
 

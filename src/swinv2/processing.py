@@ -609,7 +609,7 @@ class AutoImageProcessor:
 
 
 # ---------------------------------------------------------------------------------------------- class names
-# Class-index order of the ImageNet heads: built by scripts/make_imagenet_labels.py (see data/README.md).
+# Class-index order of the ImageNet heads: built by scripts/make_imagenet_labels.py (see labels/README.md).
 IMAGENET_LABEL_FILES = {1000: "imagenet1k_labels.tsv", 21841: "imagenet22k_labels.tsv"}
 
 
@@ -623,7 +623,7 @@ def imagenet_id2label(num_classes: int) -> dict[int, str]:
             f"there are ImageNet class names for 1000 (ImageNet-1k) and 21841 (ImageNet-22k) classes, "
             f"not for {num_classes}"
         )
-    text = files("swinv2").joinpath("data", IMAGENET_LABEL_FILES[num_classes]).read_text(encoding="utf-8")
+    text = files("swinv2").joinpath("labels", IMAGENET_LABEL_FILES[num_classes]).read_text(encoding="utf-8")
     names = [line.split("\t", 1)[1] for line in text.splitlines() if line]
     if len(names) != num_classes:
         raise RuntimeError(f"{IMAGENET_LABEL_FILES[num_classes]} holds {len(names)} names, not {num_classes}")
