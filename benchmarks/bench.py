@@ -601,7 +601,8 @@ def main(argv=None) -> int:
     legend = (
         "\nCells: median over the repeats (batch 1: latency, else throughput); * = some samples ran while "
         f"other processes used > {args.busy} cores. Speed vs best peer > 1 means ours is faster. Peak MiB: "
-        "CUDA = peak allocated above resident; CPU = peak RSS of a child process running only that implementation."
+        "CUDA = peak allocated above resident; CPU = peak RSS of a child process running only that "
+        "implementation."
     )
     print("\n" + text + legend)
     write_json(args, machine, agreement, rows)
