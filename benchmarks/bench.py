@@ -34,7 +34,7 @@ import subprocess
 import sys
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
@@ -488,6 +488,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     p.add_argument("--json", default="benchmarks/results.json", help="where to write the results")
     p.add_argument("--markdown", default="", help="also write the table to this file")
+    p.add_argument("--render", default="", help="print the table of a JSON file this script wrote, and exit")
     p.add_argument("--_rss", nargs=4, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.quick:
@@ -524,6 +525,13 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     args.threads = args.threads or cpus()
     torch.set_num_threads(args.threads)
+    if args.render:
+        saved = json.loads(Path(args.render).read_text())
+        names = {f.name for f in fields(Row)}
+        rows = [Row(**{k: v for k, v in r.items() if k in names}) for r in saved["rows"]]
+        impls = [i for i in IMPLS if any(i in r.ms or i in r.errors for r in rows)]
+        print(f"machine: {json.dumps(saved['machine'])}\n\n{table(rows, impls)}")
+        return 0
     if args._rss:
         impl, dtype, task, batch = args._rss
         rss_main(impl, dtype, task, int(batch))

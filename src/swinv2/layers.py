@@ -15,6 +15,8 @@ This module imports nothing of the package but its CUDA kernel: it is the model'
 Speed: `WindowAttention.forward` is the fast path (fused qkv, the logit scale folded into q, SDPA or the
 Triton kernel on a cached folded mask); `forward_explicit` is the step-by-step reference. On CPU in
 inference, Linear layers run as oneDNN matmuls with the bias (and the MLP's GELU) in the GEMM epilogue.
+Under `torch.compile` the model has no graph breaks; with `dynamic=True` it compiles one graph per padding
+pattern (which stages pad their grid to the window), not one per input size.
 """
 
 from __future__ import annotations
@@ -70,6 +72,15 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None, gelu: str | No
                 return _ONEDNN_LINEAR(x, weight, bias, "none", [], "")
             return _ONEDNN_LINEAR(x, weight, bias, "gelu", [], gelu)
     y = F.linear(x, weight, bias)
+    return y if gelu is None else F.gelu(y, approximate=gelu)
+
+
+def apply_linear(module: nn.Module, x: Tensor, gelu: str | None = None) -> Tensor:
+    """`module(x)` (then GELU), through `linear` when the module is a plain `nn.Linear` without hooks; a
+    replaced or wrapped layer (quantised, LoRA, hooked) keeps its own forward."""
+    if type(module) is nn.Linear and not (module._forward_hooks or module._forward_pre_hooks):
+        return linear(x, module.weight, module.bias, gelu)
+    y = module(x)
     return y if gelu is None else F.gelu(y, approximate=gelu)
 
 
@@ -300,10 +311,10 @@ class WindowAttention(nn.Module):
         b_, n, c = x.shape
         heads = self.num_heads
         dropout = self.attn_drop if self.training else 0.0
-        qkv = linear(x, self.qkv.weight, self.qkv_bias())
+        qkv = linear(x, self.qkv.weight, self.qkv_bias())  # the fused qkv: q and v biases, no k bias
         if self._use_kernel(x, dropout):
             out = kernels.window_attention(qkv, mask.to(qkv.dtype), self.logit_scale_exp().view(heads), heads)
-            return self.proj_drop(linear(out, self.proj.weight, self.proj.bias))
+            return self.proj_drop(apply_linear(self.proj, out))
         qkv = qkv.view(b_, n, 3, heads, -1)
         # q and k normalised in one pass, in fp32 (padded tokens have k = 0: 0 / eps stays 0, never 0/0 in
         # fp16), and the logit scale multiplied into q's reciprocal norm instead of into the scores.
@@ -320,7 +331,7 @@ class WindowAttention(nn.Module):
         mask = mask.to(q.dtype)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, scale=1.0)
         out = out.transpose(1, 2).reshape(b_, n, c)
-        return self.proj_drop(linear(out, self.proj.weight, self.proj.bias))
+        return self.proj_drop(apply_linear(self.proj, out))
 
     def _use_kernel(self, x: Tensor, dropout: float) -> bool:
         """The Triton kernel has no backward: inference on CUDA (or on CPU under the Triton interpreter)."""
@@ -360,11 +371,11 @@ class Mlp(nn.Module):
         self.drop = nn.Dropout(drop)
 
     def forward(self, x: Tensor) -> Tensor:
-        if isinstance(self.act, nn.GELU):
-            x = linear(x, self.fc1.weight, self.fc1.bias, gelu=self.act.approximate)
+        if type(self.act) is nn.GELU:
+            x = apply_linear(self.fc1, x, gelu=self.act.approximate)
         else:
-            x = self.act(linear(x, self.fc1.weight, self.fc1.bias))
-        return self.drop(linear(x, self.fc2.weight, self.fc2.bias))
+            x = self.act(apply_linear(self.fc1, x))
+        return self.drop(apply_linear(self.fc2, x))
 
 
 class Swinv2Block(nn.Module):
@@ -476,7 +487,7 @@ class PatchMerging(nn.Module):
         if h % 2 or w % 2:
             x = F.pad(x, (0, 0, 0, w % 2, 0, h % 2))
         x = torch.cat([x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]], dim=-1)
-        return self.norm(linear(x, self.reduction.weight))
+        return self.norm(apply_linear(self.reduction, x))
 
 
 class Swinv2Stage(nn.Module):
