@@ -10,7 +10,13 @@ Swin V2's changes to Swin V1, all here:
 - log-spaced continuous position bias: a small MLP maps log-spaced relative coordinates to a bias per head,
   so weights trained with one window size transfer to another.
 
-This module imports nothing of the package: it is the model's math and nothing else.
+This module imports nothing of the package but its CUDA kernel: it is the model's math and nothing else.
+
+Speed: `WindowAttention.forward` is the fast path (fused qkv, the logit scale folded into q, SDPA or the
+Triton kernel on a cached folded mask); `forward_explicit` is the step-by-step reference. On CPU in
+inference, Linear layers run as oneDNN matmuls with the bias (and the MLP's GELU) in the GEMM epilogue.
+Under `torch.compile` the model has no graph breaks; with `dynamic=True` it compiles one graph per padding
+pattern (which stages pad their grid to the window), not one per input size.
 """
 
 from __future__ import annotations
@@ -22,10 +28,73 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from . import kernels
+
 # Shifted-window masks use -100 for pairs of tokens from different regions, as the reference code does.
 MASK_VALUE = -100.0
 # Folded masks are cached for this many input sizes per block.
 MASK_CACHE_SIZE = 4
+
+
+def _find_onednn_linear():
+    """oneDNN's matmul with a fused bias/activation epilogue, when this PyTorch build has it."""
+    try:
+        return torch.ops.mkldnn._linear_pointwise if torch.backends.mkldnn.is_available() else None
+    except (AttributeError, RuntimeError):
+        return None
+
+
+# Why: on CPU, addmm first copies the bias into the whole output and then accumulates the GEMM into it,
+# an extra pass over the output that costs up to half the time of Swin's thin Linear shapes (e.g.
+# 32768x96 @ 96x96); oneDNN adds the bias (and GELU) in the GEMM's epilogue instead. Measured per shape
+# at batch 8: 1.1-2x faster, fc1+GELU 1.5x. Inference only (the op has no autograd formula).
+_ONEDNN_LINEAR = _find_onednn_linear()
+
+
+def _onednn_ok(x: Tensor) -> bool:
+    return _ONEDNN_LINEAR is not None and x.device.type == "cpu" and not torch.is_grad_enabled()
+
+
+def _onednn_linear(x: Tensor, weight: Tensor, bias: Tensor | None, gelu: str | None) -> Tensor:
+    if gelu is None:
+        return _ONEDNN_LINEAR(x, weight, bias, "none", [], "")
+    return _ONEDNN_LINEAR(x, weight, bias, "gelu", [], gelu)
+
+
+# Under torch.compile the same call as an opaque op: inductor lowers mkldnn._linear_pointwise only with
+# frozen (constant) weights, and its own CPU GEMMs for these thin shapes are slower (measured at batch 8:
+# compiled without this 11.1 img/s, below our eager 11.7); it still fuses everything around the op.
+@torch.library.custom_op("swinv2::onednn_linear", mutates_args=())
+def _onednn_linear_op(x: Tensor, weight: Tensor, bias: Tensor | None, gelu: str) -> Tensor:
+    return _onednn_linear(x, weight, bias, gelu or None)
+
+
+@_onednn_linear_op.register_fake
+def _(x: Tensor, weight: Tensor, bias: Tensor | None, gelu: str) -> Tensor:
+    return x.new_empty((*x.shape[:-1], weight.shape[0]))
+
+
+def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None, gelu: str | None = None) -> Tensor:
+    """`F.linear`, then `F.gelu(approximate=gelu)` when `gelu` is "none" or "tanh"; fused on CPU inference."""
+    if _onednn_ok(x):
+        if torch.is_autocast_enabled("cpu"):  # the op is not autocast-aware: cast as autocast would
+            dtype = torch.get_autocast_dtype("cpu")
+            x, weight, bias = x.to(dtype), weight.to(dtype), None if bias is None else bias.to(dtype)
+        if x.dtype in (torch.float32, torch.bfloat16) and weight.dtype == x.dtype and x.is_contiguous():
+            if torch.compiler.is_compiling():
+                return _onednn_linear_op(x, weight, bias, gelu or "")
+            return _onednn_linear(x, weight, bias, gelu)
+    y = F.linear(x, weight, bias)
+    return y if gelu is None else F.gelu(y, approximate=gelu)
+
+
+def apply_linear(module: nn.Module, x: Tensor, gelu: str | None = None) -> Tensor:
+    """`module(x)` (then GELU), through `linear` when the module is a plain `nn.Linear` without hooks; a
+    replaced or wrapped layer (quantised, LoRA, hooked) keeps its own forward."""
+    if type(module) is nn.Linear and not (module._forward_hooks or module._forward_pre_hooks):
+        return linear(x, module.weight, module.bias, gelu)
+    y = module(x)
+    return y if gelu is None else F.gelu(y, approximate=gelu)
 
 
 def activation(name: str) -> nn.Module:
@@ -253,15 +322,38 @@ class WindowAttention(nn.Module):
     def forward(self, x: Tensor, mask: Tensor) -> Tensor:
         """Fast path. `x`: `(B * nW, N, C)`; `mask`: `(nW or 1, heads, N, N)`, bias and shift mask folded."""
         b_, n, c = x.shape
-        q, k, v = self._project(x)
+        heads = self.num_heads
+        dropout = self.attn_drop if self.training else 0.0
+        qkv = linear(x, self.qkv.weight, self.qkv_bias())  # the fused qkv: q and v biases, no k bias
+        if self._use_kernel(x, dropout):
+            out = kernels.window_attention(qkv, mask.to(qkv.dtype), self.logit_scale_exp().view(heads), heads)
+            return self.proj_drop(apply_linear(self.proj, out))
+        qkv = qkv.view(b_, n, 3, heads, -1)
+        # q and k normalised in one pass, in fp32 (padded tokens have k = 0: 0 / eps stays 0, never 0/0 in
+        # fp16), and the logit scale multiplied into q's reciprocal norm instead of into the scores.
+        acc = torch.promote_types(qkv.dtype, torch.float32)
+        qk = qkv[:, :, :2].to(acc)
+        scale = torch.cat((self.logit_scale_exp().view(1, heads), self.logit_scale.new_ones(1, heads)))
+        norm = torch.linalg.vector_norm(qk, dim=-1, keepdim=True).clamp_min(kernels.NORM_EPS)
+        qk = (qk * (scale.to(acc).view(2, heads, 1) / norm)).to(qkv.dtype)
+        q, k = qk.permute(2, 0, 3, 1, 4).unbind(0)
+        v = qkv[:, :, 2].transpose(1, 2)
         windows = mask.shape[0]
         if windows > 1:
-            mask = mask.unsqueeze(0).expand(b_ // windows, -1, -1, -1, -1).reshape(b_, self.num_heads, n, n)
-        out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask.to(q.dtype), dropout_p=self.attn_drop if self.training else 0.0, scale=1.0
-        )
+            mask = mask.unsqueeze(0).expand(b_ // windows, -1, -1, -1, -1).reshape(b_, heads, n, n)
+        mask = mask.to(q.dtype)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, scale=1.0)
         out = out.transpose(1, 2).reshape(b_, n, c)
-        return self.proj_drop(self.proj(out))
+        return self.proj_drop(apply_linear(self.proj, out))
+
+    def _use_kernel(self, x: Tensor, dropout: float) -> bool:
+        """The Triton kernel has no backward: inference on CUDA (or on CPU under the Triton interpreter)."""
+        return (
+            kernels.TRITON_FOUND
+            and (x.is_cuda or kernels.INTERPRET_ON_CPU)
+            and dropout == 0.0
+            and not (torch.is_grad_enabled() and (x.requires_grad or self.qkv.weight.requires_grad))
+        )
 
     def forward_explicit(
         self, x: Tensor, mask: Tensor, head_mask: Tensor | None = None
@@ -292,7 +384,11 @@ class Mlp(nn.Module):
         self.drop = nn.Dropout(drop)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.drop(self.fc2(self.act(self.fc1(x))))
+        if type(self.act) is nn.GELU:
+            x = apply_linear(self.fc1, x, gelu=self.act.approximate)
+        else:
+            x = self.act(apply_linear(self.fc1, x))
+        return self.drop(apply_linear(self.fc2, x))
 
 
 class Swinv2Block(nn.Module):
@@ -404,7 +500,7 @@ class PatchMerging(nn.Module):
         if h % 2 or w % 2:
             x = F.pad(x, (0, 0, 0, w % 2, 0, h % 2))
         x = torch.cat([x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]], dim=-1)
-        return self.norm(self.reduction(x))
+        return self.norm(apply_linear(self.reduction, x))
 
 
 class Swinv2Stage(nn.Module):

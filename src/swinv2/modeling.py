@@ -8,9 +8,11 @@ The forward arguments and the outputs are those of the documentation (and of tra
 
 from __future__ import annotations
 
+import functools
 import math
 import os
-from collections.abc import Iterator, Sequence
+import warnings
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -107,6 +109,55 @@ Swinv2BackboneOutput = BackboneOutput
 
 
 # ---------------------------------------------------------------------------------------------- helpers
+def _read_cpu_has_native_bf16() -> bool:
+    """Whether the CPU computes in bf16 natively (x86 AVX512-BF16 or AMX, Arm BF16); True when unknown."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith(("flags", "Features")):
+                    return bool({"avx512_bf16", "amx_bf16", "bf16"} & set(line.split(":", 1)[1].split()))
+    except OSError:
+        pass
+    return True
+
+
+# Read once at import: forward only looks at a bool, which torch.compile can guard on.
+CPU_NATIVE_BF16 = _read_cpu_has_native_bf16()
+_warned_bf16 = False
+
+
+def cpu_bf16_is_emulated() -> bool:
+    """True when CPU autocast asks for bf16 on a CPU without bf16 units, where bf16 is several times slower
+    than fp32 (it is emulated with conversions around fp32 arithmetic)."""
+    return (
+        not CPU_NATIVE_BF16
+        and torch.is_autocast_enabled("cpu")
+        and torch.get_autocast_dtype("cpu") == torch.bfloat16
+    )
+
+
+def native_precision(forward: Callable) -> Callable:
+    """Run a model's forward in fp32 instead of emulated bf16: CPU autocast to bf16 on a CPU without native
+    bf16 (no AVX512-BF16/AMX) falls back to fp32 with a warning, so that bf16 is never slower than fp32."""
+
+    @functools.wraps(forward)
+    def wrapper(self, *args, **kwargs):
+        if not cpu_bf16_is_emulated():
+            return forward(self, *args, **kwargs)
+        global _warned_bf16
+        if not _warned_bf16:
+            _warned_bf16 = True
+            warnings.warn(
+                "this CPU has no native bf16 (no avx512_bf16/amx_bf16 flag): bf16 autocast would be several "
+                "times slower than fp32, so the model runs in fp32 (outputs are fp32)",
+                stacklevel=2,
+            )
+        with torch.autocast("cpu", enabled=False):
+            return forward(self, *args, **kwargs)
+
+    return wrapper
+
+
 def _window_and_shift(config: Swinv2Config, stage: int) -> tuple[int, int]:
     """Window and shift of a stage, from the grid at `config.image_size` (as in transformers).
 
@@ -488,6 +539,7 @@ class Swinv2Model(Swinv2PreTrainedModel):
         self.add_pooling_layer = add_pooling_layer
         self.post_init()
 
+    @native_precision
     def forward(
         self,
         pixel_values: Tensor | None = None,
@@ -605,6 +657,7 @@ class Swinv2ForImageClassification(Swinv2PreTrainedModel):
         )
         self.post_init()
 
+    @native_precision
     def forward(
         self,
         pixel_values: Tensor | None = None,
@@ -645,6 +698,7 @@ class Swinv2ForMaskedImageModeling(Swinv2PreTrainedModel):
         )
         self.post_init()
 
+    @native_precision
     def forward(
         self,
         pixel_values: Tensor | None = None,
@@ -720,6 +774,7 @@ class Swinv2Backbone(Swinv2PreTrainedModel):
     def channels(self) -> list[int]:
         return [self.num_features[i % len(self.num_features)] for i in self.out_indices]
 
+    @native_precision
     def forward(
         self,
         pixel_values: Tensor | None = None,

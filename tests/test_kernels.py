@@ -1,0 +1,126 @@
+"""The Triton window-attention kernel against the exact attention path.
+
+Without a GPU the kernel runs on CPU through Triton's interpreter (TRITON_INTERPRET=1, set here before
+Triton is imported), on small shapes; with a GPU the same tests run it compiled on CUDA.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest
+
+from swinv2 import Swinv2Config, Swinv2Model, kernels
+from swinv2.layers import WindowAttention, shifted_window_mask
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+pytestmark = pytest.mark.skipif(
+    not kernels.TRITON_FOUND, reason="needs triton"
+)  # a dependency of torch's CUDA wheels
+
+
+def _attention(dim: int, heads: int, window: int, seed: int) -> WindowAttention:
+    torch.manual_seed(seed)
+    attn = WindowAttention(dim, heads, window)
+    with torch.no_grad():  # away from the initial values: per-head scales, non-zero biases
+        attn.logit_scale.copy_(math.log(10.0) + 0.7 * torch.randn(heads, 1, 1))
+        attn.q_bias.normal_(0, 0.5)
+        attn.v_bias.normal_(0, 0.5)
+        for p in attn.cpb_mlp.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    return attn.to(DEVICE).eval()
+
+
+def _mask(attn: WindowAttention, grid: int, window: int, shift: int) -> torch.Tensor:
+    mask = attn.position_bias().unsqueeze(0)
+    if shift:
+        mask = mask + shifted_window_mask(grid, grid, window, shift, DEVICE).unsqueeze(1)
+    return mask.detach().contiguous()
+
+
+@pytest.mark.parametrize(
+    ("dim", "heads", "window", "grid", "shift"),
+    [
+        (32, 2, 4, 8, 2),  # 4 windows of 16 tokens, shifted: folded bias + shift mask per window
+        (16, 2, 3, 6, 1),  # 9 tokens per window (not a power of 2), head dim 8 (padded to 16 in the kernel)
+        (24, 3, 4, 4, 0),  # one window, head dim 8
+        (16, 2, 1, 2, 0),  # window of one token: softmax over a single key
+    ],
+)
+def test_kernel_matches_exact_path(dim: int, heads: int, window: int, grid: int, shift: int) -> None:
+    attn = _attention(dim, heads, window, seed=dim + window)
+    windows = (grid // window) ** 2
+    x = torch.randn(2 * windows, window * window, dim, device=DEVICE)
+    x[0, -1] = 0.0  # a padded token: k = 0 must give zero scores, not NaN
+    mask = _mask(attn, grid, window, shift)
+    with torch.no_grad():
+        expected, _ = attn.forward_explicit(x, mask)
+        qkv = torch.nn.functional.linear(x, attn.qkv.weight, attn.qkv_bias())
+        out = kernels.window_attention(qkv, mask, attn.logit_scale_exp().view(heads), heads)
+        actual = attn.proj(out)
+    assert torch.isfinite(actual).all()
+    torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "dtype",
+    [
+        torch.float16,
+        # Triton's CPU interpreter gets bf16 dot products wrong (numpy has no bf16); the GPU checks bf16.
+        pytest.param(torch.bfloat16, marks=pytest.mark.skipif(DEVICE == "cpu", reason="bf16 needs a GPU")),
+    ],
+)
+def test_kernel_half_precision_close_to_fp32(dtype: torch.dtype) -> None:
+    attn = _attention(32, 2, 4, seed=1)
+    x = torch.randn(8, 16, 32, device=DEVICE)
+    mask = _mask(attn, 8, 4, 2)
+    with torch.no_grad():
+        expected, _ = attn.forward_explicit(x, mask)
+        qkv = torch.nn.functional.linear(x, attn.qkv.weight, attn.qkv_bias()).to(dtype)
+        out = kernels.window_attention(qkv, mask.to(dtype), attn.logit_scale_exp().view(2), 2)
+        actual = attn.proj(out.float())
+    assert out.dtype == dtype
+    # bf16 keeps 8 bits of mantissa (fp16 11): q, k, v, the mask and the probabilities are each rounded once.
+    torch.testing.assert_close(actual, expected, rtol=0.05, atol=0.05)
+
+
+def test_model_uses_kernel_and_matches_exact_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(kernels, "INTERPRET_ON_CPU", True)
+    calls = []
+    launch = kernels.window_attention
+    monkeypatch.setattr(kernels, "window_attention", lambda *a: calls.append(1) or launch(*a))
+    config = Swinv2Config(
+        image_size=32, patch_size=4, embed_dim=16, depths=[2, 2], num_heads=[2, 4], window_size=4
+    )
+    torch.manual_seed(0)
+    model = Swinv2Model(config).to(DEVICE).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    x = torch.randn(2, 3, 36, 36, device=DEVICE)  # 9x9 patches: padded to the window in every block
+    with torch.no_grad():
+        fast = model(x).last_hidden_state
+        assert len(calls) == sum(config.depths)  # every block went through the kernel
+        exact = model(x, output_attentions=True).last_hidden_state  # the explicit path
+    torch.testing.assert_close(fast, exact, rtol=1e-5, atol=1e-5)
+
+
+def test_kernel_refuses_autograd() -> None:
+    qkv = torch.randn(4, 16, 48, device=DEVICE, requires_grad=True)
+    mask = torch.zeros(1, 2, 16, 16, device=DEVICE)
+    with pytest.raises(RuntimeError, match="no backward"):
+        kernels.window_attention(qkv, mask, torch.ones(2, device=DEVICE), 2)
+
+
+def test_kernel_rejects_mismatched_shapes() -> None:
+    qkv = torch.randn(4, 16, 48, device=DEVICE)
+    with pytest.raises(ValueError, match="do not fit"):
+        kernels.window_attention(
+            qkv, torch.zeros(3, 2, 16, 16, device=DEVICE), torch.ones(2, device=DEVICE), 2
+        )

@@ -1,0 +1,104 @@
+"""The speed-only code paths give the exact path's numbers: the fused CPU Linear, the bf16 fallback on
+CPUs without bf16 units, and torch.compile without graph breaks or a recompile per input size."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import swinv2.modeling as modeling
+from swinv2 import Swinv2Config, Swinv2ForImageClassification
+from swinv2.layers import linear
+
+SMALL = dict(
+    image_size=32, patch_size=4, embed_dim=16, depths=[2, 2], num_heads=[2, 4], window_size=4, num_labels=5
+)
+
+
+def _model(**overrides) -> Swinv2ForImageClassification:
+    torch.manual_seed(0)
+    model = Swinv2ForImageClassification(Swinv2Config(**{**SMALL, **overrides})).eval()
+    with torch.no_grad():  # away from the initial values (zero biases would hide a dropped bias)
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    return model
+
+
+@pytest.mark.parametrize("gelu", [None, "none", "tanh"])
+def test_linear_matches_reference(gelu: str | None) -> None:
+    x, w, b = torch.randn(2, 37, 24), torch.randn(40, 24), torch.randn(40)
+    expected = F.linear(x, w, b) if gelu is None else F.gelu(F.linear(x, w, b), approximate=gelu)
+    with torch.no_grad():
+        actual = linear(x, w, b, gelu)
+    torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-5)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        half = linear(x, w, b, gelu)
+    assert half.dtype == torch.bfloat16  # as autocast's own linear would give
+    torch.testing.assert_close(half.float(), expected, rtol=0.05, atol=0.1)
+
+
+def test_linear_keeps_autograd() -> None:
+    x = torch.randn(5, 8, requires_grad=True)
+    w = torch.randn(6, 8, requires_grad=True)
+    linear(x, w, None, "none").sum().backward()
+    assert x.grad is not None and w.grad is not None
+
+
+def test_fast_path_matches_exact_path() -> None:
+    model = _model()
+    x = torch.randn(3, 3, 44, 40)  # padded to the window in every block
+    with torch.no_grad():
+        fast = model(x).logits
+        exact = model(
+            x, output_attentions=True
+        ).logits  # the explicit attention, no fused Linear in attention
+    torch.testing.assert_close(fast, exact, rtol=1e-5, atol=1e-5)
+
+
+def test_bf16_falls_back_to_fp32_without_native_bf16(monkeypatch: pytest.MonkeyPatch) -> None:
+    model = _model()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        fp32 = model(x).logits
+    monkeypatch.setattr(modeling, "CPU_NATIVE_BF16", False)
+    monkeypatch.setattr(modeling, "_warned_bf16", False)
+    with (
+        torch.no_grad(),
+        torch.autocast("cpu", dtype=torch.bfloat16),
+        warnings.catch_warnings(record=True) as seen,
+    ):
+        warnings.simplefilter("always")
+        fallback = model(x).logits
+    assert any("no native bf16" in str(w.message) for w in seen)
+    torch.testing.assert_close(fallback.float(), fp32, rtol=1e-5, atol=1e-5)
+
+
+def test_bf16_kept_with_native_bf16(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(modeling, "CPU_NATIVE_BF16", True)
+    model = _model()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        hidden = model.swinv2(torch.randn(1, 3, 32, 32)).last_hidden_state
+    assert hidden.dtype == torch.bfloat16
+
+
+def test_compile_has_no_graph_breaks_and_no_recompile_per_size() -> None:
+    """One graph per padding pattern (which stages pad their grid to the window), not one per input size."""
+    torch._dynamo.reset()
+    model = _model()
+    with torch.no_grad():
+        explained = torch._dynamo.explain(model)(torch.randn(2, 3, 32, 32))
+    assert explained.graph_break_count == 0, explained.break_reasons
+    torch._dynamo.reset()
+    counts = torch._dynamo.utils.counters
+    counts.clear()
+    compiled = torch.compile(model, backend="eager", dynamic=True)
+    with torch.no_grad():
+        # Grids of 10, 14 and 18 patches, then 5, 7 and 9: three sizes, each padded to the window in both
+        # stages. The graph specialises on which stages need padding, not on the size: one graph for all.
+        for size in (40, 56, 72):
+            x = torch.randn(1, 3, size, size)
+            torch.testing.assert_close(compiled(x).logits, model(x).logits, rtol=1e-5, atol=1e-5)
+    assert counts["stats"]["unique_graphs"] == 1, dict(counts["stats"])
