@@ -459,7 +459,7 @@ class Swinv2Block(nn.Module):
         self, x: Tensor, head_mask: Tensor | None = None, output_attentions: bool = False
     ) -> tuple[Tensor, Tensor | None]:
         """`x`: `(B, H, W, C)` -> `(B, H, W, C)`, and the attention probabilities when asked for."""
-        b, h, w, c = x.shape
+        h, w = x.shape[1:3]
         win, shift = self.window, self.shift
         pad_h, pad_w = (-h) % win, (-w) % win
         y = F.pad(x, (0, 0, 0, pad_w, 0, pad_h)) if pad_h or pad_w else x
