@@ -40,11 +40,13 @@ PARITY_CONFIGS = {
 }
 
 
-def perturb_(model: torch.nn.Module, generator: torch.Generator, scale: float = 0.2) -> None:
+def perturb_(model: torch.nn.Module, seed: int | torch.Generator = 0, scale: float = 0.2) -> torch.nn.Module:
     """Move every parameter away from its initial value so that a wrong mapping shows in the outputs.
 
     LayerNorm weights stay near 1, logit scales stay below log(100) (the clamp) but differ per head.
+    Works on our models and on transformers', timm's and torchvision's. Returns the model in eval mode.
     """
+    generator = seed if isinstance(seed, torch.Generator) else torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in model.named_parameters():
             noise = torch.randn(p.shape, generator=generator)
@@ -52,10 +54,11 @@ def perturb_(model: torch.nn.Module, generator: torch.Generator, scale: float = 
                 p.copy_(math.log(10.0) + 0.5 * noise)
             elif "norm" in name and name.endswith("weight") and p.dim() == 1:
                 p.copy_(1.0 + 0.2 * noise)
-            elif p.dim() == 1 or "mask_token" in name or "position_embeddings" in name:
+            elif p.dim() == 1 or name.endswith(("mask_token", "position_embeddings", "pos_embed")):
                 p.copy_(scale * noise)
             else:
                 p.add_(scale * noise * p.std().clamp(min=0.02))
+    return model.eval()
 
 
 def hf_model(kind: str, config_kwargs: dict, seed: int = 0, **extra) -> torch.nn.Module:

@@ -8,7 +8,6 @@ reference. Tolerance: atol 1e-5 on float32 logits (the same math in another orde
 
 from __future__ import annotations
 
-import math
 import re
 import warnings
 from pathlib import Path
@@ -18,6 +17,7 @@ import torch
 import torch.nn.functional as F
 import torchvision
 import transformers
+from conftest import perturb_
 from safetensors.torch import save_file
 from timm.models.swin_transformer_v2 import SwinTransformerV2, checkpoint_filter_fn
 from torchvision.models.swin_transformer import PatchMergingV2, SwinTransformer, SwinTransformerBlockV2
@@ -28,23 +28,6 @@ from swinv2.config import PRESET_NAMES, preset_config
 
 ATOL = 1e-5
 SMALL = dict(embed_dim=32, depths=(2, 2), num_heads=(2, 4), window_size=4)
-
-
-def perturb_(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    """Every parameter away from its initial value: LayerNorm weights near 1, logit scales vary per head."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            noise = torch.randn(p.shape, generator=generator)
-            if name.endswith("logit_scale"):
-                p.copy_(math.log(10.0) + 0.5 * noise)
-            elif "norm" in name and name.endswith("weight") and p.dim() == 1:
-                p.copy_(1.0 + 0.2 * noise)
-            elif p.dim() == 1 or name.endswith(("mask_token", "position_embeddings", "pos_embed")):
-                p.copy_(0.2 * noise)
-            else:
-                p.add_(0.2 * noise * p.std().clamp(min=0.02))
-    return model.eval()
 
 
 def images(size: int, batch: int = 2, seed: int = 1) -> torch.Tensor:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import os
 import subprocess
 import sys
@@ -10,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import perturb_
 from safetensors.torch import load_file
 from timm.models.swin_transformer_v2 import SwinTransformerV2
 from torchvision.models.swin_transformer import PatchMergingV2, SwinTransformer, SwinTransformerBlockV2
@@ -26,17 +26,7 @@ def small_model(kind: str = "Swinv2ForImageClassification", seed: int = 0, **con
     torch.manual_seed(seed)
     fields = dict(image_size=64, embed_dim=16, depths=[2, 2], num_heads=[2, 4], window_size=4, num_labels=3)
     model = getattr(swinv2, kind)(swinv2.Swinv2Config(**{**fields, **config}))
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            noise = torch.randn(p.shape, generator=generator)
-            if name.endswith("logit_scale"):
-                p.copy_(math.log(10.0) + 0.5 * noise)
-            elif "norm" in name and name.endswith("weight"):
-                p.copy_(1.0 + 0.2 * noise)
-            else:
-                p.add_(0.2 * noise)
-    return model.eval()
+    return perturb_(model, seed)
 
 
 def hf_folder(model: torch.nn.Module, path: Path) -> Path:
