@@ -74,6 +74,24 @@ def _(x: Tensor, weight: Tensor, bias: Tensor | None, gelu: str) -> Tensor:
     return x.new_empty((*x.shape[:-1], weight.shape[0]))
 
 
+def _register_linear_flops() -> None:
+    """Teach `torch.utils.flop_counter` the fused linears, so FLOP/MAC counts of inference stay right."""
+    from torch.utils.flop_counter import register_flop_formula
+
+    def linear_flops(x_shape, w_shape, *args, out_shape=None, **kwargs) -> int:
+        return 2 * math.prod(x_shape[:-1]) * w_shape[0] * w_shape[1]
+
+    targets = [torch.ops.swinv2.onednn_linear] + ([torch.ops.mkldnn._linear_pointwise] if _ONEDNN_LINEAR else [])
+    for target in targets:
+        try:
+            register_flop_formula(target)(linear_flops)
+        except RuntimeError:  # already registered (a newer PyTorch may ship its own formula)
+            pass
+
+
+_register_linear_flops()
+
+
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None, gelu: str | None = None) -> Tensor:
     """`F.linear`, then `F.gelu(approximate=gelu)` when `gelu` is "none" or "tanh"; fused on CPU inference."""
     if _onednn_ok(x):
