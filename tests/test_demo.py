@@ -72,7 +72,7 @@ def test_exported_model_loads_here_and_in_transformers(demo_run):
 
 
 def test_predict_cli_reads_the_exported_model(demo_run, tmp_path, capsys):
-    images, labels = load_fashion_mnist("test")
+    images, _labels = load_fashion_mnist("test")
     path = tmp_path / "item.png"
     Image.fromarray(images[0].numpy()).save(path)
     assert cli.main(["predict", str(demo_run / "model"), str(path)]) == 0

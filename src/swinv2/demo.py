@@ -28,7 +28,7 @@ import torch
 
 from .checkpoints import atomic_write
 from .config import Swinv2Config
-from .data import FASHION_MNIST, FASHION_MNIST_CLASSES, DataError, eval_transform, load_fashion_mnist
+from .data import FASHION_MNIST, DataError, eval_transform, load_fashion_mnist
 from .modeling import Swinv2ForImageClassification
 from .training import (
     TrainConfig,
@@ -387,7 +387,7 @@ def choose_budget(options: DemoOptions) -> tuple[DemoBudget, str]:
     """The budget for the options, and a line saying which and why (CUDA found -> scaled up)."""
     if options.tiny:
         return TINY_BUDGET, "tiny budget (a few hundred images, a few steps: a smoke test, not a result)"
-    cuda = torch.cuda.is_available() and options.device in ("auto", "cuda") or options.device.startswith("cuda")
+    cuda = (torch.cuda.is_available() and options.device in ("auto", "cuda")) or options.device.startswith("cuda")
     scale = options.scale if options.scale is not None else (GPU_SCALE if cuda else 1.0)
     if scale <= 0:
         raise TrainingError(f"--scale must be > 0, got {scale}")
