@@ -93,3 +93,16 @@ def test_rerun_reuses_finished_phases(demo_run, capsys):
 def test_other_settings_in_the_same_folder_are_refused(demo_run, capsys):
     assert cli.main(["demo", "--scale", "2", "--output", str(demo_run), "--no-progress"]) == 2
     assert "other settings" in capsys.readouterr().err
+
+
+def test_an_interrupted_phase_resumes_from_its_checkpoint(demo_run):
+    # as after a kill at the end of the from-scratch run: its checkpoint is there, its result is not
+    scratch = demo_run / "scratch"
+    (scratch / PHASE_FILE).unlink()
+    train_records = [line for line in (scratch / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
+                     if json.loads(line)["kind"] == "train"]
+    assert cli.main(["demo", "--tiny", "--output", str(demo_run), "--no-progress"]) == 0
+    assert (scratch / PHASE_FILE).is_file()
+    again = [line for line in (scratch / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
+             if json.loads(line)["kind"] == "train"]
+    assert again == train_records  # resumed at its last step: not one step trained again
