@@ -19,6 +19,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_parser(sub)
     _add_pretrain_parser(sub)
     _add_evaluate_parser(sub)
+    _add_demo_parser(sub)
     return parser
 
 
@@ -250,6 +251,43 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     print(f"{'class':<{width}}  accuracy  confusion (row: true, column: predicted)")
     for name, row in zip(result.class_names, result.confusion):
         print(f"{name:<{width}}  {result.per_class[name]:8.4f}  {' '.join(f'{v:5d}' for v in row)}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------- demo
+def _add_demo_parser(sub) -> None:
+    parser = sub.add_parser(
+        "demo", help="SimMIM-pre-train, fine-tune and evaluate a small Swin V2 on Fashion-MNIST, with a report",
+        description="Pre-train a small Swin V2 with SimMIM on Fashion-MNIST's training images (no labels), "
+                    "fine-tune it, train the same model from scratch for comparison, evaluate both on the 10,000 "
+                    "test images and write OUTPUT/report.md with figures and the exported model. About 15 minutes "
+                    "on 2 CPU cores; re-running resumes an interrupted demo and reuses finished phases.")
+    parser.add_argument("--output", default="runs/demo", help="the run folder (default: runs/demo)")
+    parser.add_argument("--scale", type=float, default=None,
+                        help="multiply the training epochs (default: 1 on a CPU, 8 when CUDA is available)")
+    parser.add_argument("--tiny", action="store_true",
+                        help="a few hundred images and a few steps: checks the pipeline in a minute, no result")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+    parser.set_defaults(func=_run_demo)
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from .checkpoints import CheckpointError
+    from .data import DataError
+    from .demo import DemoOptions, run_demo
+    from .training import TrainingError
+
+    _setup_logging()
+    try:
+        report, table = run_demo(DemoOptions(output=args.output, tiny=args.tiny, scale=args.scale,
+                                             device=args.device, progress=args.progress))
+    except (TrainingError, DataError, CheckpointError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print()
+    print(table)
+    print(f"\nreport: {report}; model: {report.parent / 'model'}")
     return 0
 
 
