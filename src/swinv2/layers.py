@@ -21,6 +21,7 @@ pattern (which stages pad their grid to the window), not one per input size.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections import OrderedDict
 
@@ -83,10 +84,8 @@ def _register_linear_flops() -> None:
 
     targets = [torch.ops.swinv2.onednn_linear] + ([torch.ops.mkldnn._linear_pointwise] if _ONEDNN_LINEAR else [])
     for target in targets:
-        try:
+        with contextlib.suppress(RuntimeError):  # already registered (a newer PyTorch may ship its own)
             register_flop_formula(target)(linear_flops)
-        except RuntimeError:  # already registered (a newer PyTorch may ship its own formula)
-            pass
 
 
 _register_linear_flops()
