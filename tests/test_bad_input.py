@@ -250,3 +250,37 @@ def test_bad_regression_and_multi_label_targets(x):
     headless = built(swinv2.Swinv2ForImageClassification, num_labels=0)
     with pytest.raises(ValueError, match=r"num_labels=0 .*computes no loss; drop the labels"):
         headless(x, labels=torch.tensor([0, 1]))
+
+
+# ---------------------------------------------------------------------------------------------- hostile files
+def _safetensors_bytes(header: dict, payload: bytes) -> bytes:
+    import json
+    import struct
+
+    text = json.dumps(header).encode()
+    return struct.pack("<Q", len(text)) + text + payload
+
+
+def test_safetensors_header_that_lies_about_sizes(tmp_path):
+    """A header claiming more bytes than the file holds is refused with a clear message, not a crash."""
+    from swinv2 import Swinv2Model
+    from swinv2.checkpoints import CheckpointError
+
+    lying = {"embeddings.proj.weight": {"dtype": "F32", "shape": [1000, 1000], "data_offsets": [0, 4_000_000]}}
+    (tmp_path / "model.safetensors").write_bytes(_safetensors_bytes(lying, b"\0" * 64))
+    with pytest.raises(CheckpointError, match="safetensors"):
+        Swinv2Model.from_pretrained(tmp_path / "model.safetensors")
+    huge_header = b"\xff" * 8 + b"{}"
+    (tmp_path / "model.safetensors").write_bytes(huge_header)
+    with pytest.raises(CheckpointError, match="safetensors"):
+        Swinv2Model.from_pretrained(tmp_path / "model.safetensors")
+
+
+def test_zero_byte_checkpoint(tmp_path):
+    from swinv2 import Swinv2Model
+    from swinv2.checkpoints import CheckpointError
+
+    for name in ("model.safetensors", "model.pth"):
+        (tmp_path / name).write_bytes(b"")
+        with pytest.raises(CheckpointError, match="empty"):
+            Swinv2Model.from_pretrained(tmp_path / name)
