@@ -31,7 +31,7 @@ demo-data:
 	fi
 
 # The main job (README): SimMIM pre-training, fine-tuning, from scratch, evaluation and runs/demo/report.md.
-# DEMO_FLAGS passes flags through, e.g. make demo DEMO_FLAGS="--scale 8" on a GPU.
+# DEMO_FLAGS passes flags through, e.g. make demo DEMO_FLAGS="--scale 2" for more epochs.
 demo: $(VENV)/.stamp-test demo-data
 	$(VENV)/bin/swinv2 demo $(DEMO_FLAGS)
 

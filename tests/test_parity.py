@@ -258,3 +258,26 @@ def test_heads_load_from_each_other(tmp_path, rng):
     hf.swinv2.save_pretrained(tmp_path / "base")
     with pytest.warns(UserWarning, match="classifier"):
         swinv2.Swinv2ForImageClassification.from_pretrained(tmp_path / "base", num_labels=7)
+
+
+@pytest.mark.parametrize("name", ["two_stage", "not_divisible_by_window", "pretrained_windows"])
+def test_training_gradients_match(name, tmp_path, rng):
+    """Training mode, through the fast path's training attention: the loss and every parameter's gradient."""
+    from swinv2.checkpoints import hf_to_ours, to_canonical
+
+    config = {**PARITY_CONFIGS[name], "num_labels": 4}
+    hf = hf_model("Swinv2ForImageClassification", config, drop_path_rate=0.0)
+    ours = ours_from_hf("Swinv2ForImageClassification", hf, tmp_path)
+    hf.train()
+    ours.train()
+    x = input_for(config, rng)
+    labels = torch.randint(0, 4, (x.shape[0],), generator=rng)
+    theirs, mine = hf(x, labels=labels), ours(x, labels=labels)
+    theirs.loss.backward()
+    mine.loss.backward()
+    close(mine.loss, theirs.loss, "loss")
+    expected = hf_to_ours({n: p.grad for n, p in hf.named_parameters()})
+    actual, _ = to_canonical({n: p.grad for n, p in ours.named_parameters()}, "swinv2")
+    assert actual.keys() == expected.keys()
+    for param_name, grad in actual.items():
+        close(grad, expected[param_name], f"gradient of {param_name}")

@@ -24,6 +24,7 @@ from swinv2.data import (
     ImageFileDataset,
     MaskGenerator,
     build_classification_data,
+    classification_train_transform,
     eval_processor,
     eval_transform,
     load_fashion_mnist,
@@ -234,6 +235,37 @@ def test_split_by_fraction_is_stratified_and_disjoint():
     assert sorted(train_idx + val_idx) == list(range(len(labels)))
     assert [sum(labels[i] == c for i in val_idx) for c in range(3)] == [2, 4, 1]
     assert split_by_fraction(labels, 0.2, seed=0) == (train_idx, val_idx)
+
+
+def test_pad_crop_flip_is_a_normalised_crop_of_the_padded_image():
+    images, _ = load_fashion_mnist("test")
+    image = images[7][None]  # (1, 28, 28) uint8, a real photo
+    mean, std, pad = (0.2860,), (0.3530,), 3
+    padded = torch.nn.functional.pad(image.float(), (pad,) * 4)
+    candidates = {}
+    for top, left in itertools.product(range(2 * pad + 1), repeat=2):
+        crop = (padded[:, top:top + 28, left:left + 28] / 255 - mean[0]) / std[0]
+        candidates[(top, left, False)], candidates[(top, left, True)] = crop, crop.flip(-1)
+    seen = set()
+    for hflip in (0.0, 0.5):
+        transform = classification_train_transform((28, 28), mean, std, hflip=hflip, crop_padding=pad)
+        for seed in range(300):
+            torch.manual_seed(seed)
+            out = transform(image)
+            found = [key for key, crop in candidates.items() if torch.allclose(out, crop, atol=1e-5, rtol=0)]
+            assert found, f"seed {seed}: not a crop of the padded image"
+            seen.update((key[0], key[1], key[2] and hflip > 0) for key in found)
+    assert {(t, le) for t, le, _ in seen} == {(t, le) for t, le, _ in candidates}  # every offset is drawn
+    assert any(flipped for *_, flipped in seen)
+    # padding 0: the image itself, flipped half of the time
+    flips = classification_train_transform((28, 28), mean, std, crop_padding=0)
+    plain = (image.float() / 255 - mean[0]) / std[0]
+    outs = [flips(image) for _ in range(40)]
+    assert all(torch.allclose(o, plain, atol=1e-5) or torch.allclose(o, plain.flip(-1), atol=1e-5) for o in outs)
+    assert 5 < sum(torch.allclose(o, plain, atol=1e-5) for o in outs) < 35
+    # another size is resized first; RandAugment runs on the uint8 crop
+    transform = classification_train_transform((32, 32), mean, std, crop_padding=2, randaugment_magnitude=9)
+    assert transform(image).shape == (1, 32, 32) and transform(image).dtype == torch.float32
 
 
 def test_image_folder_splits_and_evaluation_matches_the_processor(photos):

@@ -94,12 +94,16 @@ _TRAIN_FLAGS: list[tuple[str, str]] = [
     ("amp", "mixed precision: none, bf16, or fp16 with a gradient scaler (default none)"),
     ("ema_decay", "keep an exponential moving average of the weights with this decay, e.g. 0.9999"),
     ("gradient_checkpointing", "recompute activations in the backward pass to save memory"),
+    ("compile", "torch.compile the training step's forward and backward: faster steps after a compilation of "
+                "a minute or two (the first step); evaluation stays eager"),
     ("drop_path_rate", "stochastic depth rate (overrides the model config's)"),
     ("label_smoothing", "label smoothing of the cross-entropy (default 0.1)"),
     ("mixup", "Mixup alpha (default 0: off)"),
     ("cutmix", "CutMix alpha (default 0: off)"),
     ("randaugment", "RandAugment magnitude, 2 ops (default 0: off; the reference recipe uses 9)"),
     ("crop_scale", "RandomResizedCrop scale range (default 0.08 1, pretrain 0.67 1)"),
+    ("crop_padding", "random crops of the image zero-padded by N pixels instead of RandomResizedCrop (small "
+                     "images such as Fashion-MNIST's; 0: no crop, only the flips; default: off)"),
     ("hflip", "horizontal flip probability (default 0.5)"),
     ("val_fraction", "validation share when the data folder has no val/ split (default 0.1)"),
     ("limit_train", "train on a seeded random subset of this many images"),
@@ -264,7 +268,7 @@ def _add_demo_parser(sub) -> None:
                     "on 2 CPU cores; re-running resumes an interrupted demo and reuses finished phases.")
     parser.add_argument("--output", default="runs/demo", help="the run folder (default: runs/demo)")
     parser.add_argument("--scale", type=float, default=None,
-                        help="multiply the training epochs (default: 1 on a CPU, 8 when CUDA is available)")
+                        help="multiply the training epochs (default: 1 on a CPU, 4 when CUDA is available)")
     parser.add_argument("--tiny", action="store_true",
                         help="a few hundred images and a few steps: checks the pipeline in a minute, no result")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
