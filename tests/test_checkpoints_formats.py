@@ -17,10 +17,10 @@ import torch
 import torch.nn.functional as F
 import torchvision
 import transformers
-from conftest import perturb_
+from conftest import perturb_, torchvision_swinv2
 from safetensors.torch import save_file
 from timm.models.swin_transformer_v2 import SwinTransformerV2, checkpoint_filter_fn
-from torchvision.models.swin_transformer import PatchMergingV2, SwinTransformer, SwinTransformerBlockV2
+from torchvision.models.swin_transformer import SwinTransformer
 
 import swinv2
 from swinv2 import checkpoints as ck
@@ -41,17 +41,7 @@ def timm_small(num_classes: int = 5, **kwargs) -> SwinTransformerV2:
 
 def torchvision_small(num_classes: int = 5) -> SwinTransformer:
     torch.manual_seed(0)
-    model = SwinTransformer(
-        patch_size=[4, 4],
-        embed_dim=32,
-        depths=[2, 2],
-        num_heads=[2, 4],
-        window_size=[4, 4],
-        num_classes=num_classes,
-        block=SwinTransformerBlockV2,
-        downsample_layer=PatchMergingV2,
-    )
-    return perturb_(model)
+    return perturb_(torchvision_swinv2(num_classes))
 
 
 def ours(kind: str = "Swinv2ForImageClassification", seed: int = 0, **config) -> torch.nn.Module:

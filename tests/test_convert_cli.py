@@ -9,10 +9,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import perturb_
+from conftest import perturb_, torchvision_swinv2
 from safetensors.torch import load_file
 from timm.models.swin_transformer_v2 import SwinTransformerV2
-from torchvision.models.swin_transformer import PatchMergingV2, SwinTransformer, SwinTransformerBlockV2
 
 import swinv2
 from swinv2 import checkpoints as ck
@@ -93,16 +92,7 @@ def test_outputs_load_in_their_libraries(tmp_path):
     timm_model.load_state_dict(load_file(tmp_path / "timm.safetensors"))
 
     assert run(source, tmp_path / "tv.pth", "--to", "torchvision") == 0
-    tv_model = SwinTransformer(
-        patch_size=[4, 4],
-        embed_dim=32,
-        depths=[2, 2],
-        num_heads=[2, 4],
-        window_size=[4, 4],
-        num_classes=3,
-        block=SwinTransformerBlockV2,
-        downsample_layer=PatchMergingV2,
-    ).eval()
+    tv_model = torchvision_swinv2(num_classes=3).eval()
     tv_model.load_state_dict(torch.load(tmp_path / "tv.pth", weights_only=True))
 
     with torch.no_grad():

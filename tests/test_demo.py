@@ -106,3 +106,12 @@ def test_an_interrupted_phase_resumes_from_its_checkpoint(demo_run):
     again = [line for line in (scratch / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
              if json.loads(line)["kind"] == "train"]
     assert again == train_records  # resumed at its last step: not one step trained again
+
+
+def test_a_failing_side_by_side_phase_names_itself_and_why(tmp_path):
+    from swinv2.demo import run_side_by_side, scratch_config
+    from swinv2.training import TrainingError
+
+    config = scratch_config(tmp_path, TINY_BUDGET, "cpu", progress=False)  # no model_config.json written there
+    with pytest.raises(TrainingError, match=r"from scratch failed: .*model_config\.json"):
+        run_side_by_side([("scratch", tmp_path / "scratch", config)], threads=1, progress=False)

@@ -349,12 +349,14 @@ class WindowAttention(nn.Module):
         # q and k normalised in one pass, in fp32 (padded tokens have k = 0: 0 / eps stays 0, never 0/0 in
         # fp16), and the logit scale multiplied into q's reciprocal norm instead of into the scores.
         acc = torch.promote_types(qkv.dtype, torch.float32)
-        qk = qkv[:, :, :2].to(acc)
+        # split, not slices: the backward of a slice zero-fills a tensor of qkv's size for each slice
+        qk, v = qkv.split((2, 1), dim=2)
+        qk = qk.to(acc)
         scale = torch.cat((self.logit_scale_exp().view(1, heads), self.logit_scale.new_ones(1, heads)))
         norm = torch.linalg.vector_norm(qk, dim=-1, keepdim=True).clamp_min(kernels.NORM_EPS)
         qk = (qk * (scale.to(acc).view(2, heads, 1) / norm)).to(qkv.dtype)
         q, k = qk.permute(2, 0, 3, 1, 4).unbind(0)
-        v = qkv[:, :, 2].transpose(1, 2)
+        v = v.squeeze(2).transpose(1, 2)
         windows = mask.shape[0]
         mask = mask.to(q.dtype)
         if x.device.type == "cpu" and torch.is_grad_enabled() and (qkv.requires_grad or mask.requires_grad):
