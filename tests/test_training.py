@@ -370,6 +370,16 @@ def _config(tiny_config, photos, output, **changes) -> TrainConfig:
     return TrainConfig(**{**values, **changes})
 
 
+def test_compile_without_a_cpp_compiler_says_so(tiny_config, photos, tmp_path, monkeypatch):
+    import shutil
+
+    monkeypatch.delenv("CXX", raising=False)
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    with pytest.raises(TrainingError, match=r"(?s)--compile: .*C\+\+ compiler.*without --compile"):
+        train(_config(tiny_config, photos, tmp_path / "run", compile=True))
+    assert not list((tmp_path / "run").glob("checkpoints/*"))  # refused before the first step
+
+
 def test_bad_requests_stop_early_with_the_fix(tiny_config, photos, tmp_path):
     with pytest.raises(TrainingError, match="does not exist"):
         train(_config(tiny_config, tmp_path / "no-data", tmp_path / "a"))
