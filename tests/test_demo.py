@@ -113,5 +113,17 @@ def test_a_failing_side_by_side_phase_names_itself_and_why(tmp_path):
     from swinv2.training import TrainingError
 
     config = scratch_config(tmp_path, TINY_BUDGET, "cpu", progress=False)  # no model_config.json written there
-    with pytest.raises(TrainingError, match=r"from scratch failed: .*model_config\.json"):
+    with pytest.raises(TrainingError, match=r"from scratch failed: .*model_config\.json.*phase\.log"):
         run_side_by_side([("scratch", tmp_path / "scratch", config)], threads=1, progress=False)
+    assert "Traceback" in (tmp_path / "scratch" / "phase.log").read_text(encoding="utf-8")
+
+
+def test_ctrl_c_ends_with_a_resume_hint_not_a_traceback(monkeypatch, tmp_path, capsys):
+    import swinv2.demo
+
+    def interrupted(options):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(swinv2.demo, "run_demo", interrupted)
+    assert cli.main(["demo", "--tiny", "--output", str(tmp_path / "run"), "--no-progress"]) == 130
+    assert "swinv2 demo: interrupted; run it again to resume" in capsys.readouterr().err

@@ -301,7 +301,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
-    return args.func(args)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        # training keeps its atomic checkpoints: say how to go on instead of printing a traceback
+        hint = {"train": "; continue with the same command and --resume latest",
+                "pretrain": "; continue with the same command and --resume latest",
+                "demo": "; run it again to resume"}.get(args.command, "")
+        print(f"\nswinv2 {args.command}: interrupted{hint}", file=sys.stderr)
+        return 130
 
 
 # ---------------------------------------------------------------------------------------------- shared helpers

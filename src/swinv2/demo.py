@@ -203,9 +203,12 @@ def _phase_process(name: str, folder: Path, config: TrainConfig, threads: int) -
     logger.propagate = False
     try:
         _run_phase(name, folder, config)
+    except KeyboardInterrupt:  # Ctrl-C reaches the whole process group: the parent says what happened
+        sys.exit(130)
     except Exception as err:
+        logger.exception("%s failed", PHASE_TITLES[name])  # the traceback, into phase.log only
         (folder / ERROR_FILE).write_text(f"{type(err).__name__}: {err}", encoding="utf-8")
-        raise
+        sys.exit(1)
 
 
 def _last_step(folder: Path) -> tuple[int, dict[str, Any]]:
@@ -253,10 +256,15 @@ def run_side_by_side(jobs: Sequence[tuple[str, Path, TrainConfig]], threads: int
                 if record:
                     bar.set_postfix(loss=f"{record['loss']:.4f}", img_s=f"{record['img_per_s']:.0f}", refresh=False)
             time.sleep(0.5)
-    except BaseException:
+    except BaseException as err:
+        # Ctrl-C reached the runs too: give them a moment to stop on their own, then stop the rest (checkpoints
+        # are written atomically: a rerun resumes from the last one)
+        deadline = time.monotonic() + (10.0 if isinstance(err, KeyboardInterrupt) else 0.0)
         for _, _, process, _ in running:
-            process.terminate()  # checkpoints are written atomically: a rerun resumes from the last one
+            process.join(max(0.0, deadline - time.monotonic()))
         for _, _, process, _ in running:
+            if process.is_alive():
+                process.terminate()
             process.join()
         raise
     finally:
