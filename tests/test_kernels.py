@@ -111,11 +111,65 @@ def test_model_uses_kernel_and_matches_exact_path(monkeypatch: pytest.MonkeyPatc
     torch.testing.assert_close(fast, exact, rtol=1e-5, atol=1e-5)
 
 
-def test_kernel_refuses_autograd() -> None:
-    qkv = torch.randn(4, 16, 48, device=DEVICE, requires_grad=True)
-    mask = torch.zeros(1, 2, 16, 16, device=DEVICE)
-    with pytest.raises(RuntimeError, match="no backward"):
-        kernels.window_attention(qkv, mask, torch.ones(2, device=DEVICE), 2)
+def _reference_attention(qkv: torch.Tensor, mask: torch.Tensor, scale: torch.Tensor, heads: int) -> torch.Tensor:
+    """What the kernel computes, step by step in PyTorch (autograd gives the reference gradients)."""
+    b_, n, three_c = qkv.shape
+    q, k, v = qkv.view(b_, n, 3, heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
+    q = torch.nn.functional.normalize(q, dim=-1) * scale.view(1, heads, 1, 1)
+    k = torch.nn.functional.normalize(k, dim=-1)
+    windows = mask.shape[0]
+    scores = (q @ k.transpose(-2, -1)).view(b_ // windows, windows, heads, n, n) + mask
+    out = scores.softmax(-1).view(b_, heads, n, n) @ v
+    return out.transpose(1, 2).reshape(b_, n, three_c // 3)
+
+
+@pytest.mark.parametrize(
+    ("dim", "heads", "window", "grid", "shift"),
+    [
+        (32, 2, 4, 8, 2),  # 4 shifted windows of 16 tokens: each mask's gradient sums over the batch
+        (16, 2, 3, 6, 1),  # 9 tokens (padded to 16 in the kernel), head dim 8
+        (16, 2, 1, 2, 0),  # a window of one token
+    ],
+)
+def test_kernel_gradients_match_autograd(dim: int, heads: int, window: int, grid: int, shift: int) -> None:
+    attn = _attention(dim, heads, window, seed=dim + window)
+    windows = (grid // window) ** 2
+    x = torch.randn(3 * windows, window * window, dim, device=DEVICE)
+    x[0, -1] = 0.0  # a padded token (k = 0)
+    qkv = torch.nn.functional.linear(x, attn.qkv.weight, attn.qkv_bias()).detach()
+    mask = _mask(attn, grid, window, shift)
+    scale = attn.logit_scale_exp().view(heads).detach()
+    grad_out = torch.randn(qkv.shape[0], qkv.shape[1], dim, device=DEVICE)
+    results = []
+    for fn in (kernels.window_attention, _reference_attention):
+        inputs = [t.clone().requires_grad_(True) for t in (qkv, mask, scale)]
+        out = fn(*inputs, heads)
+        out.backward(grad_out)
+        results.append((out.detach(), *(t.grad for t in inputs)))
+    for name, actual, expected in zip(("out", "qkv", "mask", "scale"), *results):
+        # the padded key's gradient is scaled by 1 / eps in both (x / max(|x|, eps)); compare the rest
+        if name == "qkv":
+            actual, expected = actual[1:], expected[1:]
+        torch.testing.assert_close(actual, expected, rtol=1e-4, atol=1e-5, msg=lambda m, n=name: f"{n}: {m}")
+
+
+def test_model_trains_through_the_kernel(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Training mode on the kernel gives the fast path's loss and gradients (SDPA / broadcast attention)."""
+    config = Swinv2Config(image_size=32, patch_size=4, embed_dim=16, depths=[2, 2], num_heads=[2, 4],
+                          window_size=4, drop_path_rate=0.0)
+    torch.manual_seed(0)
+    model = Swinv2Model(config).to(DEVICE).train()
+    x = torch.randn(2, 3, 32, 32, device=DEVICE)
+    grads = []
+    for use_kernel in (True, False):
+        monkeypatch.setattr(kernels, "INTERPRET_ON_CPU", use_kernel)
+        monkeypatch.setattr(kernels, "TRITON_FOUND", use_kernel)
+        model.zero_grad()
+        model(x).pooler_output.square().sum().backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
+    for name, expected in grads[1].items():  # fp32 sums in another order: 1e-5 of the gradient's size
+        torch.testing.assert_close(grads[0][name], expected, rtol=1e-4, atol=1e-5 * float(expected.abs().max()),
+                                   msg=lambda m, n=name: f"{n}: {m}")
 
 
 def test_kernel_rejects_mismatched_shapes() -> None:

@@ -377,13 +377,9 @@ class WindowAttention(nn.Module):
         return self.proj_drop(apply_linear(self.proj, out))
 
     def _use_kernel(self, x: Tensor, dropout: float) -> bool:
-        """The Triton kernel has no backward: inference on CUDA (or on CPU under the Triton interpreter)."""
-        return (
-            kernels.TRITON_FOUND
-            and (x.is_cuda or kernels.INTERPRET_ON_CPU)
-            and dropout == 0.0
-            and not (torch.is_grad_enabled() and (x.requires_grad or self.qkv.weight.requires_grad))
-        )
+        """The Triton kernel (forward and backward) on CUDA, or on CPU under the Triton interpreter in tests;
+        not with attention dropout."""
+        return kernels.TRITON_FOUND and (x.is_cuda or kernels.INTERPRET_ON_CPU) and dropout == 0.0
 
     def forward_explicit(
         self, x: Tensor, mask: Tensor, head_mask: Tensor | None = None
