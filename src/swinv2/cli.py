@@ -303,6 +303,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return args.func(args)
+    except _CommandError as err:
+        print(f"swinv2 {args.command}: {err}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         # training keeps its atomic checkpoints: say how to go on instead of printing a traceback
         hint = {"train": "; continue with the same command and --resume latest",
@@ -314,7 +317,7 @@ def main(argv: list[str] | None = None) -> int:
 
 # ---------------------------------------------------------------------------------------------- shared helpers
 class _CommandError(Exception):
-    """A problem that ends a command with one line on stderr and exit status 2 (no traceback)."""
+    """A problem that ends a command with one line on stderr and exit status 2, no traceback (`main` prints it)."""
 
 
 _DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -385,7 +388,7 @@ def _add_predict_parser(sub: Any) -> None:
     out = p.add_mutually_exclusive_group()
     out.add_argument("--json", action="store_true", help="print JSON instead of a table")
     out.add_argument("--csv", metavar="FILE", help="write CSV (image,rank,index,label,probability); '-' = stdout")
-    p.set_defaults(func=_run_predict)
+    p.set_defaults(func=_predict)
 
 
 def _positive_int(text: str) -> int:
@@ -435,14 +438,6 @@ def _collect_inputs(inputs: list[str]) -> tuple[list[Path], list[tuple[str, str]
             seen.add(key)
             unique.append(f)
     return unique, missing
-
-
-def _run_predict(args: argparse.Namespace) -> int:
-    try:
-        return _predict(args)
-    except _CommandError as err:
-        print(f"swinv2 predict: {err}", file=sys.stderr)
-        return 2
 
 
 def _predict(args: argparse.Namespace) -> int:
@@ -582,15 +577,7 @@ def _add_info_parser(sub: Any) -> None:
     p.add_argument("model", metavar="MODEL", help="folder, weights file or hub id")
     p.add_argument("--labels", type=int, default=5, metavar="N", help="class names to list (default 5)")
     p.add_argument("--json", action="store_true", help="print JSON")
-    p.set_defaults(func=_run_info)
-
-
-def _run_info(args: argparse.Namespace) -> int:
-    try:
-        return _info(args)
-    except _CommandError as err:
-        print(f"swinv2 info: {err}", file=sys.stderr)
-        return 2
+    p.set_defaults(func=_info)
 
 
 def _model_class_name(name: str) -> str | None:
@@ -772,10 +759,7 @@ def _run_export(args: argparse.Namespace) -> int:
     from swinv2.export import DEFAULT_OPSET, check_onnx, export_onnx
 
     cls_name = _export_model_class(args.model, args.model_class)
-    try:
-        model = _load_model(args.model, cls_name)
-    except _CommandError as err:
-        return fail(str(err), 2)
+    model = _load_model(args.model, cls_name)
     image_size = tuple(args.image_size) if args.image_size else model.config.image_hw
     try:
         used = export_onnx(model, args.output, image_size=image_size, dynamic_batch=args.dynamic_batch,

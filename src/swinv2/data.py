@@ -141,8 +141,7 @@ def eval_transform(image_size: tuple[int, int], mean: Sequence[float], std: Sequ
 class PadCropFlip:
     """A random `size` crop of the image zero-padded by `padding` pixels on every side (0: the image itself), a
     horizontal flip with probability `hflip` (then RandAugment, when given, on the uint8 crop), then [0, 1] and
-    normalisation:
-    `(C, H, W)` uint8 -> `(C, *size)` float. Images of another size are first resized (bicubic).
+    normalisation: `(C, H, W)` uint8 -> `(C, *size)` float. Images of another size are first resized (bicubic).
 
     The usual augmentation for small images (Fashion-MNIST, CIFAR): it keeps the objects' scale and needs no
     resampling. Written as a few tensor ops because torchvision's v2 pipeline spends ~10x longer per 28x28

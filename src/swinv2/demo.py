@@ -175,10 +175,17 @@ def _train_config(budget: DemoBudget, task: str, model: str, output: Path, epoch
     )
 
 
-def _run_phase(name: str, folder: Path, config: TrainConfig) -> PhaseResult:
+def _reused(name: str, folder: Path) -> PhaseResult | None:
+    """The result of a phase that finished in an earlier run, or None."""
     done = _finished(folder)
     if done is not None:
         logger.info("%s: reused (finished earlier, %s)", PHASE_TITLES[name], folder)
+    return done
+
+
+def _run_phase(name: str, folder: Path, config: TrainConfig) -> PhaseResult:
+    done = _reused(name, folder)
+    if done is not None:
         return done
     logger.info("%s -> %s", PHASE_TITLES[name], folder)
     start = time.perf_counter()
@@ -233,9 +240,8 @@ def run_side_by_side(jobs: Sequence[tuple[str, Path, TrainConfig]], threads: int
     context = multiprocessing.get_context("spawn")  # fork would copy the parent's OpenMP thread pool state
     running = []
     for name, folder, config in jobs:
-        done = _finished(folder)
+        done = _reused(name, folder)
         if done is not None:
-            logger.info("%s: reused (finished earlier, %s)", PHASE_TITLES[name], folder)
             results[name] = done
             continue
         (folder / ERROR_FILE).unlink(missing_ok=True)
@@ -301,20 +307,25 @@ def scratch_config(out: Path, budget: DemoBudget, device: str, progress: bool) -
                          budget.finetune_epochs, budget.lr, device, progress)
 
 
+def _uses_cuda(device: str) -> bool:
+    return device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+
+
 def side_by_side_threads(device: str) -> int | None:
     """Threads per run when fine-tuning and from-scratch run side by side: on a CPU with 2 or more cores
     (half of them each); None on a GPU, where they run one after the other."""
-    if device.startswith("cuda") or (device == "auto" and torch.cuda.is_available()):
+    if _uses_cuda(device):
         return None
     cores = torch.get_num_threads()
     return cores // 2 if cores >= 2 else None
 
 
-def classification_phases(out: Path, budget: DemoBudget, device: str, progress: bool) -> list[PhaseResult]:
-    """Fine-tuning and from scratch: side by side on a CPU, in sequence on a GPU. `[finetune, scratch]`."""
+def classification_phases(out: Path, budget: DemoBudget, device: str, progress: bool,
+                          threads: int | None) -> list[PhaseResult]:
+    """Fine-tuning and from scratch, `[finetune, scratch]`: side by side with `threads` threads each, or in
+    sequence when `threads` is None (see `side_by_side_threads`)."""
     jobs = [("finetune", out / "finetune", finetune_config(out, budget, device, progress)),
             ("scratch", out / "scratch", scratch_config(out, budget, device, progress))]
-    threads = side_by_side_threads(device)
     if threads is None:
         return [_run_phase(*job) for job in jobs]
     return run_side_by_side(jobs, threads, progress)
@@ -516,7 +527,7 @@ def choose_budget(options: DemoOptions) -> tuple[DemoBudget, str]:
     """The budget for the options, and a line saying which and why (CUDA found -> scaled up)."""
     if options.tiny:
         return TINY_BUDGET, "tiny budget (a few hundred images, a few steps: a smoke test, not a result)"
-    cuda = (torch.cuda.is_available() and options.device in ("auto", "cuda")) or options.device.startswith("cuda")
+    cuda = _uses_cuda(options.device)
     scale = options.scale if options.scale is not None else (GPU_SCALE if cuda else 1.0)
     if scale <= 0:
         raise TrainingError(f"--scale must be > 0, got {scale}")
@@ -553,12 +564,12 @@ def run_demo(options: DemoOptions) -> tuple[Path, str]:
     data = PhaseResult("data", time.perf_counter() - start, 0.0, {"train": num_train, "test": num_test})
     logger.info("Fashion-MNIST: %d training and %d test images (%.1f s)", num_train, num_test, data.seconds)
     device = options.device
+    threads = side_by_side_threads(device)
     phases = [pretrain_phase(out, budget, device, options.progress),
-              *classification_phases(out, budget, device, options.progress)]
+              *classification_phases(out, budget, device, options.progress, threads)]
     evaluation = evaluate_phase(out, budget, device)
     figures = write_figures(out)
     resolved = json.loads((out / "finetune" / "train_config.json").read_text(encoding="utf-8"))["resolved"]
     used = resolved["device"] if resolved["device"] != "cpu" else f"CPU ({os.cpu_count()} cores)"
-    threads = side_by_side_threads(device)
     report = write_report(out, phases, evaluation, budget, figures, used, threads)
     return report, summary_table(phases, evaluation, threads)
