@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import swinv2.layers as layers
 import swinv2.modeling as modeling
 from swinv2 import Swinv2Config, Swinv2ForImageClassification
 from swinv2.layers import linear
@@ -102,3 +103,38 @@ def test_compile_has_no_graph_breaks_and_no_recompile_per_size() -> None:
             x = torch.randn(1, 3, size, size)
             torch.testing.assert_close(compiled(x).logits, model(x).logits, rtol=1e-5, atol=1e-5)
     assert counts["stats"]["unique_graphs"] == 1, dict(counts["stats"])
+
+
+def test_autocast_weight_copies_follow_weight_changes() -> None:
+    """Inference under autocast keeps the weights' bf16 copies; an in-place change must be seen."""
+    model = _model()
+    x = torch.randn(2, 3, 32, 32)
+    fc1 = model.swinv2.stages[0].blocks[0].mlp.fc1
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        first = model(x).logits
+        assert torch.equal(model(x).logits, first)  # the cached copies give what fresh casts gave
+        fc1.weight.mul_(-1.5)
+        changed = model(x).logits
+        model.clear_attention_cache()
+        fresh = model(x).logits
+    assert (changed.float() - first.float()).abs().max() > 1e-2  # a stale copy would repeat `first`
+    assert torch.equal(changed, fresh)
+    model.train()
+    assert all(p not in layers._CAST_CACHE for p in model.parameters())  # training drops the copies
+
+
+def test_flop_counter_counts_the_fused_linears() -> None:
+    """Under a dispatch mode (FlopCounterMode) inference takes plain F.linear, which the counter knows."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = _model()
+    x = torch.randn(1, 3, 32, 32)
+    counts = []
+    # With grad the Linear layers never take the fused path. SDPA's math backend, whose matmuls the counter
+    # sees, as the CPU attention of training does.
+    for grad in (True, False):
+        with torch.set_grad_enabled(grad), sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
+            model(x)
+        counts.append(counter.get_total_flops())
+    assert counts[0] == counts[1] > 0

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .config import Swinv2Config
-from .layers import PatchEmbeddings, Swinv2Block, Swinv2Stage, WindowAttention
+from .layers import PatchEmbeddings, Swinv2Block, Swinv2Stage, WindowAttention, forget_casts
 
 
 # ---------------------------------------------------------------------------------------------- outputs
@@ -467,11 +467,18 @@ class Swinv2PreTrainedModel(nn.Module):
             if isinstance(module, Swinv2Stage):
                 module.gradient_checkpointing = False
 
+    def train(self, mode: bool = True) -> Swinv2PreTrainedModel:
+        if mode:  # the optimiser will change the weights: their cached autocast copies would only take memory
+            forget_casts(self.parameters())
+        return super().train(mode)
+
     def clear_attention_cache(self) -> None:
-        """Forget the cached attention masks (they are rebuilt on the next inference call)."""
+        """Forget the cached attention masks and the weights' autocast copies (rebuilt on the next
+        inference call)."""
         for module in self.modules():
             if isinstance(module, Swinv2Block):
                 module.clear_cache()
+        forget_casts(self.parameters())
 
     # -- loading and saving
     @classmethod
