@@ -153,6 +153,11 @@ def test_finite_check_policy_by_device():
         _check_finite(torch.full((1, 1, 4, 4), float("nan")), None)
     with pytest.raises((RuntimeError, NotImplementedError)):
         _check_finite(on_meta, True)  # True does look, even off the CPU (meta cannot answer)
+    # Finite values whose sum overflows (the quick test) pass the exact one: no false alarm.
+    _check_finite(torch.full((1, 3, 4, 4), 3e38), None)
+    _check_finite(torch.full((1, 3, 4, 4), 6e4, dtype=torch.float16), None)
+    with pytest.raises(ValueError, match="1 NaN and 2 infinite"):  # +inf and -inf summed give NaN: still caught
+        _check_finite(torch.tensor([[[[float("inf"), float("-inf"), float("nan")]]]]), None)
     with pytest.raises(ValueError, match=r"check_finite_inputs must be None .*, true or false, got 'yes'"):
         Swinv2Config(**SMALL, check_finite_inputs="yes")
 

@@ -249,6 +249,10 @@ def _check_finite(pixel_values: Tensor, policy: bool | None) -> None:
         return
     if torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.onnx.is_in_onnx_export():
         return
+    # One sum first (NaN and Inf carry through it): ~40x faster than isfinite().all() on CPU. Only a sum that
+    # is not finite (a bad value, or finite values overflowing) pays for the exact check.
+    if bool(torch.isfinite(pixel_values.sum(dtype=torch.promote_types(pixel_values.dtype, torch.float32)))):
+        return
     finite = torch.isfinite(pixel_values)
     if bool(finite.all()):
         return
