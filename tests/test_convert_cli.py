@@ -119,21 +119,21 @@ def test_dtype_is_kept(tmp_path):
 
 
 def test_errors_are_one_clear_line(tmp_path, capsys):
-    assert run(tmp_path / "missing.pth", tmp_path / "out.pth", "--to", "timm") == 1
+    assert run(tmp_path / "missing.pth", tmp_path / "out.pth", "--to", "timm") == 2
     assert "swinv2 convert: error:" in capsys.readouterr().err
 
     with_positions = hf_folder(small_model(use_absolute_embeddings=True), tmp_path / "positions")
-    assert run(with_positions, tmp_path / "out.pth", "--to", "timm") == 1
+    assert run(with_positions, tmp_path / "out.pth", "--to", "timm") == 2
     err = capsys.readouterr().err
     assert "position_embeddings" in err and "convert to hf or microsoft" in err
     assert not (tmp_path / "out.pth").exists()
 
     plain = tmp_path / "plain.pth"
     assert run(hf_folder(small_model(), tmp_path / "s"), plain, "--to", "timm") == 0
-    assert run(plain, tmp_path / "back", "--to", "hf") == 1  # no config, no telling name
+    assert run(plain, tmp_path / "back", "--to", "hf") == 2  # no config, no telling name
     assert "window_size" in capsys.readouterr().err
 
-    assert run(hf_folder(small_model(), tmp_path / "t"), tmp_path / "out.npz", "--to", "timm") == 1
+    assert run(hf_folder(small_model(), tmp_path / "t"), tmp_path / "out.npz", "--to", "timm") == 2
     assert ".safetensors or .pth" in capsys.readouterr().err
 
     with pytest.raises(SystemExit) as info:

@@ -457,3 +457,17 @@ def test_amp_ema_checkpointing_mixup_randaugment_and_tensorboard(tiny_config, ph
     key = "swinv2.stages.0.blocks.0.attn.qkv.weight"
     torch.testing.assert_close(exported[key], ema[key])
     assert not torch.allclose(state["model"][key], ema[key])
+
+
+def test_command_errors_are_one_line_with_status_2(tiny_config, tmp_path, capsys):
+    """train and evaluate report data and checkpoint problems in one line on stderr (no traceback), exit 2."""
+    from swinv2 import cli
+
+    missing = tmp_path / "no-such-folder"
+    args = ["--data", str(missing), "--model", str(tiny_config), "--output", str(tmp_path / "run"), "--no-progress"]
+    assert cli.main(["train", *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("swinv2 train: error:") and str(missing) in err and len(err.splitlines()) == 1
+    assert cli.main(["evaluate", str(missing), "--data", "fashion-mnist"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("swinv2 evaluate: error:") and str(missing) in err and len(err.splitlines()) == 1

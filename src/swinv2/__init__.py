@@ -2,6 +2,7 @@
 
 from .config import Swinv2Config
 from .determinism import set_deterministic
+from .errors import Swinv2Error
 from .modeling import (
     BackboneOutput,
     Swinv2Backbone,
@@ -22,6 +23,7 @@ __all__ = [
     "BackboneOutput",
     "Swinv2Backbone",
     "Swinv2Config",
+    "Swinv2Error",
     "Swinv2ForImageClassification",
     "Swinv2ForMaskedImageModeling",
     "Swinv2ImageClassifierOutput",

@@ -35,6 +35,7 @@ import torch
 from torch import Tensor
 
 from .config import CONFIG_NAME, PRESET_NAMES, Swinv2Config, preset_kwargs
+from .errors import Swinv2Error
 from .layers import relative_coords_table, relative_position_index, shifted_window_mask
 
 logger = logging.getLogger("swinv2")
@@ -51,7 +52,7 @@ DERIVED_BUFFERS = ("relative_coords_table", "relative_position_index", "attn_mas
 EMBEDDED_CONFIG_KEY = "swinv2_config"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(Swinv2Error):
     """A checkpoint that cannot be read or does not fit the model; the message says why and what to do."""
 
 

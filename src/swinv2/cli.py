@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from .errors import Swinv2Error
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="swinv2", description="Swin Transformer V2: predict, train, convert.")
@@ -54,15 +56,16 @@ def _add_convert_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_convert(args: argparse.Namespace) -> int:
-    from .checkpoints import CheckpointError, convert
+    from .checkpoints import convert
     from .config import Swinv2Config
 
     try:
         config = None if args.config is None else Swinv2Config.from_pretrained(args.config)
         source_format, model = convert(args.source, args.destination, args.to, config=config)
-    except (CheckpointError, ValueError, OSError) as err:
-        print(f"swinv2 convert: error: {err}", file=sys.stderr)
-        return 1
+    except Swinv2Error:
+        raise
+    except (ValueError, OSError) as err:  # a config that does not parse, a file that cannot be read
+        raise Swinv2Error(str(err)) from err
     millions = sum(p.numel() for p in model.parameters()) / 1e6
     print(
         f"{args.source} ({source_format}, {type(model).__name__}, {millions:.1f}M parameters) -> "
@@ -183,23 +186,17 @@ def _setup_logging() -> None:
 
 
 def _run_train(args: argparse.Namespace) -> int:
-    from .checkpoints import CheckpointError
-    from .data import DataError
-    from .training import TrainingError, resolve_config, saved_settings, train
+    from .training import resolve_config, saved_settings, train
 
     _setup_logging()
     overrides = {name: getattr(args, name) for name, _ in _TRAIN_FLAGS}
     overrides["resume"] = args.resume
     if overrides["clip_grad"] == 0:
         overrides["clip_grad"] = None
-    try:
-        # resuming: the run's own settings first, so that `--output DIR --resume` is enough
-        defaults = saved_settings(args.output) if args.resume is not None and args.output else {}
-        config = resolve_config(args.config, overrides, **{**defaults, "task": args.task})
-        result = train(config)
-    except (TrainingError, DataError, CheckpointError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    # resuming: the run's own settings first, so that `--output DIR --resume` is enough
+    defaults = saved_settings(args.output) if args.resume is not None and args.output else {}
+    config = resolve_config(args.config, overrides, **{**defaults, "task": args.task})
+    result = train(config)
     if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 reports
         return 0
     metrics = result.metrics
@@ -234,18 +231,12 @@ def _add_evaluate_parser(sub) -> None:
 def _run_evaluate(args: argparse.Namespace) -> int:
     import json
 
-    from .checkpoints import CheckpointError
-    from .data import DataError
-    from .training import TrainingError, evaluate
+    from .training import evaluate
 
     _setup_logging()
-    try:
-        result = evaluate(args.model, args.data, batch_size=args.batch_size, num_workers=args.num_workers,
-                          limit=args.limit, device=args.device, amp=args.amp, output=args.output,
-                          progress=not args.json)
-    except (TrainingError, DataError, CheckpointError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    result = evaluate(args.model, args.data, batch_size=args.batch_size, num_workers=args.num_workers,
+                      limit=args.limit, device=args.device, amp=args.amp, output=args.output,
+                      progress=not args.json)
     if args.json:
         print(json.dumps(result.to_dict()))
         return 0
@@ -277,18 +268,11 @@ def _add_demo_parser(sub) -> None:
 
 
 def _run_demo(args: argparse.Namespace) -> int:
-    from .checkpoints import CheckpointError
-    from .data import DataError
     from .demo import DemoOptions, run_demo
-    from .training import TrainingError
 
     _setup_logging()
-    try:
-        report, table = run_demo(DemoOptions(output=args.output, tiny=args.tiny, scale=args.scale,
-                                             device=args.device, progress=args.progress))
-    except (TrainingError, DataError, CheckpointError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    report, table = run_demo(DemoOptions(output=args.output, tiny=args.tiny, scale=args.scale,
+                                         device=args.device, progress=args.progress))
     print()
     print(table)
     print(f"\nreport: {report}; model: {report.parent / 'model'}")
@@ -303,8 +287,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return args.func(args)
-    except _CommandError as err:
-        print(f"swinv2 {args.command}: {err}", file=sys.stderr)
+    except Swinv2Error as err:
+        print(f"swinv2 {args.command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         # training keeps its atomic checkpoints: say how to go on instead of printing a traceback
@@ -316,10 +300,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 # ---------------------------------------------------------------------------------------------- shared helpers
-class _CommandError(Exception):
-    """A problem that ends a command with one line on stderr and exit status 2, no traceback (`main` prints it)."""
-
-
 _DEVICES = ("auto", "cpu", "cuda", "mps")
 
 
@@ -332,20 +312,19 @@ def _pick_device(name: str) -> Any:
         mps = getattr(torch.backends, "mps", None)
         return torch.device("mps" if mps is not None and mps.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise _CommandError("--device cuda: no CUDA GPU is visible to this PyTorch build; use --device cpu")
+        raise Swinv2Error("--device cuda: no CUDA GPU is visible to this PyTorch build; use --device cpu")
     if name == "mps":
         mps = getattr(torch.backends, "mps", None)
         if mps is None or not mps.is_available():
-            raise _CommandError("--device mps: Apple's Metal backend is not available here; use --device cpu")
+            raise Swinv2Error("--device mps: Apple's Metal backend is not available here; use --device cpu")
     return torch.device(name)
 
 
 def _load_model(name: str, cls_name: str | None = None) -> Any:
-    """The model at `name`, or a `_CommandError` saying what was tried and why it failed."""
+    """The model at `name`, or a `Swinv2Error` saying what was tried and why it failed."""
     import warnings
 
     import swinv2
-    from swinv2.checkpoints import CheckpointError
 
     cls = getattr(swinv2, cls_name) if cls_name else swinv2.Swinv2ForImageClassification
     path = Path(name).expanduser()
@@ -354,13 +333,13 @@ def _load_model(name: str, cls_name: str | None = None) -> Any:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             model = cls.from_pretrained(name)
-    except (CheckpointError, ValueError, OSError, KeyError, RuntimeError) as err:
+    except (ValueError, OSError, KeyError, RuntimeError) as err:  # CheckpointError is a ValueError
         message = " ".join(str(err).split())
-        raise _CommandError(f"cannot load a {cls.__name__} from the {where} {name!r}: {message}") from err
+        raise Swinv2Error(f"cannot load a {cls.__name__} from the {where} {name!r}: {message}") from err
     for warning in caught:
         if "newly initialised" in str(warning.message):
             # A head the checkpoint lacks would be random: its outputs would mean nothing.
-            raise _CommandError(f"the {where} {name!r} is not a complete {cls.__name__} checkpoint: {warning.message}")
+            raise Swinv2Error(f"the {where} {name!r} is not a complete {cls.__name__} checkpoint: {warning.message}")
         warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
     return model
 
@@ -456,7 +435,7 @@ def _predict(args: argparse.Namespace) -> int:
         # built from it; any error here is a broken preprocessor_config.json.
         processor = AutoImageProcessor.from_pretrained(args.model)
     except ValueError as err:
-        raise _CommandError(f"cannot read the image settings of {args.model!r}: {err}") from err
+        raise Swinv2Error(f"cannot read the image settings of {args.model!r}: {err}") from err
     id2label, _ = resolve_id2label(model.config)
     k = min(args.top_k, len(id2label))
 
@@ -555,7 +534,7 @@ def _write_predictions_csv(target: str, results: list[dict[str, Any]]) -> None:
     try:
         atomic_write(target, lambda tmp: Path(tmp).write_text(buffer.getvalue(), encoding="utf-8"))
     except OSError as err:
-        raise _CommandError(f"cannot write the CSV file {target}: {err.strerror or err}") from err
+        raise Swinv2Error(f"cannot write the CSV file {target}: {err.strerror or err}") from err
 
 
 # ---------------------------------------------------------------------------------------------- info

@@ -23,6 +23,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from .errors import Swinv2Error
+
 logger = logging.getLogger("swinv2")
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm")
@@ -49,7 +51,7 @@ FASHION_MNIST_FILES = {
 }
 
 
-class DataError(ValueError):
+class DataError(Swinv2Error):
     """Data that cannot be used; the message names the problem and the fix."""
 
 

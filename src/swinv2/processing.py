@@ -23,6 +23,8 @@ import PIL.ImageOps
 import torch
 from torch import Tensor
 
+from .errors import Swinv2Error
+
 PREPROCESSOR_CONFIG_NAME = "preprocessor_config.json"
 IMAGENET_DEFAULT_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_DEFAULT_STD = (0.229, 0.224, 0.225)
@@ -41,7 +43,7 @@ RESAMPLE = {
 }
 
 
-class ImageLoadError(ValueError):
+class ImageLoadError(Swinv2Error):
     """An image file that cannot be read: empty, truncated, corrupt, not an image, or too large."""
 
 

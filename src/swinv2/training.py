@@ -61,6 +61,7 @@ from .data import (
     item_seed,
     simmim_transform,
 )
+from .errors import Swinv2Error
 from .modeling import Swinv2ForImageClassification, Swinv2ForMaskedImageModeling, Swinv2PreTrainedModel
 
 logger = logging.getLogger("swinv2")
@@ -73,7 +74,7 @@ RUN_CONFIG_FILE = "train_config.json"
 EVAL_FILE = "eval.json"
 
 
-class TrainingError(ValueError):
+class TrainingError(Swinv2Error):
     """A training or evaluation request that cannot run; the message names the problem and the fix."""
 
 
