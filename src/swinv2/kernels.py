@@ -39,14 +39,13 @@ def _next_pow2(n: int) -> int:
     return 1 << max(n - 1, 0).bit_length()
 
 
-def _grid_and_blocks(qkv: Tensor, heads: int) -> dict:
-    """The launch grid and the block sizes: one program per (window, head), tiles padded to powers of 2."""
+def _grid_and_blocks(qkv: Tensor, heads: int) -> tuple[tuple[int, int], dict]:
+    """The launch grid, one program per (window, head), and the block sizes (tiles padded to powers of 2)."""
     if qkv.device.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
         raise RuntimeError("the Triton kernel runs on CPU tensors only under TRITON_INTERPRET=1 (set before import)")
     windows, n, three_c = qkv.shape
     block_n = max(16, _next_pow2(n))
-    return dict(
-        grid=(windows, heads),
+    return (windows, heads), dict(
         BLOCK_N=block_n,
         BLOCK_D=max(16, _next_pow2(three_c // 3 // heads)),
         IEEE=qkv.dtype == torch.float32,
@@ -59,11 +58,10 @@ def _launch(qkv: Tensor, mask: Tensor, scale: Tensor, heads: int) -> Tensor:
     windows, n, three_c = qkv.shape
     c = three_c // 3
     out = qkv.new_empty(windows, n, c)
-    launch = _grid_and_blocks(qkv, heads)
-    grid = launch.pop("grid")
+    grid, blocks = _grid_and_blocks(qkv, heads)
     from .triton_attention import window_attention_fwd  # imports Triton: only when a kernel first runs
 
-    window_attention_fwd[grid](qkv, mask, scale, out, n, c, c // heads, mask.shape[0], **launch)
+    window_attention_fwd[grid](qkv, mask, scale, out, n, c, c // heads, mask.shape[0], **blocks)
     return out
 
 
@@ -75,12 +73,11 @@ def _launch_backward(
     grad_qkv = torch.empty_like(qkv)
     grad_mask = torch.zeros(mask.shape, dtype=torch.float32, device=mask.device)  # accumulated atomically
     grad_scale = torch.zeros(heads, dtype=torch.float32, device=scale.device)
-    launch = _grid_and_blocks(qkv, heads)
-    grid = launch.pop("grid")
+    grid, blocks = _grid_and_blocks(qkv, heads)
     from .triton_attention import window_attention_bwd
 
     window_attention_bwd[grid](
-        qkv, mask, scale, grad_out, grad_qkv, grad_mask, grad_scale, n, c, c // heads, mask.shape[0], **launch
+        qkv, mask, scale, grad_out, grad_qkv, grad_mask, grad_scale, n, c, c // heads, mask.shape[0], **blocks
     )
     return grad_qkv, grad_mask.to(mask.dtype), grad_scale
 
