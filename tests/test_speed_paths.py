@@ -138,3 +138,22 @@ def test_flop_counter_counts_the_fused_linears() -> None:
             model(x)
         counts.append(counter.get_total_flops())
     assert counts[0] == counts[1] > 0
+
+
+def test_patch_projection_is_the_convolution() -> None:
+    """The patch embedding runs its convolution as a Linear on flattened patches; a hooked `proj` keeps its
+    own forward (and its hook runs)."""
+    model = _model()
+    embeddings = model.swinv2.embeddings
+    x = torch.randn(2, 3, 32, 28)
+    for grad in (False, True):
+        with torch.set_grad_enabled(grad):
+            fast = embeddings._project(x)
+            conv = embeddings.proj(x).permute(0, 2, 3, 1)
+        torch.testing.assert_close(fast, conv, rtol=1e-5, atol=1e-5)
+    calls = []
+    embeddings.proj.register_forward_hook(lambda module, args, out: calls.append(out.shape))
+    with torch.no_grad():
+        hooked = embeddings._project(x)
+    assert calls == [(2, 16, 8, 7)]
+    torch.testing.assert_close(hooked, fast.detach(), rtol=1e-5, atol=1e-5)
