@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
+from collections.abc import Iterable
 
 import torch
 import torch.nn.functional as F
@@ -102,7 +103,7 @@ def _cast_cached(t: Tensor | None, dtype: torch.dtype) -> Tensor | None:
     return entry[1]
 
 
-def forget_casts(parameters) -> None:
+def forget_casts(parameters: Iterable[Tensor]) -> None:
     """Drop the cached low-precision copies of these parameters."""
     for p in parameters:
         _CAST_CACHE.pop(p, None)

@@ -37,6 +37,25 @@ def _softmax(scores, bias, row_ok):
 
 
 @triton.jit
+def _tile(N, C, D, NUM_MASKS, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+    """This program's (window, head): its head, the valid rows / (row, column) / (query, key) pairs, and the
+    offsets of its q tile in `(B * nW, N, 3C)` (k and v follow at +C, +2C), of its output tile in
+    `(B * nW, N, C)` and of its mask tile in `(nW, heads, N, N)`."""
+    window = tl.program_id(0)
+    head = tl.program_id(1)
+    heads = tl.num_programs(1)
+    rows = tl.arange(0, BLOCK_N)
+    cols = tl.arange(0, BLOCK_D)
+    row_ok = rows < N
+    tile_ok = row_ok[:, None] & (cols[None, :] < D)
+    pair_ok = row_ok[:, None] & row_ok[None, :]
+    qkv_offsets = window.to(tl.int64) * N * 3 * C + head * D + rows[:, None] * (3 * C) + cols[None, :]
+    out_offsets = window.to(tl.int64) * N * C + head * D + rows[:, None] * C + cols[None, :]
+    mask_offsets = ((window % NUM_MASKS) * heads + head).to(tl.int64) * N * N + rows[:, None] * N + rows[None, :]
+    return head, row_ok, tile_ok, pair_ok, qkv_offsets, out_offsets, mask_offsets
+
+
+@triton.jit
 def window_attention_fwd(
     qkv_ptr,
     mask_ptr,
@@ -51,29 +70,18 @@ def window_attention_fwd(
     IEEE: tl.constexpr,
     EPS: tl.constexpr,
 ):
-    window = tl.program_id(0)
-    head = tl.program_id(1)
-    heads = tl.num_programs(1)
-    rows = tl.arange(0, BLOCK_N)
-    cols = tl.arange(0, BLOCK_D)
-    row_ok = rows < N
-    tile_ok = row_ok[:, None] & (cols[None, :] < D)
-    pair_ok = row_ok[:, None] & row_ok[None, :]
-    base = window.to(tl.int64) * N * 3 * C + head * D
-    offsets = rows[:, None] * (3 * C) + cols[None, :]
-    q = tl.load(qkv_ptr + base + offsets, mask=tile_ok, other=0.0).to(tl.float32)
-    k = tl.load(qkv_ptr + base + C + offsets, mask=tile_ok, other=0.0).to(tl.float32)
-    v = tl.load(qkv_ptr + base + 2 * C + offsets, mask=tile_ok, other=0.0)
+    head, row_ok, tile_ok, pair_ok, offsets, out_offsets, mask_offsets = _tile(N, C, D, NUM_MASKS, BLOCK_N, BLOCK_D)
+    q = tl.load(qkv_ptr + offsets, mask=tile_ok, other=0.0).to(tl.float32)
+    k = tl.load(qkv_ptr + C + offsets, mask=tile_ok, other=0.0).to(tl.float32)
+    v = tl.load(qkv_ptr + 2 * C + offsets, mask=tile_ok, other=0.0)
     scale = tl.load(scale_ptr + head).to(tl.float32)
     q = q * (scale / _row_norm(q, EPS))[:, None]
     k = k / _row_norm(k, EPS)[:, None]
     # Same rounding as the SDPA path: q and k are cast to the activation dtype before the product.
     scores = _dot(q.to(v.dtype), tl.trans(k.to(v.dtype)), IEEE)
-    mask_offsets = ((window % NUM_MASKS) * heads + head).to(tl.int64) * N * N + rows[:, None] * N + rows[None, :]
     bias = tl.load(mask_ptr + mask_offsets, mask=pair_ok, other=0.0).to(tl.float32)
     probs = _softmax(scores, bias, row_ok)
     out = _dot(probs.to(v.dtype), v, IEEE)
-    out_offsets = window.to(tl.int64) * N * C + head * D + rows[:, None] * C + cols[None, :]
     tl.store(out_ptr + out_offsets, out.to(out_ptr.dtype.element_ty), mask=tile_ok)
 
 
@@ -97,20 +105,10 @@ def window_attention_bwd(
 ):
     """Recomputes the probabilities (in fp32) instead of reading saved ones; the mask's and the scale's
     gradients are shared by every window at the same position and added atomically."""
-    window = tl.program_id(0)
-    head = tl.program_id(1)
-    heads = tl.num_programs(1)
-    rows = tl.arange(0, BLOCK_N)
-    cols = tl.arange(0, BLOCK_D)
-    row_ok = rows < N
-    tile_ok = row_ok[:, None] & (cols[None, :] < D)
-    pair_ok = row_ok[:, None] & row_ok[None, :]
-    base = window.to(tl.int64) * N * 3 * C + head * D
-    offsets = rows[:, None] * (3 * C) + cols[None, :]
-    q = tl.load(qkv_ptr + base + offsets, mask=tile_ok, other=0.0).to(tl.float32)
-    k = tl.load(qkv_ptr + base + C + offsets, mask=tile_ok, other=0.0).to(tl.float32)
-    v = tl.load(qkv_ptr + base + 2 * C + offsets, mask=tile_ok, other=0.0).to(tl.float32)
-    out_offsets = window.to(tl.int64) * N * C + head * D + rows[:, None] * C + cols[None, :]
+    head, row_ok, tile_ok, pair_ok, offsets, out_offsets, mask_offsets = _tile(N, C, D, NUM_MASKS, BLOCK_N, BLOCK_D)
+    q = tl.load(qkv_ptr + offsets, mask=tile_ok, other=0.0).to(tl.float32)
+    k = tl.load(qkv_ptr + C + offsets, mask=tile_ok, other=0.0).to(tl.float32)
+    v = tl.load(qkv_ptr + 2 * C + offsets, mask=tile_ok, other=0.0).to(tl.float32)
     grad_out = tl.load(grad_out_ptr + out_offsets, mask=tile_ok, other=0.0).to(tl.float32)
     scale = tl.load(scale_ptr + head).to(tl.float32)
     # the forward again: normalise, scale, scores, bias + mask, softmax
@@ -120,7 +118,6 @@ def window_attention_bwd(
     k_unit = k / k_norm[:, None]
     q_scaled = q_unit * scale
     scores = _dot(q_scaled, tl.trans(k_unit), IEEE)
-    mask_offsets = ((window % NUM_MASKS) * heads + head).to(tl.int64) * N * N + rows[:, None] * N + rows[None, :]
     bias = tl.load(mask_ptr + mask_offsets, mask=pair_ok, other=0.0).to(tl.float32)
     probs = _softmax(scores, bias, row_ok)
     # out = probs @ v
@@ -141,6 +138,6 @@ def window_attention_bwd(
     grad_q = (grad_q_unit - q_unit * q_radial[:, None]) / q_norm[:, None]
     grad_k = (grad_k_unit - k_unit * k_radial[:, None]) / k_norm[:, None]
     dtype = grad_qkv_ptr.dtype.element_ty
-    tl.store(grad_qkv_ptr + base + offsets, grad_q.to(dtype), mask=tile_ok)
-    tl.store(grad_qkv_ptr + base + C + offsets, grad_k.to(dtype), mask=tile_ok)
-    tl.store(grad_qkv_ptr + base + 2 * C + offsets, grad_v.to(dtype), mask=tile_ok)
+    tl.store(grad_qkv_ptr + offsets, grad_q.to(dtype), mask=tile_ok)
+    tl.store(grad_qkv_ptr + C + offsets, grad_k.to(dtype), mask=tile_ok)
+    tl.store(grad_qkv_ptr + 2 * C + offsets, grad_v.to(dtype), mask=tile_ok)
