@@ -157,3 +157,117 @@ def test_patch_projection_is_the_convolution() -> None:
         hooked = embeddings._project(x)
     assert calls == [(2, 16, 8, 7)]
     torch.testing.assert_close(hooked, fast.detach(), rtol=1e-5, atol=1e-5)
+
+
+def _cosine_attention_reference(qkv: torch.Tensor, mask: torch.Tensor, scale: torch.Tensor, heads: int):
+    """The paper's attention, step by step, for autograd to differentiate."""
+    b_, n, three_c = qkv.shape
+    c = three_c // 3
+    q, k, v = qkv.view(b_, n, 3, heads, c // heads).permute(2, 0, 3, 1, 4)
+    q = F.normalize(q, dim=-1) * scale.view(heads, 1, 1)
+    k = F.normalize(k, dim=-1)
+    windows = mask.shape[0]
+    scores = (q @ k.transpose(-2, -1)).view(b_ // windows, windows, heads, n, n) + mask
+    return (scores.softmax(-1).view(b_, heads, n, n) @ v).transpose(1, 2).reshape(b_, n, c)
+
+
+def _attention_inputs(dtype: torch.dtype, windows: int = 2, images: int = 3, n: int = 9, heads: int = 3, d: int = 4):
+    torch.manual_seed(1)
+    qkv = torch.randn(images * windows, n, 3 * heads * d, dtype=dtype)
+    mask = torch.randn(windows, heads, n, n, dtype=dtype)
+    scale = torch.rand(heads, dtype=dtype) * 20 + 1
+    return qkv.requires_grad_(), mask.requires_grad_(), scale.requires_grad_()
+
+
+def test_cpu_training_attention_backward_is_the_derivative() -> None:
+    """The hand-written backward of CPU training: numerically (float64 gradcheck) and against autograd of the
+    reference, for qkv, the folded mask (shared by the same window of every image) and the logit scale."""
+    heads = 3
+    qkv, mask, scale = _attention_inputs(torch.float64, heads=heads)
+
+    def fused(qkv, mask, scale):
+        return layers._CosineWindowAttention.apply(qkv, mask, scale, heads)
+
+    assert torch.autograd.gradcheck(fused, (qkv, mask, scale))
+    with torch.no_grad():
+        qkv[0, 2, 12:24] = 0.0  # a padded token: k = 0 (normalised by eps), where gradcheck's steps would not apply
+    grad = torch.randn(qkv.shape[0], qkv.shape[1], qkv.shape[2] // 3, dtype=torch.float64)
+    out = fused(qkv, mask, scale)
+    expected_out = _cosine_attention_reference(qkv, mask, scale, heads)
+    torch.testing.assert_close(out, expected_out, rtol=1e-12, atol=1e-12)
+    actual = torch.autograd.grad(out, (qkv, mask, scale), grad)
+    expected = torch.autograd.grad(expected_out, (qkv, mask, scale), grad)
+    for a, e, name in zip(actual, expected, ("qkv", "mask", "scale")):
+        torch.testing.assert_close(a, e, rtol=1e-10, atol=1e-10, msg=lambda m, name=name: f"{name}: {m}")
+
+
+def test_cpu_training_attention_in_bf16() -> None:
+    """Under bf16 the inputs' dtypes come back as the gradients' dtypes, within bf16's precision of fp32."""
+    heads = 3
+    qkv, mask, scale = _attention_inputs(torch.float32, windows=4, n=16, heads=heads, d=8)
+    low = [t.detach().bfloat16().requires_grad_() for t in (qkv, mask)]
+    out = layers._CosineWindowAttention.apply(*low, scale, heads)
+    assert out.dtype == torch.bfloat16
+    grad = torch.randn(out.shape)
+    actual = torch.autograd.grad(out, (*low, scale), grad.bfloat16())
+    expected_out = _cosine_attention_reference(qkv, mask, scale, heads)
+    expected = torch.autograd.grad(expected_out, (qkv, mask, scale), grad)
+    assert [a.dtype for a in actual] == [torch.bfloat16, torch.bfloat16, torch.float32]
+    for a, e in zip((out, *actual), (expected_out, *expected)):
+        assert (a.float() - e).abs().max() <= 0.03 * e.abs().max()
+
+
+@pytest.mark.parametrize("approximate", ["none", "tanh"])
+def test_cpu_training_mlp_backward_is_the_derivative(approximate: str) -> None:
+    torch.manual_seed(2)
+    shapes = [(2, 3, 4, 6), (10, 6), (10,), (6, 10), (6,)]
+    tensors = [torch.randn(s, dtype=torch.float64, requires_grad=True) for s in shapes]
+
+    def mlp(*t):
+        return layers._GeluMlp.apply(*t, approximate)
+
+    assert torch.autograd.gradcheck(mlp, tuple(tensors))
+    x, w1, b1, w2, b2 = tensors
+    assert torch.autograd.gradcheck(lambda x, w1, w2: mlp(x, w1, None, w2, None), (x, w1, w2))  # no biases
+    expected = F.linear(F.gelu(F.linear(x, w1, b1), approximate=approximate), w2, b2)
+    torch.testing.assert_close(mlp(*tensors), expected, rtol=1e-12, atol=1e-12)
+
+
+def test_cpu_training_takes_the_hand_written_backward_and_keeps_less() -> None:
+    """A CPU training step runs both Functions, saves fewer bytes for the backward than autograd of the plain
+    modules would, and gives the same gradients as the exact path (forward_explicit, plain Linear layers)."""
+    model = _model(drop_path_rate=0.0).train()
+    x = torch.randn(2, 3, 32, 32)
+    saved: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        saved[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    nodes = set()
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss = model(x).logits.square().mean()
+    stack = [loss.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is not None and node not in nodes:
+            nodes.add(node)
+            stack.extend(f for f, _ in node.next_functions)
+    names = {type(n).__name__ for n in nodes}
+    assert {"_CosineWindowAttentionBackward", "_GeluMlpBackward"} <= names
+    fast_bytes = sum(saved.values()) - sum(p.untyped_storage().nbytes() for p in model.parameters())
+    fast = torch.autograd.grad(loss, list(model.parameters()))
+
+    # The exact path: explicit attention (asked for the probabilities), and the MLP's Linear layers through
+    # their own forward (a hooked layer is never bypassed).
+    for module in model.modules():
+        if isinstance(module, layers.Mlp):
+            module.fc1.register_forward_hook(lambda *args: None)
+    saved.clear()
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss = model(x, output_attentions=True).logits.square().mean()
+    exact_bytes = sum(saved.values()) - sum(p.untyped_storage().nbytes() for p in model.parameters())
+    exact = torch.autograd.grad(loss, list(model.parameters()))
+    assert fast_bytes < 0.8 * exact_bytes
+    for (name, _), f, e in zip(model.named_parameters(), fast, exact):
+        torch.testing.assert_close(f, e, rtol=1e-4, atol=1e-6, msg=lambda m, name=name: f"{name}: {m}")

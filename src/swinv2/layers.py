@@ -318,6 +318,100 @@ class PatchEmbeddings(nn.Module):
         return pos.permute(0, 2, 3, 1)
 
 
+def _hand_written_backward_ok(x: Tensor) -> bool:
+    """Whether a CPU training step takes the autograd Functions below: eager, on plain tensors (torch.func
+    transforms and torch.compile see the ordinary ops, which they can differentiate and fuse themselves;
+    tracers for export, ops they know)."""
+    return (
+        x.device.type == "cpu"
+        and torch.is_grad_enabled()
+        and not torch.compiler.is_compiling()
+        and not torch.jit.is_tracing()
+        and not torch._C._are_functorch_transforms_active()
+    )
+
+
+def _window_probs(qk_n: Tensor, mask: Tensor) -> Tensor:
+    """`softmax(q k^T + mask)` `(B*nW*heads, N, N)` from the normalised, scaled `(2, B*nW, heads, N, D)`."""
+    _, b_, heads, n, d = qk_n.shape
+    windows = mask.shape[0]
+    q, k = qk_n.view(2, b_ * heads, n, d).unbind(0)
+    scores = torch.bmm(q, k.transpose(1, 2)).view(b_ // windows, windows, heads, n, n).add_(mask)
+    acc = torch.promote_types(qk_n.dtype, torch.float32)
+    return torch.softmax(scores, dim=-1, dtype=acc).to(qk_n.dtype).view(b_ * heads, n, n)
+
+
+class _CosineWindowAttention(torch.autograd.Function):
+    """`kernels.window_attention`'s math for autograd on CPU, with a hand-written backward.
+
+    Autograd's version of the step-by-step code keeps 8 `(B*nW, N, C)`-sized tensors per block (qkv, copies
+    of q, k and v, the probabilities, which are 2C wide) and spends a fifth of a CPU training step outside
+    the GEMMs on the normalisation's broadcasts and on concatenating q, k and v's gradients. This one keeps
+    3 (normalised q and k, v), computes the probabilities again in the backward (2-4% of a step, for 10% of
+    its activation memory) and writes the three gradients straight into one qkv-shaped buffer.
+    """
+
+    @staticmethod
+    def forward(ctx, qkv: Tensor, mask: Tensor, scale: Tensor, heads: int) -> Tensor:
+        b_, n, three_c = qkv.shape
+        c = three_c // 3
+        d = c // heads
+        windows = mask.shape[0]
+        acc = torch.promote_types(qkv.dtype, torch.float32)
+        qkv = qkv.view(b_, n, 3, heads, d)
+        qk = qkv[:, :, :2]
+        # Normalised in fp32 (padded tokens have k = 0: 0 / eps stays 0), q times its head's logit scale. The
+        # norms reduced in qkv's own layout (4x faster than through the permuted view), then permuted.
+        norm = torch.linalg.vector_norm(qk, dim=-1, keepdim=True, dtype=None if qk.dtype == acc else acc)
+        norm = norm.clamp_min_(kernels.NORM_EPS).permute(2, 0, 3, 1, 4)  # (2, B*nW, heads, N, 1)
+        qk = qk.permute(2, 0, 3, 1, 4)
+        scales = torch.stack((scale.to(acc), torch.ones_like(scale, dtype=acc))).view(2, 1, heads, 1, 1)
+        qk_n = qkv.new_empty(2, b_, heads, n, d)  # contiguous: q and k are bmm-ready views of it
+        torch.mul(qk, scales / norm, out=qk_n)
+        probs = _window_probs(qk_n, mask)
+        v = qkv[:, :, 2].transpose(1, 2).reshape(b_ * heads, n, d)
+        out = torch.bmm(probs, v).view(b_, heads, n, d).transpose(1, 2).reshape(b_, n, c)
+        ctx.save_for_backward(qk_n, norm, scales, v, mask)
+        ctx.windows, ctx.scale_dtype = windows, scale.dtype
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor) -> tuple[Tensor | None, ...]:
+        qk_n, norm, scales, v, mask = ctx.saved_tensors
+        probs = _window_probs(qk_n, mask)  # recomputed: one more small bmm instead of keeping (heads, N, N) per window
+        _, b_, heads, n, d = qk_n.shape
+        windows = ctx.windows
+        acc = norm.dtype
+        grad_out = grad_out.view(b_, n, heads, d).transpose(1, 2).reshape(b_ * heads, n, d)
+        grad_qkv = qk_n.new_empty(b_, n, 3, heads, d)
+        # out = P v
+        grad_qkv[:, :, 2] = torch.bmm(probs.transpose(1, 2), grad_out).view(b_, heads, n, d).transpose(1, 2)
+        grad_probs = torch.bmm(grad_out, v.transpose(1, 2))
+        del grad_out
+        grad_scores = torch._softmax_backward_data(grad_probs, probs, -1, probs.dtype)
+        del grad_probs
+        grad_mask = None
+        if ctx.needs_input_grad[1]:  # the folded mask is shared by the same window of every image
+            grad_mask = grad_scores.view(b_ // windows, windows, heads, n, n).sum(0)
+        # scores = q k^T
+        q, k = qk_n.view(2, b_ * heads, n, d).unbind(0)
+        grad_qk = torch.empty_like(qk_n)
+        torch.bmm(grad_scores, k, out=grad_qk[0].view(b_ * heads, n, d))
+        torch.bmm(grad_scores.transpose(1, 2), q, out=grad_qk[1].view(b_ * heads, n, d))
+        del grad_scores
+        # y = s x / |x|: dL/dx = (s / |x|) (g - y (y.g) / s^2), dL/ds = sum(y.g) / s (no projection term
+        # where |x| was clamped to eps: there y is linear in x)
+        dot = (grad_qk * qk_n).sum(-1, keepdim=True, dtype=acc)
+        grad_scale = None
+        if ctx.needs_input_grad[2]:
+            grad_scale = (dot[0].sum((0, 2, 3)) / scales.view(2, heads)[0]).to(ctx.scale_dtype)
+        factor = scales / norm
+        correction = torch.where(norm > kernels.NORM_EPS, factor * dot / scales.square(), 0.0)
+        grad_qk.mul_(factor)
+        torch.addcmul(grad_qk, qk_n, correction.to(qk_n.dtype), value=-1, out=grad_qkv[:, :, :2].permute(2, 0, 3, 1, 4))
+        return grad_qkv.view(b_, n, 3 * heads * d), grad_mask, grad_scale, None
+
+
 class WindowAttention(nn.Module):
     """Scaled cosine self-attention inside windows, with the continuous position bias.
 
@@ -386,6 +480,9 @@ class WindowAttention(nn.Module):
         if self._use_kernel(x, dropout):
             out = kernels.window_attention(qkv, mask.to(qkv.dtype), self.logit_scale_exp().view(heads), heads)
             return self.proj_drop(apply_linear(self.proj, out))
+        if dropout == 0.0 and _hand_written_backward_ok(x):
+            out = _CosineWindowAttention.apply(qkv, mask.to(qkv.dtype), self.logit_scale_exp().view(heads), heads)
+            return self.proj_drop(apply_linear(self.proj, out))
         qkv = qkv.view(b_, n, 3, heads, -1)
         # q and k normalised in one pass, in fp32 (padded tokens have k = 0: 0 / eps stays 0, never 0/0 in
         # fp16), and the logit scale multiplied into q's reciprocal norm instead of into the scores.
@@ -442,6 +539,44 @@ class WindowAttention(nn.Module):
         return self.proj_drop(self.proj(out)), probs
 
 
+class _GeluMlp(torch.autograd.Function):
+    """`fc2(gelu(fc1(x)))` for autograd on CPU, keeping the hidden layer before GELU only and computing
+    GELU again in the backward: the MLP's saved activations are half its share of a training step's memory,
+    GELU a few percent of its time. The forward's Linear layers take the fused CPU path (bias in the GEMM)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, w1: Tensor, b1: Tensor | None, w2: Tensor, b2: Tensor | None, approximate: str):
+        hidden = linear(x, w1, b1)
+        out = linear(F.gelu(hidden, approximate=approximate), w2, b2)
+        ctx.save_for_backward(x, w1, w2, hidden)
+        ctx.approximate = approximate
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor) -> tuple[Tensor | None, ...]:
+        x, w1, w2, hidden = ctx.saved_tensors
+        needs = ctx.needs_input_grad
+        grad_out = grad_out.reshape(-1, w2.shape[0])
+        hidden = hidden.view(-1, w1.shape[0])
+        grad_w2 = grad_b2 = grad_w1 = grad_b1 = grad_x = None
+        if needs[3]:
+            grad_w2 = grad_out.t() @ F.gelu(hidden, approximate=ctx.approximate)
+        if needs[4]:
+            grad_b2 = grad_out.sum(0)
+        if any(needs[:3]):
+            grad_hidden = grad_out @ w2
+            torch.ops.aten.gelu_backward.grad_input(
+                grad_hidden, hidden, approximate=ctx.approximate, grad_input=grad_hidden
+            )
+            if needs[1]:
+                grad_w1 = grad_hidden.t() @ x.reshape(-1, w1.shape[1])
+            if needs[2]:
+                grad_b1 = grad_hidden.sum(0)
+            if needs[0]:
+                grad_x = (grad_hidden @ w1).view(x.shape)
+        return grad_x, grad_w1, grad_b1, grad_w2, grad_b2, None
+
+
 class Mlp(nn.Module):
     def __init__(self, dim: int, hidden: int, act: str, drop: float = 0.0) -> None:
         super().__init__()
@@ -451,6 +586,17 @@ class Mlp(nn.Module):
         self.drop = nn.Dropout(drop)
 
     def forward(self, x: Tensor) -> Tensor:
+        plain = type(self.act) is nn.GELU and all(
+            type(fc) is nn.Linear and not (fc._forward_hooks or fc._forward_pre_hooks) for fc in (self.fc1, self.fc2)
+        )
+        if plain and _hand_written_backward_ok(x):
+            fc1, fc2 = self.fc1, self.fc2
+            tensors = (x, fc1.weight, fc1.bias, fc2.weight, fc2.bias)
+            if torch.is_autocast_enabled("cpu"):  # cast as autocast would, outside the Function
+                dtype = torch.get_autocast_dtype("cpu")
+                tensors = tuple(t if t is None else t.to(dtype) for t in tensors)
+            with torch.autocast("cpu", enabled=False):
+                return self.drop(_GeluMlp.apply(*tensors, self.act.approximate))
         if type(self.act) is nn.GELU:
             x = apply_linear(self.fc1, x, gelu=self.act.approximate)
         else:
