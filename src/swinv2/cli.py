@@ -279,7 +279,37 @@ def _run_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def keep_freed_memory() -> bool:
+    """Tell glibc's allocator to keep freed memory in the process instead of handing it back to the kernel.
+
+    PyTorch on CPU allocates and frees a fresh buffer for nearly every activation; by default glibc maps
+    each large one anew and gives it back when freed, so the kernel zero-fills every page again on first
+    touch. Kept in the heap instead (both thresholds at 1 GiB, what `MALLOC_MMAP_THRESHOLD_` and
+    `MALLOC_TRIM_THRESHOLD_` set): measured on a 2-core Zen 4, inference at batch 8 6-15% faster, a training
+    step between 4% slower and 11% faster (that machine's noise), peak memory up to 75 MiB higher; freed memory
+    stays resident until the process ends. Skipped when either variable is set (the user's choice) and off
+    glibc. Returns whether it changed anything.
+    """
+    import ctypes
+    import platform
+
+    if sys.platform != "linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    if "MALLOC_MMAP_THRESHOLD_" in os.environ or "MALLOC_TRIM_THRESHOLD_" in os.environ:
+        return False
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3  # from malloc.h
+    return bool(mallopt(m_mmap_threshold, 1 << 30)) and bool(mallopt(m_trim_threshold, 1 << 30))
+
+
 def main(argv: list[str] | None = None) -> int:
+    """The `swinv2` command. From the command line (`argv` None) it first calls `keep_freed_memory()`; called
+    with `argv` (from Python), it leaves the process's allocator alone."""
+    if argv is None:
+        keep_freed_memory()
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
