@@ -234,7 +234,7 @@ def test_cpu_training_mlp_backward_is_the_derivative(approximate: str) -> None:
 
 
 def test_cpu_training_takes_the_hand_written_backward_and_keeps_less() -> None:
-    """A CPU training step runs both Functions, saves fewer bytes for the backward than autograd of the plain
+    """A CPU training step runs the three Functions, saves fewer bytes for the backward than autograd of the plain
     modules would, and gives the same gradients as the exact path (forward_explicit, plain Linear layers)."""
     model = _model(drop_path_rate=0.0).train()
     x = torch.randn(2, 3, 32, 32)
@@ -254,7 +254,7 @@ def test_cpu_training_takes_the_hand_written_backward_and_keeps_less() -> None:
             nodes.add(node)
             stack.extend(f for f, _ in node.next_functions)
     names = {type(n).__name__ for n in nodes}
-    assert {"_CosineWindowAttentionBackward", "_GeluMlpBackward"} <= names
+    assert {"_CosineWindowAttentionBackward", "_GeluMlpBackward", "_TrainingLinearBackward"} <= names
     fast_bytes = sum(saved.values()) - sum(p.untyped_storage().nbytes() for p in model.parameters())
     fast = torch.autograd.grad(loss, list(model.parameters()))
 
@@ -271,3 +271,35 @@ def test_cpu_training_takes_the_hand_written_backward_and_keeps_less() -> None:
     assert fast_bytes < 0.8 * exact_bytes
     for (name, _), f, e in zip(model.named_parameters(), fast, exact):
         torch.testing.assert_close(f, e, rtol=1e-4, atol=1e-6, msg=lambda m, name=name: f"{name}: {m}")
+
+
+def test_cpu_training_linear_layers_in_fp32_and_bf16() -> None:
+    """In a CPU training step `linear` and the MLP run oneDNN forward and for the inputs' gradients (fp32
+    and bf16 only, so the float64 gradchecks above take the plain matmul): same values and gradients as
+    autograd of F.linear, and under autocast the dtypes autocast gives."""
+    torch.manual_seed(3)
+    x = torch.randn(2, 5, 7, 24, requires_grad=True)
+    w1, b1 = torch.randn(40, 24, requires_grad=True), torch.randn(40, requires_grad=True)
+    w2, b2 = torch.randn(24, 40, requires_grad=True), torch.randn(24, requires_grad=True)
+    grad = torch.randn(2, 5, 7, 24)
+    tensors = (x, w1, b1, w2, b2)
+    runs = {
+        "linear": (lambda: linear(F.gelu(linear(x, w1, b1)), w2, b2), "_TrainingLinearBackward"),
+        "mlp": (lambda: layers._GeluMlp.apply(x, w1, b1, w2, b2, "none"), "_GeluMlpBackward"),
+    }
+    expected_out = F.linear(F.gelu(F.linear(x, w1, b1)), w2, b2)
+    expected = torch.autograd.grad(expected_out, tensors, grad)
+    for name, (run, node) in runs.items():
+        out = run()
+        assert type(out.grad_fn).__name__ == node, name
+        torch.testing.assert_close(out, expected_out, rtol=1e-4, atol=1e-4, msg=lambda m, name=name: f"{name}: {m}")
+        for a, e in zip(torch.autograd.grad(out, tensors, grad), expected):
+            torch.testing.assert_close(a, e, rtol=1e-4, atol=1e-3, msg=lambda m, name=name: f"{name}: {m}")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = linear(x, w1, b1)
+    assert out.dtype == torch.bfloat16 and type(out.grad_fn).__name__ == "_TrainingLinearBackward"
+    grads = torch.autograd.grad(out.float().square().sum(), (x, w1, b1))
+    assert [g.dtype for g in grads] == [torch.float32] * 3
+    reference = torch.autograd.grad(F.linear(x, w1, b1).square().sum(), (x, w1, b1))
+    for a, e in zip(grads, reference):
+        assert (a - e).abs().max() <= 0.03 * e.abs().max()

@@ -109,6 +109,54 @@ def forget_casts(parameters: Iterable[Tensor]) -> None:
         _CAST_CACHE.pop(p, None)
 
 
+def _hand_written_backward_ok(x: Tensor) -> bool:
+    """Whether a CPU training step takes the autograd Functions below: eager, on plain tensors (torch.func
+    transforms and torch.compile see the ordinary ops, which they can differentiate and fuse themselves;
+    tracers for export and dispatch modes such as FLOP counters, ops they know)."""
+    return (
+        x.device.type == "cpu"
+        and torch.is_grad_enabled()
+        and not torch.compiler.is_compiling()
+        and not torch.jit.is_tracing()
+        and not torch._C._are_functorch_transforms_active()
+        and torch._C._len_torch_dispatch_stack() == 0
+    )
+
+
+def _input_grad(grad: Tensor, weight: Tensor) -> Tensor:
+    """`grad @ weight`, a Linear layer's input gradient `(..., in)` from `grad` `(..., out)`: through oneDNN
+    on CPU, where MKL's GEMM for Swin's thin shapes is up to 2x slower (e.g. 32768x384 @ 384x96: 98 against
+    178 GFLOP/s on a 2-core Zen 4)."""
+    if (
+        _ONEDNN_LINEAR is not None
+        and grad.device.type == "cpu"
+        and grad.dtype in (torch.float32, torch.bfloat16)
+        and torch._C._len_torch_dispatch_stack() == 0
+    ):
+        return _onednn_linear(grad.contiguous(), weight.t().contiguous(), None, None)
+    return grad @ weight
+
+
+class _TrainingLinear(torch.autograd.Function):
+    """`F.linear` for autograd on CPU: oneDNN with the bias in the GEMM forward, oneDNN for the input's
+    gradient backward (MKL, which autograd's addmm/mm use, is up to 2x slower on these shapes)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        ctx.save_for_backward(x, weight)
+        ctx.has_bias = bias is not None
+        return _onednn_linear(x, weight, bias, None)
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor) -> tuple[Tensor | None, ...]:
+        x, weight = ctx.saved_tensors
+        grad_out = grad_out.reshape(-1, weight.shape[0])
+        grad_x = _input_grad(grad_out, weight).view(x.shape) if ctx.needs_input_grad[0] else None
+        grad_w = grad_out.t() @ x.reshape(-1, weight.shape[1]) if ctx.needs_input_grad[1] else None
+        grad_b = grad_out.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
+        return grad_x, grad_w, grad_b
+
+
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None, gelu: str | None = None) -> Tensor:
     """`F.linear`, then `F.gelu(approximate=gelu)` when `gelu` is "none" or "tanh"; fused on CPU inference."""
     if _onednn_ok(x):
@@ -119,6 +167,13 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None, gelu: str | No
             if torch.compiler.is_compiling():
                 return _onednn_linear_op(x, weight, bias, gelu or "")
             return _onednn_linear(x, weight, bias, gelu)
+    elif gelu is None and _ONEDNN_LINEAR is not None and _hand_written_backward_ok(x):
+        if torch.is_autocast_enabled("cpu"):  # cast as autocast would, outside the Function
+            dtype = torch.get_autocast_dtype("cpu")
+            x, weight, bias = x.to(dtype), weight.to(dtype), None if bias is None else bias.to(dtype)
+        if x.dtype in (torch.float32, torch.bfloat16) and weight.dtype == x.dtype and x.is_contiguous():
+            with torch.autocast("cpu", enabled=False):
+                return _TrainingLinear.apply(x, weight, bias)
     y = F.linear(x, weight, bias)
     return y if gelu is None else F.gelu(y, approximate=gelu)
 
@@ -316,19 +371,6 @@ class PatchEmbeddings(nn.Module):
             return pos
         pos = F.interpolate(pos.permute(0, 3, 1, 2), size=(gh, gw), mode="bicubic", align_corners=False)
         return pos.permute(0, 2, 3, 1)
-
-
-def _hand_written_backward_ok(x: Tensor) -> bool:
-    """Whether a CPU training step takes the autograd Functions below: eager, on plain tensors (torch.func
-    transforms and torch.compile see the ordinary ops, which they can differentiate and fuse themselves;
-    tracers for export, ops they know)."""
-    return (
-        x.device.type == "cpu"
-        and torch.is_grad_enabled()
-        and not torch.compiler.is_compiling()
-        and not torch.jit.is_tracing()
-        and not torch._C._are_functorch_transforms_active()
-    )
 
 
 def _window_probs(qk_n: Tensor, mask: Tensor) -> Tensor:
@@ -564,7 +606,7 @@ class _GeluMlp(torch.autograd.Function):
         if needs[4]:
             grad_b2 = grad_out.sum(0)
         if any(needs[:3]):
-            grad_hidden = grad_out @ w2
+            grad_hidden = _input_grad(grad_out, w2)
             torch.ops.aten.gelu_backward.grad_input(
                 grad_hidden, hidden, approximate=ctx.approximate, grad_input=grad_hidden
             )
@@ -573,7 +615,7 @@ class _GeluMlp(torch.autograd.Function):
             if needs[2]:
                 grad_b1 = grad_hidden.sum(0)
             if needs[0]:
-                grad_x = (grad_hidden @ w1).view(x.shape)
+                grad_x = _input_grad(grad_hidden, w1).view(x.shape)
         return grad_x, grad_w1, grad_b1, grad_w2, grad_b2, None
 
 
