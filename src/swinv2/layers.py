@@ -133,7 +133,7 @@ def _input_grad(grad: Tensor, weight: Tensor) -> Tensor:
         and grad.dtype in (torch.float32, torch.bfloat16)
         and torch._C._len_torch_dispatch_stack() == 0
     ):
-        return _onednn_linear(grad.contiguous(), weight.t().contiguous(), None, None)
+        return _onednn_linear(grad.contiguous(), weight.t(), None, None)  # oneDNN reads the transposed view
     return grad @ weight
 
 
