@@ -15,7 +15,9 @@ This module imports nothing of the package but its CUDA kernel: it is the model'
 Speed: `WindowAttention.forward` is the fast path (fused qkv, the logit scale folded into q, SDPA or the
 Triton kernel on a cached folded mask); `forward_explicit` is the step-by-step reference. On CPU in
 inference, Linear layers run as oneDNN matmuls with the bias (and the MLP's GELU) in the GEMM epilogue,
-under autocast on cached low-precision copies of the weights.
+under autocast on cached low-precision copies of the weights. In eager CPU training the window attention,
+the MLP and the Linear layers are autograd Functions with hand-written backward passes that keep fewer
+activations (probabilities and GELU recomputed) and use oneDNN for the input gradients.
 Under `torch.compile` the model has no graph breaks; with `dynamic=True` it compiles one graph per padding
 pattern (which stages pad their grid to the window), not one per input size.
 """
