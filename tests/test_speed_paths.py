@@ -189,6 +189,8 @@ def test_cpu_training_attention_backward_is_the_derivative() -> None:
         return layers._CosineWindowAttention.apply(qkv, mask, scale, heads)
 
     assert torch.autograd.gradcheck(fused, (qkv, mask, scale))
+    assert torch.autograd.gradcheck(lambda mask, scale: fused(qkv.detach(), mask, scale), (mask, scale))  # frozen qkv
+    assert torch.autograd.gradcheck(lambda qkv: fused(qkv, mask.detach(), scale.detach()), (qkv,))  # frozen bias
     with torch.no_grad():
         qkv[0, 2, 12:24] = 0.0  # a padded token: k = 0 (normalised by eps), where gradcheck's steps would not apply
     grad = torch.randn(qkv.shape[0], qkv.shape[1], qkv.shape[2] // 3, dtype=torch.float64)
@@ -303,3 +305,34 @@ def test_cpu_training_linear_layers_in_fp32_and_bf16() -> None:
     reference = torch.autograd.grad(F.linear(x, w1, b1).square().sum(), (x, w1, b1))
     for a, e in zip(grads, reference):
         assert (a - e).abs().max() <= 0.03 * e.abs().max()
+
+
+def test_second_order_gradients() -> None:
+    """create_graph=True: the Linear and MLP Functions differentiate their plain ops (a Hessian-vector product
+    equals autograd's); the attention says how to get the plain-autograd attention instead of failing later
+    with an unrelated message."""
+    torch.manual_seed(4)
+    x = torch.randn(3, 4, 6, requires_grad=True)
+    w1, b1 = torch.randn(10, 6, requires_grad=True), torch.randn(10, requires_grad=True)
+    w2, b2 = torch.randn(6, 10, requires_grad=True), torch.randn(6, requires_grad=True)
+
+    def hessian_vector(run):
+        (g,) = torch.autograd.grad(run().square().sum(), x, create_graph=True)
+        return torch.autograd.grad(g.square().sum(), (w1, b1, w2))
+
+    plain = hessian_vector(lambda: F.linear(F.gelu(F.linear(x, w1, b1)), w2, b2))
+    for run in (
+        lambda: linear(F.gelu(linear(x, w1, b1)), w2, b2),
+        lambda: layers._GeluMlp.apply(x, w1, b1, w2, b2, "none"),
+    ):
+        for a, e in zip(hessian_vector(run), plain):
+            assert (a - e).abs().max() <= 1e-4 * e.abs().max()
+
+    model = _model(drop_path_rate=0.0).train()
+    pixels = torch.randn(2, 3, 32, 32, requires_grad=True)
+    (g,) = torch.autograd.grad(model(pixels).logits.square().sum(), pixels, create_graph=False)  # first order: fine
+    with pytest.raises(RuntimeError, match="output_attentions=True"):
+        torch.autograd.grad(model(pixels).logits.square().sum(), pixels, create_graph=True)
+    (g,) = torch.autograd.grad(model(pixels, output_attentions=True).logits.square().sum(), pixels, create_graph=True)
+    (hv,) = torch.autograd.grad(g.square().sum(), model.classifier.weight)
+    assert torch.isfinite(hv).all() and hv.abs().sum() > 0

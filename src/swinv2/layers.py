@@ -139,19 +139,30 @@ def _input_grad(grad: Tensor, weight: Tensor) -> Tensor:
     return grad @ weight
 
 
+def _second_order(forward, inputs: tuple, needs: tuple, grad_out: Tensor) -> tuple[Tensor | None, ...]:
+    """The input gradients when the backward itself is differentiated (`create_graph=True`): autograd of
+    the plain ops on the saved inputs, instead of the hand-written backward's non-differentiable kernels."""
+    wanted = [t for t, n in zip(inputs, needs) if n and t is not None]
+    with torch.enable_grad():
+        grads = iter(torch.autograd.grad(forward(*inputs), wanted, grad_out, create_graph=True))
+    return tuple(next(grads) if n and t is not None else None for t, n in zip(inputs, needs))
+
+
 class _TrainingLinear(torch.autograd.Function):
     """`F.linear` for autograd on CPU: oneDNN with the bias in the GEMM forward, oneDNN for the input's
     gradient backward (MKL, which autograd's addmm/mm use, is up to 2x slower on these shapes)."""
 
     @staticmethod
     def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-        ctx.save_for_backward(x, weight)
+        ctx.save_for_backward(x, weight, bias)
         ctx.has_bias = bias is not None
         return _onednn_linear(x, weight, bias, None)
 
     @staticmethod
     def backward(ctx, grad_out: Tensor) -> tuple[Tensor | None, ...]:
-        x, weight = ctx.saved_tensors
+        x, weight, bias = ctx.saved_tensors
+        if torch.is_grad_enabled():
+            return _second_order(F.linear, (x, weight, bias), ctx.needs_input_grad, grad_out)
         grad_out = grad_out.reshape(-1, weight.shape[0])
         grad_x = _input_grad(grad_out, weight).view(x.shape) if ctx.needs_input_grad[0] else None
         grad_w = grad_out.t() @ x.reshape(-1, weight.shape[1]) if ctx.needs_input_grad[1] else None
@@ -389,8 +400,8 @@ class _CosineWindowAttention(torch.autograd.Function):
     """`kernels.window_attention`'s math for autograd on CPU, with a hand-written backward.
 
     Autograd's version of the step-by-step code keeps 8 `(B*nW, N, C)`-sized tensors per block (qkv, copies
-    of q, k and v, the probabilities, which are 2C wide) and spends a fifth of a CPU training step outside
-    the GEMMs on the normalisation's broadcasts and on concatenating q, k and v's gradients. This one keeps
+    of q, k and v, the probabilities, which are 2C wide) and spends ~10% of a CPU training step on the
+    normalisation's broadcasts and on concatenating q, k and v's gradients. This one keeps
     3 (normalised q and k, v), computes the probabilities again in the backward (2-4% of a step, for 10% of
     its activation memory) and writes the three gradients straight into one qkv-shaped buffer.
     """
@@ -421,22 +432,31 @@ class _CosineWindowAttention(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out: Tensor) -> tuple[Tensor | None, ...]:
+        if torch.is_grad_enabled():
+            raise RuntimeError(
+                "second-order gradients (create_graph=True) do not go through the CPU training window attention; "
+                "call the model with output_attentions=True for such a step: the step-by-step attention is "
+                "plain autograd"
+            )
         qk_n, norm, scales, v, mask = ctx.saved_tensors
         probs = _window_probs(qk_n, mask)  # recomputed: one more small bmm instead of keeping (heads, N, N) per window
         _, b_, heads, n, d = qk_n.shape
         windows = ctx.windows
         acc = norm.dtype
+        needs_qkv, needs_mask, needs_scale = ctx.needs_input_grad[:3]
         grad_out = grad_out.view(b_, n, heads, d).transpose(1, 2).reshape(b_ * heads, n, d)
-        grad_qkv = qk_n.new_empty(b_, n, 3, heads, d)
-        # out = P v
-        grad_qkv[:, :, 2] = torch.bmm(probs.transpose(1, 2), grad_out).view(b_, heads, n, d).transpose(1, 2)
+        grad_qkv = grad_mask = grad_scale = None
+        if needs_qkv:  # out = P v
+            grad_qkv = qk_n.new_empty(b_, n, 3, heads, d)
+            grad_qkv[:, :, 2] = torch.bmm(probs.transpose(1, 2), grad_out).view(b_, heads, n, d).transpose(1, 2)
         grad_probs = torch.bmm(grad_out, v.transpose(1, 2))
         del grad_out
         grad_scores = torch._softmax_backward_data(grad_probs, probs, -1, probs.dtype)
         del grad_probs
-        grad_mask = None
-        if ctx.needs_input_grad[1]:  # the folded mask is shared by the same window of every image
+        if needs_mask:  # the folded mask is shared by the same window of every image
             grad_mask = grad_scores.view(b_ // windows, windows, heads, n, n).sum(0)
+        if not (needs_qkv or needs_scale):
+            return None, grad_mask, None, None
         # scores = q k^T
         q, k = qk_n.view(2, b_ * heads, n, d).unbind(0)
         grad_qk = torch.empty_like(qk_n)
@@ -446,9 +466,10 @@ class _CosineWindowAttention(torch.autograd.Function):
         # y = s x / |x|: dL/dx = (s / |x|) (g - y (y.g) / s^2), dL/ds = sum(y.g) / s (no projection term
         # where |x| was clamped to eps: there y is linear in x)
         dot = (grad_qk * qk_n).sum(-1, keepdim=True, dtype=acc)
-        grad_scale = None
-        if ctx.needs_input_grad[2]:
+        if needs_scale:
             grad_scale = (dot[0].sum((0, 2, 3)) / scales.view(2, heads)[0]).to(ctx.scale_dtype)
+        if not needs_qkv:
+            return None, grad_mask, grad_scale, None
         factor = scales / norm
         correction = torch.where(norm > kernels.NORM_EPS, factor * dot / scales.square(), 0.0)
         grad_qk.mul_(factor)
@@ -592,14 +613,20 @@ class _GeluMlp(torch.autograd.Function):
     def forward(ctx, x: Tensor, w1: Tensor, b1: Tensor | None, w2: Tensor, b2: Tensor | None, approximate: str):
         hidden = linear(x, w1, b1)
         out = linear(F.gelu(hidden, approximate=approximate), w2, b2)
-        ctx.save_for_backward(x, w1, w2, hidden)
+        ctx.save_for_backward(x, w1, b1, w2, b2, hidden)
         ctx.approximate = approximate
         return out
 
     @staticmethod
     def backward(ctx, grad_out: Tensor) -> tuple[Tensor | None, ...]:
-        x, w1, w2, hidden = ctx.saved_tensors
+        x, w1, b1, w2, b2, hidden = ctx.saved_tensors
         needs = ctx.needs_input_grad
+        if torch.is_grad_enabled():
+
+            def mlp(x, w1, b1, w2, b2):
+                return F.linear(F.gelu(F.linear(x, w1, b1), approximate=ctx.approximate), w2, b2)
+
+            return (*_second_order(mlp, (x, w1, b1, w2, b2), needs[:5], grad_out), None)
         grad_out = grad_out.reshape(-1, w2.shape[0])
         hidden = hidden.view(-1, w1.shape[0])
         grad_w2 = grad_b2 = grad_w1 = grad_b1 = grad_x = None
