@@ -260,7 +260,7 @@ def test_heads_load_from_each_other(tmp_path, rng):
         swinv2.Swinv2ForImageClassification.from_pretrained(tmp_path / "base", num_labels=7)
 
 
-@pytest.mark.parametrize("name", ["two_stage", "not_divisible_by_window", "pretrained_windows"])
+@pytest.mark.parametrize("name", sorted(PARITY_CONFIGS))
 def test_training_gradients_match(name, tmp_path, rng):
     """Training mode, through the fast path's training attention: the loss and every parameter's gradient."""
     from swinv2.checkpoints import hf_to_ours, to_canonical
@@ -279,5 +279,28 @@ def test_training_gradients_match(name, tmp_path, rng):
     expected = hf_to_ours({n: p.grad for n, p in hf.named_parameters()})
     actual, _ = to_canonical({n: p.grad for n, p in ours.named_parameters()}, "swinv2")
     assert actual.keys() == expected.keys()
+    for param_name, grad in actual.items():
+        close(grad, expected[param_name], f"gradient of {param_name}")
+
+
+def test_masked_image_modeling_training_gradients_match(tmp_path, rng):
+    """SimMIM pre-training: mask tokens, the reconstruction loss and every gradient, in training mode (the
+    CPU training step's hand-written backward passes), padding the second stage's grid to the window."""
+    from swinv2.checkpoints import hf_to_ours, to_canonical
+
+    config = {**PARITY_CONFIGS["not_divisible_by_window"], "image_size": 48, "encoder_stride": 8}
+    hf = hf_model("Swinv2ForMaskedImageModeling", config, drop_path_rate=0.0)
+    ours = ours_from_hf("Swinv2ForMaskedImageModeling", hf, tmp_path)
+    hf.train()
+    ours.train()
+    x = input_for(config, rng)
+    mask = torch.rand(2, (48 // 4) ** 2, generator=rng) < 0.6
+    theirs, mine = hf(x, bool_masked_pos=mask), ours(x, bool_masked_pos=mask)
+    theirs.loss.backward()
+    mine.loss.backward()
+    close(mine.loss, theirs.loss, "MIM loss")
+    expected = hf_to_ours({n: p.grad for n, p in hf.named_parameters() if p.grad is not None})
+    actual, _ = to_canonical({n: p.grad for n, p in ours.named_parameters() if p.grad is not None}, "swinv2")
+    assert actual.keys() == expected.keys() and any("mask_token" in k for k in actual)
     for param_name, grad in actual.items():
         close(grad, expected[param_name], f"gradient of {param_name}")
