@@ -125,6 +125,15 @@ def _hand_written_backward_ok(x: Tensor) -> bool:
     )
 
 
+def _autocast_inputs(*tensors: Tensor | None) -> tuple[Tensor | None, ...]:
+    """The tensors in CPU autocast's dtype while autocast is on, cast as autocast would cast a Linear layer's
+    inputs (differentiably): for the Functions below, which run with autocast off."""
+    if not torch.is_autocast_enabled("cpu"):
+        return tensors
+    dtype = torch.get_autocast_dtype("cpu")
+    return tuple(None if t is None else t.to(dtype) for t in tensors)
+
+
 def _input_grad(grad: Tensor, weight: Tensor) -> Tensor:
     """`grad @ weight`, a Linear layer's input gradient `(..., in)` from `grad` `(..., out)`: through oneDNN
     on CPU, where MKL's GEMM for Swin's thin shapes is up to 2x slower (e.g. 32768x384 @ 384x96: 98 against
@@ -181,9 +190,7 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None, gelu: str | No
                 return _onednn_linear_op(x, weight, bias, gelu or "")
             return _onednn_linear(x, weight, bias, gelu)
     elif gelu is None and _ONEDNN_LINEAR is not None and _hand_written_backward_ok(x):
-        if torch.is_autocast_enabled("cpu"):  # cast as autocast would, outside the Function
-            dtype = torch.get_autocast_dtype("cpu")
-            x, weight, bias = x.to(dtype), weight.to(dtype), None if bias is None else bias.to(dtype)
+        x, weight, bias = _autocast_inputs(x, weight, bias)
         if x.dtype in (torch.float32, torch.bfloat16) and weight.dtype == x.dtype and x.is_contiguous():
             with torch.autocast("cpu", enabled=False):
                 return _TrainingLinear.apply(x, weight, bias)
@@ -191,10 +198,14 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None, gelu: str | No
     return y if gelu is None else F.gelu(y, approximate=gelu)
 
 
+def _is_plain_linear(module: nn.Module) -> bool:
+    return type(module) is nn.Linear and not (module._forward_hooks or module._forward_pre_hooks)
+
+
 def apply_linear(module: nn.Module, x: Tensor, gelu: str | None = None) -> Tensor:
     """`module(x)` (then GELU), through `linear` when the module is a plain `nn.Linear` without hooks; a
     replaced or wrapped layer (quantised, LoRA, hooked) keeps its own forward."""
-    if type(module) is nn.Linear and not (module._forward_hooks or module._forward_pre_hooks):
+    if _is_plain_linear(module):
         return linear(x, module.weight, module.bias, gelu)
     y = module(x)
     return y if gelu is None else F.gelu(y, approximate=gelu)
@@ -657,15 +668,10 @@ class Mlp(nn.Module):
         self.drop = nn.Dropout(drop)
 
     def forward(self, x: Tensor) -> Tensor:
-        plain = type(self.act) is nn.GELU and all(
-            type(fc) is nn.Linear and not (fc._forward_hooks or fc._forward_pre_hooks) for fc in (self.fc1, self.fc2)
-        )
+        plain = type(self.act) is nn.GELU and _is_plain_linear(self.fc1) and _is_plain_linear(self.fc2)
         if plain and _hand_written_backward_ok(x):
             fc1, fc2 = self.fc1, self.fc2
-            tensors = (x, fc1.weight, fc1.bias, fc2.weight, fc2.bias)
-            if torch.is_autocast_enabled("cpu"):  # cast as autocast would, outside the Function
-                dtype = torch.get_autocast_dtype("cpu")
-                tensors = tuple(t if t is None else t.to(dtype) for t in tensors)
+            tensors = _autocast_inputs(x, fc1.weight, fc1.bias, fc2.weight, fc2.bias)
             with torch.autocast("cpu", enabled=False):
                 return self.drop(_GeluMlp.apply(*tensors, self.act.approximate))
         if type(self.act) is nn.GELU:
