@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,9 @@ from .errors import Swinv2Error
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="swinv2", description="Swin Transformer V2: predict, train, convert.")
+    parser = argparse.ArgumentParser(
+        prog="swinv2", description="Swin Transformer V2: predict, train, convert, benchmark."
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_convert_parser(sub)
     _add_predict_parser(sub)
@@ -22,6 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_pretrain_parser(sub)
     _add_evaluate_parser(sub)
     _add_demo_parser(sub)
+    _add_benchmark_parser(sub)
     return parser
 
 
@@ -793,6 +797,136 @@ def _run_export(args: argparse.Namespace) -> int:
               + ", ".join(f"{k} {v:.2e}" for k, v in errors.items()))
         if worst > 1e-3:
             return fail(f"the exported graph differs from PyTorch by {worst:.2e} (more than 1e-3)", 1)
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------- benchmark
+_BENCHMARK_DEFAULT = "swinv2-tiny-patch4-window8-256"
+
+
+def _add_benchmark_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "benchmark",
+        help="time a model on this machine: latency, throughput, peak memory",
+        description="Time inference and training steps of a Swin V2 model on this machine: median latency with "
+        "its 10th-90th percentiles, images per second, peak memory and the first call's time (compiling, "
+        "caches). MODEL is a folder, weights file or hub id, or an official architecture name (e.g. "
+        f"{_BENCHMARK_DEFAULT}, the default) for random weights of that architecture, with no download.",
+        epilog="Inputs are random pixels: speed does not depend on what an image shows. To compare against "
+        "transformers, timm and torchvision, run benchmarks/bench.py from the repository.",
+    )
+    p.add_argument("model", metavar="MODEL", nargs="?", default=_BENCHMARK_DEFAULT,
+                   help=f"folder, weights file, hub id or architecture name (default {_BENCHMARK_DEFAULT})")
+    p.add_argument("--task", default="infer", help="infer and/or train (forward, backward, AdamW), e.g. infer,train")
+    p.add_argument("--dtype", default="fp32", help="fp32, bf16 and/or fp16 (autocast), e.g. fp32,bf16")
+    p.add_argument("--batch", default=None, help="batch sizes, e.g. 1,8 (default: 1,8 on CPU, 1,64 on a GPU)")
+    p.add_argument("--compile", action="store_true", help="also time torch.compile'd rows (compiling takes minutes)")
+    p.add_argument("--image-size", type=_positive_int, nargs="+", metavar="PX",
+                   help="input height [width] (default: the model's image_size)")
+    p.add_argument("--repeats", type=_positive_int, default=10, help="timed calls per row (default 10)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed calls after the first (default 2)")
+    p.add_argument("--threads", type=_positive_int, help="CPU threads (default: PyTorch's, one per core)")
+    p.add_argument("--device", choices=_DEVICES, default="auto", help="default: cuda, else mps, else cpu")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    p.set_defaults(func=_run_benchmark)
+
+
+def _list_flag(text: str, flag: str, allowed: tuple[str, ...]) -> list[str]:
+    values = [v.strip() for v in text.split(",") if v.strip()]
+    unknown = [v for v in values if v not in allowed]
+    if unknown or not values:
+        raise Swinv2Error(f"{flag} {text!r}: use one or more of {', '.join(allowed)}, comma-separated")
+    return list(dict.fromkeys(values))
+
+
+def _benchmark_model(name: str) -> tuple[Any, str]:
+    """The model to time and where its weights come from: a checkpoint, or random weights of a named
+    architecture (an existing path always wins over the name)."""
+    from swinv2 import Swinv2ForImageClassification
+    from swinv2.config import preset_config
+
+    config = None if Path(name).expanduser().exists() else preset_config(name)
+    if config is not None:
+        return Swinv2ForImageClassification(config), "random weights of the architecture"
+    return _load_model(name, _model_class_name(name)), "weights from the checkpoint"
+
+
+def _machine(device: Any) -> str:
+    import platform
+
+    import torch
+
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}"
+    cpu = platform.processor() or platform.machine()
+    with suppress(OSError), open("/proc/cpuinfo") as f:
+        cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    return f"{device.type}: {cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+
+
+def _run_benchmark(args: argparse.Namespace) -> int:
+    import json
+
+    import torch
+
+    from swinv2 import benchmark
+    from swinv2.modeling import cpu_bf16_is_emulated
+
+    tasks = _list_flag(args.task, "--task", ("infer", "train"))
+    dtypes = _list_flag(args.dtype, "--dtype", tuple(benchmark.DTYPES))
+    device = _pick_device(args.device)
+    if args.batch is None:
+        batches = [1, 8] if device.type == "cpu" else [1, 64]
+    else:
+        try:
+            batches = [_positive_int(b) for b in args.batch.split(",")]
+        except argparse.ArgumentTypeError as err:
+            raise Swinv2Error(f"--batch {args.batch!r}: {err}") from None
+    if args.image_size and len(args.image_size) > 2:
+        raise Swinv2Error("--image-size takes a height and an optional width")
+    if args.warmup < 0:
+        raise Swinv2Error(f"--warmup {args.warmup}: use 0 or more")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model, weights = _benchmark_model(args.model)
+    image_hw = tuple(args.image_size * 2)[:2] if args.image_size else model.config.image_hw
+    modes = ["eager", "compile"] if args.compile else ["eager"]
+    rows = [benchmark.Row(t, m, d, b) for t in tasks for m in modes for d in dtypes for b in batches]
+    for row in rows:
+        if row.dtype == "bf16" and device.type == "cpu" and cpu_bf16_is_emulated():
+            row.note = "runs in fp32: this CPU has no native bf16"
+    total = len(rows) * (1 + args.warmup + args.repeats)
+    bar = None
+    if args.progress and sys.stderr.isatty():
+        from tqdm import tqdm
+
+        bar = tqdm(total=total, unit="call", file=sys.stderr, desc="benchmark")
+    parameters = sum(p.numel() for p in model.parameters())
+    try:
+        results = list(benchmark.measure(model, rows, device, image_hw, args.repeats, args.warmup,
+                                         on_call=bar.update if bar else None))
+    finally:
+        if bar:
+            bar.close()
+    summary = {
+        "model": args.model,
+        "class": type(model).__name__,
+        "weights": weights,
+        "parameters": parameters,
+        "image_size": list(image_hw),
+        "device": str(device),
+        "machine": _machine(device),
+        "rows": [r.as_dict() for r in results],
+    }
+    if args.json:
+        print(json.dumps(summary, indent=2))
+        return 0
+    print(f"{args.model}: {type(model).__name__}, {weights}, {parameters / 1e6:.1f} M parameters, "
+          f"{image_hw[0]}x{image_hw[1]} px")
+    print(summary["machine"])
+    print()
+    print(benchmark.table(results))
     return 0
 
 
