@@ -46,6 +46,8 @@ class Row:
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
 
 
 def _reset_peak_memory(device: torch.device) -> None:
@@ -60,6 +62,8 @@ def _reset_peak_memory(device: torch.device) -> None:
 def _peak_memory_mib(device: torch.device) -> float | None:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
+    if device.type != "cpu":  # no peak counter to read
+        return None
     with contextlib.suppress(OSError), open("/proc/self/status") as f:
         for line in f:
             if line.startswith("VmHWM:"):
