@@ -235,9 +235,10 @@ def test_cpu_training_mlp_backward_is_the_derivative(approximate: str) -> None:
     torch.testing.assert_close(mlp(*tensors), expected, rtol=1e-12, atol=1e-12)
 
 
-def test_cpu_training_takes_the_hand_written_backward_and_keeps_less() -> None:
+def test_cpu_training_takes_the_hand_written_backward_and_keeps_less(monkeypatch: pytest.MonkeyPatch) -> None:
     """A CPU training step runs the three Functions, saves fewer bytes for the backward than autograd of the plain
     modules would, and gives the same gradients as the exact path (forward_explicit, plain Linear layers)."""
+    monkeypatch.setattr(layers, "_FUNCTION_MIN_MACS", 0)  # this small model's layers are below the threshold
     model = _model(drop_path_rate=0.0).train()
     x = torch.randn(2, 3, 32, 32)
     saved: dict[int, int] = {}
@@ -275,10 +276,11 @@ def test_cpu_training_takes_the_hand_written_backward_and_keeps_less() -> None:
         torch.testing.assert_close(f, e, rtol=1e-4, atol=1e-6, msg=lambda m, name=name: f"{name}: {m}")
 
 
-def test_cpu_training_linear_layers_in_fp32_and_bf16() -> None:
+def test_cpu_training_linear_layers_in_fp32_and_bf16(monkeypatch: pytest.MonkeyPatch) -> None:
     """In a CPU training step `linear` and the MLP run oneDNN forward and for the inputs' gradients (fp32
     and bf16 only, so the float64 gradchecks above take the plain matmul): same values and gradients as
     autograd of F.linear, and under autocast the dtypes autocast gives."""
+    monkeypatch.setattr(layers, "_FUNCTION_MIN_MACS", 0)
     torch.manual_seed(3)
     x = torch.randn(2, 5, 7, 24, requires_grad=True)
     w1, b1 = torch.randn(40, 24, requires_grad=True), torch.randn(40, requires_grad=True)
@@ -307,10 +309,11 @@ def test_cpu_training_linear_layers_in_fp32_and_bf16() -> None:
         assert (a - e).abs().max() <= 0.03 * e.abs().max()
 
 
-def test_second_order_gradients() -> None:
+def test_second_order_gradients(monkeypatch: pytest.MonkeyPatch) -> None:
     """create_graph=True: the Linear and MLP Functions differentiate their plain ops (a Hessian-vector product
     equals autograd's); the attention says how to get the plain-autograd attention instead of failing later
     with an unrelated message."""
+    monkeypatch.setattr(layers, "_FUNCTION_MIN_MACS", 0)
     torch.manual_seed(4)
     x = torch.randn(3, 4, 6, requires_grad=True)
     w1, b1 = torch.randn(10, 6, requires_grad=True), torch.randn(10, requires_grad=True)
@@ -321,6 +324,7 @@ def test_second_order_gradients() -> None:
         return torch.autograd.grad(g.square().sum(), (w1, b1, w2))
 
     plain = hessian_vector(lambda: F.linear(F.gelu(F.linear(x, w1, b1)), w2, b2))
+    assert type(linear(x, w1, b1).grad_fn).__name__ == "_TrainingLinearBackward"
     for run in (
         lambda: linear(F.gelu(linear(x, w1, b1)), w2, b2),
         lambda: layers._GeluMlp.apply(x, w1, b1, w2, b2, "none"),
@@ -336,3 +340,20 @@ def test_second_order_gradients() -> None:
     (g,) = torch.autograd.grad(model(pixels, output_attentions=True).logits.square().sum(), pixels, create_graph=True)
     (hv,) = torch.autograd.grad(g.square().sum(), model.classifier.weight)
     assert torch.isfinite(hv).all() and hv.abs().sum() > 0
+
+
+def test_small_layers_stay_on_autograd_ops() -> None:
+    """Below the size where a Function's fixed cost pays, a training step keeps autograd's own Linear and MLP."""
+    model = _model(drop_path_rate=0.0).train()
+    loss = model(torch.randn(2, 3, 32, 32)).logits.sum()
+    nodes, stack = set(), [loss.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is not None and node not in nodes:
+            nodes.add(node)
+            stack.extend(f for f, _ in node.next_functions)
+    names = {type(n).__name__ for n in nodes}
+    assert "_TrainingLinearBackward" not in names and "_GeluMlpBackward" not in names
+    assert "_CosineWindowAttentionBackward" in names  # no fixed cost to amortise: used at every size
+    x = torch.randn(64, 64, 256, requires_grad=True)  # 4096 rows x 256 x 4096 multiply-adds: above
+    assert type(linear(x, torch.randn(4096, 256, requires_grad=True)).grad_fn).__name__ == "_TrainingLinearBackward"
