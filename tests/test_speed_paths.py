@@ -235,6 +235,17 @@ def test_cpu_training_mlp_backward_is_the_derivative(approximate: str) -> None:
     torch.testing.assert_close(mlp(*tensors), expected, rtol=1e-12, atol=1e-12)
 
 
+def _backward_node_names(loss: torch.Tensor) -> set[str]:
+    """The class names of every node in the autograd graph behind `loss`."""
+    nodes, stack = set(), [loss.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is not None and node not in nodes:
+            nodes.add(node)
+            stack.extend(f for f, _ in node.next_functions)
+    return {type(n).__name__ for n in nodes}
+
+
 def test_cpu_training_takes_the_hand_written_backward_and_keeps_less(monkeypatch: pytest.MonkeyPatch) -> None:
     """A CPU training step runs the three Functions, saves fewer bytes for the backward than autograd of the plain
     modules would, and gives the same gradients as the exact path (forward_explicit, plain Linear layers)."""
@@ -247,16 +258,9 @@ def test_cpu_training_takes_the_hand_written_backward_and_keeps_less(monkeypatch
         saved[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
         return t
 
-    nodes = set()
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         loss = model(x).logits.square().mean()
-    stack = [loss.grad_fn]
-    while stack:
-        node = stack.pop()
-        if node is not None and node not in nodes:
-            nodes.add(node)
-            stack.extend(f for f, _ in node.next_functions)
-    names = {type(n).__name__ for n in nodes}
+    names = _backward_node_names(loss)
     assert {"_CosineWindowAttentionBackward", "_GeluMlpBackward", "_TrainingLinearBackward"} <= names
     fast_bytes = sum(saved.values()) - sum(p.untyped_storage().nbytes() for p in model.parameters())
     fast = torch.autograd.grad(loss, list(model.parameters()))
@@ -345,14 +349,7 @@ def test_second_order_gradients(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_small_layers_stay_on_autograd_ops() -> None:
     """Below the size where a Function's fixed cost pays, a training step keeps autograd's own Linear and MLP."""
     model = _model(drop_path_rate=0.0).train()
-    loss = model(torch.randn(2, 3, 32, 32)).logits.sum()
-    nodes, stack = set(), [loss.grad_fn]
-    while stack:
-        node = stack.pop()
-        if node is not None and node not in nodes:
-            nodes.add(node)
-            stack.extend(f for f, _ in node.next_functions)
-    names = {type(n).__name__ for n in nodes}
+    names = _backward_node_names(model(torch.randn(2, 3, 32, 32)).logits.sum())
     assert "_TrainingLinearBackward" not in names and "_GeluMlpBackward" not in names
     assert "_CosineWindowAttentionBackward" in names  # no fixed cost to amortise: used at every size
     x = torch.randn(64, 64, 256, requires_grad=True)  # 4096 rows x 256 x 4096 multiply-adds: above
