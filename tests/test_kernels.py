@@ -153,6 +153,21 @@ def test_kernel_gradients_match_autograd(dim: int, heads: int, window: int, grid
         torch.testing.assert_close(actual, expected, rtol=1e-4, atol=1e-5, msg=lambda m, n=name: f"{n}: {m}")
 
 
+def test_kernel_padded_keys_keep_fp16_gradients_finite() -> None:
+    """A padded key (k = 0) gets no gradient instead of 1 / eps = 1e12 times one, which is inf in fp16 (and
+    NaN in the qkv weight's gradient once multiplied by the token's zero input)."""
+    attn = _attention(32, 2, 4, seed=3)
+    x = torch.randn(8, 16, 32, device=DEVICE)
+    x[:, -3:] = 0.0  # three padded tokens in every window
+    qkv = torch.nn.functional.linear(x, attn.qkv.weight, attn.qkv_bias()).detach().half().requires_grad_(True)
+    mask = _mask(attn, 8, 4, 2).half().requires_grad_(True)
+    scale = attn.logit_scale_exp().view(2).detach().requires_grad_(True)
+    out = kernels.window_attention(qkv, mask, scale, 2)
+    out.backward(torch.randn_like(out))
+    assert all(torch.isfinite(t.grad).all() for t in (qkv, mask, scale))
+    assert (qkv.grad[:, -3:, 32:64] == 0).all() and qkv.grad[:, :-3, 32:64].abs().sum() > 0
+
+
 def test_model_trains_through_the_kernel(monkeypatch: pytest.MonkeyPatch) -> None:
     """Training mode on the kernel gives the fast path's loss and gradients (SDPA / broadcast attention)."""
     config = Swinv2Config(image_size=32, patch_size=4, embed_dim=16, depths=[2, 2], num_heads=[2, 4],

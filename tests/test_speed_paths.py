@@ -199,8 +199,31 @@ def test_cpu_training_attention_backward_is_the_derivative() -> None:
     torch.testing.assert_close(out, expected_out, rtol=1e-12, atol=1e-12)
     actual = torch.autograd.grad(out, (qkv, mask, scale), grad)
     expected = torch.autograd.grad(expected_out, (qkv, mask, scale), grad)
+    # The padded key gets no gradient (autograd's is 1 / eps = 1e12 times larger than the rest, and reaches no
+    # parameter: the token's input is 0); everything else is autograd's.
+    padded_key = (0, 2, slice(12, 24))
+    assert (actual[0][padded_key] == 0).all() and expected[0][padded_key].abs().max() > 1e9
+    expected[0][padded_key] = 0.0
     for a, e, name in zip(actual, expected, ("qkv", "mask", "scale")):
         torch.testing.assert_close(a, e, rtol=1e-10, atol=1e-10, msg=lambda m, name=name: f"{name}: {m}")
+
+
+def test_padded_tokens_keep_fp16_gradients_finite() -> None:
+    """fp16 training with padded windows: the padded keys (k = 0) must not send inf into the gradients (inf
+    times the token's zero input would be NaN in the qkv weight's gradient, and a GradScaler would skip every
+    step). Autograd of the reference does overflow here."""
+    heads = 3
+    qkv, mask, scale = _attention_inputs(torch.float32, heads=heads)
+    with torch.no_grad():
+        qkv[:, -2:, 12:24] = 0.0  # two padded tokens in every window
+    half = [t.detach().half().requires_grad_() for t in (qkv, mask)]
+    out = layers._CosineWindowAttention.apply(*half, scale, heads)
+    grads = torch.autograd.grad(out, (*half, scale), torch.randn(out.shape).half())
+    assert all(torch.isfinite(g).all() for g in grads)
+    reference = [t.detach().half().requires_grad_() for t in (qkv, mask)]
+    out = _cosine_attention_reference(*reference, scale.half(), heads)
+    (grad_qkv,) = torch.autograd.grad(out, reference[0], torch.randn(out.shape).half())
+    assert not torch.isfinite(grad_qkv).all()  # what this guards against
 
 
 def test_cpu_training_attention_in_bf16() -> None:

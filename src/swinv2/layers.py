@@ -484,15 +484,17 @@ class _CosineWindowAttention(torch.autograd.Function):
         torch.bmm(grad_scores, k, out=grad_qk[0].view(b_ * heads, n, d))
         torch.bmm(grad_scores.transpose(1, 2), q, out=grad_qk[1].view(b_ * heads, n, d))
         del grad_scores
-        # y = s x / |x|: dL/dx = (s / |x|) (g - y (y.g) / s^2), dL/ds = sum(y.g) / s (no projection term
-        # where |x| was clamped to eps: there y is linear in x)
+        # y = s x / |x|: dL/dx = (s / |x|) (g - y (y.g) / s^2), dL/ds = sum(y.g) / s. A vector shorter than eps
+        # (only padded tokens' keys, which are 0) gets no gradient: autograd's 1 / eps = 1e12 overflows fp16
+        # to inf, and inf times the padded token's zero input is NaN in the weight gradient it otherwise
+        # does not reach.
         dot = (grad_qk * qk_n).sum(-1, keepdim=True, dtype=acc)
         if needs_scale:
             grad_scale = (dot[0].sum((0, 2, 3)) / scales.view(2, heads)[0]).to(ctx.scale_dtype)
         if not needs_qkv:
             return None, grad_mask, grad_scale, None
-        factor = scales / norm
-        correction = torch.where(norm > kernels.NORM_EPS, factor * dot / scales.square(), 0.0)
+        factor = torch.where(norm > kernels.NORM_EPS, scales / norm, 0.0)
+        correction = factor * dot / scales.square()
         grad_qk.mul_(factor)
         torch.addcmul(grad_qk, qk_n, correction.to(qk_n.dtype), value=-1, out=grad_qkv[:, :, :2].permute(2, 0, 3, 1, 4))
         return grad_qkv.view(b_, n, 3 * heads * d), grad_mask, grad_scale, None

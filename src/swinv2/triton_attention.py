@@ -132,11 +132,15 @@ def window_attention_bwd(
     grad_k_unit = _dot(tl.trans(grad_scores), q_scaled, IEEE)
     tl.atomic_add(grad_scale_ptr + head, tl.sum(tl.sum(grad_q_scaled * q_unit, axis=1), axis=0))
     grad_q_unit = grad_q_scaled * scale
-    # x / max(|x|, eps): the projection removes the radial part (no gradient through a clamped norm)
-    q_radial = tl.where(q_norm > EPS, tl.sum(grad_q_unit * q_unit, axis=1), 0.0)
-    k_radial = tl.where(k_norm > EPS, tl.sum(grad_k_unit * k_unit, axis=1), 0.0)
-    grad_q = (grad_q_unit - q_unit * q_radial[:, None]) / q_norm[:, None]
-    grad_k = (grad_k_unit - k_unit * k_radial[:, None]) / k_norm[:, None]
+    # x / max(|x|, eps): the projection removes the radial part. A vector shorter than eps (a padded token's
+    # key, 0) gets no gradient: 1 / eps overflows fp16 to inf, and inf times the token's zero input is NaN
+    # in the weight gradient, which it otherwise does not reach.
+    q_kept = q_norm > EPS
+    k_kept = k_norm > EPS
+    q_radial = tl.sum(grad_q_unit * q_unit, axis=1)
+    k_radial = tl.sum(grad_k_unit * k_unit, axis=1)
+    grad_q = tl.where(q_kept[:, None], (grad_q_unit - q_unit * q_radial[:, None]) / q_norm[:, None], 0.0)
+    grad_k = tl.where(k_kept[:, None], (grad_k_unit - k_unit * k_radial[:, None]) / k_norm[:, None], 0.0)
     dtype = grad_qkv_ptr.dtype.element_ty
     tl.store(grad_qkv_ptr + offsets, grad_q.to(dtype), mask=tile_ok)
     tl.store(grad_qkv_ptr + C + offsets, grad_k.to(dtype), mask=tile_ok)
