@@ -377,3 +377,16 @@ def test_small_layers_stay_on_autograd_ops() -> None:
     assert "_CosineWindowAttentionBackward" in names  # no fixed cost to amortise: used at every size
     x = torch.randn(64, 64, 256, requires_grad=True)  # 4096 rows x 256 x 4096 multiply-adds: above
     assert type(linear(x, torch.randn(4096, 256, requires_grad=True)).grad_fn).__name__ == "_TrainingLinearBackward"
+
+
+@pytest.mark.parametrize("attention_dropout", [0.0, 0.1])  # the hand-written attention, and autograd's with dropout
+def test_fp16_training_with_padded_windows_has_finite_gradients(attention_dropout: float) -> None:
+    torch.manual_seed(5)
+    config = Swinv2Config(image_size=44, patch_size=4, embed_dim=16, depths=[2, 2], num_heads=[2, 2], window_size=4,
+                          num_labels=3, drop_path_rate=0.0, attention_probs_dropout_prob=attention_dropout)
+    model = Swinv2ForImageClassification(config).train()  # 11x11 patches: every block pads its grid
+    with torch.autocast("cpu", dtype=torch.float16):
+        loss = model(torch.randn(2, 3, 44, 44), labels=torch.tensor([0, 2])).loss
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert [n for n, p in model.named_parameters() if not torch.isfinite(p.grad).all()] == []

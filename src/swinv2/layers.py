@@ -580,6 +580,8 @@ class WindowAttention(nn.Module):
         qk = qk.to(acc)
         scale = torch.cat((self.logit_scale_exp().view(1, heads), self.logit_scale.new_ones(1, heads)))
         norm = torch.linalg.vector_norm(qk, dim=-1, keepdim=True).clamp_min(kernels.NORM_EPS)
+        if qk.requires_grad:  # no gradient for padded keys (k = 0), as in the hand-written backward passes
+            qk = torch.where(norm > kernels.NORM_EPS, qk, qk.detach())
         qk = (qk * (scale.to(acc).view(2, heads, 1) / norm)).to(qkv.dtype)
         q, k = qk.permute(2, 0, 3, 1, 4).unbind(0)
         v = v.squeeze(2).transpose(1, 2)
