@@ -97,3 +97,16 @@ def ours_from_hf(kind: str, hf: torch.nn.Module, tmp_path) -> torch.nn.Module:
 @pytest.fixture
 def rng() -> torch.Generator:
     return torch.Generator().manual_seed(1234)
+
+
+def cosine_window_attention_reference(qkv: torch.Tensor, mask: torch.Tensor, scale: torch.Tensor, heads: int):
+    """What the fused window attentions (the Triton kernel, the CPU training Function) compute, step by step in
+    PyTorch, for autograd to differentiate: `qkv` `(B*nW, N, 3C)`, `mask` `(nW, heads, N, N)`, `scale` `(heads,)`."""
+    b_, n, three_c = qkv.shape
+    q, k, v = qkv.view(b_, n, 3, heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
+    q = torch.nn.functional.normalize(q, dim=-1) * scale.view(heads, 1, 1)
+    k = torch.nn.functional.normalize(k, dim=-1)
+    windows = mask.shape[0]
+    scores = (q @ k.transpose(-2, -1)).view(b_ // windows, windows, heads, n, n) + mask
+    out = scores.softmax(-1).view(b_, heads, n, n) @ v
+    return out.transpose(1, 2).reshape(b_, n, three_c // 3)

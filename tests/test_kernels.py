@@ -15,6 +15,7 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import pytest
+from conftest import cosine_window_attention_reference
 
 from swinv2 import Swinv2Config, Swinv2Model, kernels
 from swinv2.layers import WindowAttention, shifted_window_mask
@@ -111,18 +112,6 @@ def test_model_uses_kernel_and_matches_exact_path(monkeypatch: pytest.MonkeyPatc
     torch.testing.assert_close(fast, exact, rtol=1e-5, atol=1e-5)
 
 
-def _reference_attention(qkv: torch.Tensor, mask: torch.Tensor, scale: torch.Tensor, heads: int) -> torch.Tensor:
-    """What the kernel computes, step by step in PyTorch (autograd gives the reference gradients)."""
-    b_, n, three_c = qkv.shape
-    q, k, v = qkv.view(b_, n, 3, heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
-    q = torch.nn.functional.normalize(q, dim=-1) * scale.view(1, heads, 1, 1)
-    k = torch.nn.functional.normalize(k, dim=-1)
-    windows = mask.shape[0]
-    scores = (q @ k.transpose(-2, -1)).view(b_ // windows, windows, heads, n, n) + mask
-    out = scores.softmax(-1).view(b_, heads, n, n) @ v
-    return out.transpose(1, 2).reshape(b_, n, three_c // 3)
-
-
 @pytest.mark.parametrize(
     ("dim", "heads", "window", "grid", "shift"),
     [
@@ -141,7 +130,7 @@ def test_kernel_gradients_match_autograd(dim: int, heads: int, window: int, grid
     scale = attn.logit_scale_exp().view(heads).detach()
     grad_out = torch.randn(qkv.shape[0], qkv.shape[1], dim, device=DEVICE)
     results = []
-    for fn in (kernels.window_attention, _reference_attention):
+    for fn in (kernels.window_attention, cosine_window_attention_reference):
         inputs = [t.clone().requires_grad_(True) for t in (qkv, mask, scale)]
         out = fn(*inputs, heads)
         out.backward(grad_out)

@@ -8,6 +8,7 @@ import warnings
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import cosine_window_attention_reference
 
 import swinv2.layers as layers
 import swinv2.modeling as modeling
@@ -159,18 +160,6 @@ def test_patch_projection_is_the_convolution() -> None:
     torch.testing.assert_close(hooked, fast.detach(), rtol=1e-5, atol=1e-5)
 
 
-def _cosine_attention_reference(qkv: torch.Tensor, mask: torch.Tensor, scale: torch.Tensor, heads: int):
-    """The paper's attention, step by step, for autograd to differentiate."""
-    b_, n, three_c = qkv.shape
-    c = three_c // 3
-    q, k, v = qkv.view(b_, n, 3, heads, c // heads).permute(2, 0, 3, 1, 4)
-    q = F.normalize(q, dim=-1) * scale.view(heads, 1, 1)
-    k = F.normalize(k, dim=-1)
-    windows = mask.shape[0]
-    scores = (q @ k.transpose(-2, -1)).view(b_ // windows, windows, heads, n, n) + mask
-    return (scores.softmax(-1).view(b_, heads, n, n) @ v).transpose(1, 2).reshape(b_, n, c)
-
-
 def _attention_inputs(dtype: torch.dtype, windows: int = 2, images: int = 3, n: int = 9, heads: int = 3, d: int = 4):
     torch.manual_seed(1)
     qkv = torch.randn(images * windows, n, 3 * heads * d, dtype=dtype)
@@ -195,7 +184,7 @@ def test_cpu_training_attention_backward_is_the_derivative() -> None:
         qkv[0, 2, 12:24] = 0.0  # a padded token: k = 0 (normalised by eps), where gradcheck's steps would not apply
     grad = torch.randn(qkv.shape[0], qkv.shape[1], qkv.shape[2] // 3, dtype=torch.float64)
     out = fused(qkv, mask, scale)
-    expected_out = _cosine_attention_reference(qkv, mask, scale, heads)
+    expected_out = cosine_window_attention_reference(qkv, mask, scale, heads)
     torch.testing.assert_close(out, expected_out, rtol=1e-12, atol=1e-12)
     actual = torch.autograd.grad(out, (qkv, mask, scale), grad)
     expected = torch.autograd.grad(expected_out, (qkv, mask, scale), grad)
@@ -221,7 +210,7 @@ def test_padded_tokens_keep_fp16_gradients_finite() -> None:
     grads = torch.autograd.grad(out, (*half, scale), torch.randn(out.shape).half())
     assert all(torch.isfinite(g).all() for g in grads)
     reference = [t.detach().half().requires_grad_() for t in (qkv, mask)]
-    out = _cosine_attention_reference(*reference, scale.half(), heads)
+    out = cosine_window_attention_reference(*reference, scale.half(), heads)
     (grad_qkv,) = torch.autograd.grad(out, reference[0], torch.randn(out.shape).half())
     assert not torch.isfinite(grad_qkv).all()  # what this guards against
 
@@ -235,7 +224,7 @@ def test_cpu_training_attention_in_bf16() -> None:
     assert out.dtype == torch.bfloat16
     grad = torch.randn(out.shape)
     actual = torch.autograd.grad(out, (*low, scale), grad.bfloat16())
-    expected_out = _cosine_attention_reference(qkv, mask, scale, heads)
+    expected_out = cosine_window_attention_reference(qkv, mask, scale, heads)
     expected = torch.autograd.grad(expected_out, (qkv, mask, scale), grad)
     assert [a.dtype for a in actual] == [torch.bfloat16, torch.bfloat16, torch.float32]
     for a, e in zip((out, *actual), (expected_out, *expected)):
