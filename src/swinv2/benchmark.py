@@ -13,6 +13,7 @@ transformers, timm and torchvision, see `benchmarks/bench.py`, which runs them s
 from __future__ import annotations
 
 import contextlib
+import platform
 import statistics
 import time
 from collections.abc import Callable, Iterator
@@ -41,6 +42,16 @@ class Row:
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+
+def machine(device: torch.device) -> str:
+    """What the figures were measured on: the GPU, or the CPU's model and PyTorch's thread count."""
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}"
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
+        cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    return f"{device.type}: {cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}"
 
 
 def _sync(device: torch.device) -> None:

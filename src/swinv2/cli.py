@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
@@ -852,19 +851,6 @@ def _benchmark_model(name: str) -> tuple[Any, str]:
     return _load_model(name, _model_class_name(name)), "weights from the checkpoint"
 
 
-def _machine(device: Any) -> str:
-    import platform
-
-    import torch
-
-    if device.type == "cuda":
-        return f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}"
-    cpu = platform.processor() or platform.machine()
-    with suppress(OSError), open("/proc/cpuinfo") as f:
-        cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
-    return f"{device.type}: {cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}"
-
-
 def _run_benchmark(args: argparse.Namespace) -> int:
     import json
 
@@ -916,7 +902,7 @@ def _run_benchmark(args: argparse.Namespace) -> int:
         "parameters": parameters,
         "image_size": list(image_hw),
         "device": str(device),
-        "machine": _machine(device),
+        "machine": benchmark.machine(device),
         "rows": [r.as_dict() for r in results],
     }
     if args.json:
