@@ -181,6 +181,23 @@ def test_bad_bool_masked_pos(mim, x, mask, error, message):
         mim(x, bool_masked_pos=mask)
 
 
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (dict(encoder_stride=32), r"reconstructs \(128, 128\) pixels for a 32x32 input: encoder_stride \(32\) must "
+         r"equal patch_size \* 2\*\*\(num_stages - 1\) = 8; set encoder_stride=8"),
+        (dict(patch_size=[4, 2], encoder_stride=8), r"needs a square patch, not 4x2: use patch_size=4 \(or 2\)"),
+    ],
+    ids=["stride", "non-square-patch"],
+)
+def test_masked_image_modeling_with_a_decoder_that_does_not_fit(x, overrides, message):
+    """A decoder stride that does not undo the encoder's (the reconstruction would only be cropped to fit)."""
+    model = built(swinv2.Swinv2ForMaskedImageModeling, **overrides)
+    grid = model.swinv2.embeddings.grid_size
+    with pytest.raises(ValueError, match=message):
+        model(x, bool_masked_pos=torch.ones(2, grid[0] * grid[1], dtype=torch.bool))
+
+
 def test_integer_and_grid_shaped_masks_mean_the_same(mim, x):
     mask = torch.rand(2, 64, generator=torch.Generator().manual_seed(3)) < 0.4
     with torch.no_grad():

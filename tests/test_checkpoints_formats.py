@@ -258,6 +258,34 @@ def test_microsoft_file_without_config_infers_it(tmp_path):
         assert torch.equal(loaded(x).logits, model(x).logits)
 
 
+@pytest.mark.parametrize(
+    "geometry",
+    [
+        dict(image_size=18, patch_size=2, depths=[2, 2], num_heads=[2, 4], window_size=6),  # padded stage 0
+        dict(image_size=12, patch_size=2, depths=[2, 2], num_heads=[2, 4], window_size=5),
+        dict(image_size=40, patch_size=4, depths=[2, 1, 2], num_heads=[2, 4, 4], window_size=7),
+        dict(image_size=7, patch_size=1, depths=[2, 2], num_heads=[2, 2], window_size=8),  # every window shrunk
+        dict(image_size=32, patch_size=4, depths=[2, 2], num_heads=[2, 4], window_size=4,
+             use_absolute_embeddings=True),
+    ],
+    ids=["padded", "odd-grid", "three-stages", "shrunk", "absolute-positions"],
+)
+def test_microsoft_file_without_config_odd_geometries(geometry, tmp_path):
+    """Grids that are no whole number of windows, or smaller than a window: the image size read from the
+    file's buffers builds the same windows and shifts in every stage, hence the same logits."""
+    model = ours(**geometry)
+    path = tmp_path / "released.pth"
+    torch.save({"model": ck.export_state_dict(model, "microsoft")}, path)
+    loaded = swinv2.Swinv2ForImageClassification.from_pretrained(path)
+    windows = [(b.window, b.shift) for stage in model.swinv2.stages for b in stage.blocks]
+    assert [(b.window, b.shift) for stage in loaded.swinv2.stages for b in stage.blocks] == windows
+    if geometry.get("use_absolute_embeddings"):
+        assert loaded.config.image_size == model.config.image_size
+    x = images(geometry["image_size"])
+    with torch.no_grad():
+        assert max_diff(loaded(x).logits, model(x).logits) == 0.0
+
+
 def test_official_file_name_gives_the_config(tmp_path):
     """swinv2_tiny_patch4_window8_256.pth: the name alone tells window and image size (no buffers needed)."""
     torch.manual_seed(0)
@@ -438,6 +466,19 @@ def test_absolute_position_embeddings_are_interpolated(tmp_path):
     expected = F.interpolate(old, size=(16, 16), mode="bicubic", align_corners=False)
     expected = expected.permute(0, 2, 3, 1).reshape(1, 256, -1)
     assert torch.allclose(model.swinv2.embeddings.position_embeddings, expected, atol=1e-6)
+
+
+def test_non_square_absolute_position_embeddings_are_interpolated(tmp_path):
+    """An 8x12 grid of positions resized to 16x24; to another aspect ratio is an error naming the fix."""
+    source = ours(image_size=[32, 48], window_size=4, use_absolute_embeddings=True)
+    source.save_pretrained(tmp_path / "wide")
+    model = swinv2.Swinv2ForImageClassification.from_pretrained(tmp_path / "wide", image_size=[64, 96])
+    old = source.swinv2.embeddings.position_embeddings.detach().reshape(1, 8, 12, -1).permute(0, 3, 1, 2)
+    expected = F.interpolate(old, size=(16, 24), mode="bicubic", align_corners=False)
+    expected = expected.permute(0, 2, 3, 1).reshape(1, 16 * 24, -1)
+    assert torch.allclose(model.swinv2.embeddings.position_embeddings, expected, atol=1e-6)
+    with pytest.raises(ck.CheckpointError, match="aspect ratio 16x16.*image_size"):
+        swinv2.Swinv2ForImageClassification.from_pretrained(tmp_path / "wide", image_size=64)
 
 
 def test_new_number_of_labels_reinitialises_the_head_with_a_warning(tmp_path):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import transformers
-from conftest import PARITY_CONFIGS, hf_model, ours_from_hf
+from conftest import PARITY_CONFIGS, hf_model, ours_from_hf, perturb_
 
 import swinv2
 
@@ -190,9 +190,11 @@ def test_head_mask_per_stage_list_against_explicit_reference(rng):
     assert not torch.all(out.attentions[0][:, 0] == 0)
 
 
-def test_absolute_position_embeddings(tmp_path, rng, monkeypatch):
+@pytest.mark.parametrize("image_size", [32, [32, 48]], ids=["square", "non-square"])
+def test_absolute_position_embeddings(image_size, tmp_path, rng, monkeypatch):
     """transformers 4.57 allocates N+1 absolute positions and then fails to add them to N tokens; the oracle
-    here is its embedding code with the unused first row skipped (the Microsoft code's `x + absolute_pos_embed`)."""
+    here is its embedding code with the unused first row skipped (the Microsoft code's `x + absolute_pos_embed`).
+    A non-square grid (8x12 patches: 97 rows in transformers' file) too."""
     from transformers.models.swinv2 import modeling_swinv2 as hf_swinv2
 
     def fixed_forward(self, pixel_values, bool_masked_pos=None, interpolate_pos_encoding=False):
@@ -205,11 +207,12 @@ def test_absolute_position_embeddings(tmp_path, rng, monkeypatch):
         return self.dropout(embeddings), output_dimensions
 
     monkeypatch.setattr(hf_swinv2.Swinv2Embeddings, "forward", fixed_forward)
-    config = dict(PARITY_CONFIGS["two_stage"], use_absolute_embeddings=True)
+    config = dict(PARITY_CONFIGS["two_stage"], use_absolute_embeddings=True, image_size=image_size)
     hf = hf_model("Swinv2ForImageClassification", config, num_labels=3)
     ours = ours_from_hf("Swinv2ForImageClassification", hf, tmp_path)
-    assert ours.swinv2.embeddings.position_embeddings.shape == (1, 64, 16)
-    x = input_for(config, rng)
+    patches = 64 if image_size == 32 else 96
+    assert ours.swinv2.embeddings.position_embeddings.shape == (1, patches, 16)
+    x = input_for(config, rng, size=(32, 32) if image_size == 32 else tuple(image_size))
     with torch.no_grad():
         close(ours(x).logits, hf(x).logits, "logits with absolute position embeddings")
     # and our folder loads back into transformers with the same (N+1)-row layout
@@ -220,6 +223,30 @@ def test_absolute_position_embeddings(tmp_path, rng, monkeypatch):
     )
 
 
+def test_return_dict_false_tuples_match_transformers(tmp_path, rng):
+    """The tuples index like transformers': the pooler's slot stays (None) in a model without pooling."""
+    config = PARITY_CONFIGS["two_stage"]
+    x = input_for(config, rng)
+    for pooling in (True, False):
+        torch.manual_seed(0)
+        hf = transformers.Swinv2Model(transformers.Swinv2Config(**config), add_pooling_layer=pooling)
+        perturb_(hf, torch.Generator().manual_seed(1))
+        hf.save_pretrained(tmp_path / str(pooling))
+        ours = swinv2.Swinv2Model.from_pretrained(tmp_path / str(pooling), add_pooling_layer=pooling).eval()
+        for extra in ({}, {"output_hidden_states": True}, {"output_attentions": True, "output_hidden_states": True}):
+            with torch.no_grad():
+                theirs, mine = hf(x, return_dict=False, **extra), ours(x, return_dict=False, **extra)
+            assert len(mine) == len(theirs), (pooling, extra)
+            for i, (a, b) in enumerate(zip(mine, theirs)):
+                assert (a is None) == (b is None), (pooling, extra, i)
+                if isinstance(a, torch.Tensor):
+                    close(a, b, f"tuple[{i}] (pooling={pooling}, {extra})")
+                elif a is not None:
+                    assert len(a) == len(b)
+                    for u, v in zip(a, b):
+                        close(u, v, f"tuple[{i}] (pooling={pooling}, {extra})")
+
+
 @pytest.mark.parametrize("kind", ["Swinv2Model", "Swinv2ForImageClassification", "Swinv2ForMaskedImageModeling",
                                   "Swinv2Backbone"])
 def test_our_folder_loads_into_transformers(kind, tmp_path, rng):
@@ -227,7 +254,6 @@ def test_our_folder_loads_into_transformers(kind, tmp_path, rng):
     config = swinv2.Swinv2Config(**PARITY_CONFIGS["four_stage_small_last"], num_labels=4, encoder_stride=32)
     torch.manual_seed(3)
     ours = getattr(swinv2, kind)(config).eval()
-    from conftest import perturb_
 
     perturb_(ours, torch.Generator().manual_seed(4))
     ours.save_pretrained(tmp_path)

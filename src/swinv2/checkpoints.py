@@ -20,6 +20,7 @@ them; they also tell window and image size when a checkpoint comes without a con
 from __future__ import annotations
 
 import functools
+import inspect
 import json
 import logging
 import math
@@ -354,8 +355,9 @@ def hf_to_ours(state: dict[str, Tensor]) -> dict[str, Tensor]:
             qkv.setdefault((stage, block), {})[f"{part}.{kind}"] = value
             continue
         if key == "embeddings.position_embeddings":
-            # transformers keeps an unused first row (a [CLS] slot Swin never has).
-            out[key] = value[:, 1:] if value.shape[1] > 1 and _is_square_plus_one(value.shape[1]) else value
+            # transformers always allocates one row more than there are patches, a [CLS] slot Swin never has;
+            # the patches' rows follow it, for any grid (square or not).
+            out[key] = value[:, 1:]
             continue
         if key in ("embeddings.mask_token",) or key.startswith("embeddings.norm."):
             out[key] = value
@@ -377,11 +379,6 @@ def hf_to_ours(state: dict[str, Tensor]) -> dict[str, Tensor]:
         if "value.bias" in parts:
             out[prefix + "v_bias"] = parts["value.bias"]
     return out
-
-
-def _is_square_plus_one(n: int) -> bool:
-    root = math.isqrt(n - 1) if n > 0 else 0
-    return root * root == n - 1 and n > 1
 
 
 def ours_to_hf(state: dict[str, Tensor], with_prefix: bool) -> dict[str, Tensor]:
@@ -788,8 +785,8 @@ def infer_config(
         fields["num_labels"] = canonical["classifier.weight"].shape[0]
     if "decoder.0.weight" in canonical:
         fields["encoder_stride"] = math.isqrt(canonical["decoder.0.weight"].shape[0] // num_channels)
-    geometry = _geometry(_with_buffers_renamed(state, fmt), canonical, fmt, patch_h, num_stages)
     hint = next((kwargs for kwargs in map(preset_kwargs, names) if kwargs), {})
+    geometry = _geometry(_with_buffers_renamed(state, fmt), canonical, fmt, patch_h, fields["depths"], hint)
     if hint and (hint["embed_dim"], hint["depths"]) != (embed_dim, fields["depths"]):
         logger.warning(
             "the checkpoint's name says %s, its tensors say embed_dim %d, depths %s: the tensors win",
@@ -819,7 +816,12 @@ def infer_config(
 
 
 def _geometry(
-    full: dict[str, Tensor], canonical: dict[str, Tensor], fmt: str, patch: int, num_stages: int
+    full: dict[str, Tensor],
+    canonical: dict[str, Tensor],
+    fmt: str,
+    patch: int,
+    depths: list[int],
+    hint: dict[str, Any],
 ) -> dict[str, Any]:
     """Window, image size and pretrained windows told by persisted buffers and position embeddings."""
     windows: dict[int, int] = {}
@@ -838,21 +840,73 @@ def _geometry(
     out: dict[str, Any] = {}
     if windows:
         out["window_size"] = max(windows.values())
-        if sorted(pretrained) == list(range(num_stages)):
-            out["pretrained_window_sizes"] = [pretrained[i] for i in range(num_stages)]
+        if sorted(pretrained) == list(range(len(depths))):
+            out["pretrained_window_sizes"] = [pretrained[i] for i in range(len(depths))]
+    positions = canonical.get("embeddings.position_embeddings")
+    if fmt.startswith("microsoft") and windows:
+        out.update(_microsoft_image_size(windows, masks, depths, patch, out["window_size"], positions, hint))
+        return out
     for stage, count in sorted(masks.items()):
         side = math.isqrt(count)
         if side * side == count and stage in windows:  # a square grid of windows
             out["image_size"] = windows[stage] * side * 2**stage * patch
             break
     else:
-        # Microsoft shrinks a window to a stage's feature map when the map is smaller: then window = map.
-        shrunk = [i for i, w in sorted(windows.items()) if w < out.get("window_size", 0)]
-        if fmt.startswith("microsoft") and shrunk:
-            out["image_size"] = windows[shrunk[0]] * 2 ** shrunk[0] * patch
-        elif "embeddings.position_embeddings" in canonical:
-            out["image_size"] = math.isqrt(canonical["embeddings.position_embeddings"].shape[1]) * patch
+        if positions is not None:
+            out["image_size"] = math.isqrt(positions.shape[1]) * patch
     return out
+
+
+def _microsoft_image_size(
+    windows: dict[int, int],
+    masks: dict[int, int],
+    depths: list[int],
+    patch: int,
+    window: int,
+    positions: Tensor | None,
+    hint: dict[str, Any],
+) -> dict[str, Any]:
+    """The (square) image size and window of a Microsoft file without a config.
+
+    The file keeps each stage's window (its coordinate table) and, for shifted blocks, the shift mask with
+    one entry per window. A stage's grid is `image / patch // 2**i`; its window shrinks to that grid when the
+    grid is not larger, and then nothing is shifted. Every grid that reproduces all of these builds the same
+    model; among them the official name's size wins, then the size of the position embeddings, then a size
+    Microsoft's code could run (every stage a whole number of windows), the largest.
+    """
+    shifted = {i: i in masks for i, depth in enumerate(depths) if depth > 1} if masks else {}
+
+    def fits(grid: int, window: int) -> bool:
+        for i in range(len(depths)):
+            resolution = grid // 2**i
+            own = max(1, min(window, resolution))
+            shift = window // 2 if resolution > own else 0
+            if windows.get(i, own) != own or shifted.get(i, shift > 0) != (shift > 0):
+                return False
+            if i in masks and masks[i] != math.ceil(resolution / own) ** 2:
+                return False
+        return True
+
+    if hint.get("image_size") and hint.get("window_size", 0) >= window:
+        hinted = hint["image_size"]
+        hinted = hinted if isinstance(hinted, int) else hinted[0]
+        if fits(hinted // patch, hint["window_size"]):
+            return {"image_size": hinted, "window_size": hint["window_size"]}
+    if positions is not None:
+        side = math.isqrt(positions.shape[1])
+        if side * side == positions.shape[1] and fits(side, window):
+            return {"image_size": side * patch}
+    limit = 4096
+    grids = [grid for grid in range(1, limit + 1) if fits(grid, window)]
+    if not grids or grids[-1] == limit:  # nothing fits (not a square image), or nothing bounds the size
+        if grids:
+            return {}
+        logger.warning(
+            "this Microsoft checkpoint's windows and shift masks fit no square image size; pass image_size"
+        )
+        return {}
+    whole = [g for g in grids if all((g // 2**i) % max(1, min(window, g // 2**i)) == 0 for i in range(len(depths)))]
+    return {"image_size": max(whole or grids) * patch}
 
 
 def _pretrained_window(table: Tensor, window: int) -> int:
@@ -929,7 +983,7 @@ def load_into_model(
     fresh: list[str] = []
     for key in mismatched:
         if key.endswith("position_embeddings") and state[key].dim() == 3:
-            state[key] = _resize_positions(state[key], own[key].shape)
+            state[key] = _resize_positions(state[key], _encoder(model).embeddings.grid_size)
         elif key.startswith(head_like) or ignore_mismatched_sizes:
             fresh.append(f"{key} (checkpoint {tuple(state[key].shape)}, model {tuple(own[key].shape)})")
             del state[key]
@@ -966,15 +1020,27 @@ def load_into_model(
         logger.info("unused weights from %s: %s", source, _describe(ignored_heads + unexpected))
 
 
-def _resize_positions(pos: Tensor, shape: torch.Size) -> Tensor:
-    """Bicubically resize square absolute position embeddings `(1, N, C)` to another grid."""
-    n_old, n_new = pos.shape[1], shape[1]
-    old, new = math.isqrt(n_old), math.isqrt(n_new)
-    if old * old != n_old or new * new != n_new:
-        raise CheckpointError(f"cannot resize position embeddings of {n_old} patches to {n_new}")
-    grid = pos.reshape(1, old, old, -1).permute(0, 3, 1, 2).float()
-    grid = torch.nn.functional.interpolate(grid, size=(new, new), mode="bicubic", align_corners=False)
-    return grid.permute(0, 2, 3, 1).reshape(1, n_new, -1).to(pos.dtype)
+def _resize_positions(pos: Tensor, grid: tuple[int, int]) -> Tensor:
+    """Bicubically resize absolute position embeddings `(1, N, C)` to the model's patch grid `(gh, gw)`.
+
+    The checkpoint's grid is not stored, only its N rows: it is taken to have the model's aspect ratio (a
+    square grid for a square model), the only reading of N that a resize to that grid can mean.
+    """
+    gh, gw = grid
+    n_old = pos.shape[1]
+    old_hw = None
+    for h in range(1, math.isqrt(n_old * gh // max(gw, 1)) + 2):
+        if n_old % h == 0 and h * gw == (n_old // h) * gh:
+            old_hw = (h, n_old // h)
+    if old_hw is None:
+        raise CheckpointError(
+            f"the checkpoint's {n_old} absolute position embeddings do not form a grid of the model's aspect "
+            f"ratio {gh}x{gw}, so they cannot be resized to it; pass the checkpoint's own image_size (and "
+            "patch_size) instead"
+        )
+    image = pos.reshape(1, *old_hw, -1).permute(0, 3, 1, 2).float()
+    image = torch.nn.functional.interpolate(image, size=(gh, gw), mode="bicubic", align_corners=False)
+    return image.permute(0, 2, 3, 1).reshape(1, gh * gw, -1).to(pos.dtype)
 
 
 def load_pretrained(
@@ -990,7 +1056,13 @@ def load_pretrained(
     local_files_only: bool = False,
     **config_overrides: Any,
 ):
-    """Build `cls` from the config and load the weights found at `name_or_path` (see `from_pretrained`)."""
+    """Build `cls` from the config and load the weights found at `name_or_path` (see `from_pretrained`).
+
+    Keyword arguments that `cls.__init__` takes besides the config (`add_pooling_layer`, `use_mask_token` of
+    `Swinv2Model`) go to the model, as in transformers; the others override config fields.
+    """
+    init_names = set(inspect.signature(cls.__init__).parameters) - {"self", "config"}
+    model_kwargs = {k: config_overrides.pop(k) for k in list(config_overrides) if k in init_names}
     config_path, weights_path = resolve_source(name_or_path, revision, cache_dir, local_files_only)
     if weights_path is None:
         raise CheckpointError(
@@ -1006,7 +1078,7 @@ def load_pretrained(
     elif config_overrides:
         config = Swinv2Config.from_dict(config.to_dict(), **config_overrides)
     dtype = _target_dtype(torch_dtype, state)
-    model = cls(config)
+    model = cls(config, **model_kwargs)
     load_into_model(model, canonical, fmt, strict, ignore_mismatched_sizes, str(weights_path))
     model.to(device=device, dtype=dtype)
     model.eval()

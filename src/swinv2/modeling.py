@@ -507,7 +507,8 @@ class Swinv2PreTrainedModel(nn.Module):
         pytorch_model.bin) and Microsoft, timm and torchvision checkpoints are recognised by their keys.
         `torch_dtype` casts the weights (`"auto"` keeps the file's dtype); `device`/`map_location` places
         them. Keyword arguments that name config fields override the stored config (e.g. `num_labels=10`;
-        the new head is then initialised afresh, with a warning). Missing or unexpected weights raise an
+        the new head is then initialised afresh, with a warning); the constructor's own arguments
+        (`add_pooling_layer`, `use_mask_token`) go to the model. Missing or unexpected weights raise an
         error listing them unless `strict=False`.
         """
         from .checkpoints import load_pretrained
@@ -587,7 +588,11 @@ class Swinv2Model(Swinv2PreTrainedModel):
         sequence = self.norm(x.flatten(1, 2))
         pooled = sequence.mean(dim=1) if self.add_pooling_layer else None
         out = Swinv2ModelOutput(sequence, pooled, hidden, attentions, reshaped)
-        return out if return_dict else out.to_tuple()
+        if return_dict:
+            return out
+        # As transformers: the pooler's slot stays (None without a pooling layer), so that the indices of
+        # the optional outputs after it do not depend on add_pooling_layer.
+        return (sequence, pooled, *(v for v in (hidden, attentions, reshaped) if v is not None))
 
     def output_grid(self, height: int, width: int) -> tuple[int, int]:
         """The token grid after the last stage for an input of `height x width` pixels."""
@@ -730,20 +735,26 @@ class Swinv2ForMaskedImageModeling(Swinv2PreTrainedModel):
         batch, channels, height, width = pixel_values.shape
         gh, gw = self.swinv2.output_grid(height, width)
         features = outputs.last_hidden_state.transpose(1, 2).reshape(batch, -1, gh, gw)
-        reconstruction = self.decoder(features)
+        reconstruction = decoded = self.decoder(features)
         if reconstruction.shape[-2] >= height and reconstruction.shape[-1] >= width:
             reconstruction = reconstruction[..., :height, :width]
         loss = None
         if bool_masked_pos is not None:
-            if reconstruction.shape[-2:] != pixel_values.shape[-2:]:
+            ph, pw = self.config.patch_hw
+            stride, depth = self.config.encoder_stride, 2 ** (self.config.num_layers - 1)
+            if ph != pw:
                 raise ValueError(
-                    f"the decoder reconstructs {tuple(reconstruction.shape[-2:])} pixels for a "
-                    f"{height}x{width} input: encoder_stride ({self.config.encoder_stride}) must equal "
-                    f"patch_size * 2**(num_stages - 1) = {self.config.patch_hw[0] * 2 ** (self.config.num_layers - 1)}"
+                    f"the decoder upsamples both sides by one encoder_stride ({stride}), so masked image "
+                    f"modeling needs a square patch, not {ph}x{pw}: use patch_size={ph} (or {pw})"
+                )
+            if stride != ph * depth:
+                raise ValueError(
+                    f"the decoder reconstructs {tuple(decoded.shape[-2:])} pixels for a {height}x{width} "
+                    f"input: encoder_stride ({stride}) must equal patch_size * 2**(num_stages - 1) = "
+                    f"{ph * depth}; set encoder_stride={ph * depth} in the config"
                 )
             grid = _grid_size(self.config, height, width)
             mask = _check_bool_masked_pos(bool_masked_pos, batch, grid).reshape(batch, 1, *grid)
-            ph, pw = self.config.patch_hw
             mask = mask.repeat_interleave(ph, 2).repeat_interleave(pw, 3)[..., :height, :width].to(pixel_values.dtype)
             error = F.l1_loss(pixel_values, reconstruction.to(pixel_values.dtype), reduction="none")
             loss = (error * mask).sum() / (mask.sum() + 1e-5) / channels
