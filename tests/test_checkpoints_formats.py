@@ -477,7 +477,7 @@ def test_non_square_absolute_position_embeddings_are_interpolated(tmp_path):
     expected = F.interpolate(old, size=(16, 24), mode="bicubic", align_corners=False)
     expected = expected.permute(0, 2, 3, 1).reshape(1, 16 * 24, -1)
     assert torch.allclose(model.swinv2.embeddings.position_embeddings, expected, atol=1e-6)
-    with pytest.raises(ck.CheckpointError, match="aspect ratio 16x16.*image_size"):
+    with pytest.raises(ck.CheckpointError, match=r"aspect ratio 16x16.*image_size"):
         swinv2.Swinv2ForImageClassification.from_pretrained(tmp_path / "wide", image_size=64)
 
 

@@ -471,3 +471,21 @@ def test_command_errors_are_one_line_with_status_2(tiny_config, tmp_path, capsys
     assert cli.main(["evaluate", str(missing), "--data", "fashion-mnist"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("swinv2 evaluate: error:") and str(missing) in err and len(err.splitlines()) == 1
+
+
+def test_cpu_compile_does_not_print_the_cuda_home_warning(tmp_path):
+    """A CUDA build of PyTorch on a machine without a GPU logs "No CUDA runtime is found" when inductor first
+    imports its C++ builder; compiling for the CPU through compile_model does not show it (the control, a
+    plain import in a fresh process, does)."""
+    import os
+    import subprocess
+    import sys
+
+    # a CUDA_HOME that exists, as on these machines, and no visible GPU
+    env = {**os.environ, "CUDA_HOME": str(tmp_path), "CUDA_VISIBLE_DEVICES": ""}
+    plain = "import torch.utils.cpp_extension"
+    ours = "import torch; from swinv2.training import compile_model; compile_model(torch.nn.Linear(2, 2), 'cpu')"
+    runs = [subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+            for code in (plain, ours)]
+    assert "No CUDA runtime is found" in runs[0].stderr
+    assert "No CUDA runtime is found" not in runs[1].stderr, runs[1].stderr

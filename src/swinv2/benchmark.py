@@ -93,7 +93,12 @@ def _make_step(model: nn.Module, row: Row, device: torch.device, image_hw: tuple
     for the other heads the mean square of the first output, which reaches every parameter it uses)."""
     config = model.config
     pixels = torch.randn(row.batch, config.num_channels, *image_hw, device=device)
-    run = torch.compile(model) if row.mode == "compile" else model
+    if row.mode == "compile":
+        from .training import compile_model
+
+        run = compile_model(model, device.type)
+    else:
+        run = model
     if row.task == "infer":
         model.eval()
 

@@ -879,6 +879,21 @@ def _compiled(model: nn.Module, config: TrainConfig, device: torch.device) -> nn
     problem = compile_problem(device.type)
     if problem:
         raise TrainingError(f"--compile: {problem}, or train without --compile")
+    return compile_model(model, device.type)
+
+
+def compile_model(model: nn.Module, device_type: str) -> nn.Module:
+    """`torch.compile(model)`. For a CPU, without the "No CUDA runtime is found" warning that a CUDA build of
+    PyTorch logs on a machine without a GPU when its C++ builder is first imported: it is about CUDA, not
+    about this compilation."""
+    if device_type == "cpu" and "torch.utils.cpp_extension" not in sys.modules:
+        log = logging.getLogger("torch.utils.cpp_extension")
+        level = log.level
+        log.setLevel(logging.ERROR)
+        try:
+            import torch.utils.cpp_extension  # the warning is logged on import
+        finally:
+            log.setLevel(level)
     return torch.compile(model)
 
 
