@@ -228,3 +228,30 @@ def test_matches_transformers_on_drawn_architectures(d: Draw):
     torch.testing.assert_close(got.logits, expected.logits, atol=1e-5, rtol=1e-5)
     for a, b in zip(got.reshaped_hidden_states, expected.reshaped_hidden_states):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+@examples(10)
+@given(architectures(), st.integers(0, 8))
+def test_checkpoints_load_back_on_drawn_architectures(d: Draw, widen: int):
+    """Our save_pretrained folder (transformers' layout), with a non-square image_size when `widen` > 0, and
+    a Microsoft .pth without a config (square images only, as Microsoft's code) give back the same logits: the
+    config is read or inferred to build the same windows, shifts and position embeddings."""
+    from swinv2 import checkpoints as ck
+
+    image = d.config["image_size"]
+    config = dict(d.config, image_size=[image, image + widen]) if widen else d.config
+    model = _built(swinv2.Swinv2ForImageClassification, Draw(config, d.batch, d.height, d.width))
+    x = _pixels(d)
+    with torch.no_grad():
+        expected = model(x).logits
+    with tempfile.TemporaryDirectory() as folder:
+        model.save_pretrained(folder)
+        loaded = swinv2.Swinv2ForImageClassification.from_pretrained(folder)
+        with torch.no_grad():
+            torch.testing.assert_close(loaded(x).logits, expected, atol=0, rtol=0)
+        if not widen:
+            path = os.path.join(folder, "released.pth")
+            torch.save({"model": ck.export_state_dict(model, "microsoft")}, path)
+            loaded = swinv2.Swinv2ForImageClassification.from_pretrained(path)
+            with torch.no_grad():
+                torch.testing.assert_close(loaded(x).logits, expected, atol=0, rtol=0)
