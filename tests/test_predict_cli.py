@@ -289,6 +289,35 @@ def test_model_problems_are_one_line(workdir, tmp_path):
         assert "Traceback" not in proc.stderr
 
 
+def test_aspect_keeping_processor_runs_each_size_as_its_own_batch(workdir, tmp_path):
+    """size={"shortest_edge": N} without a crop gives photos of different shapes: one batch per shape, and the
+    same probabilities as one photo at a time."""
+    model = tmp_path / "aspect"
+    shutil.copytree(workdir / "named", model)
+    settings = json.loads((model / "preprocessor_config.json").read_text())
+    (model / "preprocessor_config.json").write_text(json.dumps({**settings, "size": {"shortest_edge": 48}}))
+    files = [workdir / "photos" / "astronaut.png", workdir / "photos" / "china.jpg"]  # square and 427x640
+    together, proc = run_json(model, *files, "--batch-size", "2")
+    assert proc.returncode == 0, proc.stderr
+    for file, result in zip(files, together["results"]):
+        alone, _ = run_json(model, file)
+        expected = alone["results"][0]["predictions"]
+        assert [p["label"] for p in result["predictions"]] == [p["label"] for p in expected]
+        assert np.allclose([p["probability"] for p in result["predictions"]],
+                           [p["probability"] for p in expected], atol=1e-6)
+
+
+def test_image_settings_for_another_channel_count_are_one_line(workdir, tmp_path):
+    model = tmp_path / "gray-settings"
+    shutil.copytree(workdir / "named", model)
+    settings = json.loads((model / "preprocessor_config.json").read_text())
+    (model / "preprocessor_config.json").write_text(json.dumps({**settings, "image_mean": [0.5], "image_std": [0.5]}))
+    proc = swinv2_cli("predict", model, workdir / "photos" / "astronaut.png")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "make 1-channel images" in proc.stderr and "the model takes 3" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

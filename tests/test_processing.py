@@ -121,6 +121,23 @@ def test_numpy_float_and_tensor_inputs(photos):
     assert max_diff(ours([a.astype(np.float64) for a in arrays]).pixel_values, ref_255) <= TOL
 
 
+def test_float_images_from_img_as_float_round_as_transformers(photos):
+    """skimage's img_as_float gives k * (1 / 255) in float64; times 255 that can fall just below k, and transformers
+    rounds it to float32 (back to k) before truncating to 8 bits for the resize: so do we."""
+    import skimage.util
+
+    ours, hf = Swinv2ImageProcessor(size=64, do_rescale=False), hf_vit(size=64, do_rescale=False)
+    floats = [skimage.util.img_as_float(np.asarray(p)) for p in photos]
+    levels = skimage.util.img_as_float(np.arange(256, dtype=np.uint8))
+    assert np.any((levels * 255).astype(np.uint8) != np.arange(256))  # the case: float64 truncation loses a level
+    assert max_diff(ours(floats).pixel_values, hf(floats, return_tensors="pt").pixel_values) <= TOL
+
+
+def test_unknown_settings_for_one_call_are_refused(photos):
+    with pytest.raises(TypeError, match=r"unknown image processor setting\(s\) do_normalise; the settings are"):
+        Swinv2ImageProcessor()(photos[0], do_normalise=False)
+
+
 def test_float_arrays_with_alpha_or_one_channel(photos):
     rgb = [np.asarray(p).astype(np.float32) / 255 for p in photos[:3]]
     rgba = [np.concatenate([a, np.full((*a.shape[:2], 1), 0.5, np.float32)], -1) for a in rgb]

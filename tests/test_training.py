@@ -489,3 +489,98 @@ def test_cpu_compile_does_not_print_the_cuda_home_warning(tmp_path):
             for code in (plain, ours)]
     assert "No CUDA runtime is found" in runs[0].stderr
     assert "No CUDA runtime is found" not in runs[1].stderr, runs[1].stderr
+
+
+# ---------------------------------------------------------------------------------------------- evaluate
+def _reference_metrics(model_dir, files_by_class, class_index):
+    """Loss, top-1 and image count of a classifier on these files, one image at a time through its own processor."""
+    from swinv2 import AutoImageProcessor
+
+    model = Swinv2ForImageClassification.from_pretrained(model_dir)
+    processor = AutoImageProcessor.from_pretrained(model_dir)
+    losses, hits = [], 0
+    for name, files in files_by_class.items():
+        for f in files:
+            try:
+                image = load_image(f)
+            except Exception:
+                continue
+            with torch.no_grad():
+                logits = model(processor(image).pixel_values).logits
+            target = torch.tensor([class_index[name]])
+            losses.append(float(torch.nn.functional.cross_entropy(logits, target)))
+            hits += int(logits.argmax(-1).item() == class_index[name])
+    return sum(losses) / len(losses), hits / len(losses), len(losses)
+
+
+def _saved_classifier(folder, seed=0, **config):
+    torch.manual_seed(seed)
+    labels = ["cat", "coffee", "rocket"]
+    model = Swinv2ForImageClassification(Swinv2Config(
+        **{**TINY_MODEL, **config}, num_labels=3, id2label=dict(enumerate(labels)),
+        label2id={n: i for i, n in enumerate(labels)}))
+    from conftest import perturb_
+
+    perturb_(model, torch.Generator().manual_seed(seed), scale=0.5)
+    model.save_pretrained(folder)
+    return folder
+
+
+def test_evaluate_uses_the_models_processor_leaves_unreadable_images_out_and_matches_labels_by_name(
+        photos, tmp_path):
+    """The model's preprocessor_config.json (another size, bilinear, 0.5 statistics) as `swinv2 predict` uses
+    it; a truncated file is left out (not replaced by another image, which would count twice); folders that
+    are a subset of the model's labels, in another order, are matched by name."""
+    import shutil
+
+    from swinv2 import Swinv2ImageProcessor
+    from swinv2.training import evaluate
+
+    model = _saved_classifier(tmp_path / "model")
+    Swinv2ImageProcessor(size={"height": 40, "width": 24}, resample=2, image_mean=[0.5] * 3,
+                         image_std=[0.5] * 3).save_pretrained(model)
+    data = tmp_path / "data"
+    for name in ("coffee", "rocket"):  # no "cat": the labels 0, 1 of the data are the model's 1, 2
+        shutil.copytree(photos / "val" / name, data / name)
+    broken = sorted((data / "coffee").iterdir())[0]
+    broken.write_bytes(broken.read_bytes()[:200])
+    files = {name: sorted((data / name).iterdir()) for name in ("coffee", "rocket")}
+    loss, top1, count = _reference_metrics(model, files, {"cat": 0, "coffee": 1, "rocket": 2})
+    result = evaluate(str(model), str(data), num_workers=0, progress=False)
+    assert count == sum(len(f) for f in files.values()) - 1 == result.num_images
+    assert result.class_names == ["cat", "coffee", "rocket"]
+    assert [sum(row) for row in result.confusion] == [0, len(files["coffee"]) - 1, len(files["rocket"])]
+    assert result.loss == pytest.approx(loss, abs=1e-5) and result.top1 == pytest.approx(top1)
+
+
+def test_evaluate_a_one_channel_model_without_processor_file(photos, tmp_path):
+    from swinv2.training import evaluate
+
+    model = _saved_classifier(tmp_path / "gray", num_channels=1)
+    files = {name: sorted((photos / "val" / name).iterdir()) for name in ("cat", "coffee", "rocket")}
+    loss, top1, count = _reference_metrics(model, files, {"cat": 0, "coffee": 1, "rocket": 2})
+    result = evaluate(str(model), str(photos), num_workers=0, progress=False)
+    assert result.num_images == count and result.loss == pytest.approx(loss, abs=1e-5)
+    assert result.top1 == pytest.approx(top1)
+
+
+def test_evaluate_option_and_settings_errors_are_one_line(photos, tmp_path, capsys):
+    from swinv2 import cli
+
+    model = _saved_classifier(tmp_path / "model")
+    good = ["evaluate", str(model), "--data", str(photos), "--num-workers", "0"]
+    usage = [  # argparse: exit status 2 through SystemExit
+        ([*good, "--batch-size", "0"], "argument --batch-size: expected a positive integer, got 0"),
+        ([*good, "--num-workers", "-1"], "argument --num-workers: expected an integer >= 0, got -1"),
+    ]
+    for argv, message in usage:
+        with pytest.raises(SystemExit) as exit_info:
+            cli.main(argv)
+        assert exit_info.value.code == 2 and message in capsys.readouterr().err
+    assert cli.main([*good, "--device", "bogus"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown device 'bogus'" in err and len(err.strip().splitlines()) == 1
+    (model / "preprocessor_config.json").write_text('{"image_mean": [0.5], "image_std": [0.5]}')
+    assert cli.main(good) == 2
+    err = capsys.readouterr().err
+    assert "make 1-channel images" in err and "the model takes 3" in err and len(err.strip().splitlines()) == 1

@@ -221,9 +221,9 @@ def _add_evaluate_parser(sub) -> None:
     parser.add_argument("--data", required=True,
                         help="'fashion-mnist' (its test split), DATA/val of a class-folder dataset, or a folder "
                              "of class folders")
-    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--batch-size", type=_positive_int, default=256)
     parser.add_argument("--limit", type=int, default=None, help="evaluate a seeded subset of this many images")
-    parser.add_argument("--num-workers", type=int, default=2)
+    parser.add_argument("--num-workers", type=_non_negative_int, default=2)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--amp", choices=("none", "bf16", "fp16"), default="none")
     parser.add_argument("--output", default=None, help="write eval.json and confusion_matrix.png here")
@@ -403,6 +403,16 @@ def _add_predict_parser(sub: Any) -> None:
     p.set_defaults(func=_predict)
 
 
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
+    return value
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -453,6 +463,7 @@ def _collect_inputs(inputs: list[str]) -> tuple[list[Path], list[tuple[str, str]
 
 
 def _predict(args: argparse.Namespace) -> int:
+    import numpy as np
     import torch
 
     from swinv2.processing import AutoImageProcessor, ImageLoadError, load_image, resolve_id2label
@@ -469,6 +480,12 @@ def _predict(args: argparse.Namespace) -> int:
         processor = AutoImageProcessor.from_pretrained(args.model)
     except ValueError as err:
         raise Swinv2Error(f"cannot read the image settings of {args.model!r}: {err}") from err
+    if processor.channels != model.config.num_channels:
+        raise Swinv2Error(
+            f"the image settings of {args.model!r} make {processor.channels}-channel images (image_mean/image_std "
+            f"or num_channels of its preprocessor_config.json) but the model takes {model.config.num_channels}; "
+            f"give one image_mean and image_std value per channel ({model.config.num_channels})"
+        )
     id2label, _ = resolve_id2label(model.config)
     k = min(args.top_k, len(id2label))
 
@@ -491,10 +508,17 @@ def _predict(args: argparse.Namespace) -> int:
                 bar.update(1)
         if not images:
             continue
-        pixel_values = processor(images, return_tensors="pt").pixel_values.to(device, model.dtype)
-        with torch.inference_mode():
-            probs = model(pixel_values).logits.float().softmax(-1)
-        top = probs.topk(k, dim=-1)
+        # Processors that keep the aspect ratio ({"shortest_edge": N} without a crop) give images of several
+        # sizes: each size goes through the model as its own batch.
+        arrays = processor(images, return_tensors=None).pixel_values
+        probs = [None] * len(arrays)
+        for shape in dict.fromkeys(a.shape for a in arrays):
+            same = [i for i, a in enumerate(arrays) if a.shape == shape]
+            pixel_values = torch.from_numpy(np.stack([arrays[i] for i in same])).to(device, model.dtype)
+            with torch.inference_mode():
+                for i, p in zip(same, model(pixel_values).logits.float().softmax(-1)):
+                    probs[i] = p
+        top = torch.stack(probs).topk(k, dim=-1)
         for name, values, indices in zip(names, top.values.tolist(), top.indices.tolist()):
             results.append(
                 {

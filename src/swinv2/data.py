@@ -137,7 +137,12 @@ class _ProcessorTransform:
 
 def eval_transform(image_size: tuple[int, int], mean: Sequence[float], std: Sequence[float]) -> Callable:
     """The evaluation transform: `eval_processor` applied to one `(C, H, W)` uint8 image."""
-    return _ProcessorTransform(eval_processor(image_size, mean, std))
+    return processor_transform(eval_processor(image_size, mean, std))
+
+
+def processor_transform(processor) -> Callable:
+    """An image processor as a dataset transform: one `(C, H, W)` uint8 image -> `(C, H', W')` float."""
+    return _ProcessorTransform(processor)
 
 
 class PadCropFlip:
@@ -263,6 +268,9 @@ class AugmentedDataset(Dataset):
         self.seed = seed
         self.epoch = 0
         self.mask_generator = mask_generator
+        # Evaluation sets leave an unreadable image out (label -1, which the metrics skip) instead of
+        # replacing it by the next image, which would count that image and its label twice.
+        self.for_evaluation = False
 
     def load(self, index: int) -> Tensor:
         """The raw image `(C, H, W)` uint8; raises OSError/ValueError for an unreadable one."""
@@ -287,7 +295,19 @@ class AugmentedDataset(Dataset):
         logger.warning("skipping an unreadable image (item %d): %s", index, err)
 
     def __getitem__(self, index: int) -> tuple[Tensor, int | Tensor]:
+        if self.for_evaluation and self.mask_generator is None:
+            try:
+                image = self.load(index)
+            except (OSError, ValueError, RuntimeError) as err:
+                self._report_unreadable(index, err)
+                # a stand-in of the transform's output size, so that the batch still stacks
+                blank = torch.zeros(self.num_channels, 8, 8, dtype=torch.uint8)
+                return torch.zeros_like(self.transform(blank)), -1
+            return self._item(index, image)
         index, image = self._load_readable(index)
+        return self._item(index, image)
+
+    def _item(self, index: int, image: Tensor) -> tuple[Tensor, int | Tensor]:
         if image.shape[0] != self.num_channels:
             image = image[:1].expand(self.num_channels, -1, -1) if image.shape[0] == 1 else image[:1]
         seed = item_seed(self.seed, self.epoch, index)
@@ -554,6 +574,7 @@ def build_classification_data(
                                    spec.seed)
         val = TensorImageDataset(val_images[keep_val], val_labels[keep_val], val_transform, spec.num_channels,
                                  spec.seed)
+        val.for_evaluation = True
         return train, val, list(FASHION_MNIST_CLASSES)
     root = Path(spec.data).expanduser()
     _check_folder(root)
@@ -582,24 +603,29 @@ def build_classification_data(
                              spec.num_channels, spec.seed)
     val = ImageFileDataset([val_files[i] for i in keep_val], [val_labels[i] for i in keep_val], val_transform,
                            spec.num_channels, spec.seed)
+    val.for_evaluation = True
     return train, val, classes
 
 
-def build_eval_data(spec: DataSpec) -> tuple[AugmentedDataset, list[str]]:
+def build_eval_data(spec: DataSpec, transform: Callable | None = None) -> tuple[AugmentedDataset, list[str]]:
     """The evaluation set of `spec.data`: Fashion-MNIST's test split, `DATA/val` (or `test`), or, for a
-    plain folder of class folders, all of it."""
-    transform = eval_transform(spec.image_size, spec.mean, spec.std)
+    plain folder of class folders, all of it. `transform` (one `(C, H, W)` uint8 image -> pixel values)
+    defaults to `eval_transform` of the spec's size and statistics. Unreadable images are left out."""
+    transform = transform or eval_transform(spec.image_size, spec.mean, spec.std)
     if spec.data == FASHION_MNIST:
         images, labels = load_fashion_mnist("test")
         keep = _subset(len(labels), spec.limit_val, spec.seed)
-        return TensorImageDataset(images[keep], labels[keep], transform, spec.num_channels), list(FASHION_MNIST_CLASSES)
-    root = Path(spec.data).expanduser()
-    _check_folder(root)
-    folder = _find_val_folder(root) or root
-    files, labels, classes = scan_class_folders(folder)
-    keep = _subset(len(files), spec.limit_val, spec.seed)
-    return ImageFileDataset([files[i] for i in keep], [labels[i] for i in keep], transform,
-                            spec.num_channels), classes
+        dataset: AugmentedDataset = TensorImageDataset(images[keep], labels[keep], transform, spec.num_channels)
+        classes = list(FASHION_MNIST_CLASSES)
+    else:
+        root = Path(spec.data).expanduser()
+        _check_folder(root)
+        folder = _find_val_folder(root) or root
+        files, labels, classes = scan_class_folders(folder)
+        keep = _subset(len(files), spec.limit_val, spec.seed)
+        dataset = ImageFileDataset([files[i] for i in keep], [labels[i] for i in keep], transform, spec.num_channels)
+    dataset.for_evaluation = True
+    return dataset, classes
 
 
 def build_pretraining_data(spec: DataSpec, transform: Callable, mask_generator: MaskGenerator) -> AugmentedDataset:

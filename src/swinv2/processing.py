@@ -11,6 +11,7 @@ corrupt, not an image, too large); the `predict` command and the folder datasets
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 from collections.abc import Iterator, Mapping, Sequence
@@ -259,7 +260,9 @@ def _pil_ready(array: np.ndarray) -> tuple[np.ndarray, float]:
             "16-bit images to 8 bits or to floats in [0, 1]"
         )
     if low >= 0 and high <= 1:
-        return (values * 255).astype(np.uint8), 1 / 255
+        # as transformers: x * 255 in float64, rounded to float32, then truncated (k / 255 in float64 times 255
+        # can fall just below k, which float32 rounds back up)
+        return (values * 255).astype(np.float32).astype(np.uint8), 1 / 255
     raise ValueError(
         f"float image values must lie in [0, 1] (or be whole numbers in [0, 255]) to be resized, got "
         f"[{low:g}, {high:g}]"
@@ -429,6 +432,13 @@ class Swinv2ImageProcessor:
             **overrides: settings for this call only (e.g. `size=384`, `do_normalize=False`).
         """
         if overrides:
+            known = set(inspect.signature(Swinv2ImageProcessor.__init__).parameters) - {"self", "kwargs"}
+            unknown = sorted(set(overrides) - known)
+            if unknown:
+                raise TypeError(
+                    f"unknown image processor setting(s) {', '.join(unknown)}; the settings are "
+                    f"{', '.join(sorted(known))} (the channel layout of an input is told by its shape)"
+                )
             return self.__class__(**{**self.to_dict(), **overrides}).preprocess(images, return_tensors)
         if return_tensors not in ("pt", "np", None):
             raise ValueError(f"return_tensors must be 'pt', 'np' or None, got {return_tensors!r}")

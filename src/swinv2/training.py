@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import importlib
 import itertools
 import json
 import logging
@@ -59,6 +60,7 @@ from .data import (
     classification_train_transform,
     eval_processor,
     item_seed,
+    processor_transform,
     simmim_transform,
 )
 from .errors import Swinv2Error
@@ -397,7 +399,10 @@ def setup_distributed(device: str = "auto") -> Distributed:
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(device)
+    try:
+        dev = torch.device(device)
+    except RuntimeError as err:
+        raise TrainingError(f"unknown device {device!r}: use auto, cpu, cuda, cuda:N or mps") from err
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             raise TrainingError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu")
@@ -732,8 +737,11 @@ def _eval_result(raw: Mapping[str, Any], class_names: Sequence[str]) -> EvalResu
                       raw["count"], raw["img_per_s"])
 
 
-def _label_order(model_config: Swinv2Config, class_names: Sequence[str], source: str) -> list[str]:
-    """Check that the data's classes fit the model's head; returns the class names in the model's order."""
+def _label_order(model_config: Swinv2Config, class_names: Sequence[str], source: str) -> tuple[list[str], list[int]]:
+    """Check that the data's classes fit the model's head. Returns the class names in the model's order and,
+    for each of the data's classes, the model's index of it (matched by name when the model has names)."""
+    from .processing import has_placeholder_labels
+
     names = [model_config.id2label[i] for i in range(model_config.num_labels)]
     if len(class_names) > model_config.num_labels:
         raise TrainingError(
@@ -741,14 +749,16 @@ def _label_order(model_config: Swinv2Config, class_names: Sequence[str], source:
             "labels would be out of range. Evaluate on data with the model's classes "
             f"({', '.join(names)}), or fine-tune the model on this data first"
         )
-    if not set(class_names) <= set(names):  # the model's labels are generic (LABEL_0, ...): take the data's
-        return list(class_names) + names[len(class_names):]
-    if list(class_names) != names[: len(class_names)]:
-        raise TrainingError(
-            f"the data's class folders ({', '.join(class_names)}) are in another order than the model's labels "
-            f"({', '.join(names)}); name the folders so that they sort in the model's order"
+    in_order = list(range(len(class_names)))
+    if set(class_names) <= set(names):
+        return names, [names.index(name) for name in class_names]
+    if not has_placeholder_labels(model_config.id2label):
+        logger.warning(
+            "the data's classes (%s) are not among the labels of %s (%s): they are paired in sorted order, "
+            "folder i as label i. Name the class folders after the model's labels to pair them by name",
+            ", ".join(class_names), source, ", ".join(names),
         )
-    return names
+    return list(class_names) + names[len(class_names):], in_order
 
 
 def evaluate(
@@ -764,13 +774,19 @@ def evaluate(
     progress: bool = True,
 ) -> EvalResult:
     """Top-1/top-5 accuracy, loss, per-class accuracy and confusion matrix of a classifier on `data`
-    (Fashion-MNIST's test split, `DATA/val`, or a folder of class folders), with the model's own
-    preprocessing (resize to its image size, its processor's mean/std when a preprocessor_config.json is
-    next to it, else ImageNet's). With `output`, writes `eval.json` and `confusion_matrix.png` there."""
+    (Fashion-MNIST's test split, `DATA/val`, or a folder of class folders), with the model's own image
+    processor, the one `swinv2 predict` uses (its preprocessor_config.json, else one built from its config).
+    Unreadable images are reported and left out. With `output`, writes `eval.json` and
+    `confusion_matrix.png` there."""
+    from .processing import Swinv2ImageProcessor
+
+    if batch_size < 1 or num_workers < 0:
+        raise TrainingError(f"batch_size must be >= 1 and num_workers >= 0, got {batch_size} and {num_workers}")
     dist = setup_distributed(device)
     source = str(model) if not isinstance(model, nn.Module) else "the model"
-    mean, std = IMAGENET_MEAN, IMAGENET_STD
-    if not isinstance(model, nn.Module):
+    if isinstance(model, nn.Module):
+        processor = Swinv2ImageProcessor.from_model_config(model.config)
+    else:
         path = Path(model)
         try:
             probe = Swinv2Config.from_pretrained(path)
@@ -787,19 +803,33 @@ def evaluate(
             model = Swinv2ForImageClassification.from_pretrained(path)
         except CheckpointError as err:
             raise TrainingError(f"{source} cannot be loaded as a classifier: {err}") from err
-        processor_file = (path if path.is_dir() else path.parent) / "preprocessor_config.json"
-        if processor_file.is_file():
-            settings = json.loads(processor_file.read_text(encoding="utf-8"))
-            mean, std = settings.get("image_mean", mean), settings.get("image_std", std)
+        try:
+            processor = Swinv2ImageProcessor.from_pretrained(path)
+        except (ValueError, TypeError) as err:
+            raise TrainingError(f"cannot read the image settings of {source}: {err}") from err
     model = model.to(dist.device)
     config = model.config
-    spec = DataSpec(data, config.image_hw, config.num_channels, mean, std, limit_val=limit)
+    if processor.channels != config.num_channels:
+        raise TrainingError(
+            f"the image settings of {source} make {processor.channels}-channel images (image_mean/image_std or "
+            f"num_channels of its preprocessor_config.json) but the model takes {config.num_channels}; give "
+            f"one image_mean and image_std value per channel ({config.num_channels})"
+        )
+    if "shortest_edge" in processor.size and processor.crop_pct is None and not (
+        processor.do_center_crop and processor.crop_size
+    ):
+        batch_size = 1  # the images keep their aspect ratios: their sizes differ and do not stack
+    spec = DataSpec(data, config.image_hw, config.num_channels, limit_val=limit)
     try:
-        dataset, class_names = build_eval_data(spec)
+        dataset, class_names = build_eval_data(spec, processor_transform(processor))
     except DataError as err:
         raise TrainingError(str(err)) from err
-    names = _label_order(config, class_names, source)
+    names, model_index = _label_order(config, class_names, source)
+    if model_index != list(range(len(class_names))):
+        dataset.labels = torch.tensor(model_index)[torch.as_tensor(dataset.labels)].tolist()
     raw = _evaluate_loader(model, dataset, config.num_labels, dist, batch_size, num_workers, amp, progress)
+    if raw["count"] == 0:
+        raise TrainingError(f"none of the images in {data} could be read; see the warnings above")
     result = _eval_result(raw, names)
     if output is not None and dist.main:
         out = Path(output)
@@ -891,7 +921,7 @@ def compile_model(model: nn.Module, device_type: str) -> nn.Module:
         level = log.level
         log.setLevel(logging.ERROR)
         try:
-            import torch.utils.cpp_extension  # the warning is logged on import
+            importlib.import_module("torch.utils.cpp_extension")  # the warning is logged on import
         finally:
             log.setLevel(level)
     return torch.compile(model)
