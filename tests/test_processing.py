@@ -88,6 +88,16 @@ def test_sixteen_bit_files_are_scaled_to_eight_bits(tmp_path, photos):
     assert image.mode == "L" and np.array_equal(np.asarray(image), gray)
 
 
+@pytest.mark.parametrize("scale", [1 / 255, 1.0, 4.0], ids=["fractions", "levels", "larger"])
+def test_float_tiffs_are_scaled_to_eight_bits(tmp_path, photos, scale):
+    """A 32-bit float TIFF (mode F) of fractions in [0, 1], of 8-bit levels, or of larger values by their max."""
+    gray = np.asarray(photos[1].convert("L"))
+    PIL.Image.fromarray(gray.astype(np.float32) * np.float32(scale), mode="F").save(tmp_path / "float.tif")
+    image = load_image(tmp_path / "float.tif")
+    expected = gray if scale <= 1 else np.round(gray * (255 / gray.max())).astype(np.uint8)
+    assert image.mode == "L" and np.abs(np.asarray(image).astype(int) - expected).max() <= 1
+
+
 def test_rgba_alpha_is_dropped_not_composited(photos):
     rgba = photos[0].convert("RGBA")
     rgba.putalpha(0)  # fully transparent: the colours must survive, as with PIL's convert("RGB")

@@ -53,7 +53,8 @@ def load_image(path: str | os.PathLike) -> PIL.Image.Image:
     """Open an image file fully (so a truncated file fails here, not later) and apply its EXIF rotation.
 
     The mode is left as stored (RGB, L, RGBA, P, CMYK, ...); the processor converts it to the model's
-    channels. 16-bit images are scaled to 8 bits (32-bit integer ones by their maximum). Pillow's
+    channels. 16-bit images are scaled to 8 bits (32-bit integer ones by their maximum; 32-bit float ones
+    from [0, 1], or as 8-bit levels when they reach above 1, or by their maximum above 255). Pillow's
     decompression-bomb limit (`PIL.Image.MAX_IMAGE_PIXELS`) stays in force.
 
     Raises:
@@ -83,9 +84,17 @@ def load_image(path: str | os.PathLike) -> PIL.Image.Image:
     except (OSError, SyntaxError, ValueError) as err:
         # Pillow reports truncated and corrupt data as OSError (and a few decoders as SyntaxError/ValueError).
         raise ImageLoadError(f"{path}: truncated or corrupt image ({err})") from err
-    if image.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+    if image.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
         array = np.asarray(image, dtype=np.float64)
-        top = 65535.0 if image.mode.startswith("I;16") else max(float(array.max()), 1.0)
+        if not np.isfinite(array).all():
+            raise ImageLoadError(f"{path}: the image holds NaN or infinite values")
+        high = float(array.max(initial=0.0))
+        if image.mode.startswith("I;16"):
+            top = 65535.0
+        elif image.mode == "F":  # floats: fractions in [0, 1], 8-bit levels up to 255, else by their maximum
+            top = 1.0 if high <= 1 else 255.0 if high <= 255 else high
+        else:
+            top = max(high, 1.0)
         image = PIL.Image.fromarray(np.round(array * (255.0 / top)).clip(0, 255).astype(np.uint8), mode="L")
     return image
 
