@@ -32,10 +32,10 @@ NAMES = ["astronaut", "cat", "coffee mug", "pagoda", "flower", "rocket", "horse"
 
 
 def swinv2_cli(*args: str, stderr_fd: int | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    """Run `python -m swinv2.cli ARGS` in a fresh interpreter, as the console script runs."""
+    """Run `python -m swinv2 ARGS` in a fresh interpreter, as the console script runs."""
     env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
     return subprocess.run(
-        [sys.executable, "-m", "swinv2.cli", *map(str, args)],
+        [sys.executable, "-m", "swinv2", *map(str, args)],
         capture_output=stderr_fd is None,
         stdout=subprocess.PIPE if stderr_fd is not None else None,
         stderr=stderr_fd,

@@ -370,6 +370,35 @@ def _config(tiny_config, photos, output, **changes) -> TrainConfig:
     return TrainConfig(**{**values, **changes})
 
 
+def test_config_file_values_are_converted_or_named(tmp_path):
+    """YAML reads `lr: 1e-3` as a string: it is converted; a value of another kind names the setting."""
+    from swinv2.training import resolve_config
+
+    path = tmp_path / "run.yaml"
+    path.write_text("lr: 1e-3\nepochs: 3.0\ncrop_scale: [0.5, 1]\nimage_mean: [0.5]\nimage_std: [0.5]\n")
+    config = resolve_config(str(path), {"data": "d", "output": "o", "model": "m"})
+    assert (config.lr, config.epochs, config.crop_scale, config.image_mean) == (1e-3, 3, (0.5, 1.0), (0.5,))
+    for text, message in [("epochs: three", "setting epochs needs an int, got 'three'"),
+                          ("betas: [0.9]", "setting betas needs 2 values"),
+                          ("crop_scale: [1, 0.5]", r"crop_scale must be .* 0 < min <= max <= 1"),
+                          ("hflip: 2", r"hflip is a probability in \[0, 1\]"),
+                          ("weight_decay: -1", "weight_decay must be >= 0")]:
+        path.write_text(text + "\n")
+        with pytest.raises(TrainingError, match=message):
+            resolve_config(str(path), {"data": "d", "output": "o", "model": "m"})
+
+
+def test_one_class_and_a_mask_that_hides_everything_are_refused(tiny_config, photos, tmp_path):
+    import shutil
+
+    one = tmp_path / "one"
+    shutil.copytree(photos / "train" / "cat", one / "cat")
+    with pytest.raises(TrainingError, match=r"one class \(cat\): a classifier needs at least two class folders"):
+        train(_config(tiny_config, one, tmp_path / "a"))
+    with pytest.raises(TrainingError, match=r"leaves 1x1 mask squares.*masks all of them.*--mask-patch-size 8"):
+        train(_config(tiny_config, photos, tmp_path / "b", task="simmim", mask_patch_size=32))
+
+
 def test_compile_without_a_cpp_compiler_says_so(tiny_config, photos, tmp_path, monkeypatch):
     import shutil
 
@@ -415,6 +444,11 @@ def test_resume_checks_the_architecture_and_fresh_runs_do_not_overwrite(tiny_con
         train(_config(tiny_config, photos, run, model=str(wider), resume="latest", max_steps=3))
     with pytest.raises(TrainingError, match=r"(?s)classification checkpoint, not simmim.*swinv2 train"):
         train(_config(tiny_config, photos, run, task="simmim", resume="latest", mask_patch_size=8))
+    # settings that shape the optimisation cannot change on resume (they would be recorded but not used)
+    with pytest.raises(TrainingError, match=r"(?s)differ: batch_size: 6 there, 3 now; lr: 0.0005 there, 0.001 now"):
+        train(_config(tiny_config, photos, run, resume="latest", batch_size=3, lr=1e-3))
+    with pytest.raises(TrainingError, match=r"at step 2, past the 1 steps of this run"):
+        train(_config(tiny_config, photos, run, resume="latest", max_steps=1))
     finished = train(_config(tiny_config, photos, run, resume="latest"))  # nothing left to do
     assert finished.steps == 2
     assert math.isfinite(finished.metrics.get("img_per_s", 0.0))

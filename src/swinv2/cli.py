@@ -128,7 +128,7 @@ _TRAIN_FLAGS: list[tuple[str, str]] = [
     ("checkpoint_every", "write a checkpoint every N steps, besides each epoch end (default 500)"),
     ("keep_checkpoints", "how many checkpoints to keep (default 2)"),
     ("log_every", "append a metrics record every N steps (default 10)"),
-    ("progress", "show a progress bar (default on)"),
+    ("progress", "show a progress bar (default: when stderr is a terminal)"),
     ("tensorboard", "log to TensorBoard when it is installed (default on)"),
 ]
 
@@ -196,6 +196,8 @@ def _run_train(args: argparse.Namespace) -> int:
     overrides["resume"] = args.resume
     if overrides["clip_grad"] == 0:
         overrides["clip_grad"] = None
+    if overrides["progress"] is None:  # a bar redrawn with \r only makes sense on a terminal, not in a log file
+        overrides["progress"] = sys.stderr.isatty()
     # resuming: the run's own settings first, so that `--output DIR --resume` is enough
     defaults = saved_settings(args.output) if args.resume is not None and args.output else {}
     config = resolve_config(args.config, overrides, **{**defaults, "task": args.task})
@@ -228,6 +230,8 @@ def _add_evaluate_parser(sub) -> None:
     parser.add_argument("--amp", choices=("none", "bf16", "fp16"), default="none")
     parser.add_argument("--output", default=None, help="write eval.json and confusion_matrix.png here")
     parser.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    parser.add_argument("--no-progress", dest="progress", action="store_false",
+                        help="no progress bar (there is one only when stderr is a terminal)")
     parser.set_defaults(func=_run_evaluate)
 
 
@@ -239,7 +243,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     _setup_logging()
     result = evaluate(args.model, args.data, batch_size=args.batch_size, num_workers=args.num_workers,
                       limit=args.limit, device=args.device, amp=args.amp, output=args.output,
-                      progress=not args.json)
+                      progress=args.progress and not args.json and sys.stderr.isatty())
     if args.json:
         print(json.dumps(result.to_dict()))
         return 0
@@ -266,7 +270,8 @@ def _add_demo_parser(sub) -> None:
     parser.add_argument("--tiny", action="store_true",
                         help="a few hundred images and a few steps: checks the pipeline in a minute, no result")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
-    parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+    parser.add_argument("--no-progress", dest="progress", action="store_false",
+                        help="no progress bars (there are some only when stderr is a terminal)")
     parser.set_defaults(func=_run_demo)
 
 
@@ -275,7 +280,7 @@ def _run_demo(args: argparse.Namespace) -> int:
 
     _setup_logging()
     report, table = run_demo(DemoOptions(output=args.output, tiny=args.tiny, scale=args.scale,
-                                         device=args.device, progress=args.progress))
+                                         device=args.device, progress=args.progress and sys.stderr.isatty()))
     print()
     print(table)
     print(f"\nreport: {report}; model: {report.parent / 'model'}")

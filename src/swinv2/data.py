@@ -83,6 +83,13 @@ class MaskGenerator:
                 f"the image size {self.input_size} must be a multiple of mask_patch_size ({self.mask_patch_size}); "
                 "choose a mask patch size that divides it (e.g. --mask-patch-size 8 for 32 px images)"
             )
+        gh, gw = self.mask_grid
+        if self.num_masked >= gh * gw:
+            raise ValueError(
+                f"mask_patch_size {self.mask_patch_size} leaves {gh}x{gw} mask squares on {self.input_size} images, "
+                f"and a mask ratio of {self.mask_ratio} masks all of them: nothing is left to see. Choose a smaller "
+                f"mask patch size (e.g. --mask-patch-size {max(self.model_patch_size, self.mask_patch_size // 4)})"
+            )
 
     @property
     def mask_grid(self) -> tuple[int, int]:

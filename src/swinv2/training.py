@@ -165,6 +165,13 @@ class TrainConfig:
         need(0 <= self.label_smoothing < 1, f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
         need(self.mixup >= 0 and self.cutmix >= 0, "mixup and cutmix alphas must be >= 0")
         need(self.crop_padding is None or self.crop_padding >= 0, f"crop_padding must be >= 0, got {self.crop_padding}")
+        scale = self.crop_scale
+        need(scale is None or (len(scale) == 2 and 0 < scale[0] <= scale[1] <= 1),
+             f"crop_scale must be two fractions of the image area, 0 < min <= max <= 1, got {scale}")
+        need(0 <= self.hflip <= 1, f"hflip is a probability in [0, 1], got {self.hflip}")
+        need(self.warmup_epochs >= 0 and (self.warmup_steps is None or self.warmup_steps >= 0),
+             f"warmup must be >= 0, got warmup_epochs {self.warmup_epochs}, warmup_steps {self.warmup_steps}")
+        need(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}")
         need(self.checkpoint_every >= 1 and self.keep_checkpoints >= 1 and self.log_every >= 1,
              "checkpoint_every, keep_checkpoints and log_every must be >= 1")
         need(self.norm_target_window % 2 == 1, f"norm_target_window must be odd, got {self.norm_target_window}")
@@ -181,12 +188,45 @@ class TrainConfig:
         unknown = sorted(set(values) - set(names))
         if unknown:
             raise TrainingError(f"unknown training setting(s) {unknown}; valid ones: {', '.join(sorted(names))}")
-        converted = {}
-        for key, value in values.items():
-            if isinstance(value, list):
-                value = tuple(value)
-            converted[key] = value
-        return cls(**converted)
+        return cls(**{key: _setting(key, names[key].type, value) for key, value in values.items()})
+
+
+def _setting(name: str, annotation: str, value: Any) -> Any:
+    """`value` as the type of the setting `name` (its annotation, e.g. "float | None"), from a config file: YAML
+    reads `1e-3` as a string, JSON lists are lists. A value of another kind is an error naming the setting."""
+    kinds = [part.strip() for part in annotation.split("|")]
+    if value is None:
+        if "None" in kinds:
+            return None
+        raise TrainingError(f"setting {name} needs a value ({kinds[0]}), got null")
+    kind = kinds[0]
+    if kind.startswith("tuple["):
+        element = kind[len("tuple["):].split(",")[0].strip()
+        if not isinstance(value, (list, tuple)):
+            raise TrainingError(f"setting {name} needs a list of {element}s, got {value!r}")
+        fixed = not kind.endswith("...]")
+        length = kind.count(",") + 1
+        if fixed and len(value) != length:
+            raise TrainingError(f"setting {name} needs {length} values, got {len(value)}: {list(value)}")
+        return tuple(_setting(name, element, v) for v in value)
+    if kind == "bool":
+        if isinstance(value, bool):
+            return value
+    elif kind in ("int", "float") and not isinstance(value, bool):
+        number = value
+        if isinstance(value, str):
+            try:
+                number = float(value)
+            except ValueError:
+                number = None
+        if isinstance(number, (int, float)):
+            if kind == "float":
+                return float(number)
+            if float(number).is_integer():
+                return int(number)
+    elif kind == "str" and isinstance(value, (str, os.PathLike)):
+        return os.fspath(value)
+    raise TrainingError(f"setting {name} needs {'an' if kind == 'int' else 'a'} {kind}, got {value!r}")
 
 
 def load_config_file(path: str | os.PathLike) -> dict[str, Any]:
@@ -927,6 +967,22 @@ def compile_model(model: nn.Module, device_type: str) -> nn.Module:
     return torch.compile(model)
 
 
+# What a resumed run may change: the length of the run, where things are, and how it runs. Everything else
+# shapes the optimisation (and the step count), so a checkpoint continues only with the values it was made with.
+RESUME_MAY_CHANGE = frozenset({
+    "epochs", "max_steps", "data", "model", "output", "num_workers", "device", "checkpoint_every",
+    "keep_checkpoints", "log_every", "progress", "tensorboard", "compile", "gradient_checkpointing", "resume",
+    "config_file", "limit_val", "new_head",
+})
+
+
+def _changed_on_resume(saved: Mapping[str, Any], config: TrainConfig) -> list[str]:
+    """`setting: old there, new now` for each setting that differs from the checkpoint's and may not."""
+    now = config.to_dict()
+    return [f"{key}: {saved[key]!r} there, {value!r} now" for key, value in now.items()
+            if key not in RESUME_MAY_CHANGE and key in saved and saved[key] != value]
+
+
 def _micro_batches(loader: torch.utils.data.DataLoader, accum: int) -> Iterator[list]:
     """Groups of `accum` batches, one group per optimiser step (an incomplete last group is dropped)."""
     iterator = iter(loader)
@@ -999,6 +1055,13 @@ def _train(config: TrainConfig, dist: Distributed) -> TrainResult:
                 )
             if not config.model:
                 config = dataclasses.replace(config, model=resume_state["train_config"]["model"])
+            changed = _changed_on_resume(resume_state["train_config"], config)
+            if changed:
+                raise TrainingError(
+                    f"--resume continues {ckpt_path} with the settings it was started with, and these differ: "
+                    f"{'; '.join(changed)}. Resume without them (only {', '.join(sorted(RESUME_MAY_CHANGE))} may "
+                    "change), or start a new run in another --output from this run's weights (--model RUN/last)"
+                )
     elif list_checkpoints(run):
         raise TrainingError(
             f"{run} already holds a run (checkpoints in {run / CHECKPOINT_DIR}); pass --resume to continue it, "
@@ -1027,6 +1090,11 @@ def _train(config: TrainConfig, dist: Distributed) -> TrainResult:
                                                        config.crop_scale or (0.08, 1.0), config.hflip,
                                                        config.randaugment, config.crop_padding)
             train_set, val_set, class_names = build_classification_data(spec, transform)
+            if len(class_names) < 2:
+                raise TrainingError(
+                    f"{config.data} has one class ({class_names[0]}): a classifier needs at least two class "
+                    "folders; add the other classes (or use the images without labels with `swinv2 pretrain`)"
+                )
         else:
             patch = model_config_probe.patch_hw
             if patch[0] != patch[1]:
@@ -1113,6 +1181,14 @@ def _train(config: TrainConfig, dist: Distributed) -> TrainResult:
         step = int(resume_state["step"])
         best_top1 = float(resume_state.get("best_top1", -1.0))
         best_step = resume_state.get("best_step")
+        if step > total_steps:
+            raise TrainingError(
+                f"the checkpoint is at step {step}, past the {total_steps} steps of this run (the data or "
+                "--epochs/--max-steps changed); resume with the run's own data and a length of at least its step"
+            )
+        if step == total_steps and dist.main:
+            logger.warning("the run already reached its last step (%d): nothing left to train; to train longer, "
+                           "resume with a larger --epochs", step)
         if dist.main:
             sums.copy_(resume_state["running_sums"])
 
