@@ -87,6 +87,7 @@ def test_num_labels_and_label_maps():
         (dict(out_features=["stage1"], out_indices=[2]), "out_features"),
         (dict(patch_size=0), "patch_size"),
         (dict(image_size="big"), "image_size"),
+        (dict(image_size="32"), r"image_size must be an int or a pair of ints, got '32'"),
         (dict(depths="2,2"), "depths"),
         (dict(mlp_ratio=-1.0), "mlp_ratio"),
         (dict(drop_path_rate=1.5), "drop_path_rate"),

@@ -125,8 +125,9 @@ class Swinv2Config:
         out_indices: list[int] | None = None,
         **kwargs: Any,
     ) -> None:
-        self.image_size = image_size if isinstance(image_size, int) else list(image_size)
-        self.patch_size = patch_size if isinstance(patch_size, int) else list(patch_size)
+        # a string would become a list of characters
+        self.image_size = image_size if isinstance(image_size, (int, str)) else list(image_size)
+        self.patch_size = patch_size if isinstance(patch_size, (int, str)) else list(patch_size)
         self.num_channels = num_channels
         self.embed_dim = embed_dim
         self.depths = list(depths) if isinstance(depths, (list, tuple)) else depths
