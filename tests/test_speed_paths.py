@@ -93,6 +93,10 @@ def test_compile_has_no_graph_breaks_and_no_recompile_per_size() -> None:
     with torch.no_grad():
         explained = torch._dynamo.explain(model)(torch.randn(2, 3, 32, 32))
     assert explained.graph_break_count == 0, explained.break_reasons
+    torch._dynamo.reset()  # with labels too: their range check must not break the graph
+    labels = torch.tensor([0, 2])
+    explained = torch._dynamo.explain(lambda x: model(x, labels=labels).loss)(torch.randn(2, 3, 32, 32))
+    assert explained.graph_break_count == 0, explained.break_reasons
     torch._dynamo.reset()
     counts = torch._dynamo.utils.counters
     counts.clear()

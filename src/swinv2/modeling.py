@@ -644,8 +644,10 @@ def classification_loss(logits: Tensor, labels: Tensor, config: Swinv2Config) ->
                 f"labels has {labels.numel()} entries for a batch of {logits.shape[0]} images; give one class "
                 f"index per image, shape ({logits.shape[0]},)"
             )
-        counted = labels[labels != -100]  # -100 marks samples to ignore, as in transformers
-        if not torch.compiler.is_compiling() and counted.numel():
+        # -100 marks samples to ignore, as in transformers. Checked outside torch.compile only: the boolean
+        # index and the host reads would break the graph.
+        counted = None if torch.compiler.is_compiling() else labels[labels != -100]
+        if counted is not None and counted.numel():
             low, high = int(counted.min()), int(counted.max())
             if low < 0 or high >= num_labels:
                 raise ValueError(
