@@ -37,7 +37,7 @@ from torch import Tensor
 
 from .config import CONFIG_NAME, PRESET_NAMES, Swinv2Config, preset_kwargs
 from .errors import Swinv2Error
-from .layers import relative_coords_table, relative_position_index, shifted_window_mask
+from .layers import relative_coords_table, relative_position_index, shifted_window_mask, stage_window
 
 logger = logging.getLogger("swinv2")
 
@@ -879,8 +879,7 @@ def _microsoft_image_size(
     def fits(grid: int, window: int) -> bool:
         for i in range(len(depths)):
             resolution = grid // 2**i
-            own = max(1, min(window, resolution))
-            shift = window // 2 if resolution > own else 0
+            own, shift = stage_window(resolution, window)
             if windows.get(i, own) != own or shifted.get(i, shift > 0) != (shift > 0):
                 return False
             if i in masks and masks[i] != math.ceil(resolution / own) ** 2:
@@ -905,7 +904,7 @@ def _microsoft_image_size(
             "this Microsoft checkpoint's windows and shift masks fit no square image size; pass image_size"
         )
         return {}
-    whole = [g for g in grids if all((g // 2**i) % max(1, min(window, g // 2**i)) == 0 for i in range(len(depths)))]
+    whole = [g for g in grids if all((g // 2**i) % stage_window(g // 2**i, window)[0] == 0 for i in range(len(depths)))]
     return {"image_size": max(whole or grids) * patch}
 
 

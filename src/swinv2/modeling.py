@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .config import Swinv2Config
-from .layers import PatchEmbeddings, Swinv2Block, Swinv2Stage, WindowAttention, forget_casts
+from .layers import PatchEmbeddings, Swinv2Block, Swinv2Stage, WindowAttention, forget_casts, stage_window
 
 
 # ---------------------------------------------------------------------------------------------- outputs
@@ -164,10 +164,7 @@ def _window_and_shift(config: Swinv2Config, stage: int) -> tuple[int, int]:
     A window larger than the stage's grid shrinks to the grid, and then nothing is shifted.
     """
     grid_h = config.image_hw[0] // config.patch_hw[0]
-    resolution = grid_h // 2**stage
-    window = max(1, min(config.window_size, resolution))
-    shift = 0 if resolution <= window else config.window_size // 2
-    return window, shift
+    return stage_window(grid_h // 2**stage, config.window_size)
 
 
 def build_stages(config: Swinv2Config) -> nn.ModuleList:

@@ -410,6 +410,14 @@ class Swinv2ImageProcessor:
             return self.num_channels
         return len(self.image_mean) if isinstance(self.image_mean, list) else 3
 
+    @property
+    def keeps_aspect_ratio(self) -> bool:
+        """True when the output size follows each image (`{"shortest_edge": N}` without a crop, or no resize
+        and no crop): images of different shapes then do not stack into one batch."""
+        if self.do_center_crop and self.crop_size is not None:
+            return False
+        return not self.do_resize or ("shortest_edge" in self.size and self.crop_pct is None)
+
     def __repr__(self) -> str:
         return f"Swinv2ImageProcessor({json.dumps(self.to_dict(), sort_keys=True)})"
 

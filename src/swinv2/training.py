@@ -33,6 +33,8 @@ import os
 import random
 import sys
 import time
+import types
+import typing
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -188,31 +190,30 @@ class TrainConfig:
         unknown = sorted(set(values) - set(names))
         if unknown:
             raise TrainingError(f"unknown training setting(s) {unknown}; valid ones: {', '.join(sorted(names))}")
-        return cls(**{key: _setting(key, names[key].type, value) for key, value in values.items()})
+        hints = typing.get_type_hints(cls)
+        return cls(**{key: _setting(key, hints[key], value) for key, value in values.items()})
 
 
-def _setting(name: str, annotation: str, value: Any) -> Any:
-    """`value` as the type of the setting `name` (its annotation, e.g. "float | None"), from a config file: YAML
+def _setting(name: str, hint: Any, value: Any) -> Any:
+    """`value` as the type of the setting `name` (its type hint, e.g. `float | None`), from a config file: YAML
     reads `1e-3` as a string, JSON lists are lists. A value of another kind is an error naming the setting."""
-    kinds = [part.strip() for part in annotation.split("|")]
-    if value is None:
-        if "None" in kinds:
-            return None
-        raise TrainingError(f"setting {name} needs a value ({kinds[0]}), got null")
+    kinds = [a for a in typing.get_args(hint) if a is not type(None)] if isinstance(hint, types.UnionType) else [hint]
     kind = kinds[0]
-    if kind.startswith("tuple["):
-        element = kind[len("tuple["):].split(",")[0].strip()
+    if value is None:
+        if len(kinds) < len(typing.get_args(hint)):  # the hint allows None
+            return None
+        raise TrainingError(f"setting {name} needs a value ({getattr(kind, '__name__', kind)}), got null")
+    if typing.get_origin(kind) is tuple:
+        elements = typing.get_args(kind)
         if not isinstance(value, (list, tuple)):
-            raise TrainingError(f"setting {name} needs a list of {element}s, got {value!r}")
-        fixed = not kind.endswith("...]")
-        length = kind.count(",") + 1
-        if fixed and len(value) != length:
-            raise TrainingError(f"setting {name} needs {length} values, got {len(value)}: {list(value)}")
-        return tuple(_setting(name, element, v) for v in value)
-    if kind == "bool":
+            raise TrainingError(f"setting {name} needs a list of {elements[0].__name__}s, got {value!r}")
+        if elements[-1] is not Ellipsis and len(value) != len(elements):
+            raise TrainingError(f"setting {name} needs {len(elements)} values, got {len(value)}: {list(value)}")
+        return tuple(_setting(name, elements[0], v) for v in value)
+    if kind is bool:
         if isinstance(value, bool):
             return value
-    elif kind in ("int", "float") and not isinstance(value, bool):
+    elif kind in (int, float) and not isinstance(value, bool):
         number = value
         if isinstance(value, str):
             try:
@@ -220,13 +221,13 @@ def _setting(name: str, annotation: str, value: Any) -> Any:
             except ValueError:
                 number = None
         if isinstance(number, (int, float)):
-            if kind == "float":
+            if kind is float:
                 return float(number)
             if float(number).is_integer():
                 return int(number)
-    elif kind == "str" and isinstance(value, (str, os.PathLike)):
+    elif kind is str and isinstance(value, (str, os.PathLike)):
         return os.fspath(value)
-    raise TrainingError(f"setting {name} needs {'an' if kind == 'int' else 'a'} {kind}, got {value!r}")
+    raise TrainingError(f"setting {name} needs {'an' if kind is int else 'a'} {kind.__name__}, got {value!r}")
 
 
 def load_config_file(path: str | os.PathLike) -> dict[str, Any]:
@@ -855,10 +856,8 @@ def evaluate(
             f"num_channels of its preprocessor_config.json) but the model takes {config.num_channels}; give "
             f"one image_mean and image_std value per channel ({config.num_channels})"
         )
-    if "shortest_edge" in processor.size and processor.crop_pct is None and not (
-        processor.do_center_crop and processor.crop_size
-    ):
-        batch_size = 1  # the images keep their aspect ratios: their sizes differ and do not stack
+    if processor.keeps_aspect_ratio:
+        batch_size = 1  # the images' sizes differ and do not stack
     spec = DataSpec(data, config.image_hw, config.num_channels, limit_val=limit)
     try:
         dataset, class_names = build_eval_data(spec, processor_transform(processor))
