@@ -1,25 +1,56 @@
 #!/usr/bin/env bash
-# The GPU checks in one short call: the Triton kernel tests on CUDA, then the CUDA rows of the benchmark
-# (bf16: eager inference at batch 1 and 256 and a training step at batch 128; the eager batch-256 row again
-# without the Triton kernel; compiled inference). Each part has its own time limit, and the benchmark writes
-# its JSON after every row, so a run cut short keeps what it measured. Results go to $OUT.
+# The GPU checks in one short call, each part with its own time limit. `bash benchmarks/gpu.sh` runs all
+# parts in this order; `bash benchmarks/gpu.sh eager compile` runs the ones named:
+#   tests: the tests that need a GPU (Triton kernels compiled on CUDA, half precision, deterministic training);
+#   eager: the CUDA rows of the benchmark, bf16: eager inference at batch 1 and 256, a training step at batch 128;
+#   profile: where the time goes: operator profiles of ours and timm (training b128, inference b1);
+#   no_triton: the eager rows again without the Triton kernel (ours, transformers);
+#   compile: compiled inference at batch 256 and 1 (ours, transformers: the best compiled peer last time).
+# The benchmark writes its JSON after every row, so a part cut short keeps what it measured. At most seven
+# files land in $OUT (the device tool brings back eight): render a JSON with `bench.py --render FILE`.
 set -u
 OUT=${OUT:-benchmarks/gpu-out}
 PY=${PY:-python3}
+export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 mkdir -p "$OUT"
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT/gpu.txt" 2>&1
-$PY -c "import torch, triton; print(torch.__version__, triton.__version__)" >> "$OUT/gpu.txt" 2>&1
+{ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
+  $PY -c "import torch, triton, transformers, timm, torchvision as tv
+print('torch', torch.__version__, 'triton', triton.__version__, 'transformers', transformers.__version__,
+      'timm', timm.__version__, 'torchvision', tv.__version__)"; } > "$OUT/gpu.txt" 2>&1
 cat "$OUT/gpu.txt"
-run() {  # run NAME SECONDS ARGS...: one benchmark invocation, its log and table in $OUT
+
+QUICK="--busy 1 --max-wait 1"  # a GPU row barely feels other CPU load; never wait long for a quiet host
+bench() {  # bench NAME SECONDS ARGS...: one benchmark invocation; its JSON in $OUT, its log appended to bench.log
     local name=$1 limit=$2
     shift 2
-    timeout "$limit" $PY benchmarks/bench.py --device cuda --dtype bf16 --json "$OUT/$name.json" \
-        --markdown "$OUT/$name.md" "$@" > "$OUT/$name.log" 2>&1
+    echo "==== $name" >> "$OUT/bench.log"
+    timeout "$limit" $PY benchmarks/bench.py --device cuda --dtype bf16 $QUICK --json "$OUT/$name.json" "$@" \
+        >> "$OUT/bench.log" 2>&1
     echo "== $name rc=$?"
-    grep -E "^# (agreement|cuda|warning)" "$OUT/$name.log"
+    sed -n "/^==== $name/,\$p" "$OUT/bench.log" | grep -E "^# (agreement|cuda|warning)"
 }
-timeout 90 $PY -m pytest -q -p no:cacheprovider tests/test_kernels.py > "$OUT/test_kernels.log" 2>&1
-echo "== test_kernels rc=$?"; tail -3 "$OUT/test_kernels.log"
-run eager 100 --mode eager --task infer,train --repeats 5 --warmup 2
-SWINV2_DISABLE_TRITON=1 run eager_no_triton 40 --mode eager --task infer --batch 256 --impls ours,transformers --repeats 5
-run compile 170 --mode compile --task infer --batch 256,1 --repeats 5 --warmup 2
+profile() {  # profile SECONDS ARGS...: operator tables appended to profiles.txt
+    local limit=$1
+    shift
+    timeout "$limit" $PY benchmarks/profile_ops.py --device cuda --dtype bf16 --rows 25 --out /tmp/swinv2-prof "$@" \
+        2>&1 | grep -E "^#|Error|error:"
+    cat /tmp/swinv2-prof/*.txt > "$OUT/profiles.txt" 2>/dev/null
+}
+
+for part in ${*:-tests eager profile no_triton compile}; do
+    case $part in
+    tests)
+        timeout 100 $PY -m pytest -q -p no:cacheprovider tests/test_kernels.py tests/test_gpu_robust.py \
+            > "$OUT/tests.log" 2>&1
+        echo "== tests rc=$?"; tail -3 "$OUT/tests.log" ;;
+    eager) bench eager 120 --mode eager --task infer,train --repeats 5 --warmup 2 ;;
+    profile)
+        profile 45 --task train --batch 128 --impls ours,timm
+        profile 30 --task infer --batch 1 --impls ours,timm ;;
+    no_triton)
+        SWINV2_DISABLE_TRITON=1 bench eager_no_triton 35 --mode eager --task infer,train --batch 256 \
+            --impls ours,transformers --repeats 3 ;;
+    compile) bench compile 150 --mode compile --task infer --batch 256,1 --impls ours,transformers --repeats 5 ;;
+    *) echo "unknown part $part (tests, eager, profile, no_triton, compile)"; exit 2 ;;
+    esac
+done
