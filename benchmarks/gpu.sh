@@ -3,7 +3,7 @@
 # parts in this order; `bash benchmarks/gpu.sh eager compile` runs the ones named:
 #   tests: the tests that need a GPU (Triton kernels compiled on CUDA, half precision, deterministic training);
 #   eager: the CUDA rows of the benchmark, bf16: eager inference at batch 1 and 256, a training step at batch 128;
-#   profile: where the time goes: operator profiles of ours and timm (training b128, inference b1);
+#   profile: where the time goes: operator profiles of ours and timm (training b128, inference b1 and b256);
 #   no_triton: the eager rows again without the Triton kernel (ours, transformers);
 #   compile: compiled inference at batch 256 and 1 (ours, transformers: the best compiled peer last time).
 # The benchmark writes its JSON after every row, so a part cut short keeps what it measured. At most seven
@@ -46,7 +46,8 @@ for part in ${*:-tests eager profile no_triton compile}; do
     eager) bench eager 120 --mode eager --task infer,train --repeats 5 --warmup 2 ;;
     profile)
         profile 45 --task train --batch 128 --impls ours,timm
-        profile 30 --task infer --batch 1 --impls ours,timm ;;
+        profile 30 --task infer --batch 1 --impls ours,timm
+        profile 30 --task infer --batch 256 --impls ours,timm ;;
     no_triton)
         SWINV2_DISABLE_TRITON=1 bench eager_no_triton 35 --mode eager --task infer,train --batch 256 \
             --impls ours,transformers --repeats 3 ;;

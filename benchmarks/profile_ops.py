@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import torch
+from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -46,7 +47,9 @@ def profile_row(impl: str, row: bench.Row, steps: int, rows_shown: int) -> tuple
     events = prof.key_averages()
     on_device = row.device == "cuda"
     sort = "self_cuda_time_total" if on_device else "self_cpu_time_total"
-    device_us = sum(e.self_device_time_total for e in events) / steps if on_device else 0.0
+    # kernels only: an operator's own device time is the sum of its kernels', counted again otherwise
+    kernels = [e for e in events if e.device_type == DeviceType.CUDA]
+    device_us = sum(e.self_device_time_total for e in kernels) / steps
     calls = sum(e.count for e in events if e.key.startswith("aten::")) / steps
     launches = sum(e.count for e in events if "LaunchKernel" in e.key) / steps
     summary = (

@@ -18,7 +18,7 @@ import pytest
 from conftest import cosine_window_attention_reference
 
 from swinv2 import Swinv2Config, Swinv2Model, kernels
-from swinv2.layers import WindowAttention, shifted_window_mask
+from swinv2.layers import Swinv2Block, WindowAttention, shifted_window_mask
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 pytestmark = pytest.mark.skipif(
@@ -182,3 +182,94 @@ def test_kernel_rejects_mismatched_shapes() -> None:
         kernels.window_attention(
             qkv, torch.zeros(3, 2, 16, 16, device=DEVICE), torch.ones(2, device=DEVICE), 2
         )
+
+
+@pytest.mark.parametrize(
+    ("rows", "channels", "low"),
+    [
+        (37, 96, None),  # rows not a multiple of the tile's 32
+        (50, 40, torch.float16),  # C not a power of 2; the next Linear's half-precision input written too
+        (5, 768, torch.bfloat16),  # 4 rows per tile
+        (3, 4608, None),  # wider than one 4096-value tile
+    ],
+)
+def test_residual_layer_norm_matches_aten(rows: int, channels: int, low: torch.dtype | None) -> None:
+    torch.manual_seed(rows + channels)
+    norm = torch.nn.LayerNorm(channels, eps=1e-5).to(DEVICE)
+    with torch.no_grad():
+        norm.weight.normal_(1.0, 0.5)
+        norm.bias.normal_(0.0, 0.5)
+    x = torch.randn(rows, channels, device=DEVICE)
+    y = 3.0 + 2.0 * torch.randn(rows, channels, device=DEVICE)  # mean and scale away from 0 and 1
+    if low is not None:
+        y = y.to(low)  # under autocast the branch output arrives in low precision
+    with torch.no_grad():
+        out, out_low = kernels.residual_layer_norm(x, y, norm, low)
+        expected = x + torch.nn.functional.layer_norm(y.float(), (channels,), norm.weight, norm.bias, norm.eps)
+    assert out.dtype == x.dtype
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+    if low is None:
+        assert out_low is None
+    else:
+        assert out_low.dtype == low
+        # Triton's CPU interpreter truncates to bf16 instead of rounding (numpy has no bf16): one ulp there
+        ulp = 2.0**-7 if DEVICE == "cpu" and low == torch.bfloat16 else 0.0
+        torch.testing.assert_close(out_low, out.to(low), rtol=ulp, atol=0)
+
+
+def test_model_fuses_residual_norms_and_matches_unfused(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Eager inference takes the fused `x + norm(y)` at the end of both branches of every block and gives
+    the unfused model's outputs."""
+    config = Swinv2Config(image_size=32, patch_size=4, embed_dim=16, depths=[2, 2], num_heads=[2, 4],
+                          window_size=4)
+    torch.manual_seed(0)
+    model = Swinv2Model(config).to(DEVICE).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    x = torch.randn(2, 3, 36, 36, device=DEVICE)  # 9x9 patches: padded and shifted windows
+    calls = []
+    fused = kernels.residual_layer_norm
+    monkeypatch.setattr(kernels, "residual_layer_norm", lambda *a: calls.append(a[3:]) or fused(*a))
+    outputs = []
+    for use_kernels in (True, False):
+        monkeypatch.setattr(kernels, "INTERPRET_ON_CPU", use_kernels)
+        monkeypatch.setattr(kernels, "TRITON_FOUND", use_kernels)
+        with torch.no_grad():
+            outputs.append(model(x, output_hidden_states=True))
+    assert calls == [(None,), ()] * sum(config.depths)
+    for fast, plain in zip(outputs[0].hidden_states, outputs[1].hidden_states):
+        torch.testing.assert_close(fast, plain, rtol=1e-5, atol=1e-5)
+
+
+class _Fp32LayerNorm(torch.nn.LayerNorm):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(x.device.type, enabled=False):
+            return super().forward(x.float())
+
+
+def test_block_under_autocast_feeds_the_mlp_the_fused_low_precision_copy(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under autocast the residual stream stays fp32 (CUDA autocast runs layer_norm in fp32) and the fused
+    pass also writes the MLP's input in autocast's dtype, as autocast would cast it: same outputs."""
+    torch.manual_seed(0)
+    block = Swinv2Block(16, 2, window=4, shift=2).to(DEVICE).eval()
+    with torch.no_grad():
+        for p in block.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    x = torch.randn(2, 9, 9, 16, device=DEVICE)
+    calls = []
+    fused = kernels.residual_layer_norm
+    monkeypatch.setattr(kernels, "residual_layer_norm", lambda *a: calls.append(a[3:]) or fused(*a))
+    monkeypatch.setattr(kernels, "INTERPRET_ON_CPU", True)
+    outputs = []
+    with torch.no_grad(), torch.autocast(DEVICE, dtype=torch.float16):
+        outputs.append(block(x)[0])
+        # the reference: unfused, with the norms in fp32 as CUDA autocast runs them (CPU autocast does not)
+        for name in ("norm1", "norm2"):
+            reference = _Fp32LayerNorm(16).to(DEVICE)
+            reference.load_state_dict(getattr(block, name).state_dict())
+            setattr(block, name, reference)
+        outputs.append(block(x)[0])
+    assert calls == [(torch.float16,), ()]
+    assert outputs[0].dtype == outputs[1].dtype == torch.float32
+    torch.testing.assert_close(outputs[0], outputs[1], rtol=1e-5, atol=1e-5)

@@ -1,4 +1,4 @@
-"""A fused window-attention kernel for CUDA (Triton), forward and backward.
+"""Fused kernels for CUDA (Triton): window attention, forward and backward; the post-norm residual, forward.
 
 One program computes one (window, head): it reads q, k and v straight from the fused qkv projection
 `(B * nW, N, 3 * C)` (no permute copies), normalises q and k in fp32, multiplies q by the head's logit
@@ -12,6 +12,10 @@ saved probabilities, and adds its share of the mask's and the logit scale's grad
 window at the same position shares one mask). With `TRITON_INTERPRET=1` in the environment before Triton is
 imported, both kernels run on CPU tensors through Triton's interpreter (slowly): that is how the tests
 check them without a GPU.
+
+The post-norm residual `x + layer_norm(y)` of every block branch runs as one pass in inference: under
+autocast it replaces four launches (y cast to fp32, the norm, the add, the next Linear's input cast to
+bf16) and two thirds of their memory traffic.
 """
 
 from __future__ import annotations
@@ -136,3 +140,28 @@ def window_attention(qkv: Tensor, mask: Tensor, scale: Tensor, heads: int) -> Te
             f"window_attention: qkv {tuple(qkv.shape)}, mask {tuple(mask.shape)} and {heads} heads do not fit"
         )
     return _window_attention_op(qkv.contiguous(), mask.contiguous(), scale.float().contiguous(), heads)
+
+
+def residual_layer_norm(
+    x: Tensor, y: Tensor, norm: torch.nn.LayerNorm, low_dtype: torch.dtype | None = None
+) -> tuple[Tensor, Tensor | None]:
+    """`x + norm(y)` computed in fp32 in one pass, for inference (no autograd): `(out, out in low_dtype)`.
+
+    `x`, `y`: `(..., C)`, `norm` a LayerNorm over C with weight and bias. `out` has x's dtype; the second
+    output, written in the same pass when `low_dtype` is given, is the input the next Linear casts to
+    under autocast (None otherwise). Equals autocast's `x + layer_norm(y.float())` up to fp32 rounding.
+    """
+    c = x.shape[-1]
+    x, y = x.contiguous(), y.contiguous()
+    out = torch.empty_like(x)
+    low = torch.empty(x.shape, dtype=low_dtype, device=x.device) if low_dtype is not None else None
+    rows = x.numel() // c
+    block_c = _next_pow2(c)
+    block_r = max(1, 4096 // block_c)  # tiles of 4096 values: enough work per program, few registers each
+    from .triton_norm import residual_layer_norm_fwd
+
+    residual_layer_norm_fwd[(-(-rows // block_r),)](
+        x, y, norm.weight, norm.bias, out, low if low is not None else out, rows, c, norm.eps,
+        BLOCK_R=block_r, BLOCK_C=block_c, WRITE_LOW=low is not None, num_warps=4 if block_c <= 4096 else 8,
+    )
+    return out, low

@@ -207,8 +207,19 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None, gelu: str | No
     return y if gelu is None else F.gelu(y, approximate=gelu)
 
 
+def _is_plain(module: nn.Module, cls: type) -> bool:
+    """Exactly `cls`, without hooks: its forward may be replaced by a fused equivalent."""
+    return type(module) is cls and not (module._forward_hooks or module._forward_pre_hooks)
+
+
 def _is_plain_linear(module: nn.Module) -> bool:
-    return type(module) is nn.Linear and not (module._forward_hooks or module._forward_pre_hooks)
+    return _is_plain(module, nn.Linear)
+
+
+def _versions(*tensors: Tensor | None) -> tuple:
+    """What identifies these tensors' current values: storage and version counter (an in-place update,
+    an optimiser step included, bumps the counter)."""
+    return tuple((t.data_ptr(), t._version) for t in tensors if t is not None)
 
 
 def apply_linear(module: nn.Module, x: Tensor, gelu: str | None = None) -> Tensor:
@@ -540,6 +551,7 @@ class WindowAttention(nn.Module):
         self.proj_drop = nn.Dropout(proj_drop)
         self.register_buffer("relative_coords_table", relative_coords_table(window, pretrained_window), False)
         self.register_buffer("relative_position_index", relative_position_index(window), False)
+        self._constants: tuple[tuple, tuple[Tensor | None, Tensor]] | None = None
 
     def qkv_bias(self) -> Tensor | None:
         if self.q_bias is None:
@@ -556,6 +568,17 @@ class WindowAttention(nn.Module):
     def logit_scale_exp(self) -> Tensor:
         return torch.clamp(self.logit_scale, max=math.log(100.0)).exp()
 
+    def bias_and_scale(self) -> tuple[Tensor | None, Tensor]:
+        """The fused qkv bias `(3C,)` and the logit scale `(heads,)`. Outside autograd they are computed once
+        and kept while their parameters are unchanged (version counters): four fewer kernel launches per
+        block, which is what batch-1 latency on a GPU is made of."""
+        if torch.is_grad_enabled() or torch.compiler.is_compiling():
+            return self.qkv_bias(), self.logit_scale_exp().view(-1)
+        key = _versions(self.q_bias, self.v_bias, self.logit_scale)
+        if self._constants is None or self._constants[0] != key:
+            self._constants = (key, (self.qkv_bias(), self.logit_scale_exp().view(-1)))
+        return self._constants[1]
+
     def _project(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         b, n, _ = x.shape
         qkv = F.linear(x, self.qkv.weight, self.qkv_bias())
@@ -571,12 +594,13 @@ class WindowAttention(nn.Module):
         b_, n, c = x.shape
         heads = self.num_heads
         dropout = self.attn_drop if self.training else 0.0
-        qkv = linear(x, self.qkv.weight, self.qkv_bias())  # the fused qkv: q and v biases, no k bias
+        qkv_bias, logit_scale = self.bias_and_scale()
+        qkv = linear(x, self.qkv.weight, qkv_bias)  # the fused qkv: q and v biases, no k bias
         if self._use_kernel(x, dropout):
-            out = kernels.window_attention(qkv, mask.to(qkv.dtype), self.logit_scale_exp().view(heads), heads)
+            out = kernels.window_attention(qkv, mask.to(qkv.dtype), logit_scale, heads)
             return self.proj_drop(apply_linear(self.proj, out))
         if dropout == 0.0 and _hand_written_backward_ok(x):
-            out = _CosineWindowAttention.apply(qkv, mask.to(qkv.dtype), self.logit_scale_exp().view(heads), heads)
+            out = _CosineWindowAttention.apply(qkv, mask.to(qkv.dtype), logit_scale, heads)
             return self.proj_drop(apply_linear(self.proj, out))
         qkv = qkv.view(b_, n, 3, heads, -1)
         # q and k normalised in one pass, in fp32 (padded tokens have k = 0: 0 / eps stays 0, never 0/0 in
@@ -585,7 +609,7 @@ class WindowAttention(nn.Module):
         # split, not slices: the backward of a slice zero-fills a tensor of qkv's size for each slice
         qk, v = qkv.split((2, 1), dim=2)
         qk = qk.to(acc)
-        scale = torch.cat((self.logit_scale_exp().view(1, heads), self.logit_scale.new_ones(1, heads)))
+        scale = torch.cat((logit_scale.view(1, heads), logit_scale.new_ones(1, heads)))
         norm = torch.linalg.vector_norm(qk, dim=-1, keepdim=True).clamp_min(kernels.NORM_EPS)
         if qk.requires_grad:  # no gradient for padded keys (k = 0), as in the hand-written backward passes
             qk = torch.where(norm > kernels.NORM_EPS, qk, qk.detach())
@@ -738,8 +762,7 @@ class Swinv2Block(nn.Module):
         """
         cacheable = not torch.is_grad_enabled() and not torch.compiler.is_compiling()
         if cacheable:
-            params = list(self.attn.cpb_mlp.parameters())
-            key = (height, width, dtype, device, *((p.data_ptr(), p._version) for p in params))
+            key = (height, width, dtype, device, *_versions(*self.attn.cpb_mlp.parameters()))
             cached = self._mask_cache.get(key)
             if cached is not None:
                 self._mask_cache.move_to_end(key)
@@ -757,13 +780,14 @@ class Swinv2Block(nn.Module):
 
     def clear_cache(self) -> None:
         self._mask_cache.clear()
+        self.attn._constants = None
 
     def train(self, mode: bool = True) -> Swinv2Block:
-        self._mask_cache.clear()
+        self.clear_cache()
         return super().train(mode)
 
     def _apply(self, fn, recurse: bool = True):
-        self._mask_cache.clear()
+        self.clear_cache()
         return super()._apply(fn, recurse)
 
     def forward(
@@ -773,15 +797,19 @@ class Swinv2Block(nn.Module):
         h, w = x.shape[1:3]
         win, shift = self.window, self.shift
         pad_h, pad_w = (-h) % win, (-w) % win
-        y = F.pad(x, (0, 0, 0, pad_w, 0, pad_h)) if pad_h or pad_w else x
+        dtype = low = None
+        if torch.is_autocast_enabled(x.device.type):
+            dtype = torch.get_autocast_dtype(x.device.type)
+            low = dtype if x.dtype == torch.float32 and dtype != x.dtype else None
+        # The qkv projection casts its input to autocast's dtype anyway: cast before the shift and the
+        # partition, which then move half the bytes.
+        y = x.to(low) if low is not None else x
+        y = F.pad(y, (0, 0, 0, pad_w, 0, pad_h)) if pad_h or pad_w else y
         hp, wp = h + pad_h, w + pad_w
         if shift:
             y = torch.roll(y, shifts=(-shift, -shift), dims=(1, 2))
         windows = window_partition(y, win)
-        dtype = windows.dtype
-        if torch.is_autocast_enabled(windows.device.type):
-            dtype = torch.get_autocast_dtype(windows.device.type)
-        mask = self.attention_mask(hp, wp, dtype, windows.device)
+        mask = self.attention_mask(hp, wp, dtype or windows.dtype, windows.device)
         probs = None
         if output_attentions or head_mask is not None:
             windows, probs = self.attn.forward_explicit(windows, mask, head_mask)
@@ -792,9 +820,28 @@ class Swinv2Block(nn.Module):
             y = torch.roll(y, shifts=(shift, shift), dims=(1, 2))
         if pad_h or pad_w:
             y = y[:, :h, :w, :]
+        if self._fused_residual_norm(x):
+            x, mlp_input = kernels.residual_layer_norm(x, y, self.norm1, low)
+            x, _ = kernels.residual_layer_norm(x, self.mlp(x if mlp_input is None else mlp_input), self.norm2)
+            return x, probs
         x = x + self.drop_path(self.norm1(y))
         x = x + self.drop_path(self.norm2(self.mlp(x)))
         return x, probs
+
+    def _fused_residual_norm(self, x: Tensor) -> bool:
+        """Whether both residual branches end in the fused `x + norm(y)` kernel: eager inference on CUDA (or
+        on CPU under the Triton interpreter in tests), plain LayerNorms, no stochastic depth. Compiled
+        graphs fuse these ops themselves."""
+        return (
+            kernels.TRITON_FOUND
+            and (x.is_cuda or kernels.INTERPRET_ON_CPU)
+            and not torch.is_grad_enabled()
+            and not torch.compiler.is_compiling()
+            and x.dtype in (torch.float32, torch.float16, torch.bfloat16)
+            and (not self.training or self.drop_path.drop_prob == 0.0)
+            and all(_is_plain(n, nn.LayerNorm) and n.weight is not None and n.bias is not None
+                    for n in (self.norm1, self.norm2))
+        )
 
 
 class PatchMerging(nn.Module):
