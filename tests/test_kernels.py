@@ -16,6 +16,7 @@ if not torch.cuda.is_available():
 
 import pytest
 from conftest import cosine_window_attention_reference
+from torch.utils.flop_counter import FlopCounterMode
 
 from swinv2 import Swinv2Config, Swinv2Model, kernels
 from swinv2.layers import Swinv2Block, WindowAttention, shifted_window_mask
@@ -217,6 +218,15 @@ def test_residual_layer_norm_matches_aten(rows: int, channels: int, low: torch.d
         torch.testing.assert_close(out_low, out.to(low), rtol=ulp, atol=0)
 
 
+class _LastHiddenState(torch.nn.Module):
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x).last_hidden_state
+
+
 def test_model_fuses_residual_norms_and_matches_unfused(monkeypatch: pytest.MonkeyPatch) -> None:
     """Eager inference takes the fused `x + norm(y)` at the end of both branches of every block and gives
     the unfused model's outputs."""
@@ -240,6 +250,16 @@ def test_model_fuses_residual_norms_and_matches_unfused(monkeypatch: pytest.Monk
     assert calls == [(None,), ()] * sum(config.depths)
     for fast, plain in zip(outputs[0].hidden_states, outputs[1].hidden_states):
         torch.testing.assert_close(fast, plain, rtol=1e-5, atol=1e-5)
+    # Tracers and dispatch modes cannot see into a raw kernel launch: they get the ordinary ops.
+    monkeypatch.setattr(kernels, "INTERPRET_ON_CPU", True)
+    monkeypatch.setattr(kernels, "TRITON_FOUND", True)
+    calls.clear()
+    with torch.no_grad(), FlopCounterMode(display=False) as flops:
+        model(x)
+    with torch.no_grad():
+        traced = torch.jit.trace(_LastHiddenState(model), x, check_trace=False)
+        assert calls == [] and flops.get_total_flops() > 0
+        torch.testing.assert_close(traced(x), outputs[1].last_hidden_state, rtol=1e-5, atol=1e-5)
 
 
 class _Fp32LayerNorm(torch.nn.LayerNorm):

@@ -145,6 +145,26 @@ def test_flop_counter_counts_the_fused_linears() -> None:
     assert counts[0] == counts[1] > 0
 
 
+def test_torchscript_tracer_records_plain_linears_in_inference() -> None:
+    """The TorchScript tracer (the ONNX exporter's fallback) cannot record oneDNN's fused op: under it,
+    inference takes F.linear, and the trace gives the model's outputs."""
+
+    class Logits(torch.nn.Module):
+        def __init__(self, model: torch.nn.Module) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.model(x).logits
+
+    model = _model()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the tracer's warnings about Python booleans and its deprecation
+        traced = torch.jit.trace(Logits(model), x, check_trace=False)
+        torch.testing.assert_close(traced(x), model(x).logits, rtol=1e-5, atol=1e-5)
+
+
 def test_patch_projection_is_the_convolution() -> None:
     """The patch embedding runs its convolution as a Linear on flattened patches; a hooked `proj` keeps its
     own forward (and its hook runs)."""

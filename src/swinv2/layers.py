@@ -59,8 +59,9 @@ _ONEDNN_LINEAR = _find_onednn_linear()
 def _onednn_ok(x: Tensor) -> bool:
     # Under a dispatch mode (FlopCounterMode, fake or meta tensors, ...) plain F.linear, which every mode
     # knows: FLOP counters then count the GEMMs, and torch.utils.flop_counter is not imported (it imports
-    # Triton, ~80 MiB of resident memory) just to teach it our op.
-    if _ONEDNN_LINEAR is None or x.device.type != "cpu" or torch.is_grad_enabled():
+    # Triton, ~80 MiB of resident memory) just to teach it our op. The TorchScript tracer cannot record
+    # the op's list arguments.
+    if _ONEDNN_LINEAR is None or x.device.type != "cpu" or torch.is_grad_enabled() or torch.jit.is_tracing():
         return False
     return torch.compiler.is_compiling() or torch._C._len_torch_dispatch_stack() == 0
 
@@ -111,18 +112,21 @@ def forget_casts(parameters: Iterable[Tensor]) -> None:
         _CAST_CACHE.pop(p, None)
 
 
-def _hand_written_backward_ok(x: Tensor) -> bool:
-    """Whether a CPU training step takes the autograd Functions below: eager, on plain tensors (torch.func
-    transforms and torch.compile see the ordinary ops, which they can differentiate and fuse themselves;
-    tracers for export and dispatch modes such as FLOP counters, ops they know)."""
+def _plain_eager() -> bool:
+    """Eager code on plain tensors: not under torch.compile or torch.export (which fuse the ordinary ops
+    themselves), the TorchScript tracer, torch.func transforms or a dispatch mode such as a FLOP counter or
+    fake tensors. Only then may a layer run code those cannot see into (autograd Functions, raw kernels)."""
     return (
-        x.device.type == "cpu"
-        and torch.is_grad_enabled()
-        and not torch.compiler.is_compiling()
+        not torch.compiler.is_compiling()
         and not torch.jit.is_tracing()
         and not torch._C._are_functorch_transforms_active()
         and torch._C._len_torch_dispatch_stack() == 0
     )
+
+
+def _hand_written_backward_ok(x: Tensor) -> bool:
+    """Whether a CPU training step takes the autograd Functions below."""
+    return x.device.type == "cpu" and torch.is_grad_enabled() and _plain_eager()
 
 
 # Below this many multiply-adds a Linear layer (or the MLP) stays on autograd's own ops in CPU training: the
@@ -830,13 +834,12 @@ class Swinv2Block(nn.Module):
 
     def _fused_residual_norm(self, x: Tensor) -> bool:
         """Whether both residual branches end in the fused `x + norm(y)` kernel: eager inference on CUDA (or
-        on CPU under the Triton interpreter in tests), plain LayerNorms, no stochastic depth. Compiled
-        graphs fuse these ops themselves."""
+        on CPU under the Triton interpreter in tests), plain LayerNorms, no stochastic depth."""
         return (
             kernels.TRITON_FOUND
             and (x.is_cuda or kernels.INTERPRET_ON_CPU)
             and not torch.is_grad_enabled()
-            and not torch.compiler.is_compiling()
+            and _plain_eager()
             and x.dtype in (torch.float32, torch.float16, torch.bfloat16)
             and (not self.training or self.drop_path.drop_prob == 0.0)
             and all(_is_plain(n, nn.LayerNorm) and n.weight is not None and n.bias is not None
