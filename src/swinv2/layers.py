@@ -10,10 +10,12 @@ Swin V2's changes to Swin V1, all here:
 - log-spaced continuous position bias: a small MLP maps log-spaced relative coordinates to a bias per head,
   so weights trained with one window size transfer to another.
 
-This module imports nothing of the package but its CUDA kernel: it is the model's math and nothing else.
+This module imports nothing of the package but its CUDA kernels: it is the model's math and nothing else.
 
 Speed: `WindowAttention.forward` is the fast path (fused qkv, the logit scale folded into q, SDPA or the
-Triton kernel on a cached folded mask); `forward_explicit` is the step-by-step reference. On CPU in
+Triton kernel on a cached folded mask); `forward_explicit` is the step-by-step reference. In eager GPU
+inference each residual branch ends in one Triton pass (`x + norm(y)`, writing the MLP's autocast input
+too), and the qkv bias and logit scale are kept between calls. On CPU in
 inference, Linear layers run as oneDNN matmuls with the bias (and the MLP's GELU) in the GEMM epilogue,
 under autocast on cached low-precision copies of the weights. In eager CPU training the window attention,
 the MLP and the Linear layers are autograd Functions with hand-written backward passes that keep fewer
