@@ -128,6 +128,27 @@ def test_autocast_weight_copies_follow_weight_changes() -> None:
     assert all(p not in layers._CAST_CACHE for p in model.parameters())  # training drops the copies
 
 
+@pytest.mark.parametrize("name", ["q_bias", "v_bias", "logit_scale"])
+def test_kept_qkv_bias_and_logit_scale_follow_parameter_changes(name: str) -> None:
+    """Inference keeps the fused qkv bias and the clamped logit scale between calls: an in-place change
+    (an optimiser step, load_state_dict) must be seen, and train() or clear_attention_cache() drop them."""
+    model = _model()
+    x = torch.randn(2, 3, 32, 32)
+    attn = model.swinv2.stages[0].blocks[1].attn
+    with torch.no_grad():
+        first = model(x).logits
+        assert attn._constants is not None and torch.equal(model(x).logits, first)
+        getattr(attn, name).mul_(-0.5)
+        changed = model(x).logits
+        model.clear_attention_cache()
+        assert attn._constants is None
+        fresh = model(x).logits
+    assert (changed - first).abs().max() > 1e-3  # a stale bias or scale would repeat `first`
+    assert torch.equal(changed, fresh)
+    model.train()
+    assert attn._constants is None
+
+
 def test_flop_counter_counts_the_fused_linears() -> None:
     """Under a dispatch mode (FlopCounterMode) inference takes plain F.linear, which the counter knows."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
