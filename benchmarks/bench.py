@@ -17,6 +17,10 @@ fresh child process that imports only that implementation, builds it and runs th
     python benchmarks/bench.py --quick                # CPU, fp32 eager inference and training, a few repeats
     python benchmarks/bench.py --device cpu --mode eager,compile --json out.json
     python benchmarks/bench.py --device cuda --dtype bf16 --task infer,train --repeats 5
+    python benchmarks/bench.py --device cuda --dtype bf16 --mode cudagraphs --task infer --batch 1
+
+Modes: eager; compile, `torch.compile` with its default mode; cudagraphs, `torch.compile(mode=
+"reduce-overhead")`, which replays CUDA graphs (CUDA inference rows only; every implementation alike).
 """
 
 from __future__ import annotations
@@ -217,7 +221,7 @@ class Row:
     device: str
     dtype: str
     task: str  # infer | train
-    mode: str  # eager | compile
+    mode: str  # eager | compile | cudagraphs
     batch: int
     ms: dict[str, float] = field(default_factory=dict)
     samples: dict[str, list[float]] = field(default_factory=dict)
@@ -239,6 +243,10 @@ def autocast(device: str, dtype: str):
     return torch.autocast(device, dtype=DTYPES[dtype])
 
 
+# torch.compile's mode for each benchmark mode other than eager
+COMPILE_MODES = {"compile": None, "cudagraphs": "reduce-overhead"}
+
+
 def make_step(impl: str, model: nn.Module, row: Row, compiled: nn.Module | None):
     """A closure that runs one sample of the row (one forward, or one training step)."""
     device = row.device
@@ -248,6 +256,8 @@ def make_step(impl: str, model: nn.Module, row: Row, compiled: nn.Module | None)
         model.eval()
 
         def step():
+            if row.mode == "cudagraphs":  # a new iteration: the last replay's outputs may be overwritten
+                torch.compiler.cudagraph_mark_step_begin()
             with torch.inference_mode(), autocast(device, row.dtype):
                 return fn(x)
 
@@ -290,10 +300,10 @@ def run_row(row: Row, models: dict[str, nn.Module], args) -> None:
     for impl in impls:
         try:
             module = None
-            if row.mode == "compile":
-                key = (impl, row.device, row.task)
+            if row.mode != "eager":
+                key = (impl, row.device, row.task, row.mode)
                 if key not in args.compiled_cache:
-                    args.compiled_cache[key] = torch.compile(models[impl])
+                    args.compiled_cache[key] = torch.compile(models[impl], mode=COMPILE_MODES[row.mode])
                 module = args.compiled_cache[key]
             steps[impl] = make_step(impl, models[impl], row, module)
             if row.device == "cuda":
@@ -469,7 +479,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     p.add_argument("--dtype", default="fp32,bf16", help="fp32 and/or bf16 (autocast)")
     p.add_argument("--task", default="infer,train", help="infer and/or train (forward, backward, AdamW step)")
-    p.add_argument("--mode", default="eager,compile", help="eager and/or compile (torch.compile)")
+    p.add_argument(
+        "--mode",
+        default="eager,compile",
+        help="eager, compile (torch.compile) and/or cudagraphs (torch.compile's reduce-overhead: CUDA inference)",
+    )
     p.add_argument("--batch", default="", help="inference batches, default 1 and 8 on CPU, 1 and 256 on CUDA")
     p.add_argument("--train-batch", type=int, default=0, help="training batch, default 8 on CPU, 128 on CUDA")
     p.add_argument("--impls", default=",".join(IMPLS), help="which implementations, comma-separated")
@@ -514,8 +528,12 @@ def plan(args) -> list[Row]:
         )
         train_batch = args.train_batch or (8 if device == "cpu" else 128)
         for mode in args.mode.split(","):
+            if mode not in ("eager", *COMPILE_MODES):
+                raise SystemExit(f"--mode {mode}: not a mode; use eager, compile or cudagraphs")
             for dtype in args.dtype.split(","):
                 for task in args.task.split(","):
+                    if mode == "cudagraphs" and (device != "cuda" or task != "infer"):
+                        continue  # CUDA graphs replay on a GPU; training steps keep the default compile
                     for batch in batches if task == "infer" else [train_batch]:
                         rows.append(Row(device, dtype, task, mode, batch))
     return rows

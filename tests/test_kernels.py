@@ -19,7 +19,14 @@ from conftest import cosine_window_attention_reference
 from torch.utils.flop_counter import FlopCounterMode
 
 from swinv2 import Swinv2Config, Swinv2Model, kernels
-from swinv2.layers import Swinv2Block, WindowAttention, shifted_window_mask
+from swinv2.layers import (
+    Swinv2Block,
+    WindowAttention,
+    shifted_window_mask,
+    window_layout,
+    window_partition,
+    window_reverse,
+)
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 pytestmark = pytest.mark.skipif(
@@ -218,6 +225,76 @@ def test_residual_layer_norm_matches_aten(rows: int, channels: int, low: torch.d
         torch.testing.assert_close(out_low, out.to(low), rtol=ulp, atol=0)
 
 
+@pytest.mark.parametrize(
+    ("height", "width", "window", "shift"),
+    # padded, shifted, one window; a grid smaller than the window's shift (a crop that flatten could keep)
+    [(8, 8, 4, 2), (9, 7, 4, 2), (6, 10, 3, 1), (5, 5, 5, 0), (3, 4, 4, 0), (2, 1, 4, 2)],
+)
+def test_window_layout_is_the_layout_moves(height: int, width: int, window: int, shift: int) -> None:
+    """Indexing with `window_layout` equals pad + roll + partition, and reverse + roll + crop."""
+    x = torch.randn(2, height, width, 5)
+    pad_h, pad_w = (-height) % window, (-width) % window
+    padded = torch.nn.functional.pad(x, (0, 0, 0, pad_w, 0, pad_h))
+    windows = window_partition(torch.roll(padded, (-shift, -shift), (1, 2)), window)
+    back = torch.roll(window_reverse(windows, window, height + pad_h, width + pad_w), (shift, shift), (1, 2))
+    to_windows, from_windows = window_layout(height, width, window, shift)
+    assert to_windows.dtype == from_windows.dtype == torch.int32
+    assert to_windows.is_contiguous() and from_windows.is_contiguous()  # the kernels read them as flat arrays
+    flat = torch.cat((x.reshape(2, -1, 5), torch.zeros(2, 1, 5)), dim=1)  # row -1: the zero row
+    torch.testing.assert_close(flat[:, to_windows.long()].reshape(windows.shape), windows, rtol=0, atol=0)
+    gathered = windows.reshape(2, -1, 5)[:, from_windows.long()]
+    torch.testing.assert_close(gathered.view(x.shape), back[:, :height, :width], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(("channels", "dtype"), [(5, None), (96, torch.float16), (130, torch.bfloat16)])
+def test_gather_rows_picks_rows_and_zero_fills(channels: int, dtype: torch.dtype | None) -> None:
+    torch.manual_seed(channels)
+    x = torch.randn(3, 11, channels, device=DEVICE)
+    rows = torch.tensor([4, -1, 0, 10, 10, -1, 7], dtype=torch.int32, device=DEVICE)
+    out = kernels.gather_rows(x, rows.repeat_interleave(2)[::2], dtype)  # strided indices are read right too
+    zero_row = torch.cat((x, x.new_zeros(3, 1, channels)), dim=1)
+    expected = zero_row[:, rows.long()].to(dtype or x.dtype)
+    assert out.shape == (3, 7, channels) and out.dtype == expected.dtype
+    ulp = 2.0**-7 if DEVICE == "cpu" and dtype == torch.bfloat16 else 0.0  # the interpreter truncates bf16
+    torch.testing.assert_close(out, expected, rtol=ulp, atol=0)
+    assert kernels.gather_rows(x[:0], rows).shape == (0, 7, channels)
+
+
+def test_residual_layer_norm_reads_y_through_row_indices() -> None:
+    torch.manual_seed(1)
+    norm = torch.nn.LayerNorm(24).to(DEVICE)
+    with torch.no_grad():
+        norm.weight.normal_(1.0, 0.5)
+        norm.bias.normal_(0.0, 0.5)
+    x = torch.randn(2, 3, 5, 24, device=DEVICE)  # 15 rows per image
+    y = torch.randn(2, 16, 24, device=DEVICE)  # 16 rows per image (one of padding)
+    y_rows = torch.randperm(16, device=DEVICE)[:15].to(torch.int32)
+    with torch.no_grad():
+        out, _ = kernels.residual_layer_norm(x, y, norm, None, y_rows.repeat_interleave(2)[::2])  # strided
+        expected = x + norm(y[:, y_rows.long()].view(x.shape))
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="do not fit"):
+        kernels.residual_layer_norm(x, y, norm, None, y_rows[:14])
+
+
+def _record_row_kernels(monkeypatch: pytest.MonkeyPatch) -> list[tuple]:
+    """Record each call of the row kernels: its low-precision dtype and, for the norm, whether y is gathered."""
+    calls: list[tuple] = []
+    norm, gather = kernels.residual_layer_norm, kernels.gather_rows
+
+    def recording_norm(x, y, module, low_dtype=None, y_rows=None):
+        calls.append(("norm", low_dtype, y_rows is not None))
+        return norm(x, y, module, low_dtype, y_rows)
+
+    def recording_gather(x, rows, dtype=None):
+        calls.append(("gather", dtype))
+        return gather(x, rows, dtype)
+
+    monkeypatch.setattr(kernels, "residual_layer_norm", recording_norm)
+    monkeypatch.setattr(kernels, "gather_rows", recording_gather)
+    return calls
+
+
 class _LastHiddenState(torch.nn.Module):
     def __init__(self, model: torch.nn.Module) -> None:
         super().__init__()
@@ -238,16 +315,15 @@ def test_model_fuses_residual_norms_and_matches_unfused(monkeypatch: pytest.Monk
         for p in model.parameters():
             p.add_(0.1 * torch.randn_like(p))
     x = torch.randn(2, 3, 36, 36, device=DEVICE)  # 9x9 patches: padded and shifted windows
-    calls = []
-    fused = kernels.residual_layer_norm
-    monkeypatch.setattr(kernels, "residual_layer_norm", lambda *a: calls.append(a[3:]) or fused(*a))
+    calls = _record_row_kernels(monkeypatch)
     outputs = []
     for use_kernels in (True, False):
         monkeypatch.setattr(kernels, "INTERPRET_ON_CPU", use_kernels)
         monkeypatch.setattr(kernels, "TRITON_FOUND", use_kernels)
         with torch.no_grad():
             outputs.append(model(x, output_hidden_states=True))
-    assert calls == [(None,), ()] * sum(config.depths)
+    # per block: the gather into windows, then the two residual norms (the first reading y through indices)
+    assert calls == [("gather", None), ("norm", None, True), ("norm", None, False)] * sum(config.depths)
     for fast, plain in zip(outputs[0].hidden_states, outputs[1].hidden_states):
         torch.testing.assert_close(fast, plain, rtol=1e-5, atol=1e-5)
     # Tracers and dispatch modes cannot see into a raw kernel launch: they get the ordinary ops.
@@ -277,9 +353,7 @@ def test_block_under_autocast_feeds_the_mlp_the_fused_low_precision_copy(monkeyp
         for p in block.parameters():
             p.add_(0.1 * torch.randn_like(p))
     x = torch.randn(2, 9, 9, 16, device=DEVICE)
-    calls = []
-    fused = kernels.residual_layer_norm
-    monkeypatch.setattr(kernels, "residual_layer_norm", lambda *a: calls.append(a[3:]) or fused(*a))
+    calls = _record_row_kernels(monkeypatch)
     monkeypatch.setattr(kernels, "INTERPRET_ON_CPU", True)
     outputs = []
     with torch.no_grad(), torch.autocast(DEVICE, dtype=torch.float16):
@@ -290,6 +364,7 @@ def test_block_under_autocast_feeds_the_mlp_the_fused_low_precision_copy(monkeyp
             reference.load_state_dict(getattr(block, name).state_dict())
             setattr(block, name, reference)
         outputs.append(block(x)[0])
-    assert calls == [(torch.float16,), ()]
+    # the windows gathered in half precision; the attention branch's norm writes the MLP's half input too
+    assert calls == [("gather", torch.float16), ("norm", torch.float16, True), ("norm", None, False)]
     assert outputs[0].dtype == outputs[1].dtype == torch.float32
     torch.testing.assert_close(outputs[0], outputs[1], rtol=1e-5, atol=1e-5)

@@ -1,4 +1,5 @@
-"""Fused kernels for CUDA (Triton): window attention, forward and backward; the post-norm residual, forward.
+"""Fused kernels for CUDA (Triton): window attention, forward and backward; the post-norm residual and the
+shifted-window gather, forward.
 
 One program computes one (window, head): it reads q, k and v straight from the fused qkv projection
 `(B * nW, N, 3 * C)` (no permute copies), normalises q and k in fp32, multiplies q by the head's logit
@@ -15,7 +16,10 @@ check them without a GPU.
 
 The post-norm residual `x + layer_norm(y)` of every block branch runs as one pass in inference: under
 autocast it replaces four launches (y cast to fp32, the norm, the add, the next Linear's input cast to
-bf16) and two thirds of their memory traffic.
+bf16) and two thirds of their memory traffic. It also reads the attention branch's output straight from
+the window-major layout (window reverse, unshift and crop as row indices), and one gather builds the
+shifted windows (cast, pad, roll and partition): the layout moves around each attention cost no copies of
+their own.
 """
 
 from __future__ import annotations
@@ -142,26 +146,67 @@ def window_attention(qkv: Tensor, mask: Tensor, scale: Tensor, heads: int) -> Te
     return _window_attention_op(qkv.contiguous(), mask.contiguous(), scale.float().contiguous(), heads)
 
 
+def _row_tiles(rows: int, c: int) -> tuple[tuple[int], dict]:
+    """Launch grid and tile sizes of the row kernels: tiles of 4096 values, enough work per program and
+    few registers each."""
+    block_c = _next_pow2(c)
+    block_r = max(1, 4096 // block_c)
+    return (-(-rows // block_r),), dict(BLOCK_R=block_r, BLOCK_C=block_c, num_warps=4 if block_c <= 4096 else 8)
+
+
 def residual_layer_norm(
-    x: Tensor, y: Tensor, norm: torch.nn.LayerNorm, low_dtype: torch.dtype | None = None
+    x: Tensor,
+    y: Tensor,
+    norm: torch.nn.LayerNorm,
+    low_dtype: torch.dtype | None = None,
+    y_rows: Tensor | None = None,
 ) -> tuple[Tensor, Tensor | None]:
     """`x + norm(y)` computed in fp32 in one pass, for inference (no autograd): `(out, out in low_dtype)`.
 
-    `x`, `y`: `(..., C)`, `norm` a LayerNorm over C with weight and bias. `out` has x's dtype; the second
-    output, written in the same pass when `low_dtype` is given, is the input the next Linear casts to
+    `x`: `(B, ..., C)`, `norm` a LayerNorm over C with weight and bias. `out` has x's shape and dtype; the
+    second output, written in the same pass when `low_dtype` is given, is the input the next Linear casts to
     under autocast (None otherwise). Equals autocast's `x + layer_norm(y.float())` up to fp32 rounding.
+    `y`: x's shape, or with `y_rows` (int32, one index per row of an image of x) `(B, ..., C)` holding
+    `len(y) / B` rows per image, of which x's row `r` of each image takes row `y_rows[r]`.
     """
     c = x.shape[-1]
     x, y = x.contiguous(), y.contiguous()
     out = torch.empty_like(x)
     low = torch.empty(x.shape, dtype=low_dtype, device=x.device) if low_dtype is not None else None
     rows = x.numel() // c
-    block_c = _next_pow2(c)
-    block_r = max(1, 4096 // block_c)  # tiles of 4096 values: enough work per program, few registers each
-    from .triton_norm import residual_layer_norm_fwd
+    if y_rows is None:
+        if y.shape != x.shape:
+            raise ValueError(f"residual_layer_norm: x {tuple(x.shape)} and y {tuple(y.shape)} differ")
+        rows_per_image = y_rows_per_image = rows
+    else:
+        rows_per_image, y_rows_per_image = y_rows.numel(), y.numel() // (x.shape[0] * c or 1)
+        if rows != x.shape[0] * rows_per_image or y.numel() != x.shape[0] * y_rows_per_image * c:
+            raise ValueError(f"residual_layer_norm: x {tuple(x.shape)}, y {tuple(y.shape)} and "
+                             f"{y_rows.numel()} row indices do not fit")
+    if rows == 0:
+        return out, low
+    from .triton_rows import residual_layer_norm_fwd
 
-    residual_layer_norm_fwd[(-(-rows // block_r),)](
-        x, y, norm.weight, norm.bias, out, low if low is not None else out, rows, c, norm.eps,
-        BLOCK_R=block_r, BLOCK_C=block_c, WRITE_LOW=low is not None, num_warps=4 if block_c <= 4096 else 8,
+    grid, tiles = _row_tiles(rows, c)
+    residual_layer_norm_fwd[grid](
+        x, y, norm.weight, norm.bias, out, low if low is not None else out,
+        y_rows.contiguous() if y_rows is not None else out, rows, rows_per_image, y_rows_per_image, c, norm.eps,
+        WRITE_LOW=low is not None, GATHER_Y=y_rows is not None, **tiles,
     )
     return out, low
+
+
+def gather_rows(x: Tensor, rows: Tensor, dtype: torch.dtype | None = None) -> Tensor:
+    """The rows of each image of `x` `(B, R, C)` that `rows` picks (int32 `(R_out,)`; -1: a row of zeros),
+    in `dtype` (x's when None): `(B, R_out, C)`. One pass for what would be a cast, a pad, a roll and a
+    window partition."""
+    b, src_rows, c = x.shape
+    x = x.contiguous()
+    out = torch.empty(b, rows.numel(), c, dtype=dtype or x.dtype, device=x.device)
+    if out.numel() == 0:
+        return out
+    from .triton_rows import gather_rows_fwd
+
+    grid, tiles = _row_tiles(out.numel() // c, c)
+    gather_rows_fwd[grid](x, rows.contiguous(), out, out.numel() // c, rows.numel(), src_rows, c, **tiles)
+    return out

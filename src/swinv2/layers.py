@@ -14,8 +14,10 @@ This module imports nothing of the package but its CUDA kernels: it is the model
 
 Speed: `WindowAttention.forward` is the fast path (fused qkv, the logit scale folded into q, SDPA or the
 Triton kernel on a cached folded mask); `forward_explicit` is the step-by-step reference. In eager GPU
-inference each residual branch ends in one Triton pass (`x + norm(y)`, writing the MLP's autocast input
-too), and the qkv bias and logit scale are kept between calls. On CPU in
+inference a block is three Triton passes around its GEMMs and attention: one gather builds the shifted
+windows (cast, pad, roll and partition by cached row indices, `window_layout`), and each residual branch
+ends in `x + norm(y)` (the attention branch reading its output back through the same indices, the first
+pass also writing the MLP's autocast input); the qkv bias and logit scale are kept between calls. On CPU in
 inference, Linear layers run as oneDNN matmuls with the bias (and the MLP's GELU) in the GEMM epilogue,
 under autocast on cached low-precision copies of the weights. In eager CPU training the window attention,
 the MLP and the Linear layers are autograd Functions with hand-written backward passes that keep fewer
@@ -39,7 +41,7 @@ from . import kernels
 
 # Shifted-window masks use -100 for pairs of tokens from different regions, as the reference code does.
 MASK_VALUE = -100.0
-# Folded masks are cached for this many input sizes per block.
+# Folded masks and window layouts are cached for this many input sizes per block.
 MASK_CACHE_SIZE = 4
 
 
@@ -222,6 +224,13 @@ def _is_plain_linear(module: nn.Module) -> bool:
     return _is_plain(module, nn.Linear)
 
 
+def _remember(cache: OrderedDict, key: tuple, value) -> None:
+    """Keep `value` in a least-recently-used cache of at most MASK_CACHE_SIZE entries."""
+    cache[key] = value
+    while len(cache) > MASK_CACHE_SIZE:
+        cache.popitem(last=False)
+
+
 def _versions(*tensors: Tensor | None) -> tuple:
     """What identifies these tensors' current values: storage and version counter (an in-place update,
     an optimiser step included, bumps the counter)."""
@@ -311,6 +320,29 @@ def window_reverse(windows: Tensor, window: int, height: int, width: int) -> Ten
     c = windows.shape[-1]
     x = windows.view(-1, height // window, width // window, window, window, c)
     return x.permute(0, 1, 3, 2, 4, 5).reshape(-1, height, width, c)
+
+
+def window_layout(height: int, width: int, window: int, shift: int) -> tuple[Tensor, Tensor]:
+    """The shifted-window layout of one `(height, width)` grid as row indices (int32), for gathers.
+
+    `to_windows` `(Hp * Wp,)`: the grid row (`h * width + w`) that each row of the window-major layout
+    (`window_partition` of the padded grid rolled by `-shift`) holds, -1 for padding. `from_windows`
+    `(height * width,)`: the window-major row each grid row returns from (`window_reverse`, roll by
+    `+shift`, crop). Built with the same functions as the layout moves, so the two cannot disagree.
+    """
+    pad_h, pad_w = (-height) % window, (-width) % window
+    grid = torch.arange(height * width, dtype=torch.int32).view(1, height, width, 1)
+    grid = F.pad(grid, (0, 0, 0, pad_w, 0, pad_h), value=-1)
+    if shift:
+        grid = torch.roll(grid, shifts=(-shift, -shift), dims=(1, 2))
+    to_windows = window_partition(grid, window).flatten().contiguous()
+    padded_h, padded_w = height + pad_h, width + pad_w
+    where = torch.arange(padded_h * padded_w, dtype=torch.int32).view(-1, window * window, 1)
+    where = window_reverse(where, window, padded_h, padded_w)
+    if shift:
+        where = torch.roll(where, shifts=(shift, shift), dims=(1, 2))
+    from_windows = where[:, :height, :width].flatten().contiguous()  # flatten may keep the crop's strides
+    return to_windows, from_windows
 
 
 def relative_coords_table(window: int, pretrained_window: int = 0) -> Tensor:
@@ -759,6 +791,7 @@ class Swinv2Block(nn.Module):
         self.mlp = Mlp(dim, int(dim * mlp_ratio), hidden_act, drop)
         self.norm2 = nn.LayerNorm(dim, eps=layer_norm_eps)
         self._mask_cache: OrderedDict[tuple, Tensor] = OrderedDict()
+        self._layout_cache: OrderedDict[tuple, tuple[Tensor, Tensor]] = OrderedDict()
 
     def attention_mask(self, height: int, width: int, dtype: torch.dtype, device: torch.device) -> Tensor:
         """Position bias plus shifted-window mask for a padded grid: `(nW or 1, heads, N, N)`.
@@ -779,13 +812,24 @@ class Swinv2Block(nn.Module):
             mask = mask + shift_mask.unsqueeze(1)
         mask = mask.to(dtype)
         if cacheable:
-            self._mask_cache[key] = mask
-            while len(self._mask_cache) > MASK_CACHE_SIZE:
-                self._mask_cache.popitem(last=False)
+            _remember(self._mask_cache, key, mask)
         return mask
+
+    def layout_rows(self, height: int, width: int, device: torch.device) -> tuple[Tensor, Tensor]:
+        """`window_layout` of this block's window and shift for a `(height, width)` grid, on `device`: built
+        once per grid size."""
+        key = (height, width, device)
+        rows = self._layout_cache.get(key)
+        if rows is None:
+            rows = tuple(t.to(device) for t in window_layout(height, width, self.window, self.shift))
+            _remember(self._layout_cache, key, rows)
+        else:
+            self._layout_cache.move_to_end(key)
+        return rows
 
     def clear_cache(self) -> None:
         self._mask_cache.clear()
+        self._layout_cache.clear()
         self.attn._constants = None
 
     def train(self, mode: bool = True) -> Swinv2Block:
@@ -803,21 +847,24 @@ class Swinv2Block(nn.Module):
         h, w = x.shape[1:3]
         win, shift = self.window, self.shift
         pad_h, pad_w = (-h) % win, (-w) % win
+        hp, wp = h + pad_h, w + pad_w
         dtype = low = None
         if torch.is_autocast_enabled(x.device.type):
             dtype = torch.get_autocast_dtype(x.device.type)
             low = dtype if x.dtype == torch.float32 and dtype != x.dtype else None
+        exact = output_attentions or head_mask is not None
+        if not exact and self._fused_layout_and_norms(x):
+            return self._forward_fused(x, hp, wp, dtype, low), None
         # The qkv projection casts its input to autocast's dtype anyway: cast before the shift and the
         # partition, which then move half the bytes.
         y = x.to(low) if low is not None else x
         y = F.pad(y, (0, 0, 0, pad_w, 0, pad_h)) if pad_h or pad_w else y
-        hp, wp = h + pad_h, w + pad_w
         if shift:
             y = torch.roll(y, shifts=(-shift, -shift), dims=(1, 2))
         windows = window_partition(y, win)
         mask = self.attention_mask(hp, wp, dtype or windows.dtype, windows.device)
         probs = None
-        if output_attentions or head_mask is not None:
+        if exact:
             windows, probs = self.attn.forward_explicit(windows, mask, head_mask)
         else:
             windows = self.attn(windows, mask)
@@ -826,17 +873,26 @@ class Swinv2Block(nn.Module):
             y = torch.roll(y, shifts=(shift, shift), dims=(1, 2))
         if pad_h or pad_w:
             y = y[:, :h, :w, :]
-        if self._fused_residual_norm(x):
-            x, mlp_input = kernels.residual_layer_norm(x, y, self.norm1, low)
-            x, _ = kernels.residual_layer_norm(x, self.mlp(x if mlp_input is None else mlp_input), self.norm2)
-            return x, probs
         x = x + self.drop_path(self.norm1(y))
         x = x + self.drop_path(self.norm2(self.mlp(x)))
         return x, probs
 
-    def _fused_residual_norm(self, x: Tensor) -> bool:
-        """Whether both residual branches end in the fused `x + norm(y)` kernel: eager inference on CUDA (or
-        on CPU under the Triton interpreter in tests), plain LayerNorms, no stochastic depth."""
+    def _forward_fused(self, x: Tensor, hp: int, wp: int, dtype: torch.dtype | None, low: torch.dtype | None) -> Tensor:
+        """`forward` in three Triton passes around the attention and the MLP: one gather builds the shifted
+        windows (cast, pad, roll and partition in one), and each branch ends in `x + norm(y)`, the attention
+        branch reading its output straight from the window-major layout (reverse, unshift and crop)."""
+        b, h, w, c = x.shape
+        to_windows, from_windows = self.layout_rows(h, w, x.device)
+        windows = kernels.gather_rows(x.view(b, h * w, c), to_windows, low)
+        mask = self.attention_mask(hp, wp, dtype or windows.dtype, x.device)
+        y = self.attn(windows.view(-1, self.window * self.window, c), mask)
+        x, mlp_input = kernels.residual_layer_norm(x, y, self.norm1, low, from_windows)
+        x, _ = kernels.residual_layer_norm(x, self.mlp(x if mlp_input is None else mlp_input), self.norm2)
+        return x
+
+    def _fused_layout_and_norms(self, x: Tensor) -> bool:
+        """Whether `_forward_fused` may run: eager inference on CUDA (or on CPU under the Triton interpreter
+        in tests), plain LayerNorms, no stochastic depth."""
         return (
             kernels.TRITON_FOUND
             and (x.is_cuda or kernels.INTERPRET_ON_CPU)
