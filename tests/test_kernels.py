@@ -368,3 +368,16 @@ def test_block_under_autocast_feeds_the_mlp_the_fused_low_precision_copy(monkeyp
     assert calls == [("gather", torch.float16), ("norm", torch.float16, True), ("norm", None, False)]
     assert outputs[0].dtype == outputs[1].dtype == torch.float32
     torch.testing.assert_close(outputs[0], outputs[1], rtol=1e-5, atol=1e-5)
+
+
+def test_fused_block_takes_a_non_contiguous_input(monkeypatch: pytest.MonkeyPatch) -> None:
+    torch.manual_seed(0)
+    block = Swinv2Block(8, 2, window=4, shift=2).to(DEVICE).eval()
+    x = torch.randn(2, 9, 6, 8, device=DEVICE).transpose(1, 2)  # (2, 6, 9, 8), not contiguous
+    outputs = []
+    for use_kernels in (True, False):
+        monkeypatch.setattr(kernels, "INTERPRET_ON_CPU", use_kernels)
+        monkeypatch.setattr(kernels, "TRITON_FOUND", use_kernels)
+        with torch.no_grad():
+            outputs.append(block(x)[0])
+    torch.testing.assert_close(outputs[0], outputs[1], rtol=1e-5, atol=1e-5)

@@ -883,7 +883,7 @@ class Swinv2Block(nn.Module):
         branch reading its output straight from the window-major layout (reverse, unshift and crop)."""
         b, h, w, c = x.shape
         to_windows, from_windows = self.layout_rows(h, w, x.device)
-        windows = kernels.gather_rows(x.view(b, h * w, c), to_windows, low)
+        windows = kernels.gather_rows(x.reshape(b, h * w, c), to_windows, low)
         mask = self.attention_mask(hp, wp, dtype or windows.dtype, x.device)
         y = self.attn(windows.view(-1, self.window * self.window, c), mask)
         x, mlp_input = kernels.residual_layer_norm(x, y, self.norm1, low, from_windows)
