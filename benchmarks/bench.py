@@ -19,8 +19,10 @@ fresh child process that imports only that implementation, builds it and runs th
     python benchmarks/bench.py --device cuda --dtype bf16 --task infer,train --repeats 5
     python benchmarks/bench.py --device cuda --dtype bf16 --mode cudagraphs --task infer --batch 1
 
-Modes: eager; compile, `torch.compile` with its default mode; cudagraphs, `torch.compile(mode=
-"reduce-overhead")`, which replays CUDA graphs (CUDA inference rows only; every implementation alike).
+Modes: eager; graphed, the eager forward captured once in a CUDA graph and replayed (`torch.cuda.graph`,
+the README's low-latency recipe); compile, `torch.compile` with its default mode; cudagraphs,
+`torch.compile(mode="reduce-overhead")`, compiled and replayed as CUDA graphs. graphed and cudagraphs run on
+CUDA inference rows only; every implementation gets the same treatment.
 """
 
 from __future__ import annotations
@@ -221,7 +223,7 @@ class Row:
     device: str
     dtype: str
     task: str  # infer | train
-    mode: str  # eager | compile | cudagraphs
+    mode: str  # eager | graphed | compile | cudagraphs
     batch: int
     ms: dict[str, float] = field(default_factory=dict)
     samples: dict[str, list[float]] = field(default_factory=dict)
@@ -237,10 +239,33 @@ class Row:
         return f"{self.device} {self.dtype} {self.task} {self.mode} b{self.batch}"
 
 
-def autocast(device: str, dtype: str):
+def autocast(device: str, dtype: str, cache: bool = True):
     if dtype == "fp32":
         return contextlib.nullcontext()
-    return torch.autocast(device, dtype=DTYPES[dtype])
+    return torch.autocast(device, dtype=DTYPES[dtype], cache_enabled=cache)
+
+
+def graphed(step):
+    """`step` captured in a CUDA graph on its first call (after warm-up calls on a side stream, as capture
+    needs), then replayed: what is left is the GPU's time, without the host's launches."""
+    graph, out = None, None
+
+    def replay():
+        nonlocal graph, out
+        if graph is None:
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                for _ in range(3):
+                    step()
+            torch.cuda.current_stream().wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                out = step()
+        graph.replay()
+        return out
+
+    return replay
 
 
 # torch.compile's mode for each benchmark mode other than eager
@@ -258,10 +283,10 @@ def make_step(impl: str, model: nn.Module, row: Row, compiled: nn.Module | None)
         def step():
             if row.mode == "cudagraphs":  # a new iteration: the last replay's outputs may be overwritten
                 torch.compiler.cudagraph_mark_step_begin()
-            with torch.inference_mode(), autocast(device, row.dtype):
+            with torch.inference_mode(), autocast(device, row.dtype, cache=row.mode != "graphed"):
                 return fn(x)
 
-        return step
+        return graphed(step) if row.mode == "graphed" else step
     model.train()
     labels = torch.randint(0, CLASSES, (row.batch,), device=device)
     try:
@@ -300,7 +325,7 @@ def run_row(row: Row, models: dict[str, nn.Module], args) -> None:
     for impl in impls:
         try:
             module = None
-            if row.mode != "eager":
+            if row.mode in COMPILE_MODES:
                 key = (impl, row.device, row.task, row.mode)
                 if key not in args.compiled_cache:
                     args.compiled_cache[key] = torch.compile(models[impl], mode=COMPILE_MODES[row.mode])
@@ -482,7 +507,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument(
         "--mode",
         default="eager,compile",
-        help="eager, compile (torch.compile) and/or cudagraphs (torch.compile's reduce-overhead: CUDA inference)",
+        help="eager, graphed (eager in a CUDA graph), compile (torch.compile) and/or cudagraphs (compiled with "
+        "reduce-overhead); the graph modes on CUDA inference rows",
     )
     p.add_argument("--batch", default="", help="inference batches, default 1 and 8 on CPU, 1 and 256 on CUDA")
     p.add_argument("--train-batch", type=int, default=0, help="training batch, default 8 on CPU, 128 on CUDA")
@@ -528,12 +554,12 @@ def plan(args) -> list[Row]:
         )
         train_batch = args.train_batch or (8 if device == "cpu" else 128)
         for mode in args.mode.split(","):
-            if mode not in ("eager", *COMPILE_MODES):
-                raise SystemExit(f"--mode {mode}: not a mode; use eager, compile or cudagraphs")
+            if mode not in ("eager", "graphed", *COMPILE_MODES):
+                raise SystemExit(f"--mode {mode}: not a mode; use eager, graphed, compile or cudagraphs")
             for dtype in args.dtype.split(","):
                 for task in args.task.split(","):
-                    if mode == "cudagraphs" and (device != "cuda" or task != "infer"):
-                        continue  # CUDA graphs replay on a GPU; training steps keep the default compile
+                    if mode in ("graphed", "cudagraphs") and (device != "cuda" or task != "infer"):
+                        continue  # CUDA graphs replay on a GPU; training steps are timed eager or compiled
                     for batch in batches if task == "infer" else [train_batch]:
                         rows.append(Row(device, dtype, task, mode, batch))
     return rows

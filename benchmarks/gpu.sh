@@ -5,12 +5,13 @@
 #   eager: the CUDA rows of the benchmark, bf16: eager inference at batch 1 and 256, a training step at batch 128;
 #   profile: where the time goes: operator profiles of ours and timm (training b128, inference b1 and b256);
 #   no_triton: the eager rows again without the Triton kernel (ours, transformers);
-#   graphs: batch-1 latency with CUDA graphs (torch.compile's reduce-overhead) for ours and the peers alike;
+#   graphs: batch-1 latency with CUDA graphs for ours and the peers alike: each eager forward captured and
+#           replayed (graphed), then torch.compile's reduce-overhead (cudagraphs), in two processes;
 #   compile_train: the compiled training step at batch 128 (ours, timm), with the time its compiling needs;
 #   compile: compiled inference at batch 256 and 1 (ours, transformers: the best compiled peer last time).
 # The default (tests eager graphs compile_train) fits one session's device time with the machine's start-up.
-# The benchmark writes its JSON after every row, so a part cut short keeps what it measured. At most seven
-# files land in $OUT (the device tool brings back eight): render a JSON with `bench.py --render FILE`.
+# The benchmark writes its JSON after every row, so a part cut short keeps what it measured. The default
+# parts write seven files to $OUT (the device tool brings back eight): render a JSON with `bench.py --render FILE`.
 set -u
 OUT=${OUT:-benchmarks/gpu-out}
 PY=${PY:-python3}
@@ -55,7 +56,9 @@ for part in ${*:-tests eager graphs compile_train}; do
         SWINV2_DISABLE_TRITON=1 bench eager_no_triton 35 --mode eager --task infer,train --batch 256 \
             --impls ours,transformers --repeats 3 ;;
     compile) bench compile 150 --mode compile --task infer --batch 256,1 --impls ours,transformers --repeats 5 ;;
-    graphs) bench graphs 180 --mode cudagraphs --task infer --batch 1 --impls ours,timm,transformers --repeats 7 ;;
+    graphs)
+        bench graphed 60 --mode graphed --task infer --batch 1,256 --repeats 7
+        bench graphs 180 --mode cudagraphs --task infer --batch 1 --impls ours,timm,transformers --repeats 7 ;;
     compile_train) bench compile_train 240 --mode compile --task train --impls ours,timm --repeats 3 --warmup 1 ;;
     *) echo "unknown part $part (tests, eager, profile, no_triton, compile, graphs, compile_train)"; exit 2 ;;
     esac

@@ -424,3 +424,52 @@ def test_fp16_training_with_padded_windows_has_finite_gradients(attention_dropou
     loss.backward()
     assert torch.isfinite(loss)
     assert [n for n, p in model.named_parameters() if not torch.isfinite(p.grad).all()] == []
+
+
+# Ops that read a device tensor's value back to the host: on a GPU each stalls the queue of work and
+# breaks CUDA-graph capture.
+_HOST_READS = {
+    torch.ops.aten._local_scalar_dense.default,  # .item(), bool(t), int(t)
+    torch.ops.aten.is_nonzero.default,
+    torch.ops.aten.equal.default,
+    torch.ops.aten.nonzero.default,  # data-dependent output sizes
+    torch.ops.aten.masked_select.default,
+    torch.ops.aten._unique2.default,
+    torch.ops.aten.repeat_interleave.Tensor,
+}
+
+
+class _HostReads(torch.utils._python_dispatch.TorchDispatchMode):
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func in _HOST_READS:
+            self.seen.append(str(func))
+        return func(*args, **(kwargs or {}))
+
+
+def test_inference_reads_nothing_back_from_the_device() -> None:
+    """No host synchronisation in an inference forward of any head, first call (caches built) or later,
+    with the finite-input check off as it is by default on accelerators."""
+    config = Swinv2Config(
+        **{**SMALL, "check_finite_inputs": False, "out_features": ["stage1", "stage2"], "encoder_stride": 8}
+    )
+    torch.manual_seed(0)
+    models = [
+        Swinv2ForImageClassification(config).eval(),
+        modeling.Swinv2ForMaskedImageModeling(config).eval(),
+        modeling.Swinv2Backbone(config).eval(),
+    ]
+    x = torch.randn(2, 3, 44, 36)  # padded windows
+    mask = torch.rand(2, 11 * 9) > 0.5
+    for model in models:
+        kwargs = {"bool_masked_pos": mask} if isinstance(model, modeling.Swinv2ForMaskedImageModeling) else {}
+        for _ in range(2):
+            with torch.inference_mode(), _HostReads() as reads:
+                model(x, output_hidden_states=True, **kwargs)
+            assert reads.seen == [], (type(model).__name__, reads.seen)
+    with torch.inference_mode(), _HostReads() as reads:  # the recorder sees a read when there is one
+        bool(x.sum() > 0)
+    assert reads.seen
