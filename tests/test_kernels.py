@@ -166,19 +166,21 @@ def test_kernel_padded_keys_keep_fp16_gradients_finite() -> None:
 
 
 def test_model_trains_through_the_kernel(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Training mode on the kernel gives the fast path's loss and gradients (SDPA / broadcast attention)."""
+    """Training on the kernels (attention, layout gathers) gives the fast path's gradients (SDPA / broadcast
+    attention, ATen layout moves), the input's included."""
     config = Swinv2Config(image_size=32, patch_size=4, embed_dim=16, depths=[2, 2], num_heads=[2, 4],
                           window_size=4, drop_path_rate=0.0)
     torch.manual_seed(0)
     model = Swinv2Model(config).to(DEVICE).train()
-    x = torch.randn(2, 3, 32, 32, device=DEVICE)
+    x = torch.randn(2, 3, 36, 36, device=DEVICE, requires_grad=True)  # 9x9 patches: padded, shifted windows
     grads = []
     for use_kernel in (True, False):
         monkeypatch.setattr(kernels, "INTERPRET_ON_CPU", use_kernel)
         monkeypatch.setattr(kernels, "TRITON_FOUND", use_kernel)
         model.zero_grad()
+        x.grad = None
         model(x).pooler_output.square().sum().backward()
-        grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
+        grads.append({"input": x.grad.clone(), **{n: p.grad.clone() for n, p in model.named_parameters()}})
     for name, expected in grads[1].items():  # fp32 sums in another order: 1e-5 of the gradient's size
         torch.testing.assert_close(grads[0][name], expected, rtol=1e-4, atol=1e-5 * float(expected.abs().max()),
                                    msg=lambda m, n=name: f"{n}: {m}")
@@ -260,6 +262,40 @@ def test_gather_rows_picks_rows_and_zero_fills(channels: int, dtype: torch.dtype
     assert kernels.gather_rows(x[:0], rows).shape == (0, 7, channels)
 
 
+@pytest.mark.parametrize("shift", [0, 2])
+def test_gathers_backward_is_the_layout_moves_backward(shift: int) -> None:
+    """Training through the gathers: the gradients of pad + roll + partition (with the cast to half) and of
+    reverse + roll + crop, exactly."""
+    height, width, window = 7, 9, 4
+    to_windows, from_windows = (t.to(DEVICE) for t in window_layout(height, width, window, shift))
+    x = torch.randn(2, height, width, 8, device=DEVICE, requires_grad=True)
+    grad = torch.randn(2, to_windows.numel(), 8, device=DEVICE).half()
+    windows = kernels.gather_rows(x.view(2, -1, 8), to_windows, torch.float16, from_windows)
+    (windows.float() * grad.float()).sum().backward()
+    pad_h, pad_w = (-height) % window, (-width) % window
+    reference = x.detach().clone().requires_grad_()
+    moved = torch.roll(torch.nn.functional.pad(reference.half(), (0, 0, 0, pad_w, 0, pad_h)), (-shift, -shift), (1, 2))
+    (window_partition(moved, window).reshape(grad.shape).float() * grad.float()).sum().backward()
+    assert x.grad.dtype == torch.float32
+    torch.testing.assert_close(x.grad, reference.grad, rtol=0, atol=0)
+
+    y = torch.randn(2, to_windows.numel(), 8, device=DEVICE, requires_grad=True)
+    grad = torch.randn(2, height, width, 8, device=DEVICE)
+    (kernels.gather_rows(y, from_windows, None, to_windows).view(grad.shape) * grad).sum().backward()
+    reference = y.detach().clone().requires_grad_()
+    back = window_reverse(reference.view(-1, window * window, 8), window, height + pad_h, width + pad_w)
+    (torch.roll(back, (shift, shift), (1, 2))[:, :height, :width] * grad).sum().backward()
+    torch.testing.assert_close(y.grad, reference.grad, rtol=0, atol=0)  # padding rows: zero gradient
+    # second order: the backward is itself a differentiable gather
+    (g,) = torch.autograd.grad(kernels.gather_rows(y, from_windows, None, to_windows).square().sum(), y,
+                               create_graph=True)
+    (gg,) = torch.autograd.grad(g.sin().sum(), y)
+    torch.testing.assert_close(gg, 2 * (2 * y.detach()).cos() * (to_windows >= 0)[None, :, None], rtol=1e-5,
+                               atol=1e-5)
+    with pytest.raises(ValueError, match="pass inverse"):
+        kernels.gather_rows(y, from_windows)
+
+
 def test_residual_layer_norm_reads_y_through_row_indices() -> None:
     torch.manual_seed(1)
     norm = torch.nn.LayerNorm(24).to(DEVICE)
@@ -286,9 +322,9 @@ def _record_row_kernels(monkeypatch: pytest.MonkeyPatch) -> list[tuple]:
         calls.append(("norm", low_dtype, y_rows is not None))
         return norm(x, y, module, low_dtype, y_rows)
 
-    def recording_gather(x, rows, dtype=None):
+    def recording_gather(x, rows, dtype=None, inverse=None):
         calls.append(("gather", dtype))
-        return gather(x, rows, dtype)
+        return gather(x, rows, dtype, inverse)
 
     monkeypatch.setattr(kernels, "residual_layer_norm", recording_norm)
     monkeypatch.setattr(kernels, "gather_rows", recording_gather)
@@ -364,8 +400,10 @@ def test_block_under_autocast_feeds_the_mlp_the_fused_low_precision_copy(monkeyp
             reference.load_state_dict(getattr(block, name).state_dict())
             setattr(block, name, reference)
         outputs.append(block(x)[0])
-    # the windows gathered in half precision; the attention branch's norm writes the MLP's half input too
-    assert calls == [("gather", torch.float16), ("norm", torch.float16, True), ("norm", None, False)]
+    # the windows gathered in half precision; the attention branch's norm writes the MLP's half input too;
+    # the reference (its norms not plain LayerNorms) still gathers, then normalises with ATen
+    assert calls == [("gather", torch.float16), ("norm", torch.float16, True), ("norm", None, False),
+                     ("gather", torch.float16), ("gather", None)]
     assert outputs[0].dtype == outputs[1].dtype == torch.float32
     torch.testing.assert_close(outputs[0], outputs[1], rtol=1e-5, atol=1e-5)
 

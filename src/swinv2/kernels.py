@@ -18,8 +18,8 @@ The post-norm residual `x + layer_norm(y)` of every block branch runs as one pas
 autocast it replaces four launches (y cast to fp32, the norm, the add, the next Linear's input cast to
 bf16) and two thirds of their memory traffic. It also reads the attention branch's output straight from
 the window-major layout (window reverse, unshift and crop as row indices), and one gather builds the
-shifted windows (cast, pad, roll and partition): the layout moves around each attention cost no copies of
-their own.
+shifted windows (cast, pad, roll and partition): in inference the layout moves around each attention cost
+one pass. In training the two moves are gathers, each the other's backward.
 """
 
 from __future__ import annotations
@@ -196,13 +196,10 @@ def residual_layer_norm(
     return out, low
 
 
-def gather_rows(x: Tensor, rows: Tensor, dtype: torch.dtype | None = None) -> Tensor:
-    """The rows of each image of `x` `(B, R, C)` that `rows` picks (int32 `(R_out,)`; -1: a row of zeros),
-    in `dtype` (x's when None): `(B, R_out, C)`. One pass for what would be a cast, a pad, a roll and a
-    window partition."""
+def _gather_rows(x: Tensor, rows: Tensor, dtype: torch.dtype) -> Tensor:
     b, src_rows, c = x.shape
     x = x.contiguous()
-    out = torch.empty(b, rows.numel(), c, dtype=dtype or x.dtype, device=x.device)
+    out = torch.empty(b, rows.numel(), c, dtype=dtype, device=x.device)
     if out.numel() == 0:
         return out
     from .triton_rows import gather_rows_fwd
@@ -210,3 +207,37 @@ def gather_rows(x: Tensor, rows: Tensor, dtype: torch.dtype | None = None) -> Te
     grid, tiles = _row_tiles(out.numel() // c, c)
     gather_rows_fwd[grid](x, rows.contiguous(), out, out.numel() // c, rows.numel(), src_rows, c, **tiles)
     return out
+
+
+class _GatherRows(torch.autograd.Function):
+    """A gather whose backward is the gather by the inverse index (the layout moves are permutations of
+    the rows, plus padding rows that receive no gradient), itself differentiable: any order of gradients."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, rows: Tensor, inverse: Tensor, dtype: torch.dtype) -> Tensor:
+        ctx.save_for_backward(rows, inverse)
+        ctx.x_dtype = x.dtype
+        return _gather_rows(x, rows, dtype)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        rows, inverse = ctx.saved_tensors
+        return gather_rows(grad, inverse, ctx.x_dtype, rows), None, None, None
+
+
+def gather_rows(
+    x: Tensor, rows: Tensor, dtype: torch.dtype | None = None, inverse: Tensor | None = None
+) -> Tensor:
+    """The rows of each image of `x` `(B, R, C)` that `rows` picks (int32 `(R_out,)`; -1: a row of zeros),
+    in `dtype` (x's when None): `(B, R_out, C)`. One pass for what would be a cast, a pad, a roll and a
+    window partition.
+
+    Differentiable in `x` when `inverse` `(R,)` is given: for each row of x, the output row that holds it
+    (every row of x must be picked exactly once, as in a window layout).
+    """
+    dtype = dtype or x.dtype
+    if x.requires_grad and torch.is_grad_enabled():
+        if inverse is None:
+            raise ValueError("gather_rows: x requires grad; pass inverse, the index that takes the rows back")
+        return _GatherRows.apply(x, rows, inverse, dtype)
+    return _gather_rows(x, rows, dtype)

@@ -14,10 +14,12 @@ This module imports nothing of the package but its CUDA kernels: it is the model
 
 Speed: `WindowAttention.forward` is the fast path (fused qkv, the logit scale folded into q, SDPA or the
 Triton kernel on a cached folded mask); `forward_explicit` is the step-by-step reference. In eager GPU
-inference a block is three Triton passes around its GEMMs and attention: one gather builds the shifted
-windows (cast, pad, roll and partition by cached row indices, `window_layout`), and each residual branch
-ends in `x + norm(y)` (the attention branch reading its output back through the same indices, the first
-pass also writing the MLP's autocast input); the qkv bias and logit scale are kept between calls. On CPU in
+code the layout moves around each window attention are Triton gathers by cached row indices
+(`window_layout`): one builds the shifted windows (cast, pad, roll and partition), one takes them back
+(reverse, roll and crop), each the other's backward in training. In eager GPU inference a block is three
+Triton passes around its GEMMs and attention: the gather, and `x + norm(y)` at the end of each residual
+branch (the attention branch reading its output straight from the windows, the first pass also writing
+the MLP's autocast input); the qkv bias and logit scale are kept between calls. On CPU in
 inference, Linear layers run as oneDNN matmuls with the bias (and the MLP's GELU) in the GEMM epilogue,
 under autocast on cached low-precision copies of the weights. In eager CPU training the window attention,
 the MLP and the Linear layers are autograd Functions with hand-written backward passes that keep fewer
@@ -845,60 +847,86 @@ class Swinv2Block(nn.Module):
     ) -> tuple[Tensor, Tensor | None]:
         """`x`: `(B, H, W, C)` -> `(B, H, W, C)`, and the attention probabilities when asked for."""
         h, w = x.shape[1:3]
-        win, shift = self.window, self.shift
-        pad_h, pad_w = (-h) % win, (-w) % win
+        pad_h, pad_w = (-h) % self.window, (-w) % self.window
         hp, wp = h + pad_h, w + pad_w
         dtype = low = None
         if torch.is_autocast_enabled(x.device.type):
             dtype = torch.get_autocast_dtype(x.device.type)
             low = dtype if x.dtype == torch.float32 and dtype != x.dtype else None
         exact = output_attentions or head_mask is not None
-        if not exact and self._fused_layout_and_norms(x):
+        gather = not exact and self._gathers_layout(x)
+        if gather and self._fuses_norms():
             return self._forward_fused(x, hp, wp, dtype, low), None
-        # The qkv projection casts its input to autocast's dtype anyway: cast before the shift and the
-        # partition, which then move half the bytes.
-        y = x.to(low) if low is not None else x
-        y = F.pad(y, (0, 0, 0, pad_w, 0, pad_h)) if pad_h or pad_w else y
-        if shift:
-            y = torch.roll(y, shifts=(-shift, -shift), dims=(1, 2))
-        windows = window_partition(y, win)
+        windows = self._to_windows(x, low, gather)
         mask = self.attention_mask(hp, wp, dtype or windows.dtype, windows.device)
         probs = None
         if exact:
             windows, probs = self.attn.forward_explicit(windows, mask, head_mask)
         else:
             windows = self.attn(windows, mask)
-        y = window_reverse(windows, win, hp, wp)
-        if shift:
-            y = torch.roll(y, shifts=(shift, shift), dims=(1, 2))
-        if pad_h or pad_w:
-            y = y[:, :h, :w, :]
+        y = self._from_windows(windows, h, w, gather)
         x = x + self.drop_path(self.norm1(y))
         x = x + self.drop_path(self.norm2(self.mlp(x)))
         return x, probs
+
+    def _to_windows(self, x: Tensor, low: torch.dtype | None, gather: bool) -> Tensor:
+        """`(B, H, W, C)` -> the shifted windows `(B * nW, N, C)`: pad, roll by -shift, partition."""
+        b, h, w, c = x.shape
+        win, shift = self.window, self.shift
+        if gather:
+            to_windows, from_windows = self.layout_rows(h, w, x.device)
+            return kernels.gather_rows(x.reshape(b, h * w, c), to_windows, low, from_windows).view(-1, win * win, c)
+        # The qkv projection casts its input to autocast's dtype anyway: cast before the shift and the
+        # partition, which then move half the bytes.
+        y = x.to(low) if low is not None else x
+        pad_h, pad_w = (-h) % win, (-w) % win
+        y = F.pad(y, (0, 0, 0, pad_w, 0, pad_h)) if pad_h or pad_w else y
+        if shift:
+            y = torch.roll(y, shifts=(-shift, -shift), dims=(1, 2))
+        return window_partition(y, win)
+
+    def _from_windows(self, windows: Tensor, h: int, w: int, gather: bool) -> Tensor:
+        """The inverse of `_to_windows`: reverse the partition, roll by +shift, crop to `(B, h, w, C)`."""
+        win, shift = self.window, self.shift
+        hp, wp = h + (-h) % win, w + (-w) % win
+        c = windows.shape[-1]
+        if gather:
+            to_windows, from_windows = self.layout_rows(h, w, windows.device)
+            b = windows.shape[0] * win * win // (hp * wp)
+            return kernels.gather_rows(windows.view(b, hp * wp, c), from_windows, None, to_windows).view(b, h, w, c)
+        y = window_reverse(windows, win, hp, wp)
+        if shift:
+            y = torch.roll(y, shifts=(shift, shift), dims=(1, 2))
+        return y[:, :h, :w, :] if (hp, wp) != (h, w) else y
 
     def _forward_fused(self, x: Tensor, hp: int, wp: int, dtype: torch.dtype | None, low: torch.dtype | None) -> Tensor:
         """`forward` in three Triton passes around the attention and the MLP: one gather builds the shifted
         windows (cast, pad, roll and partition in one), and each branch ends in `x + norm(y)`, the attention
         branch reading its output straight from the window-major layout (reverse, unshift and crop)."""
-        b, h, w, c = x.shape
-        to_windows, from_windows = self.layout_rows(h, w, x.device)
-        windows = kernels.gather_rows(x.reshape(b, h * w, c), to_windows, low)
+        h, w = x.shape[1:3]
+        windows = self._to_windows(x, low, gather=True)
         mask = self.attention_mask(hp, wp, dtype or windows.dtype, x.device)
-        y = self.attn(windows.view(-1, self.window * self.window, c), mask)
+        y = self.attn(windows, mask)
+        _, from_windows = self.layout_rows(h, w, x.device)
         x, mlp_input = kernels.residual_layer_norm(x, y, self.norm1, low, from_windows)
         x, _ = kernels.residual_layer_norm(x, self.mlp(x if mlp_input is None else mlp_input), self.norm2)
         return x
 
-    def _fused_layout_and_norms(self, x: Tensor) -> bool:
-        """Whether `_forward_fused` may run: eager inference on CUDA (or on CPU under the Triton interpreter
-        in tests), plain LayerNorms, no stochastic depth."""
+    def _gathers_layout(self, x: Tensor) -> bool:
+        """Whether the layout moves run as Triton gathers (`_to_windows`, `_from_windows`): eager code on CUDA
+        (or on CPU under the Triton interpreter in tests), in inference and training."""
         return (
             kernels.TRITON_FOUND
             and (x.is_cuda or kernels.INTERPRET_ON_CPU)
-            and not torch.is_grad_enabled()
             and _plain_eager()
             and x.dtype in (torch.float32, torch.float16, torch.bfloat16)
+        )
+
+    def _fuses_norms(self) -> bool:
+        """Whether, on top of the gathers, both branches may end in the fused `x + norm(y)` (`_forward_fused`):
+        inference, plain LayerNorms, no stochastic depth."""
+        return (
+            not torch.is_grad_enabled()
             and (not self.training or self.drop_path.drop_prob == 0.0)
             and all(_is_plain(n, nn.LayerNorm) and n.weight is not None and n.bias is not None
                     for n in (self.norm1, self.norm2))
