@@ -245,29 +245,6 @@ def autocast(device: str, dtype: str, cache: bool = True):
     return torch.autocast(device, dtype=DTYPES[dtype], cache_enabled=cache)
 
 
-def graphed(step):
-    """`step` captured in a CUDA graph on its first call (after warm-up calls on a side stream, as capture
-    needs), then replayed: what is left is the GPU's time, without the host's launches."""
-    graph, out = None, None
-
-    def replay():
-        nonlocal graph, out
-        if graph is None:
-            side = torch.cuda.Stream()
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):
-                for _ in range(3):
-                    step()
-            torch.cuda.current_stream().wait_stream(side)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                out = step()
-        graph.replay()
-        return out
-
-    return replay
-
-
 # torch.compile's mode for each benchmark mode other than eager
 COMPILE_MODES = {"compile": None, "cudagraphs": "reduce-overhead"}
 
@@ -286,7 +263,11 @@ def make_step(impl: str, model: nn.Module, row: Row, compiled: nn.Module | None)
             with torch.inference_mode(), autocast(device, row.dtype, cache=row.mode != "graphed"):
                 return fn(x)
 
-        return graphed(step) if row.mode == "graphed" else step
+        if row.mode == "graphed":
+            from swinv2.benchmark import cuda_graphed
+
+            return cuda_graphed(step)
+        return step
     model.train()
     labels = torch.randint(0, CLASSES, (row.batch,), device=device)
     try:

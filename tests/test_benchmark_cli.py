@@ -70,6 +70,7 @@ def test_named_architecture_with_random_weights_and_bf16(capsys) -> None:
         (["--batch", "1,0"], "--batch '1,0'"),
         (["--dtype", "int8"], "--dtype 'int8'"),
         (["--image-size", "1", "2", "3"], "--image-size takes a height"),
+        (["--cuda-graph"], "--cuda-graph replays CUDA graphs: it needs --device cuda (this run is on cpu)"),
     ],
 )
 def test_bad_flags_fail_in_one_line(args, message, capsys) -> None:

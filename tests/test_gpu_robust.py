@@ -109,6 +109,16 @@ def test_eager_inference_replays_as_a_cuda_graph(dtype):
         torch.testing.assert_close(replayed, forward(x))
 
 
+def test_benchmark_times_cuda_graph_replays():
+    """`swinv2 benchmark --cuda-graph`: a graphed row replays the captured forward, for every dtype."""
+    from swinv2 import benchmark
+
+    rows = [benchmark.Row("infer", "graphed", dtype, 2) for dtype in ("fp32", "bf16")]
+    measured = list(benchmark.measure(built(), rows, torch.device("cuda"), (44, 44), repeats=3, warmup=1))
+    assert [r.mode for r in measured] == ["graphed", "graphed"]
+    assert all(r.latency_ms > 0 and r.peak_memory_mib > 0 for r in measured)
+
+
 def test_finite_check_policy_on_gpu():
     """Default: no check on a GPU (it would cost a host sync per call); NaN then stays in its image.
     check_finite_inputs=True checks there too."""

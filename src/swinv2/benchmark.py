@@ -1,7 +1,8 @@
 """Speed and memory of one model on this machine: what `swinv2 benchmark` measures.
 
 A row is (task, mode, dtype, batch): inference (one forward under `torch.inference_mode`) or a training step
-(forward, loss, backward, AdamW), eager or `torch.compile`d, in fp32 or under autocast. The first call is
+(forward, loss, backward, AdamW), eager, `torch.compile`d or (CUDA inference) an eager forward captured once
+in a CUDA graph and replayed, in fp32 or under autocast. The first call is
 timed apart (it compiles, builds caches), then warm-up calls, then `repeats` timed calls; the row reports
 their median and 10th/90th percentiles, and the peak memory of the row: on CUDA the most allocated by
 PyTorch, on CPU the peak resident memory of the process (reset before each row where Linux allows it).
@@ -18,6 +19,7 @@ import statistics
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -29,7 +31,7 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 @dataclass
 class Row:
     task: str  # infer | train
-    mode: str  # eager | compile
+    mode: str  # eager | compile | graphed
     dtype: str  # fp32 | bf16 | fp16
     batch: int
     latency_ms: float = 0.0  # median of the timed calls
@@ -82,13 +84,38 @@ def _peak_memory_mib(device: torch.device) -> float | None:
     return None
 
 
-def _autocast(device: torch.device, dtype: str):
+def _autocast(device: torch.device, dtype: str, cache: bool = True):
     if dtype == "fp32":
         return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=DTYPES[dtype])
+    return torch.autocast(device.type, dtype=DTYPES[dtype], cache_enabled=cache)
 
 
-def _make_step(model: nn.Module, row: Row, device: torch.device, image_hw: tuple[int, int]) -> Callable[[], None]:
+def cuda_graphed(step: Callable[[], Any]) -> Callable[[], Any]:
+    """`step` captured in a CUDA graph on its first call, then replayed: the GPU's time without the host's
+    launches. Before the capture, warm-up calls on a side stream (as capture needs) load the kernels and
+    build the model's caches. `step` must read its inputs from fixed tensors, and under autocast disable
+    the weight-cast cache (`cache_enabled=False`); each replay returns the same output tensors, rewritten."""
+    graph, out = None, None
+
+    def replay() -> Any:
+        nonlocal graph, out
+        if graph is None:
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                for _ in range(3):
+                    step()
+            torch.cuda.current_stream().wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                out = step()
+        graph.replay()
+        return out
+
+    return replay
+
+
+def _make_step(model: nn.Module, row: Row, device: torch.device, image_hw: tuple[int, int]) -> Callable[[], Any]:
     """One call of the row: a forward, or a training step (the classifier's cross-entropy on random labels;
     for the other heads the mean square of the first output, which reaches every parameter it uses)."""
     config = model.config
@@ -101,12 +128,13 @@ def _make_step(model: nn.Module, row: Row, device: torch.device, image_hw: tuple
         run = model
     if row.task == "infer":
         model.eval()
+        graphed = row.mode == "graphed"
 
-        def infer() -> None:
-            with torch.inference_mode(), _autocast(device, row.dtype):
-                run(pixels)
+        def infer() -> Any:
+            with torch.inference_mode(), _autocast(device, row.dtype, cache=not graphed):
+                return run(pixels)
 
-        return infer
+        return cuda_graphed(infer) if graphed else infer
     model.train()
     num_labels = getattr(config, "num_labels", 0) if hasattr(model, "classifier") else 0
     labels = torch.randint(0, max(num_labels, 1), (row.batch,), device=device)

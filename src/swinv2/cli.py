@@ -847,6 +847,8 @@ def _add_benchmark_parser(sub: Any) -> None:
     p.add_argument("--dtype", default="fp32", help="fp32, bf16 and/or fp16 (autocast), e.g. fp32,bf16")
     p.add_argument("--batch", default=None, help="batch sizes, e.g. 1,8 (default: 1,8 on CPU, 1,64 on a GPU)")
     p.add_argument("--compile", action="store_true", help="also time torch.compile'd rows (compiling takes minutes)")
+    p.add_argument("--cuda-graph", action="store_true",
+                   help="also time inference replayed from a CUDA graph (CUDA only): latency without launches")
     p.add_argument("--image-size", type=_positive_int, nargs="+", metavar="PX",
                    help="input height [width] (default: the model's image_size)")
     p.add_argument("--repeats", type=_positive_int, default=10, help="timed calls per row (default 10)")
@@ -904,8 +906,13 @@ def _run_benchmark(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     model, weights = _benchmark_model(args.model)
     image_hw = tuple(args.image_size * 2)[:2] if args.image_size else model.config.image_hw
-    modes = ["eager", "compile"] if args.compile else ["eager"]
-    rows = [benchmark.Row(t, m, d, b) for t in tasks for m in modes for d in dtypes for b in batches]
+    if args.cuda_graph and device.type != "cuda":
+        raise Swinv2Error(f"--cuda-graph replays CUDA graphs: it needs --device cuda (this run is on {device.type})")
+    if args.cuda_graph and "infer" not in tasks:
+        raise Swinv2Error("--cuda-graph times inference: add infer to --task")
+    modes = ["eager", *(["compile"] if args.compile else []), *(["graphed"] if args.cuda_graph else [])]
+    rows = [benchmark.Row(t, m, d, b) for t in tasks for m in modes for d in dtypes for b in batches
+            if m != "graphed" or t == "infer"]
     for row in rows:
         if row.dtype == "bf16" and device.type == "cpu" and cpu_bf16_is_emulated():
             row.note = "runs in fp32: this CPU has no native bf16"
