@@ -473,3 +473,17 @@ def test_inference_reads_nothing_back_from_the_device() -> None:
     with torch.inference_mode(), _HostReads() as reads:  # the recorder sees a read when there is one
         bool(x.sum() > 0)
     assert reads.seen
+
+
+def test_data_parallel_replicas_get_caches_of_their_own() -> None:
+    """nn.DataParallel replicas get new parameter tensors each forward: they must not share (and so read)
+    the original's masks, layouts and qkv constants, which are keyed by the parameters' storage."""
+    model = _model()
+    with torch.no_grad():
+        model(torch.randn(1, 3, 32, 32))
+    block = model.swinv2.stages[0].blocks[1]
+    assert block._mask_cache and block.attn._constants is not None
+    replica, attn = block._replicate_for_data_parallel(), block.attn._replicate_for_data_parallel()
+    assert not replica._mask_cache and not replica._layout_cache and attn._constants is None
+    assert replica._mask_cache is not block._mask_cache and replica._layout_cache is not block._layout_cache
+    assert block._mask_cache and block.attn._constants is not None  # the original keeps its own

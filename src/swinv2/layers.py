@@ -608,6 +608,11 @@ class WindowAttention(nn.Module):
     def logit_scale_exp(self) -> Tensor:
         return torch.clamp(self.logit_scale, max=math.log(100.0)).exp()
 
+    def _replicate_for_data_parallel(self) -> WindowAttention:
+        replica = super()._replicate_for_data_parallel()  # see Swinv2Block's
+        replica._constants = None
+        return replica
+
     def bias_and_scale(self) -> tuple[Tensor | None, Tensor]:
         """The fused qkv bias `(3C,)` and the logit scale `(heads,)`. Outside autograd they are computed once
         and kept while their parameters are unchanged (version counters): four fewer kernel launches per
@@ -833,6 +838,14 @@ class Swinv2Block(nn.Module):
         self._mask_cache.clear()
         self._layout_cache.clear()
         self.attn._constants = None
+
+    def _replicate_for_data_parallel(self) -> Swinv2Block:
+        # nn.DataParallel's replicas copy this module's attributes, caches included, but get new parameter
+        # tensors every forward (often at the same addresses, version 0): a shared cache could hand them the
+        # masks of older weights. Each replica starts with caches of its own.
+        replica = super()._replicate_for_data_parallel()
+        replica._mask_cache, replica._layout_cache = OrderedDict(), OrderedDict()
+        return replica
 
     def train(self, mode: bool = True) -> Swinv2Block:
         self.clear_cache()
