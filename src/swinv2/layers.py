@@ -860,68 +860,72 @@ class Swinv2Block(nn.Module):
     ) -> tuple[Tensor, Tensor | None]:
         """`x`: `(B, H, W, C)` -> `(B, H, W, C)`, and the attention probabilities when asked for."""
         h, w = x.shape[1:3]
-        pad_h, pad_w = (-h) % self.window, (-w) % self.window
-        hp, wp = h + pad_h, w + pad_w
+        hp, wp = self._padded(h, w)
         dtype = low = None
         if torch.is_autocast_enabled(x.device.type):
             dtype = torch.get_autocast_dtype(x.device.type)
             low = dtype if x.dtype == torch.float32 and dtype != x.dtype else None
         exact = output_attentions or head_mask is not None
-        gather = not exact and self._gathers_layout(x)
-        if gather and self._fuses_norms():
-            return self._forward_fused(x, hp, wp, dtype, low), None
-        windows = self._to_windows(x, low, gather)
+        # the row indices of the Triton gathers, or None for the ATen moves
+        layout = self.layout_rows(h, w, x.device) if not exact and self._gathers_layout(x) else None
+        if layout is not None and self._fuses_norms():
+            return self._forward_fused(x, layout, dtype, low), None
+        windows = self._to_windows(x, low, layout)
         mask = self.attention_mask(hp, wp, dtype or windows.dtype, windows.device)
         probs = None
         if exact:
             windows, probs = self.attn.forward_explicit(windows, mask, head_mask)
         else:
             windows = self.attn(windows, mask)
-        y = self._from_windows(windows, h, w, gather)
+        y = self._from_windows(windows, h, w, layout)
         x = x + self.drop_path(self.norm1(y))
         x = x + self.drop_path(self.norm2(self.mlp(x)))
         return x, probs
 
-    def _to_windows(self, x: Tensor, low: torch.dtype | None, gather: bool) -> Tensor:
-        """`(B, H, W, C)` -> the shifted windows `(B * nW, N, C)`: pad, roll by -shift, partition."""
+    def _padded(self, h: int, w: int) -> tuple[int, int]:
+        """The grid padded up to whole windows."""
+        return h + (-h) % self.window, w + (-w) % self.window
+
+    def _to_windows(self, x: Tensor, low: torch.dtype | None, layout: tuple[Tensor, Tensor] | None) -> Tensor:
+        """`(B, H, W, C)` -> the shifted windows `(B * nW, N, C)`: pad, roll by -shift, partition (with
+        `layout`, `layout_rows`' indices, one gather)."""
         b, h, w, c = x.shape
         win, shift = self.window, self.shift
-        if gather:
-            to_windows, from_windows = self.layout_rows(h, w, x.device)
+        if layout is not None:
+            to_windows, from_windows = layout
             return kernels.gather_rows(x.reshape(b, h * w, c), to_windows, low, from_windows).view(-1, win * win, c)
         # The qkv projection casts its input to autocast's dtype anyway: cast before the shift and the
         # partition, which then move half the bytes.
         y = x.to(low) if low is not None else x
-        pad_h, pad_w = (-h) % win, (-w) % win
-        y = F.pad(y, (0, 0, 0, pad_w, 0, pad_h)) if pad_h or pad_w else y
+        hp, wp = self._padded(h, w)
+        y = F.pad(y, (0, 0, 0, wp - w, 0, hp - h)) if (hp, wp) != (h, w) else y
         if shift:
             y = torch.roll(y, shifts=(-shift, -shift), dims=(1, 2))
         return window_partition(y, win)
 
-    def _from_windows(self, windows: Tensor, h: int, w: int, gather: bool) -> Tensor:
+    def _from_windows(self, windows: Tensor, h: int, w: int, layout: tuple[Tensor, Tensor] | None) -> Tensor:
         """The inverse of `_to_windows`: reverse the partition, roll by +shift, crop to `(B, h, w, C)`."""
-        win, shift = self.window, self.shift
-        hp, wp = h + (-h) % win, w + (-w) % win
+        hp, wp = self._padded(h, w)
         c = windows.shape[-1]
-        if gather:
-            to_windows, from_windows = self.layout_rows(h, w, windows.device)
-            b = windows.shape[0] * win * win // (hp * wp)
+        if layout is not None:
+            to_windows, from_windows = layout
+            b = windows.shape[0] * windows.shape[1] // (hp * wp)
             return kernels.gather_rows(windows.view(b, hp * wp, c), from_windows, None, to_windows).view(b, h, w, c)
-        y = window_reverse(windows, win, hp, wp)
-        if shift:
-            y = torch.roll(y, shifts=(shift, shift), dims=(1, 2))
+        y = window_reverse(windows, self.window, hp, wp)
+        if self.shift:
+            y = torch.roll(y, shifts=(self.shift, self.shift), dims=(1, 2))
         return y[:, :h, :w, :] if (hp, wp) != (h, w) else y
 
-    def _forward_fused(self, x: Tensor, hp: int, wp: int, dtype: torch.dtype | None, low: torch.dtype | None) -> Tensor:
+    def _forward_fused(
+        self, x: Tensor, layout: tuple[Tensor, Tensor], dtype: torch.dtype | None, low: torch.dtype | None
+    ) -> Tensor:
         """`forward` in three Triton passes around the attention and the MLP: one gather builds the shifted
         windows (cast, pad, roll and partition in one), and each branch ends in `x + norm(y)`, the attention
         branch reading its output straight from the window-major layout (reverse, unshift and crop)."""
-        h, w = x.shape[1:3]
-        windows = self._to_windows(x, low, gather=True)
-        mask = self.attention_mask(hp, wp, dtype or windows.dtype, x.device)
+        windows = self._to_windows(x, low, layout)
+        mask = self.attention_mask(*self._padded(*x.shape[1:3]), dtype or windows.dtype, x.device)
         y = self.attn(windows, mask)
-        _, from_windows = self.layout_rows(h, w, x.device)
-        x, mlp_input = kernels.residual_layer_norm(x, y, self.norm1, low, from_windows)
+        x, mlp_input = kernels.residual_layer_norm(x, y, self.norm1, low, layout[1])
         x, _ = kernels.residual_layer_norm(x, self.mlp(x if mlp_input is None else mlp_input), self.norm2)
         return x
 
