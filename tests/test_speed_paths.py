@@ -60,6 +60,57 @@ def test_fast_path_matches_exact_path() -> None:
     torch.testing.assert_close(fast, exact, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("per_thread", [1, 5, 24, 4096])  # one window, runs of windows, whole images, all
+def test_cpu_inference_in_groups_matches_exact_path(per_thread: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """CPU inference runs each block's attention on groups of windows and its MLP on groups of tokens; the
+    numbers are the exact path's, for padded, shifted grids and groups that split images unevenly."""
+    model = _model()
+    x = torch.randn(3, 3, 44, 40)  # grids of 11x10 and 6x5 patches: padded to the window 4 in both stages
+    with torch.no_grad():
+        exact = model(x, output_attentions=True).logits
+    calls = []
+    forward = layers.WindowAttention.forward
+    monkeypatch.setattr(
+        layers.WindowAttention, "forward", lambda self, *a: calls.append(a[0].shape[0]) or forward(self, *a)
+    )
+    monkeypatch.setattr(layers, "CPU_GROUP_TOKENS_PER_THREAD", per_thread)
+    with torch.inference_mode():
+        grouped = model(x).logits
+    torch.testing.assert_close(grouped, exact, rtol=1e-5, atol=1e-5)
+    windows = 3 * (3 * 3 + 2 * 2)  # padded grids of 12x12 and 8x8 patches: 9 and 4 windows of 4x4 per image
+    assert sum(calls) == 2 * windows  # every window attended once, in the two blocks of each stage
+    tokens = per_thread * torch.get_num_threads()
+    assert all(n * 16 <= max(tokens, 16) for n in calls)  # a group is one window at least, else <= tokens
+    assert len(calls) == 4 if tokens >= 3 * 9 * 16 else len(calls) > 4
+
+
+def test_window_groups_cover_every_window_once_with_its_mask() -> None:
+    cases = [(27, 16, 9, 16), (27, 16, 9, 70), (27, 16, 9, 300), (8, 4, 1, 9), (49, 64, 49, 2048), (34, 4, 17, 20)]
+    for count, n, per_image, tokens in cases:  # windows, tokens per window, windows per image, group size
+        mask = torch.arange(per_image).view(per_image, 1, 1, 1).expand(per_image, 2, n, n)
+        seen = []
+        for rows, group_mask in layers._window_groups(count, n, mask, tokens):
+            index = list(range(count))[rows]
+            assert index, "no empty groups"
+            if group_mask.shape[0] == len(index):  # runs inside one image: the rows of its windows
+                assert group_mask[:, 0, 0, 0].tolist() == [i % per_image for i in index]
+                assert index[0] // per_image == index[-1] // per_image
+            else:  # whole images, the mask broadcast over them
+                assert group_mask.shape[0] == per_image and len(index) % per_image == 0
+            seen += index
+        assert seen == list(range(count))
+
+
+def test_cpu_inference_groups_not_with_hooks() -> None:
+    """A forward hook sees each call of its module once, with the whole batch: no groups then."""
+    model = _model()
+    seen = []
+    model.swinv2.stages[0].blocks[1].mlp.register_forward_hook(lambda m, args, out: seen.append(args[0].shape))
+    with torch.inference_mode():
+        model(torch.randn(3, 3, 32, 32))
+    assert seen == [torch.Size([3, 8, 8, 16])]
+
+
 def test_bf16_falls_back_to_fp32_without_native_bf16(monkeypatch: pytest.MonkeyPatch) -> None:
     model = _model()
     x = torch.randn(2, 3, 32, 32)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import math
 import os
+import sys
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, fields
@@ -233,6 +234,11 @@ def _check_pixel_values(pixel_values: Any, config: Swinv2Config) -> None:
     _check_finite(pixel_values, config.check_finite_inputs)
 
 
+def _in_onnx_export() -> bool:
+    # An export has imported torch.onnx; importing it here would cost every first call ~5 MiB and 0.1 s.
+    return "torch.onnx" in sys.modules and torch.onnx.is_in_onnx_export()
+
+
 def _check_finite(pixel_values: Tensor, policy: bool | None) -> None:
     """Reject NaN/Inf pixel values, which would otherwise spread through attention into every output.
 
@@ -244,7 +250,7 @@ def _check_finite(pixel_values: Tensor, policy: bool | None) -> None:
     """
     if policy is False or (policy is None and pixel_values.device.type != "cpu"):
         return
-    if torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.onnx.is_in_onnx_export():
+    if torch.jit.is_tracing() or torch.compiler.is_compiling() or _in_onnx_export():
         return
     # One sum first (NaN and Inf carry through it): ~40x faster than isfinite().all() on CPU. Only a sum that
     # is not finite (a bad value, or finite values overflowing) pays for the exact check.
