@@ -105,8 +105,15 @@ def test_cpu_inference_groups_not_with_hooks() -> None:
     """A forward hook sees each call of its module once, with the whole batch: no groups then."""
     model = _model()
     seen = []
-    model.swinv2.stages[0].blocks[1].mlp.register_forward_hook(lambda m, args, out: seen.append(args[0].shape))
+    handle = model.swinv2.stages[0].blocks[1].mlp.register_forward_hook(lambda m, args, out: seen.append(args[0].shape))
     with torch.inference_mode():
+        model(torch.randn(3, 3, 32, 32))
+    assert seen == [torch.Size([3, 8, 8, 16])]
+    handle.remove()
+    seen.clear()  # the same with a global hook, which sees every module call
+    with torch.nn.modules.module.register_module_forward_hook(
+        lambda m, args, out: seen.append(args[0].shape) if m is model.swinv2.stages[0].blocks[0].mlp else None
+    ), torch.inference_mode():
         model(torch.randn(3, 3, 32, 32))
     assert seen == [torch.Size([3, 8, 8, 16])]
 

@@ -390,12 +390,13 @@ def shifted_window_mask(height: int, width: int, window: int, shift: int, device
 
 
 # ---------------------------------------------------------------------------------------------- layers
-def _hooked(module: nn.Module) -> bool:
-    """Whether forward hooks would see `module`'s submodules called: they must see each call once, whole."""
+def _submodules_hooked(module: nn.Module) -> bool:
+    """Whether forward hooks would see `module`'s submodules called (they must see each call once, whole);
+    hooks on `module` itself see its call whole anyway."""
     hooks = nn.modules.module
     if hooks._global_forward_hooks or hooks._global_forward_pre_hooks:
         return True
-    return any(m._forward_hooks or m._forward_pre_hooks for m in module.modules())
+    return any(m._forward_hooks or m._forward_pre_hooks for m in module.modules() if m is not module)
 
 
 def _window_groups(count: int, n: int, mask: Tensor, tokens: int) -> Iterator[tuple[slice, Tensor]]:
@@ -991,7 +992,7 @@ class Swinv2Block(nn.Module):
             and not torch.is_grad_enabled()
             and (not self.training or self.drop_path.drop_prob == 0.0)
             and _plain_eager()
-            and not _hooked(self)
+            and not _submodules_hooked(self)
         )
 
     def _gathers_layout(self, x: Tensor) -> bool:
