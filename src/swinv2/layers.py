@@ -47,7 +47,7 @@ MASK_VALUE = -100.0
 MASK_CACHE_SIZE = 4
 # CPU inference runs a block's attention and its MLP on groups of about this many tokens per thread: their
 # temporaries (qkv 3x, the MLP's hidden layer 4x the input) no longer grow with the batch or the image, and
-# a thread's share stays in its L2 cache. Thin Linear shapes run up to 2x faster on cached rows (qkv of
+# are read back from cache instead of memory. Thin Linear shapes run up to 2x faster on cached rows (qkv of
 # 32768 x 96 tokens: 24 -> 12 ms, the MLP 46 -> 32 ms on a 2-core Zen 4); swinv2-tiny at batch 8: peak RSS
 # 950 -> 800 MiB.
 CPU_GROUP_TOKENS_PER_THREAD = 1024
