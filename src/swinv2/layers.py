@@ -409,8 +409,8 @@ def _window_groups(count: int, n: int, mask: Tensor, tokens: int) -> Iterator[tu
         for start in range(0, count, step):
             yield slice(start, start + step), mask
         return
-    step = max(1, tokens // n)
-    step = -(-per_image // -(-per_image // step))  # equal runs: no short run at each image's end
+    runs = math.ceil(per_image / max(1, tokens // n))
+    step = math.ceil(per_image / runs)  # runs of equal length: no short run at each image's end
     for image_start in range(0, count, per_image):
         for start in range(0, per_image, step):
             end = min(start + step, per_image)
@@ -904,8 +904,7 @@ class Swinv2Block(nn.Module):
             return self._forward_fused(x, layout, dtype, low), None
         if layout is None and not exact and self._runs_in_groups(x):
             return self._forward_grouped(x, dtype, low), None
-        windows = self._to_windows(x, low, layout)
-        mask = self.attention_mask(*self._padded(h, w), dtype or windows.dtype, windows.device)
+        windows, mask = self._windows_and_mask(x, dtype, low, layout)
         probs = None
         if exact:
             windows, probs = self.attn.forward_explicit(windows, mask, head_mask)
@@ -922,8 +921,7 @@ class Swinv2Block(nn.Module):
         the MLP's hidden layer exist for one group at a time and stay in the caches."""
         h, w, c = x.shape[1:]
         tokens = CPU_GROUP_TOKENS_PER_THREAD * torch.get_num_threads()
-        windows = self._to_windows(x, low, None)
-        mask = self.attention_mask(*self._padded(h, w), dtype or windows.dtype, x.device)
+        windows, mask = self._windows_and_mask(x, dtype, low, None)
         # the attention output overwrites its input group by group, unless the windows are x itself
         attended = windows if windows.data_ptr() != x.data_ptr() else torch.empty_like(windows)
         for rows, group_mask in _window_groups(windows.shape[0], windows.shape[1], mask, tokens):
@@ -937,6 +935,13 @@ class Swinv2Block(nn.Module):
             rows = slice(start, start + tokens)
             torch.add(rows_in[rows], self.norm2(self.mlp(rows_in[rows])), out=rows_out[rows])
         return out
+
+    def _windows_and_mask(
+        self, x: Tensor, dtype: torch.dtype | None, low: torch.dtype | None, layout: tuple[Tensor, Tensor] | None
+    ) -> tuple[Tensor, Tensor]:
+        """The shifted windows `(B * nW, N, C)` and their folded mask `(nW or 1, heads, N, N)`."""
+        windows = self._to_windows(x, low, layout)
+        return windows, self.attention_mask(*self._padded(*x.shape[1:3]), dtype or windows.dtype, x.device)
 
     def _padded(self, h: int, w: int) -> tuple[int, int]:
         """The grid padded up to whole windows."""
@@ -978,19 +983,21 @@ class Swinv2Block(nn.Module):
         """`forward` in three Triton passes around the attention and the MLP: one gather builds the shifted
         windows (cast, pad, roll and partition in one), and each branch ends in `x + norm(y)`, the attention
         branch reading its output straight from the window-major layout (reverse, unshift and crop)."""
-        windows = self._to_windows(x, low, layout)
-        mask = self.attention_mask(*self._padded(*x.shape[1:3]), dtype or windows.dtype, x.device)
+        windows, mask = self._windows_and_mask(x, dtype, low, layout)
         y = self.attn(windows, mask)
         x, mlp_input = kernels.residual_layer_norm(x, y, self.norm1, low, layout[1])
         x, _ = kernels.residual_layer_norm(x, self.mlp(x if mlp_input is None else mlp_input), self.norm2)
         return x
 
+    def _inference_without_drop_path(self) -> bool:
+        """No autograd and no stochastic depth: the block's output is the same row by row, however computed."""
+        return not torch.is_grad_enabled() and (not self.training or self.drop_path.drop_prob == 0.0)
+
     def _runs_in_groups(self, x: Tensor) -> bool:
         """Whether `forward` takes `_forward_grouped`: eager CPU inference, no stochastic depth."""
         return (
             x.device.type == "cpu"
-            and not torch.is_grad_enabled()
-            and (not self.training or self.drop_path.drop_prob == 0.0)
+            and self._inference_without_drop_path()
             and _plain_eager()
             and not _submodules_hooked(self)
         )
@@ -1009,8 +1016,7 @@ class Swinv2Block(nn.Module):
         """Whether, on top of the gathers, both branches may end in the fused `x + norm(y)` (`_forward_fused`):
         inference, plain LayerNorms, no stochastic depth."""
         return (
-            not torch.is_grad_enabled()
-            and (not self.training or self.drop_path.drop_prob == 0.0)
+            self._inference_without_drop_path()
             and all(_is_plain(n, nn.LayerNorm) and n.weight is not None and n.bias is not None
                     for n in (self.norm1, self.norm2))
         )
