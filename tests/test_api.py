@@ -259,3 +259,41 @@ def test_mismatched_config_and_weights(classifier, tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(config))
     with pytest.raises(CheckpointError, match="does not match the weights"):
         Swinv2ForImageClassification.from_pretrained(tmp_path)
+
+
+def test_dtype_is_torch_dtypes_new_name(tmp_path, classifier):
+    classifier.save_pretrained(tmp_path)
+    assert Swinv2ForImageClassification.from_pretrained(tmp_path, dtype=torch.bfloat16).dtype == torch.bfloat16
+    assert Swinv2ForImageClassification.from_pretrained(tmp_path, dtype="float64").dtype == torch.float64
+    with pytest.raises(ValueError, match="disagree"):
+        Swinv2ForImageClassification.from_pretrained(tmp_path, dtype=torch.float16, torch_dtype=torch.bfloat16)
+
+
+@pytest.mark.parametrize("override", [{"out_features": ["stem", "stage1"]}, {"out_indices": [1]}])
+def test_backbone_stage_override_replaces_the_stored_stages(tmp_path, rng, override):
+    """A classifier's config.json stores out_features and out_indices for the last stage; naming other stages
+    through one of them replaces both, as in transformers."""
+    hf = hf_model("Swinv2ForImageClassification", SMALL, num_labels=3)
+    hf.save_pretrained(tmp_path)
+    theirs = transformers.Swinv2Backbone.from_pretrained(tmp_path, **override).eval()
+    ours = swinv2.Swinv2Backbone.from_pretrained(tmp_path, **override)
+    assert (ours.out_features, ours.out_indices) == (theirs.out_features, theirs.out_indices)
+    assert ours.channels == theirs.channels
+    x = torch.randn(2, 3, 32, 32, generator=rng)
+    with torch.no_grad():
+        for a, b in zip(ours(x).feature_maps, theirs(x).feature_maps, strict=True):
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_input_embeddings_are_the_patch_embedding(classifier):
+    assert classifier.get_input_embeddings() is classifier.swinv2.embeddings
+    assert classifier.swinv2.get_input_embeddings() is classifier.swinv2.embeddings
+
+
+def test_new_head_warning_names_each_weight_once(classifier, tmp_path):
+    classifier.save_pretrained(tmp_path)
+    with pytest.warns(UserWarning, match="newly initialised") as caught:
+        Swinv2ForImageClassification.from_pretrained(tmp_path, num_labels=5)
+    message = str(caught[0].message)
+    assert message.count("classifier.weight") == 1 and message.count("classifier.bias") == 1
+    assert "classifier.weight (checkpoint (3, 32), model (5, 32))" in message

@@ -980,11 +980,13 @@ def load_into_model(
     unexpected = [k for k in unexpected if k not in ignored_heads]
     mismatched = [k for k in state if k in own and state[k].shape != own[k].shape]
     fresh: list[str] = []
+    described: list[str] = []  # the re-initialised weights with both shapes, for the warning
     for key in mismatched:
         if key.endswith("position_embeddings") and state[key].dim() == 3:
             state[key] = _resize_positions(state[key], _encoder(model).embeddings.grid_size)
         elif key.startswith(head_like) or ignore_mismatched_sizes:
-            fresh.append(f"{key} (checkpoint {tuple(state[key].shape)}, model {tuple(own[key].shape)})")
+            fresh.append(key)
+            described.append(f"{key} (checkpoint {tuple(state[key].shape)}, model {tuple(own[key].shape)})")
             del state[key]
         else:
             raise CheckpointError(
@@ -993,7 +995,7 @@ def load_into_model(
                 "the weights. Use the checkpoint's own config.json, or pass ignore_mismatched_sizes=True to "
                 "re-initialise these weights"
             )
-    missing = [k for k in own if k not in state]
+    missing = [k for k in own if k not in state and k not in fresh]
     missing_heads = [k for k in missing if k.startswith(head_like)]
     missing = [k for k in missing if k not in missing_heads]
     if strict and (missing or unexpected):
@@ -1008,7 +1010,7 @@ def load_into_model(
             + ". Check that the config matches the weights, or pass strict=False to load what fits"
         )
     model.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
-    not_loaded = fresh + missing_heads + ([] if strict else missing)
+    not_loaded = described + missing_heads + ([] if strict else missing)
     if not_loaded:
         warnings.warn(
             f"{type(model).__name__}: these weights were not in the checkpoint {source} (or did not fit) and "

@@ -401,6 +401,9 @@ class Swinv2Config:
             if stored is None or len(stored) != overrides["num_labels"]:
                 data.pop("id2label", None)
                 data.pop("label2id", None)
+        for given, stored in (("out_features", "out_indices"), ("out_indices", "out_features")):
+            if given in overrides and stored not in overrides:  # the stored other half named the old stages
+                data.pop(stored, None)
         data.update(overrides)
         model_type = data.get("model_type", cls.model_type)
         if model_type not in (cls.model_type, "swin", None):

@@ -460,6 +460,10 @@ class Swinv2PreTrainedModel(nn.Module):
     def dtype(self) -> torch.dtype:
         return next(self.parameters()).dtype
 
+    def get_input_embeddings(self) -> nn.Module:
+        """The patch embedding (image -> patch tokens), as transformers' `get_input_embeddings`."""
+        return getattr(self, self.base_model_prefix, self).embeddings
+
     def num_parameters(self, only_trainable: bool = False) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad or not only_trainable)
 
@@ -495,6 +499,7 @@ class Swinv2PreTrainedModel(nn.Module):
         *,
         config: Swinv2Config | None = None,
         torch_dtype: torch.dtype | str | None = None,
+        dtype: torch.dtype | str | None = None,
         device: str | torch.device | None = None,
         map_location: str | torch.device | None = None,
         ignore_mismatched_sizes: bool = False,
@@ -508,19 +513,21 @@ class Swinv2PreTrainedModel(nn.Module):
 
         Folders written by transformers or by `save_pretrained` (config.json + model.safetensors or
         pytorch_model.bin) and Microsoft, timm and torchvision checkpoints are recognised by their keys.
-        `torch_dtype` casts the weights (`"auto"` keeps the file's dtype); `device`/`map_location` places
-        them. Keyword arguments that name config fields override the stored config (e.g. `num_labels=10`;
-        the new head is then initialised afresh, with a warning); the constructor's own arguments
-        (`add_pooling_layer`, `use_mask_token`) go to the model. Missing or unexpected weights raise an
-        error listing them unless `strict=False`.
+        `dtype` (or its older name `torch_dtype`) casts the weights (`"auto"` keeps the file's dtype);
+        `device`/`map_location` places them. Keyword arguments that name config fields override the stored
+        config (e.g. `num_labels=10`; the new head is then initialised afresh, with a warning); the
+        constructor's own arguments (`add_pooling_layer`, `use_mask_token`) go to the model. Missing or
+        unexpected weights raise an error listing them unless `strict=False`.
         """
         from .checkpoints import load_pretrained
 
+        if dtype is not None and torch_dtype is not None and dtype != torch_dtype:
+            raise ValueError(f"dtype={dtype!r} and torch_dtype={torch_dtype!r} disagree: pass only dtype")
         return load_pretrained(
             cls,
             name_or_path,
             config=config,
-            torch_dtype=torch_dtype,
+            torch_dtype=dtype if dtype is not None else torch_dtype,
             device=device if device is not None else map_location,
             ignore_mismatched_sizes=ignore_mismatched_sizes,
             strict=strict,
