@@ -297,3 +297,25 @@ def test_new_head_warning_names_each_weight_once(classifier, tmp_path):
     message = str(caught[0].message)
     assert message.count("classifier.weight") == 1 and message.count("classifier.bias") == 1
     assert "classifier.weight (checkpoint (3, 32), model (5, 32))" in message
+
+
+@pytest.mark.parametrize(
+    "cls, positional",
+    [
+        (Swinv2Model, ["pixel_values", "bool_masked_pos", "head_mask", "output_attentions", "output_hidden_states",
+                       "return_dict"]),
+        (Swinv2ForImageClassification, ["pixel_values", "head_mask", "labels", "output_attentions",
+                                         "output_hidden_states", "return_dict"]),
+        (swinv2.Swinv2ForMaskedImageModeling, ["pixel_values", "bool_masked_pos", "head_mask", "output_attentions",
+                                               "output_hidden_states", "return_dict"]),
+    ],
+)
+def test_positional_arguments_are_the_documented_ones(cls, positional):
+    """The documentation's order; transformers 4.57 put `interpolate_pos_encoding` before `return_dict`, so
+    here it is keyword-only: a call written for either cannot silently mean something else."""
+    import inspect
+
+    params = inspect.signature(cls.forward).parameters
+    kinds = inspect.Parameter
+    assert [n for n, p in params.items() if p.kind == kinds.POSITIONAL_OR_KEYWORD][1:] == positional
+    assert params["interpolate_pos_encoding"].kind == kinds.KEYWORD_ONLY

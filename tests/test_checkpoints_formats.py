@@ -79,6 +79,29 @@ def test_timm_small_logits_match(tmp_path, suffix):
     assert diff < ATOL, f"timm (small): max |logits difference| {diff:.2e}"
 
 
+def test_timm_geometry_that_pads_windows_is_named(tmp_path):
+    """At 52 px (13x13 patches, window 5) timm shifts before it pads: the numbers are transformers', and the
+    load says that timm's differ; the official geometries (whole windows) load without a word."""
+    import warnings
+
+    torch.manual_seed(0)
+    reference = perturb_(SwinTransformerV2(img_size=52, num_classes=5, **{**SMALL, "window_size": 5}))
+    save_file(reference.state_dict(), tmp_path / "odd.safetensors")
+    with pytest.warns(UserWarning, match=r"stage 1: 13x13 patches, window 5.*may differ from timm's"):
+        model = swinv2.Swinv2ForImageClassification.from_pretrained(
+            tmp_path / "odd.safetensors", window_size=5, image_size=52
+        )
+    x = images(52)
+    with torch.no_grad():
+        assert max_diff(model(x).logits, reference(x)) > 1e-5  # the difference the warning names
+    save_file(timm_small().state_dict(), tmp_path / "whole.safetensors")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        swinv2.Swinv2ForImageClassification.from_pretrained(
+            tmp_path / "whole.safetensors", window_size=4, image_size=64
+        )
+
+
 def test_timm_real_architecture_from_timm_hub_layout(tmp_path):
     """swinv2_tiny_window8_256 as timm publishes it: model.safetensors, config.json naming the model."""
     import timm

@@ -61,6 +61,23 @@ def test_other_input_sizes_match(size, tmp_path, rng):
         close(a, b, f"reshaped_hidden_states[{i}] at {size}")
 
 
+def test_every_activation_transformers_names(tmp_path, rng):
+    """Each `hidden_act` transformers builds without parameters gives its numbers; the two with learnable
+    parameters are refused with the list of the others."""
+    x = input_for(PARITY_CONFIGS["two_stage"], rng)
+    for act in swinv2.config.ACTIVATIONS:
+        if act == "selu":  # ours only: transformers has no "selu"
+            continue
+        hf = hf_model("Swinv2Model", PARITY_CONFIGS["two_stage"], hidden_act=act)
+        ours = ours_from_hf("Swinv2Model", hf, tmp_path / act)
+        with torch.no_grad():
+            close(ours(x).last_hidden_state, hf(x).last_hidden_state, f"hidden_act={act}")
+    for act in ("prelu", "xielu"):
+        assert act in transformers.activations.ACT2CLS
+        with pytest.raises(ValueError, match="learnable parameters"):
+            swinv2.Swinv2Config(**PARITY_CONFIGS["two_stage"], hidden_act=act)
+
+
 @pytest.mark.parametrize("name", ["two_stage", "four_stage_small_last", "one_channel"])
 def test_classification_logits_and_losses(name, tmp_path, rng):
     config = PARITY_CONFIGS[name]

@@ -263,6 +263,26 @@ def test_reads_transformers_and_legacy_files(tmp_path, photos):
     assert "feature_extractor_type" not in ours.to_dict()
 
 
+@pytest.mark.parametrize(
+    "partial",
+    [
+        {},
+        {"size": {"height": 48, "width": 40}},
+        {"resample": 3, "do_normalize": False},
+        {"image_mean": [0.4, 0.5, 0.6]},
+    ],
+)
+def test_keys_a_file_leaves_out_take_the_vit_processors_defaults(tmp_path, photos, partial):
+    """A hand-written preprocessor_config.json means to us what it means to transformers (224 px, bilinear,
+    mean and std 0.5 where it says nothing), not our constructor's defaults."""
+    partial = {"image_processor_type": "ViTImageProcessor", **partial}
+    (tmp_path / PREPROCESSOR_CONFIG_NAME).write_text(json.dumps(partial))
+    ours = AutoImageProcessor.from_pretrained(tmp_path)
+    ref = transformers.AutoImageProcessor.from_pretrained(tmp_path, use_fast=False)
+    a, b = ours(photos[:2]).pixel_values, ref(photos[:2], return_tensors="pt").pixel_values
+    assert a.shape == b.shape and max_diff(a, b) <= TOL
+
+
 def test_unknown_keys_survive_a_round_trip(tmp_path):
     Swinv2ImageProcessor(size=64, crop_pct=0.9, size_divisor=7).save_pretrained(tmp_path)
     data = json.loads((tmp_path / PREPROCESSOR_CONFIG_NAME).read_text())

@@ -1078,12 +1078,40 @@ def load_pretrained(
         )
     elif config_overrides:
         config = Swinv2Config.from_dict(config.to_dict(), **config_overrides)
+    if fmt in ("timm", "torchvision"):
+        _warn_where_windows_pad(config, fmt)
     dtype = _target_dtype(torch_dtype, state)
     model = cls(config, **model_kwargs)
     load_into_model(model, canonical, fmt, strict, ignore_mismatched_sizes, str(weights_path))
     model.to(device=device, dtype=dtype)
     model.eval()
     return model
+
+
+def _warn_where_windows_pad(config: Swinv2Config, fmt: str) -> None:
+    """Warn when, at `config.image_size`, a stage's grid is not whole windows or a patch merging pads an odd
+    grid: there timm (which shifts before it pads and sizes windows per side) and torchvision (which decides
+    the shift per side at run time) compute otherwise than transformers, whose numbers these are."""
+    from .layers import stage_window
+
+    (h, w), (ph, pw) = config.image_hw, config.patch_hw
+    grid_h, grid_w = -(-h // ph), -(-w // pw)
+    odd = []
+    for stage in range(config.num_layers):
+        window, _ = stage_window(h // ph // 2**stage, config.window_size)
+        padded = grid_h % window or grid_w % window
+        merged_odd = stage < config.num_layers - 1 and (grid_h % 2 or grid_w % 2)
+        if padded or merged_odd:
+            odd.append(f"stage {stage + 1}: {grid_h}x{grid_w} patches, window {window}")
+        grid_h, grid_w = -(-grid_h // 2), -(-grid_w // 2)
+    if odd:
+        warnings.warn(
+            f"this {fmt} checkpoint at image_size {config.image_size} pads its windows ({'; '.join(odd)}), "
+            f"where {fmt} places the padding and the shift otherwise than transformers: swinv2 computes as "
+            f"transformers, so its outputs may differ from {fmt}'s (up to ~1e-3 measured). Grids of whole "
+            "windows (the official image sizes) give the same numbers",
+            stacklevel=4,
+        )
 
 
 # ---------------------------------------------------------------------------------------------- saving

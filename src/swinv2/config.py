@@ -14,8 +14,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "gelu_fast", "quick_gelu", "relu", "selu", "silu",
-               "swish", "mish", "tanh", "sigmoid")
+# transformers' names (ACT2FN), without its two with learnable parameters (prelu, xielu), and "selu"
+ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "gelu_fast", "gelu_accurate", "gelu_python",
+               "gelu_python_tanh", "gelu_10", "quick_gelu", "laplace", "relu", "relu2", "relu6", "leaky_relu",
+               "linear", "selu", "silu", "swish", "mish", "tanh", "sigmoid")
+LEARNABLE_ACTIVATIONS = ("prelu", "xielu")
 PROBLEM_TYPES = ("regression", "single_label_classification", "multi_label_classification")
 CONFIG_NAME = "config.json"
 
@@ -302,6 +305,11 @@ class Swinv2Config:
         if not (self.check_finite_inputs is None or isinstance(self.check_finite_inputs, bool)):
             raise ValueError(
                 f"check_finite_inputs must be None (check CPU inputs), true or false, got {self.check_finite_inputs!r}"
+            )
+        if self.hidden_act in LEARNABLE_ACTIVATIONS:
+            raise ValueError(
+                f"hidden_act {self.hidden_act!r} has learnable parameters, which the MLP here does not hold (nor "
+                f"do the Microsoft, timm and torchvision layouts): use one of {', '.join(ACTIVATIONS)}"
             )
         if not callable(self.hidden_act) and self.hidden_act not in ACTIVATIONS:
             raise ValueError(f"hidden_act must be one of {', '.join(ACTIVATIONS)} (or a callable), got "

@@ -538,7 +538,15 @@ class Swinv2ImageProcessor:
             raise ValueError(f"cannot read the image processor config {path}: {err}") from err
         if not isinstance(config, dict):
             raise ValueError(f"{path} must hold a JSON object, got {type(config).__name__}")
-        return cls.from_dict(config, **overrides)
+        # Keys the file leaves out mean what they mean to transformers' ViTImageProcessor, which reads it
+        channels = int(config.get("num_channels") or 3)
+        defaults = {
+            "size": {"height": 224, "width": 224},
+            "resample": PIL.Image.Resampling.BILINEAR,
+            "image_mean": [0.5] * channels,
+            "image_std": [0.5] * channels,
+        }
+        return cls.from_dict({**defaults, **config}, **overrides)
 
     @classmethod
     def from_model_config(cls, config: Any, **overrides: Any) -> Swinv2ImageProcessor:
