@@ -1047,7 +1047,7 @@ def _resize_positions(pos: Tensor, grid: tuple[int, int]) -> Tensor:
 def load_pretrained(
     cls: type,
     name_or_path: str | os.PathLike,
-    config: Swinv2Config | None = None,
+    config: Swinv2Config | str | os.PathLike | None = None,
     torch_dtype: Any = None,
     device: Any = None,
     ignore_mismatched_sizes: bool = False,
@@ -1072,6 +1072,12 @@ def load_pretrained(
         )
     state, embedded = read_weights(weights_path)
     canonical, fmt = to_canonical(state)
+    if isinstance(config, (str, os.PathLike)):  # a config.json, its folder or a preset name, as in transformers
+        config = resolve_config(config)
+    elif config is not None and not isinstance(config, Swinv2Config):
+        raise TypeError(
+            f"config must be a Swinv2Config, a path to a config.json or a preset name, got {type(config).__name__}"
+        )
     if config is None:
         config = checkpoint_config(
             state, fmt, config_path, embedded, weights_path, str(name_or_path), config_overrides

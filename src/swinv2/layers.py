@@ -466,11 +466,13 @@ class PatchEmbeddings(nn.Module):
             pixel_values = F.pad(pixel_values, (0, pad_w, 0, pad_h))
         x = self.norm(self._project(pixel_values))
         b, gh, gw, c = x.shape
+        # The mask token and the positions keep their own dtype, and the sum takes the wider one, as in
+        # transformers: under autocast the embeddings are then fp32, the token and positions unrounded.
         if bool_masked_pos is not None:
-            mask = bool_masked_pos.reshape(b, gh, gw, 1).to(x.dtype)
-            x = x * (1.0 - mask) + self.mask_token.to(x.dtype).view(1, 1, 1, c) * mask
+            mask = bool_masked_pos.reshape(b, gh, gw, 1).to(self.mask_token.dtype)
+            x = x * (1.0 - mask) + self.mask_token.view(1, 1, 1, c) * mask
         if self.position_embeddings is not None:
-            x = x + self._positions(gh, gw).to(x.dtype)
+            x = x + self._positions(gh, gw)
         return self.dropout(x)
 
     def _project(self, pixel_values: Tensor) -> Tensor:
@@ -601,6 +603,16 @@ class _CosineWindowAttention(torch.autograd.Function):
         return grad_qkv.view(b_, n, 3 * heads * d), grad_mask, grad_scale, None
 
 
+def _normalize(x: Tensor) -> Tensor:
+    """`F.normalize(x, dim=-1)`, whose gradient is 0 for vectors shorter than eps (only padded tokens' keys,
+    which are 0) instead of 1 / eps = 1e12 times theirs, which overflows fp16 to inf and meets the padded
+    token's zero input as NaN in the weight gradient (as in the fast path's hand-written backward)."""
+    norm = torch.linalg.vector_norm(x, dim=-1, keepdim=True).clamp_min(kernels.NORM_EPS)
+    if x.requires_grad:
+        x = torch.where(norm > kernels.NORM_EPS, x, x.detach())
+    return x / norm
+
+
 class WindowAttention(nn.Module):
     """Scaled cosine self-attention inside windows, with the continuous position bias.
 
@@ -673,8 +685,8 @@ class WindowAttention(nn.Module):
         q, k, v = qkv.view(b, n, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
         # Normalise in fp32: padded tokens have k = 0, and 0 / max(0, eps) must not become 0/0 in fp16.
         acc = torch.promote_types(v.dtype, torch.float32)
-        q = F.normalize(q.to(acc), dim=-1) * self.logit_scale_exp().to(acc)
-        k = F.normalize(k.to(acc), dim=-1)
+        q = _normalize(q.to(acc)) * self.logit_scale_exp().to(acc)
+        k = _normalize(k.to(acc))
         return q.to(v.dtype), k.to(v.dtype), v
 
     def forward(self, x: Tensor, mask: Tensor) -> Tensor:
@@ -745,7 +757,9 @@ class WindowAttention(nn.Module):
         if head_mask is not None:
             probs = probs * head_mask.view(-1, 1, 1).to(probs.dtype)
         out = (probs.to(v.dtype) @ v).transpose(1, 2).reshape(b_, n, c)
-        return self.proj_drop(self.proj(out)), probs
+        # returned in the dtype transformers' scores have: the GEMM's, widened by the fp32 logit scale and
+        # bias under autocast (a half-precision model's probabilities are half precision)
+        return self.proj_drop(self.proj(out)), probs.to(torch.promote_types(v.dtype, self.logit_scale.dtype))
 
 
 class _GeluMlp(torch.autograd.Function):

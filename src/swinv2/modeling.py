@@ -497,7 +497,7 @@ class Swinv2PreTrainedModel(nn.Module):
         cls,
         name_or_path: str | os.PathLike,
         *,
-        config: Swinv2Config | None = None,
+        config: Swinv2Config | str | os.PathLike | None = None,
         torch_dtype: torch.dtype | str | None = None,
         dtype: torch.dtype | str | None = None,
         device: str | torch.device | None = None,
@@ -772,8 +772,10 @@ class Swinv2ForMaskedImageModeling(Swinv2PreTrainedModel):
                 )
             grid = _grid_size(self.config, height, width)
             mask = _check_bool_masked_pos(bool_masked_pos, batch, grid).reshape(batch, 1, *grid)
-            mask = mask.repeat_interleave(ph, 2).repeat_interleave(pw, 3)[..., :height, :width].to(pixel_values.dtype)
-            error = F.l1_loss(pixel_values, reconstruction.to(pixel_values.dtype), reduction="none")
+            # in fp32 at least (transformers' loss is fp32 for a half-precision model too)
+            acc = torch.promote_types(pixel_values.dtype, torch.float32)
+            mask = mask.repeat_interleave(ph, 2).repeat_interleave(pw, 3)[..., :height, :width].to(acc)
+            error = F.l1_loss(pixel_values.to(acc), reconstruction.to(acc), reduction="none")
             loss = (error * mask).sum() / (mask.sum() + 1e-5) / channels
         out = Swinv2MaskedImageModelingOutput(
             loss, reconstruction, outputs.hidden_states, outputs.attentions, outputs.reshaped_hidden_states
