@@ -59,7 +59,7 @@ def test_named_architecture_with_random_weights_and_bf16(capsys) -> None:
     assert main(["benchmark", "swinv2-tiny-patch4-window8-256", "--batch", "1", "--repeats", "1", "--warmup", "0",
                  "--dtype", "fp32,bf16", "--device", "cpu", "--no-progress"]) == 0
     text = capsys.readouterr().out
-    assert "random weights of the architecture" in text and "28.3 M parameters" in text
+    assert "random weights of the architecture" in text and "28.35M parameters" in text
     assert text.count("| infer | eager |") == 2 and "| bf16" in text
 
 

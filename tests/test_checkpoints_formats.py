@@ -434,6 +434,31 @@ def test_truncated_file_gives_a_clear_error(tmp_path, suffix):
         swinv2.Swinv2Model.from_pretrained(cut, window_size=4, image_size=64)
 
 
+@pytest.mark.parametrize(
+    "name, content, kind",
+    [
+        ("photo.pth", None, "a JPEG image"),
+        ("model.bin", b"<!DOCTYPE html><html>Not Found</html>", "an HTML or XML page"),
+        ("model.safetensors.pth", b"version https://git-lfs.github.com/spec/v1\noid sha256:0", "a Git LFS pointer"),
+    ],
+)
+def test_a_file_that_is_no_checkpoint_is_named(tmp_path, name, content, kind):
+    """Not a pickle error: what the file is, and what weights files look like."""
+    from PIL import Image
+    from skimage import data as photos
+
+    path = tmp_path / name
+    if content is None:
+        Image.fromarray(photos.astronaut()).save(path, format="JPEG")
+    else:
+        path.write_bytes(content)
+    with pytest.raises(ck.CheckpointError, match=rf"is no checkpoint \({kind}.*\.safetensors, or \.bin/\.pth/\.pt"):
+        swinv2.Swinv2Model.from_pretrained(path, window_size=4, image_size=64)
+    # safetensors under another suffix is still read as safetensors
+    save_file(timm_small().state_dict(), tmp_path / "weights.bin")
+    swinv2.Swinv2Model.from_pretrained(tmp_path / "weights.bin", window_size=4, image_size=64)
+
+
 class _WritesAFile:
     """Unpickling this calls Path.write_text: what a malicious checkpoint would do."""
 

@@ -133,3 +133,16 @@ def test_bad_export_arguments(tmp_path, capsys):
     assert cli.main(["export", str(tmp_path), str(tmp_path)]) == 2
     assert "is a folder; give a file name" in capsys.readouterr().err
     assert not (tmp_path / "a.onnx").exists()
+
+
+def test_check_feeds_a_half_precision_graph_its_dtype_and_names_what_onnxruntime_cannot_run(tmp_path):
+    from swinv2.export import check_onnx
+
+    x = photo_batch(["astronaut"], 32, 32)
+    half = perturbed(swinv2.Swinv2ForImageClassification).half()
+    export_onnx(half, tmp_path / "half.onnx", image_size=(32, 32), exporter="dynamo")
+    assert check_onnx(half, tmp_path / "half.onnx", x)["logits"] < 1e-2  # fp16 rounding, both sides
+    bf16 = perturbed(swinv2.Swinv2ForImageClassification).bfloat16()
+    export_onnx(bf16, tmp_path / "bf16.onnx", image_size=(32, 32), exporter="dynamo")
+    with pytest.raises(RuntimeError, match=r"onnxruntime cannot run .* export a float32 model"):
+        check_onnx(bf16, tmp_path / "bf16.onnx", x)

@@ -369,6 +369,7 @@ def test_info_reports_parameters_macs_and_labels(workdir):
     assert info["macs"] == analytic_macs(SMALL, 10)
     assert info["class"] == "Swinv2ForImageClassification"
     assert info["depths"] == [2, 2] and info["image_size"] == [64, 64]
+    assert info["pretrained_window_sizes"] == [0, 0]  # one per stage, not the config's four defaults
     assert [s["tokens"] for s in info["stages"]] == [[16, 16], [8, 8]]
     assert info["num_labels"] == 10 and info["labels"] == NAMES[:3] and info["labels_from"] == "config"
 

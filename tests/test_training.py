@@ -24,6 +24,7 @@ from swinv2.data import (
     ImageFileDataset,
     MaskGenerator,
     build_classification_data,
+    build_pretraining_data,
     classification_train_transform,
     eval_processor,
     eval_transform,
@@ -284,6 +285,23 @@ def test_folder_without_val_split_uses_the_fraction(photos, tmp_path):
     train_set, val_set, classes = build_classification_data(spec, eval_transform((32, 32), (0.5,) * 3, (0.5,) * 3))
     assert len(classes) == 3 and len(val_set) == 6 and len(train_set) == 12
     assert not set(train_set.files) & set(val_set.files)
+
+
+def test_pretraining_on_a_split_dataset_leaves_val_unseen(photos):
+    """SimMIM on a folder with train/ and val/ reads train/ only, as fine-tuning will: pre-training on the
+    validation images would flatter the fine-tuned model's validation score."""
+    mask = MaskGenerator((32, 32), mask_patch_size=8, model_patch_size=4, mask_ratio=0.5)
+    transform = eval_transform((32, 32), (0.5,) * 3, (0.5,) * 3)
+    data = build_pretraining_data(DataSpec(str(photos), (32, 32)), transform, mask)
+    assert len(data) == 18 and all(photos / "train" in f.parents for f in data.files)
+
+
+def test_a_model_path_that_does_not_exist_is_named_once(tmp_path):
+    from swinv2.training import _load_source
+
+    with pytest.raises(TrainingError, match=r"m\.json: no such file or folder\. Give a config\.json") as err:
+        _load_source(str(tmp_path / "m.json"))
+    assert str(err.value).count("Give") == 1
 
 
 def test_bad_data_folders_name_the_problem(tmp_path):

@@ -94,6 +94,19 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, Tensor]:
     return load_checkpoint_file(path)[0]
 
 
+# What else a file named as weights often is: (first bytes, what to call it).
+_OTHER_FILES = [
+    (b"\xff\xd8\xff", "a JPEG image"),
+    (b"\x89PNG", "a PNG image"),
+    (b"GIF8", "a GIF image"),
+    (b"RIFF", "a RIFF (WebP, WAV, AVI) file"),
+    (b"\x1f\x8b", "a gzip archive"),
+    (b"<", "an HTML or XML page: a download that returned a web page?"),
+    (b"{", "JSON text"),
+    (b"version https://git-lfs", "a Git LFS pointer: run git lfs pull"),
+]
+
+
 def load_checkpoint_file(path: str | os.PathLike) -> tuple[dict[str, Tensor], dict[str, Any] | None]:
     """Tensors of a `.safetensors`, `.bin`, `.pth` or `.pt` file, and the config stored inside it, if any.
 
@@ -107,7 +120,16 @@ def load_checkpoint_file(path: str | os.PathLike) -> tuple[dict[str, Tensor], di
         raise CheckpointError(f"no weights file at {path}")
     if path.stat().st_size == 0:
         raise CheckpointError(f"{path} is empty (0 bytes): the download or the save did not complete")
-    if path.suffix == ".safetensors":
+    with path.open("rb") as f:
+        head = f.read(32)
+    looks_safetensors = len(head) > 8 and head[8:9] == b"{"  # an 8-byte header length, then JSON
+    if path.suffix != ".safetensors" and not looks_safetensors and not head.startswith((b"PK\x03\x04", b"\x80")):
+        # neither torch.save's zip nor a pickle: name what it is instead of a pickle error
+        kind = next((name for magic, name in _OTHER_FILES if head.startswith(magic)), "not a weights file")
+        raise CheckpointError(
+            f"{path} is no checkpoint ({kind}): weights come as .safetensors, or .bin/.pth/.pt written by torch.save"
+        )
+    if path.suffix == ".safetensors" or looks_safetensors:
         from safetensors import SafetensorError, safe_open
 
         try:

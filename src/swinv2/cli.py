@@ -28,6 +28,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _count(n: int) -> str:
+    """A parameter count for people: 47,424 / 1.52M / 28.35M."""
+    return f"{n:,}" if n < 1_000_000 else f"{n / 1e6:.2f}M"
+
+
 # ---------------------------------------------------------------------------------------------- convert
 def _add_convert_parser(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser(
@@ -69,9 +74,9 @@ def _run_convert(args: argparse.Namespace) -> int:
         raise
     except (ValueError, OSError) as err:  # a config that does not parse, a file that cannot be read
         raise Swinv2Error(str(err)) from err
-    millions = sum(p.numel() for p in model.parameters()) / 1e6
+    parameters = sum(p.numel() for p in model.parameters())
     print(
-        f"{args.source} ({source_format}, {type(model).__name__}, {millions:.1f}M parameters) -> "
+        f"{args.source} ({source_format}, {type(model).__name__}, {_count(parameters)} parameters) -> "
         f"{args.destination} ({args.to})"
     )
     return 0
@@ -687,7 +692,7 @@ def _info(args: argparse.Namespace) -> int:
         "depths": list(config.depths),
         "num_heads": list(config.num_heads),
         "window_size": config.window_size,
-        "pretrained_window_sizes": list(config.pretrained_window_sizes),
+        "pretrained_window_sizes": list(config.pretrained_window_sizes)[: config.num_layers],  # the ones used
         "mlp_ratio": config.mlp_ratio,
         "use_absolute_embeddings": config.use_absolute_embeddings,
         "stages": stages,
@@ -816,7 +821,7 @@ def _run_export(args: argparse.Namespace) -> int:
                              generator=generator)
         try:
             errors = check_onnx(model, args.output, sample)
-        except ImportError as err:
+        except (ImportError, RuntimeError) as err:
             return fail(str(err), 1)
         worst = max(errors.values())
         print("onnxruntime vs PyTorch, largest absolute difference: "
@@ -942,7 +947,7 @@ def _run_benchmark(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(summary, indent=2))
         return 0
-    print(f"{args.model}: {type(model).__name__}, {weights}, {parameters / 1e6:.1f} M parameters, "
+    print(f"{args.model}: {type(model).__name__}, {weights}, {_count(parameters)} parameters, "
           f"{image_hw[0]}x{image_hw[1]} px")
     print(summary["machine"])
     print()

@@ -636,12 +636,14 @@ def build_eval_data(spec: DataSpec, transform: Callable | None = None) -> tuple[
 
 
 def build_pretraining_data(spec: DataSpec, transform: Callable, mask_generator: MaskGenerator) -> AugmentedDataset:
-    """Unlabelled images for SimMIM: Fashion-MNIST's training images, or every image under the folder."""
+    """Unlabelled images for SimMIM: Fashion-MNIST's training images, or every image under the folder (under
+    its `train/` when it has one: the `val/` and `test/` images stay unseen, as in fine-tuning)."""
     if spec.data == FASHION_MNIST:
         images, _ = load_fashion_mnist("train")
         keep = _subset(len(images), spec.limit_train, spec.seed)
         return TensorImageDataset(images[keep], None, transform, spec.num_channels, spec.seed, mask_generator)
-    files = scan_images(Path(spec.data).expanduser())
+    root = Path(spec.data).expanduser()
+    files = scan_images(root / "train" if (root / "train").is_dir() else root)
     keep = _subset(len(files), spec.limit_train, spec.seed)
     return ImageFileDataset([files[i] for i in keep], None, transform, spec.num_channels, spec.seed,
                             mask_generator)

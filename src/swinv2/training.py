@@ -475,6 +475,11 @@ def _load_source(source: str) -> tuple[Swinv2Config, str | None]:
     from .checkpoints import find_weights
 
     path = Path(source).expanduser()
+    if not path.exists() and (path.suffix == ".json" or source.startswith(("/", ".", "~"))):
+        raise TrainingError(
+            f"--model {source}: no such file or folder. Give a config.json, a checkpoint folder (config.json + "
+            "weights) or a preset name (e.g. swinv2-tiny-patch4-window8-256)"
+        )
     try:
         if path.is_file() and path.suffix == ".json":
             return Swinv2Config.from_json_file(path), None
