@@ -545,3 +545,20 @@ def test_data_parallel_replicas_get_caches_of_their_own() -> None:
     assert not replica._mask_cache and not replica._layout_cache and attn._constants is None
     assert replica._mask_cache is not block._mask_cache and replica._layout_cache is not block._layout_cache
     assert block._mask_cache and block.attn._constants is not None  # the original keeps its own
+
+
+def test_closed_form_layout_rows_are_the_layout_moves() -> None:
+    """The gather rows used under torch.compile's dynamic shapes equal `window_layout`, which is built with
+    the pad, roll and partition of the eager path, for every grid up to 13x13 and several windows/shifts."""
+    from swinv2.layers import Swinv2Block, window_layout
+
+    for window, shift in ((4, 2), (4, 0), (3, 1), (7, 3), (1, 0)):
+        block = Swinv2Block(8, 2, window=window, shift=shift)
+        for h in range(1, 14):
+            for w in range(1, 14):
+                to_windows, from_windows = window_layout(h, w, window, shift)
+                padding_row = torch.full_like(to_windows, h * w, dtype=torch.long)
+                expected = torch.where(to_windows < 0, padding_row, to_windows.long())
+                assert torch.equal(block._symbolic_rows(h, w, torch.device("cpu"), to_windows=True), expected)
+                assert torch.equal(block._symbolic_rows(h, w, torch.device("cpu"), to_windows=False),
+                                   from_windows.long())
