@@ -1001,14 +1001,12 @@ def load_into_model(
     ]
     unexpected = [k for k in unexpected if k not in ignored_heads]
     mismatched = [k for k in state if k in own and state[k].shape != own[k].shape]
-    fresh: list[str] = []
-    described: list[str] = []  # the re-initialised weights with both shapes, for the warning
+    fresh: dict[str, str] = {}  # re-initialised weight -> its two shapes, for the warning
     for key in mismatched:
         if key.endswith("position_embeddings") and state[key].dim() == 3:
             state[key] = _resize_positions(state[key], _encoder(model).embeddings.grid_size)
         elif key.startswith(head_like) or ignore_mismatched_sizes:
-            fresh.append(key)
-            described.append(f"{key} (checkpoint {tuple(state[key].shape)}, model {tuple(own[key].shape)})")
+            fresh[key] = f"{key} (checkpoint {tuple(state[key].shape)}, model {tuple(own[key].shape)})"
             del state[key]
         else:
             raise CheckpointError(
@@ -1032,7 +1030,7 @@ def load_into_model(
             + ". Check that the config matches the weights, or pass strict=False to load what fits"
         )
     model.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
-    not_loaded = described + missing_heads + ([] if strict else missing)
+    not_loaded = list(fresh.values()) + missing_heads + ([] if strict else missing)
     if not_loaded:
         warnings.warn(
             f"{type(model).__name__}: these weights were not in the checkpoint {source} (or did not fit) and "
@@ -1120,13 +1118,13 @@ def _warn_where_windows_pad(config: Swinv2Config, fmt: str) -> None:
     """Warn when, at `config.image_size`, a stage's grid is not whole windows or a patch merging pads an odd
     grid: there timm (which shifts before it pads and sizes windows per side) and torchvision (which decides
     the shift per side at run time) compute otherwise than transformers, whose numbers these are."""
-    from .layers import stage_window
+    from .modeling import _window_and_shift
 
     (h, w), (ph, pw) = config.image_hw, config.patch_hw
     grid_h, grid_w = -(-h // ph), -(-w // pw)
     odd = []
     for stage in range(config.num_layers):
-        window, _ = stage_window(h // ph // 2**stage, config.window_size)
+        window, _ = _window_and_shift(config, stage)
         padded = grid_h % window or grid_w % window
         merged_odd = stage < config.num_layers - 1 and (grid_h % 2 or grid_w % 2)
         if padded or merged_odd:

@@ -608,14 +608,15 @@ class _CosineWindowAttention(torch.autograd.Function):
         return grad_qkv.view(b_, n, 3 * heads * d), grad_mask, grad_scale, None
 
 
-def _normalize(x: Tensor) -> Tensor:
-    """`F.normalize(x, dim=-1)`, whose gradient is 0 for vectors shorter than eps (only padded tokens' keys,
-    which are 0) instead of 1 / eps = 1e12 times theirs, which overflows fp16 to inf and meets the padded
-    token's zero input as NaN in the weight gradient (as in the fast path's hand-written backward)."""
+def _normalize(x: Tensor, scale: Tensor | None = None) -> Tensor:
+    """`F.normalize(x, dim=-1)` (times `scale`, folded into the reciprocal norm), whose gradient is 0 for
+    vectors shorter than eps (only padded tokens' keys, which are 0) instead of 1 / eps = 1e12 times theirs,
+    which overflows fp16 to inf and meets the padded token's zero input as NaN in the weight gradient (as in
+    the hand-written backward passes)."""
     norm = torch.linalg.vector_norm(x, dim=-1, keepdim=True).clamp_min(kernels.NORM_EPS)
     if x.requires_grad:
         x = torch.where(norm > kernels.NORM_EPS, x, x.detach())
-    return x / norm
+    return x / norm if scale is None else x * (scale / norm)
 
 
 class WindowAttention(nn.Module):
@@ -713,12 +714,8 @@ class WindowAttention(nn.Module):
         acc = torch.promote_types(qkv.dtype, torch.float32)
         # split, not slices: the backward of a slice zero-fills a tensor of qkv's size for each slice
         qk, v = qkv.split((2, 1), dim=2)
-        qk = qk.to(acc)
         scale = torch.cat((logit_scale.view(1, heads), logit_scale.new_ones(1, heads)))
-        norm = torch.linalg.vector_norm(qk, dim=-1, keepdim=True).clamp_min(kernels.NORM_EPS)
-        if qk.requires_grad:  # no gradient for padded keys (k = 0), as in the hand-written backward passes
-            qk = torch.where(norm > kernels.NORM_EPS, qk, qk.detach())
-        qk = (qk * (scale.to(acc).view(2, heads, 1) / norm)).to(qkv.dtype)
+        qk = _normalize(qk.to(acc), scale.to(acc).view(2, heads, 1)).to(qkv.dtype)
         q, k = qk.permute(2, 0, 3, 1, 4).unbind(0)
         v = v.squeeze(2).transpose(1, 2)
         windows = mask.shape[0]
