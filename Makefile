@@ -17,10 +17,10 @@ $(VENV)/.stamp-test: $(VENV)/.stamp-torch pyproject.toml
 	$(PIP) install -q -e '.[test]'
 	touch $@
 
-test: $(VENV)/.stamp-test
+test: $(VENV)/.stamp-test demo-data
 	$(PY) -m pytest -q
 
-# Fashion-MNIST from Debian's package when apt is there and we are root; best effort, never fatal:
+# Fashion-MNIST from Debian's package (the demo and its tests read it) when apt is there and we are root; best effort:
 # `swinv2 demo` downloads the official files (checksum-verified) when the package is missing.
 FASHION_MNIST_DEB := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 demo-data:

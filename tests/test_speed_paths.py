@@ -29,8 +29,20 @@ def _model(**overrides) -> Swinv2ForImageClassification:
     return model
 
 
+@pytest.fixture(params=[True, False], ids=["fp32-onednn", "fp32-mkl"])
+def fp32_gemms(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> bool:
+    """Both routes of CPU fp32 GEMMs, whichever this machine's CPU takes: oneDNN with the bias and GELU in
+    its epilogue (AVX-512), or F.linear (MKL) with GELU afterwards (AVX2)."""
+    onednn = request.param and layers._ONEDNN_LINEAR is not None
+    monkeypatch.setattr(layers, "_ONEDNN_FP32", onednn)
+    return onednn
+
+
 @pytest.mark.parametrize("gelu", [None, "none", "tanh"])
-def test_linear_matches_reference(gelu: str | None) -> None:
+def test_linear_matches_reference(gelu: str | None, fp32_gemms: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    onednn_calls = []
+    onednn = layers._onednn_linear
+    monkeypatch.setattr(layers, "_onednn_linear", lambda *a: onednn_calls.append(a[0].dtype) or onednn(*a))
     x, w, b = torch.randn(2, 37, 24), torch.randn(40, 24), torch.randn(40)
     expected = F.linear(x, w, b) if gelu is None else F.gelu(F.linear(x, w, b), approximate=gelu)
     with torch.no_grad():
@@ -40,6 +52,8 @@ def test_linear_matches_reference(gelu: str | None) -> None:
         half = linear(x, w, b, gelu)
     assert half.dtype == torch.bfloat16  # as autocast's own linear would give
     torch.testing.assert_close(half.float(), expected, rtol=0.05, atol=0.1)
+    # fp32 through oneDNN on its route, bf16 wherever oneDNN has a bf16 GEMM
+    assert onednn_calls == [torch.float32] * fp32_gemms + [torch.bfloat16] * layers._ONEDNN_BF16
 
 
 def test_linear_keeps_autograd() -> None:
@@ -61,7 +75,9 @@ def test_fast_path_matches_exact_path() -> None:
 
 
 @pytest.mark.parametrize("per_thread", [1, 5, 24, 4096])  # one window, runs of windows, whole images, all
-def test_cpu_inference_in_groups_matches_exact_path(per_thread: int, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cpu_inference_in_groups_matches_exact_path(
+    per_thread: int, fp32_gemms: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """CPU inference runs each block's attention on groups of windows and its MLP on groups of tokens; the
     numbers are the exact path's, for padded, shifted grids and groups that split images unevenly."""
     model = _model()
@@ -134,6 +150,31 @@ def test_bf16_falls_back_to_fp32_without_native_bf16(monkeypatch: pytest.MonkeyP
         fallback = model(x).logits
     assert any("no native bf16" in str(w.message) for w in seen)
     torch.testing.assert_close(fallback.float(), fp32, rtol=1e-5, atol=1e-5)
+
+
+def test_bf16_fallback_leaves_bf16_models_and_backward_under_autocast_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a CPU without bf16 units: a model converted to bf16 runs in bf16 under bf16 autocast (in fp32 its
+    input would not match its weights); and a training step that calls backward() inside the autocast region,
+    after the forward fell back to fp32, works: the hand-written backward passes keep their saved dtypes
+    (autocast would recast their GEMMs' inputs against fp32 outputs), and autograd's own backward ops,
+    which autocast does recast, leave gradients within bf16 rounding of the fp32 ones (measured 1-2%)."""
+    monkeypatch.setattr(modeling, "CPU_NATIVE_BF16", False)
+    monkeypatch.setattr(layers, "_FUNCTION_MIN_MACS", 0)  # the hand-written backward passes at this size
+    x = torch.randn(2, 3, 32, 32)
+    model = _model().bfloat16()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert model(x).logits.dtype == torch.bfloat16
+    model = _model(drop_path_rate=0.0).train()
+    labels = torch.tensor([1, 3])
+    reference = torch.autograd.grad(model(x, labels=labels).loss, list(model.parameters()))
+    with torch.autocast("cpu", dtype=torch.bfloat16), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        loss = model(x, labels=labels).loss
+        grads = torch.autograd.grad(loss, list(model.parameters()))
+    for (name, _), g, r in zip(model.named_parameters(), grads, reference):
+        assert g.dtype == torch.float32, name
+        assert (g - r).abs().max() <= 0.05 * r.abs().max(), name
 
 
 def test_bf16_kept_with_native_bf16(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -361,7 +402,9 @@ def _backward_node_names(loss: torch.Tensor) -> set[str]:
     return {type(n).__name__ for n in nodes}
 
 
-def test_cpu_training_takes_the_hand_written_backward_and_keeps_less(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cpu_training_takes_the_hand_written_backward_and_keeps_less(
+    fp32_gemms: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A CPU training step runs the three Functions, saves fewer bytes for the backward than autograd of the plain
     modules would, and gives the same gradients as the exact path (forward_explicit, plain Linear layers)."""
     monkeypatch.setattr(layers, "_FUNCTION_MIN_MACS", 0)  # this small model's layers are below the threshold
@@ -376,7 +419,8 @@ def test_cpu_training_takes_the_hand_written_backward_and_keeps_less(monkeypatch
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         loss = model(x).logits.square().mean()
     names = _backward_node_names(loss)
-    assert {"_CosineWindowAttentionBackward", "_GeluMlpBackward", "_TrainingLinearBackward"} <= names
+    assert {"_CosineWindowAttentionBackward", "_GeluMlpBackward"} <= names
+    assert ("_TrainingLinearBackward" in names) == fp32_gemms  # without oneDNN, autograd's own Linear
     fast_bytes = sum(saved.values()) - sum(p.untyped_storage().nbytes() for p in model.parameters())
     fast = torch.autograd.grad(loss, list(model.parameters()))
 
@@ -395,10 +439,10 @@ def test_cpu_training_takes_the_hand_written_backward_and_keeps_less(monkeypatch
         torch.testing.assert_close(f, e, rtol=1e-4, atol=1e-6, msg=lambda m, name=name: f"{name}: {m}")
 
 
-def test_cpu_training_linear_layers_in_fp32_and_bf16(monkeypatch: pytest.MonkeyPatch) -> None:
-    """In a CPU training step `linear` and the MLP run oneDNN forward and for the inputs' gradients (fp32
-    and bf16 only, so the float64 gradchecks above take the plain matmul): same values and gradients as
-    autograd of F.linear, and under autocast the dtypes autocast gives."""
+def test_cpu_training_linear_layers_in_fp32_and_bf16(fp32_gemms: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """In a CPU training step `linear` and the MLP run oneDNN (bf16 where it has a bf16 GEMM, fp32 on its
+    route) forward and for the inputs' gradients (so the float64 gradchecks above take the plain matmul):
+    same values and gradients as autograd of F.linear, and under autocast the dtypes autocast gives."""
     monkeypatch.setattr(layers, "_FUNCTION_MIN_MACS", 0)
     torch.manual_seed(3)
     x = torch.randn(2, 5, 7, 24, requires_grad=True)
@@ -414,13 +458,14 @@ def test_cpu_training_linear_layers_in_fp32_and_bf16(monkeypatch: pytest.MonkeyP
     expected = torch.autograd.grad(expected_out, tensors, grad)
     for name, (run, node) in runs.items():
         out = run()
-        assert type(out.grad_fn).__name__ == node, name
+        assert type(out.grad_fn).__name__ == node or (name == "linear" and not fp32_gemms), name
         torch.testing.assert_close(out, expected_out, rtol=1e-4, atol=1e-4, msg=lambda m, name=name: f"{name}: {m}")
         for a, e in zip(torch.autograd.grad(out, tensors, grad), expected):
             torch.testing.assert_close(a, e, rtol=1e-4, atol=1e-3, msg=lambda m, name=name: f"{name}: {m}")
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = linear(x, w1, b1)
-    assert out.dtype == torch.bfloat16 and type(out.grad_fn).__name__ == "_TrainingLinearBackward"
+    assert out.dtype == torch.bfloat16
+    assert (type(out.grad_fn).__name__ == "_TrainingLinearBackward") == layers._ONEDNN_BF16
     grads = torch.autograd.grad(out.float().square().sum(), (x, w1, b1))
     assert [g.dtype for g in grads] == [torch.float32] * 3
     reference = torch.autograd.grad(F.linear(x, w1, b1).square().sum(), (x, w1, b1))
@@ -433,6 +478,7 @@ def test_second_order_gradients(monkeypatch: pytest.MonkeyPatch) -> None:
     equals autograd's); the attention says how to get the plain-autograd attention instead of failing later
     with an unrelated message."""
     monkeypatch.setattr(layers, "_FUNCTION_MIN_MACS", 0)
+    monkeypatch.setattr(layers, "_ONEDNN_FP32", layers._ONEDNN_LINEAR is not None)  # the Functions on any CPU
     torch.manual_seed(4)
     x = torch.randn(3, 4, 6, requires_grad=True)
     w1, b1 = torch.randn(10, 6, requires_grad=True), torch.randn(10, requires_grad=True)
@@ -461,8 +507,9 @@ def test_second_order_gradients(monkeypatch: pytest.MonkeyPatch) -> None:
     assert torch.isfinite(hv).all() and hv.abs().sum() > 0
 
 
-def test_small_layers_stay_on_autograd_ops() -> None:
+def test_small_layers_stay_on_autograd_ops(monkeypatch: pytest.MonkeyPatch) -> None:
     """Below the size where a Function's fixed cost pays, a training step keeps autograd's own Linear and MLP."""
+    monkeypatch.setattr(layers, "_ONEDNN_FP32", layers._ONEDNN_LINEAR is not None)  # the Linear Function's route
     model = _model(drop_path_rate=0.0).train()
     names = _backward_node_names(model(torch.randn(2, 3, 32, 32)).logits.sum())
     assert "_TrainingLinearBackward" not in names and "_GeluMlpBackward" not in names

@@ -30,6 +30,7 @@ pattern (which stages pad their grid to the window), not one per input size.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator
@@ -66,6 +67,30 @@ def _find_onednn_linear():
 # 32768x96 @ 96x96); oneDNN adds the bias (and GELU) in the GEMM's epilogue instead. Measured per shape
 # at batch 8: 1.1-2x faster, fc1+GELU 1.5x. Inference only (the op has no autograd formula).
 _ONEDNN_LINEAR = _find_onednn_linear()
+
+# Without AVX-512 the trade reverses for fp32: oneDNN's AVX2 GEMM kernels are slower than MKL's, which
+# F.linear uses, by more than the epilogue saves. Measured on a 2-core Zen 3 (AVX2), per Linear shape of
+# swinv2-tiny at batch 8: oneDNN 1.0-1.3x slower without GELU, 1.15-1.45x with it; the model's Linear
+# layers 725 ms of a 1030 ms forward against 580 ms for the peers' addmm. There, fp32 takes F.linear with
+# GELU in place afterwards. bf16 takes oneDNN wherever oneDNN has a bf16 GEMM (not on AVX2-only CPUs).
+_ONEDNN_FP32 = _ONEDNN_LINEAR is not None and torch.backends.cpu.get_cpu_capability() == "AVX512"
+
+
+def _onednn_bf16_supported() -> bool:
+    try:  # oneDNN has no bf16 GEMM for AVX2-only CPUs: it fails to create the primitive there
+        return _ONEDNN_LINEAR is not None and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    except (AttributeError, RuntimeError):
+        return False
+
+
+_ONEDNN_BF16 = _onednn_bf16_supported()
+
+
+def _onednn_takes(x: Tensor, weight: Tensor) -> bool:
+    """Whether the GEMM of these CPU tensors runs through oneDNN: a dtype it computes here, and faster."""
+    if x.dtype != weight.dtype or not x.is_contiguous():
+        return False
+    return (x.dtype == torch.float32 and _ONEDNN_FP32) or (x.dtype == torch.bfloat16 and _ONEDNN_BF16)
 
 
 def _onednn_ok(x: Tensor) -> bool:
@@ -163,14 +188,23 @@ def _input_grad(grad: Tensor, weight: Tensor) -> Tensor:
     """`grad @ weight`, a Linear layer's input gradient `(..., in)` from `grad` `(..., out)`: through oneDNN
     on CPU, where MKL's GEMM for Swin's thin shapes is up to 2x slower (e.g. 32768x384 @ 384x96: 98 against
     178 GFLOP/s on a 2-core Zen 4)."""
-    if (
-        _ONEDNN_LINEAR is not None
-        and grad.device.type == "cpu"
-        and grad.dtype in (torch.float32, torch.bfloat16)
-        and torch._C._len_torch_dispatch_stack() == 0
-    ):
-        return _onednn_linear(grad.contiguous(), weight.t(), None, None)  # oneDNN reads the transposed view
+    if grad.device.type == "cpu" and torch._C._len_torch_dispatch_stack() == 0:
+        grad = grad.contiguous()
+        if _onednn_takes(grad, weight):
+            return _onednn_linear(grad, weight.t(), None, None)  # oneDNN reads the transposed view
     return grad @ weight
+
+
+def _autocast_off(backward):
+    """A Function's backward in the dtypes its forward saved: `.backward()` may be called inside an autocast
+    region, which would otherwise cast the inputs of the backward's GEMMs (and fail on their `out=`)."""
+
+    @functools.wraps(backward)
+    def wrapper(ctx, *grads):
+        with torch.autocast("cpu", enabled=False):
+            return backward(ctx, *grads)
+
+    return wrapper
 
 
 def _second_order(forward, inputs: tuple, needs: tuple, grad_out: Tensor) -> tuple[Tensor | None, ...]:
@@ -193,6 +227,7 @@ class _TrainingLinear(torch.autograd.Function):
         return _onednn_linear(x, weight, bias, None)
 
     @staticmethod
+    @_autocast_off
     def backward(ctx, grad_out: Tensor) -> tuple[Tensor | None, ...]:
         x, weight, bias = ctx.saved_tensors
         if torch.is_grad_enabled():
@@ -210,13 +245,15 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None, gelu: str | No
         if torch.is_autocast_enabled("cpu"):  # the op is not autocast-aware: cast as autocast would
             dtype = torch.get_autocast_dtype("cpu")
             x, weight, bias = x.to(dtype), _cast_cached(weight, dtype), _cast_cached(bias, dtype)
-        if x.dtype in (torch.float32, torch.bfloat16) and weight.dtype == x.dtype and x.is_contiguous():
+        if _onednn_takes(x, weight):
             if torch.compiler.is_compiling():
                 return _onednn_linear_op(x, weight, bias, gelu or "")
             return _onednn_linear(x, weight, bias, gelu)
+        if gelu is not None:  # no autograd here: GELU may overwrite the fresh GEMM output
+            return torch.ops.aten.gelu_(F.linear(x, weight, bias), approximate=gelu)
     elif gelu is None and _ONEDNN_LINEAR is not None and _hand_written_backward_ok(x) and _big_enough(x, weight):
         x, weight, bias = _autocast_inputs(x, weight, bias)
-        if x.dtype in (torch.float32, torch.bfloat16) and weight.dtype == x.dtype and x.is_contiguous():
+        if _onednn_takes(x, weight):
             with torch.autocast("cpu", enabled=False):
                 return _TrainingLinear.apply(x, weight, bias)
     y = F.linear(x, weight, bias)
@@ -560,6 +597,7 @@ class _CosineWindowAttention(torch.autograd.Function):
         return out
 
     @staticmethod
+    @_autocast_off
     def backward(ctx, grad_out: Tensor) -> tuple[Tensor | None, ...]:
         if torch.is_grad_enabled():
             raise RuntimeError(
@@ -778,6 +816,7 @@ class _GeluMlp(torch.autograd.Function):
         return out
 
     @staticmethod
+    @_autocast_off
     def backward(ctx, grad_out: Tensor) -> tuple[Tensor | None, ...]:
         x, w1, b1, w2, b2, hidden = ctx.saved_tensors
         needs = ctx.needs_input_grad

@@ -139,11 +139,13 @@ def cpu_bf16_is_emulated() -> bool:
 
 def native_precision(forward: Callable) -> Callable:
     """Run a model's forward in fp32 instead of emulated bf16: CPU autocast to bf16 on a CPU without native
-    bf16 (no AVX512-BF16/AMX) falls back to fp32 with a warning, so that bf16 is never slower than fp32."""
+    bf16 (no AVX512-BF16/AMX) falls back to fp32 with a warning, so that bf16 is never slower than fp32.
+    A model converted to bf16 itself stays in bf16."""
 
     @functools.wraps(forward)
     def wrapper(self, *args, **kwargs):
-        if not cpu_bf16_is_emulated():
+        # a model whose weights are already low precision is run as asked: in fp32 its input would not match
+        if not cpu_bf16_is_emulated() or self.dtype != torch.float32:
             return forward(self, *args, **kwargs)
         global _warned_bf16
         if not _warned_bf16:

@@ -1286,14 +1286,17 @@ def _train(config: TrainConfig, dist: Distributed) -> TrainResult:
                 hard = target
                 if mixer is not None:
                     pixels, target = mixer(pixels, target)
-                with _sync_context(model, i == accum - 1), _autocast(device, config.amp):
-                    if config.task == "classification":
-                        logits = forward(pixel_values=pixels).logits.float()
-                        loss = F.cross_entropy(logits, target, label_smoothing=config.label_smoothing)
-                    else:
-                        out = forward(pixel_values=pixels, bool_masked_pos=target)
-                        loss = (simmim_loss(pixels, out.reconstruction, target, patch_hw, norm_window)
-                                if norm_window else out.loss.float())
+                with _sync_context(model, i == accum - 1):
+                    with _autocast(device, config.amp):
+                        if config.task == "classification":
+                            logits = forward(pixel_values=pixels).logits.float()
+                            loss = F.cross_entropy(logits, target, label_smoothing=config.label_smoothing)
+                        else:
+                            out = forward(pixel_values=pixels, bool_masked_pos=target)
+                            loss = (simmim_loss(pixels, out.reconstruction, target, patch_hw, norm_window)
+                                    if norm_window else out.loss.float())
+                    # outside autocast, which would recast the backward's own ops (on a CPU without bf16
+                    # units, whose forward fell back to fp32, into slow emulated bf16)
                     scaler.scale(loss / accum).backward()
                 n = pixels.shape[0]
                 correct = (logits.argmax(-1) == hard).sum() if config.task == "classification" and mixer is None else 0
