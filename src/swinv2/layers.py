@@ -20,10 +20,12 @@ code the layout moves around each window attention are Triton gathers by cached 
 Triton passes around its GEMMs and attention: the gather, and `x + norm(y)` at the end of each residual
 branch (the attention branch reading its output straight from the windows, the first pass also writing
 the MLP's autocast input); the qkv bias and logit scale are kept between calls. On CPU in
-inference, Linear layers run as oneDNN matmuls with the bias (and the MLP's GELU) in the GEMM epilogue,
-under autocast on cached low-precision copies of the weights. In eager CPU training the window attention,
-the MLP and the Linear layers are autograd Functions with hand-written backward passes that keep fewer
-activations (probabilities and GELU recomputed) and use oneDNN for the input gradients.
+inference, Linear layers run as oneDNN matmuls with the bias (and the MLP's GELU) in the GEMM epilogue
+where oneDNN is the faster (bf16; fp32 with AVX-512), else as F.linear (MKL) with GELU in place; under
+autocast on cached low-precision copies of the weights; fp32 window attention is batched matmuls and a
+softmax (eager). In eager CPU training the window attention, the MLP and (where oneDNN takes them) the Linear
+layers are autograd Functions with hand-written backward passes that keep fewer activations
+(probabilities and GELU recomputed) and use oneDNN for the input gradients where it is the faster.
 Under `torch.compile` the model has no graph breaks; with `dynamic=True` it compiles one graph per padding
 pattern (which stages pad their grid to the window), not one per input size.
 """
