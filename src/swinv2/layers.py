@@ -90,7 +90,7 @@ _ONEDNN_BF16 = _onednn_bf16_supported()
 
 def _onednn_takes(x: Tensor, weight: Tensor) -> bool:
     """Whether the GEMM of these CPU tensors runs through oneDNN: a dtype it computes here, and faster."""
-    if x.dtype != weight.dtype or not x.is_contiguous():
+    if x.dtype != weight.dtype:
         return False
     return (x.dtype == torch.float32 and _ONEDNN_FP32) or (x.dtype == torch.bfloat16 and _ONEDNN_BF16)
 
@@ -188,12 +188,10 @@ def _autocast_inputs(*tensors: Tensor | None) -> tuple[Tensor | None, ...]:
 
 def _input_grad(grad: Tensor, weight: Tensor) -> Tensor:
     """`grad @ weight`, a Linear layer's input gradient `(..., in)` from `grad` `(..., out)`: through oneDNN
-    on CPU, where MKL's GEMM for Swin's thin shapes is up to 2x slower (e.g. 32768x384 @ 384x96: 98 against
-    178 GFLOP/s on a 2-core Zen 4)."""
-    if grad.device.type == "cpu" and torch._C._len_torch_dispatch_stack() == 0:
-        grad = grad.contiguous()
-        if _onednn_takes(grad, weight):
-            return _onednn_linear(grad, weight.t(), None, None)  # oneDNN reads the transposed view
+    on CPUs where it takes the dtype, as MKL's GEMM for Swin's thin shapes is up to 2x slower there (e.g.
+    32768x384 @ 384x96: 98 against 178 GFLOP/s on a 2-core Zen 4)."""
+    if grad.device.type == "cpu" and torch._C._len_torch_dispatch_stack() == 0 and _onednn_takes(grad, weight):
+        return _onednn_linear(grad.contiguous(), weight.t(), None, None)  # oneDNN reads the transposed view
     return grad @ weight
 
 
@@ -247,7 +245,7 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None, gelu: str | No
         if torch.is_autocast_enabled("cpu"):  # the op is not autocast-aware: cast as autocast would
             dtype = torch.get_autocast_dtype("cpu")
             x, weight, bias = x.to(dtype), _cast_cached(weight, dtype), _cast_cached(bias, dtype)
-        if _onednn_takes(x, weight):
+        if _onednn_takes(x, weight) and x.is_contiguous():
             if torch.compiler.is_compiling():
                 return _onednn_linear_op(x, weight, bias, gelu or "")
             return _onednn_linear(x, weight, bias, gelu)
@@ -255,7 +253,7 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None, gelu: str | No
             return torch.ops.aten.gelu_(F.linear(x, weight, bias), approximate=gelu)
     elif gelu is None and _ONEDNN_LINEAR is not None and _hand_written_backward_ok(x) and _big_enough(x, weight):
         x, weight, bias = _autocast_inputs(x, weight, bias)
-        if _onednn_takes(x, weight):
+        if _onednn_takes(x, weight) and x.is_contiguous():
             with torch.autocast("cpu", enabled=False):
                 return _TrainingLinear.apply(x, weight, bias)
     y = F.linear(x, weight, bias)
@@ -762,10 +760,11 @@ class WindowAttention(nn.Module):
         mask = mask.to(q.dtype)
         training = torch.is_grad_enabled() and (qkv.requires_grad or mask.requires_grad)
         if x.device.type == "cpu" and not training and q.dtype == torch.float32 and _plain_eager():
-            # fp32 inference on CPU: batched matmuls and a softmax, with the mask broadcast over the images,
-            # are 2x faster than SDPA's flash kernel on 64-token windows (stage 1 at batch 1: 0.7 against
-            # 1.9 ms, 2-core Zen 3), which also needs the mask copied to every window. SDPA stays for half
-            # precision, where it keeps the scores in fp32 until the mask is added.
+            # fp32 eager inference on CPU: batched matmuls and a softmax, with the mask broadcast over the
+            # images, are 2x faster than SDPA's flash kernel on 64-token windows (stage 1, 32 windows: 0.7
+            # against 1.9 ms on a 2-core Zen 3), which also needs the mask copied to every window. SDPA stays
+            # for half precision, where it keeps the scores in fp32 until the mask is added, and compiled
+            # graphs (measured no faster there).
             scores = torch.matmul(q, k.transpose(-2, -1))
             scores.view(b_ // windows, windows, heads, n, n).add_(mask)
             out = torch.matmul(scores.softmax(dim=-1), v)
@@ -816,7 +815,7 @@ class WindowAttention(nn.Module):
 class _GeluMlp(torch.autograd.Function):
     """`fc2(gelu(fc1(x)))` for autograd on CPU, keeping the hidden layer before GELU only and computing
     GELU again in the backward: the MLP's saved activations are half its share of a training step's memory,
-    GELU a few percent of its time. The forward's Linear layers take the fused CPU path (bias in the GEMM)."""
+    GELU a few percent of its time. The forward's Linear layers take `linear`'s CPU route (oneDNN or MKL)."""
 
     @staticmethod
     def forward(ctx, x: Tensor, w1: Tensor, b1: Tensor | None, w2: Tensor, b2: Tensor | None, approximate: str):
