@@ -177,6 +177,27 @@ def test_bf16_fallback_leaves_bf16_models_and_backward_under_autocast_alone(monk
         assert (g - r).abs().max() <= 0.05 * r.abs().max(), name
 
 
+def test_attention_dropout_applies_without_autograd() -> None:
+    """A model in train mode under no_grad (e.g. Monte Carlo dropout) still drops attention probabilities:
+    the fast CPU inference attention is only for eval."""
+    model = _model(attention_probs_dropout_prob=0.5, drop_path_rate=0.0, hidden_dropout_prob=0.0)
+    for module in model.modules():
+        if isinstance(module, layers.WindowAttention):
+            module.proj_drop.p = 0.0  # (the same config value): only the probabilities' dropout is left
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        model.train()
+        torch.manual_seed(0)
+        a = model(x).logits
+        b = model(x).logits
+        torch.manual_seed(0)
+        again = model(x).logits
+        model.eval()
+        c, d = model(x).logits, model(x).logits
+    assert not torch.allclose(a, b) and torch.equal(a, again)
+    assert torch.equal(c, d) and not torch.allclose(a, c)
+
+
 def test_bf16_kept_with_native_bf16(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(modeling, "CPU_NATIVE_BF16", True)
     model = _model()
