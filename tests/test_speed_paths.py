@@ -494,12 +494,12 @@ def test_cpu_training_linear_layers_in_fp32_and_bf16(fp32_gemms: bool, monkeypat
         assert (a - e).abs().max() <= 0.03 * e.abs().max()
 
 
-def test_second_order_gradients(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("fp32_gemms", [True], indirect=True)  # the Functions' route, on any CPU
+def test_second_order_gradients(fp32_gemms: bool, monkeypatch: pytest.MonkeyPatch) -> None:
     """create_graph=True: the Linear and MLP Functions differentiate their plain ops (a Hessian-vector product
     equals autograd's); the attention says how to get the plain-autograd attention instead of failing later
     with an unrelated message."""
     monkeypatch.setattr(layers, "_FUNCTION_MIN_MACS", 0)
-    monkeypatch.setattr(layers, "_ONEDNN_FP32", layers._ONEDNN_LINEAR is not None)  # the Functions on any CPU
     torch.manual_seed(4)
     x = torch.randn(3, 4, 6, requires_grad=True)
     w1, b1 = torch.randn(10, 6, requires_grad=True), torch.randn(10, requires_grad=True)
@@ -528,9 +528,9 @@ def test_second_order_gradients(monkeypatch: pytest.MonkeyPatch) -> None:
     assert torch.isfinite(hv).all() and hv.abs().sum() > 0
 
 
-def test_small_layers_stay_on_autograd_ops(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("fp32_gemms", [True], indirect=True)  # the Linear Function's route, on any CPU
+def test_small_layers_stay_on_autograd_ops(fp32_gemms: bool) -> None:
     """Below the size where a Function's fixed cost pays, a training step keeps autograd's own Linear and MLP."""
-    monkeypatch.setattr(layers, "_ONEDNN_FP32", layers._ONEDNN_LINEAR is not None)  # the Linear Function's route
     model = _model(drop_path_rate=0.0).train()
     names = _backward_node_names(model(torch.randn(2, 3, 32, 32)).logits.sum())
     assert "_TrainingLinearBackward" not in names and "_GeluMlpBackward" not in names

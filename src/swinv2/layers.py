@@ -759,24 +759,20 @@ class WindowAttention(nn.Module):
         windows = mask.shape[0]
         mask = mask.to(q.dtype)
         training = torch.is_grad_enabled() and (qkv.requires_grad or mask.requires_grad)
-        if x.device.type == "cpu" and not training and dropout == 0.0 and q.dtype == torch.float32 and _plain_eager():
-            # fp32 eager inference on CPU: batched matmuls and a softmax, with the mask broadcast over the
-            # images, are 2x faster than SDPA's flash kernel on 64-token windows (stage 1, 32 windows: 0.7
-            # against 1.9 ms on a 2-core Zen 3), which also needs the mask copied to every window. SDPA stays
-            # for half precision, where it keeps the scores in fp32 until the mask is added, and compiled
-            # graphs (measured no faster there).
-            scores = torch.matmul(q, k.transpose(-2, -1))
-            scores.view(b_ // windows, windows, heads, n, n).add_(mask)
-            out = torch.matmul(scores.softmax(dim=-1), v)
-        elif x.device.type == "cpu" and training:
-            # Training on CPU: SDPA has no fused kernel with a mask that needs a gradient and falls back to
-            # its math path, which needs the mask expanded to every window and adds a NaN-safe softmax;
-            # broadcasting the (windows, heads, N, N) mask is ~25% faster forward and backward.
-            scores = (q @ k.transpose(-2, -1)).view(b_ // windows, windows, heads, n, n) + mask
+        fp32_inference = not training and dropout == 0.0 and q.dtype == torch.float32 and _plain_eager()
+        if x.device.type == "cpu" and (training or fp32_inference):
+            # Batched matmuls and a softmax, the (windows, heads, N, N) mask broadcast over the images.
+            # Training: SDPA has no fused kernel with a mask that needs a gradient and falls back to its math
+            # path, which needs the mask expanded to every window and adds a NaN-safe softmax (this is ~25%
+            # faster forward and backward). fp32 eager inference: 2x faster than SDPA's flash kernel on
+            # 64-token windows (stage 1, 32 windows: 0.7 against 1.9 ms on a 2-core Zen 3), which also needs
+            # the mask copied to every window. SDPA stays for half-precision inference, where it keeps the
+            # scores in fp32 until the mask is added, and in compiled graphs (measured no faster there).
+            scores = q @ k.transpose(-2, -1)
+            scores.view(b_ // windows, windows, heads, n, n).add_(mask)  # (the matmul's backward needs q, k)
             probs = scores.softmax(dim=-1)
             if dropout > 0:
                 probs = F.dropout(probs, dropout, True)
-            probs = probs.view(b_, heads, n, n)
             out = probs @ v
         else:
             if windows > 1:
