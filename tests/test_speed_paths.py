@@ -230,6 +230,33 @@ def test_compile_has_no_graph_breaks_and_no_recompile_per_size() -> None:
     assert counts["stats"]["unique_graphs"] == 1, dict(counts["stats"])
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_compiled_cpu_attention_is_matmuls_in_fp32_and_sdpa_in_half_precision(
+    dtype: torch.dtype, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Compiled CPU inference takes the batched matmuls and softmax in fp32 (SDPA's CPU kernel is 2x slower
+    on 64-token windows; inductor fuses the mask add into the softmax) and SDPA under autocast, as eager."""
+    monkeypatch.setattr(modeling, "CPU_NATIVE_BF16", True)  # else bf16 falls back to fp32 on such CPUs
+    torch._dynamo.reset()
+    graphs = []
+
+    def record(gm: torch.fx.GraphModule, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    model = _model().eval()
+    x = torch.randn(2, 3, 32, 32)
+    compiled = torch.compile(model, backend=record)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype != torch.float32):
+        out, expected = compiled(x).logits, model(x).logits
+    code = "\n".join(gm.code for gm in graphs)
+    assert len(graphs) == 1
+    assert ("scaled_dot_product_attention" in code) == (dtype != torch.float32), code
+    assert ("softmax" in code) == (dtype == torch.float32)
+    tolerance = 1e-5 if dtype == torch.float32 else 2e-2
+    torch.testing.assert_close(out.float(), expected.float(), rtol=tolerance, atol=tolerance)
+
+
 def test_autocast_weight_copies_follow_weight_changes() -> None:
     """Inference under autocast keeps the weights' bf16 copies; an in-place change must be seen."""
     model = _model()

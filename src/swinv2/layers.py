@@ -23,9 +23,10 @@ the MLP's autocast input); the qkv bias and logit scale are kept between calls. 
 inference, Linear layers run as oneDNN matmuls with the bias (and the MLP's GELU) in the GEMM epilogue
 where oneDNN is the faster (bf16; fp32 with AVX-512), else as F.linear (MKL) with GELU in place; under
 autocast on cached low-precision copies of the weights; fp32 window attention is batched matmuls and a
-softmax (eager). In eager CPU training the window attention, the MLP and (where oneDNN takes them) the Linear
-layers are autograd Functions with hand-written backward passes that keep fewer activations
-(probabilities and GELU recomputed) and use oneDNN for the input gradients where it is the faster.
+softmax (eager and compiled). In eager CPU training the window attention, the MLP and (where oneDNN
+takes them) the Linear layers are autograd Functions with hand-written backward passes that keep fewer
+activations (probabilities and GELU recomputed) and use oneDNN for the input gradients where it is the
+faster.
 Under `torch.compile` the model has no graph breaks; with `dynamic=True` it compiles one graph per padding
 pattern (which stages pad their grid to the window), not one per input size.
 """
@@ -161,6 +162,12 @@ def _plain_eager() -> bool:
         and not torch._C._are_functorch_transforms_active()
         and torch._C._len_torch_dispatch_stack() == 0
     )
+
+
+def _eager_or_compiled() -> bool:
+    """`_plain_eager()`, or inside a `torch.compile` graph (not `torch.export`'s, whose graphs other runtimes
+    read): where the code may choose its ops for this process's kernels."""
+    return _plain_eager() or (torch.compiler.is_compiling() and not torch.compiler.is_exporting())
 
 
 def _hand_written_backward_ok(x: Tensor) -> bool:
@@ -759,15 +766,16 @@ class WindowAttention(nn.Module):
         windows = mask.shape[0]
         mask = mask.to(q.dtype)
         training = torch.is_grad_enabled() and (qkv.requires_grad or mask.requires_grad)
-        fp32_inference = not training and dropout == 0.0 and q.dtype == torch.float32 and _plain_eager()
+        fp32_inference = not training and dropout == 0.0 and q.dtype == torch.float32 and _eager_or_compiled()
         if x.device.type == "cpu" and (training or fp32_inference):
             # Batched matmuls and a softmax, the (windows, heads, N, N) mask broadcast over the images.
             # Training: SDPA has no fused kernel with a mask that needs a gradient and falls back to its math
             # path, which needs the mask expanded to every window and adds a NaN-safe softmax (this is ~25%
-            # faster forward and backward). fp32 eager inference: 2x faster than SDPA's flash kernel on
-            # 64-token windows (stage 1, 32 windows: 0.7 against 1.9 ms on a 2-core Zen 3), which also needs
-            # the mask copied to every window. SDPA stays for half-precision inference, where it keeps the
-            # scores in fp32 until the mask is added, and in compiled graphs (measured no faster there).
+            # faster forward and backward). fp32 inference: 2x faster than SDPA's flash kernel on 64-token
+            # windows (stage 1, 32 windows: 0.7 against 1.9 ms on a 2-core Zen 3), which also needs the mask
+            # copied to every window; compiled, inductor fuses the mask add into the softmax (SDPA's kernel
+            # was 15% of a compiled b8 forward, the matmuls and softmax 10%). SDPA stays for half-precision
+            # inference, where it keeps the scores in fp32 until the mask is added, and for export.
             scores = q @ k.transpose(-2, -1)
             scores.view(b_ // windows, windows, heads, n, n).add_(mask)  # (the matmul's backward needs q, k)
             probs = scores.softmax(dim=-1)
