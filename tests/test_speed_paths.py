@@ -487,6 +487,54 @@ def test_cpu_training_takes_the_hand_written_backward_and_keeps_less(
         torch.testing.assert_close(f, e, rtol=1e-4, atol=1e-6, msg=lambda m, name=name: f"{name}: {m}")
 
 
+def test_cpu_training_scratch_buffers_are_reused_and_never_leak(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The training Functions keep their temporaries in per-thread scratch buffers reused from call to call.
+    Across input sizes (the buffers are grown and viewed smaller) and with a one-head stage (where a reshape
+    would return a view of the buffer) the gradients stay the exact path's, a later step leaves an earlier
+    step's results alone, and eval() frees the buffers."""
+    monkeypatch.setattr(layers, "_FUNCTION_MIN_MACS", 0)  # this small model's layers are below the threshold
+    model = _model(num_heads=[1, 2], drop_path_rate=0.0).train()
+    params = list(model.parameters())
+    inputs = [torch.randn(2, 3, 32, 32), torch.randn(3, 3, 48, 40), torch.randn(1, 3, 32, 32)]
+
+    def step(x: torch.Tensor, exact: bool = False) -> list[torch.Tensor]:
+        logits = model(x, output_attentions=exact).logits
+        return [logits, *torch.autograd.grad(logits.square().mean(), params)]
+
+    results = [step(x) for x in inputs]
+    assert layers._SCRATCH.buffers
+    kept = [[t.clone() for t in r] for r in results]
+    step(inputs[1])  # a later step with the largest buffers
+    for r, k in zip(results, kept):
+        assert all(torch.equal(t, c) for t, c in zip(r, k))
+    # the exact path: explicit attention (asked for the probabilities), the MLP's Linear layers through their
+    # own forward (a hooked layer is never bypassed)
+    hooks = [m.fc1.register_forward_hook(lambda *args: None) for m in model.modules() if isinstance(m, layers.Mlp)]
+    for x, fast in zip(inputs, results):
+        for f, e in zip(fast, step(x, exact=True)):
+            torch.testing.assert_close(f, e, rtol=1e-4, atol=1e-6)
+    for hook in hooks:
+        hook.remove()
+    model.eval()
+    assert not layers._SCRATCH.buffers
+
+    # What the Functions return (outputs and gradients) is never a view of a scratch buffer.
+    def in_scratch(t: torch.Tensor) -> bool:
+        buffers = layers._SCRATCH.buffers.values()
+        return any(t.untyped_storage().data_ptr() == b.untyped_storage().data_ptr() for b in buffers)
+
+    for heads in (1, 3):
+        qkv, mask, scale = _attention_inputs(torch.float32, heads=heads)
+        out = layers._CosineWindowAttention.apply(qkv, mask, scale, heads)
+        out.backward(torch.randn_like(out))
+        assert layers._SCRATCH.buffers and not any(in_scratch(t) for t in (out, qkv.grad, mask.grad, scale.grad))
+    shapes = [(2, 3, 4, 6), (10, 6), (10,), (6, 10), (6,)]
+    tensors = [torch.randn(shape, requires_grad=True) for shape in shapes]
+    out = layers._GeluMlp.apply(*tensors, "none")
+    out.backward(torch.randn_like(out))
+    assert not any(in_scratch(t) for t in (out, *(t.grad for t in tensors)))
+
+
 def test_cpu_training_linear_layers_in_fp32_and_bf16(fp32_gemms: bool, monkeypatch: pytest.MonkeyPatch) -> None:
     """In a CPU training step `linear` and the MLP run oneDNN (bf16 where it has a bf16 GEMM, fp32 on its
     route) forward and for the inputs' gradients (so the float64 gradchecks above take the plain matmul):

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import functools
 import math
+import threading
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 
@@ -193,13 +194,13 @@ def _autocast_inputs(*tensors: Tensor | None) -> tuple[Tensor | None, ...]:
     return tuple(None if t is None else t.to(dtype) for t in tensors)
 
 
-def _input_grad(grad: Tensor, weight: Tensor) -> Tensor:
+def _input_grad(grad: Tensor, weight: Tensor, out: Tensor | None = None) -> Tensor:
     """`grad @ weight`, a Linear layer's input gradient `(..., in)` from `grad` `(..., out)`: through oneDNN
     on CPUs where it takes the dtype, as MKL's GEMM for Swin's thin shapes is up to 2x slower there (e.g.
     32768x384 @ 384x96: 98 against 178 GFLOP/s on a 2-core Zen 4)."""
     if grad.device.type == "cpu" and torch._C._len_torch_dispatch_stack() == 0 and _onednn_takes(grad, weight):
         return _onednn_linear(grad.contiguous(), weight.t(), None, None)  # oneDNN reads the transposed view
-    return grad @ weight
+    return torch.mm(grad, weight, out=out) if out is not None else grad @ weight
 
 
 def _autocast_off(backward):
@@ -212,6 +213,40 @@ def _autocast_off(backward):
             return backward(ctx, *grads)
 
     return wrapper
+
+
+class _Scratch(threading.local):
+    """This thread's scratch buffers, by (slot, dtype, device)."""
+
+    def __init__(self) -> None:
+        self.buffers: dict[tuple[int, torch.dtype, torch.device], Tensor] = {}
+
+
+_SCRATCH = _Scratch()
+
+
+def _scratch(slot: int, shape: tuple[int, ...], like: Tensor) -> Tensor:
+    """A buffer of `shape` (`like`'s dtype and device) for a temporary of the CPU training Functions below,
+    one that never leaves the Function, reused from call to call and step to step.
+
+    A fresh tensor's pages are faulted in and zero-filled by the kernel on first touch, and glibc's
+    allocator hands large buffers back to the kernel when they are freed, so a training step pays this for
+    its temporaries again every step: ~1.6 us per 4 KiB page on a 2-core Zen 3 VM, where the GEMM writing
+    stage 1's MLP input gradient (32768 x 384) ran at 22 GFLOP/s into a fresh buffer and at 148 into a
+    reused one. Each slot holds one buffer per thread, grown to the largest request: a Function takes
+    different slots for temporaries alive at the same time. `release_scratch` frees them."""
+    key = (slot, like.dtype, like.device)
+    numel = math.prod(shape)
+    buffer = _SCRATCH.buffers.get(key)
+    if buffer is None or buffer.numel() < numel:
+        _SCRATCH.buffers.pop(key, None)  # the old buffer goes before the new one comes
+        buffer = _SCRATCH.buffers[key] = like.new_empty(numel)
+    return buffer[:numel].view(shape)
+
+
+def release_scratch() -> None:
+    """Free this thread's scratch buffers (`_scratch`): the next CPU training step allocates them again."""
+    _SCRATCH.buffers.clear()
 
 
 def _second_order(forward, inputs: tuple, needs: tuple, grad_out: Tensor) -> tuple[Tensor | None, ...]:
@@ -563,10 +598,11 @@ def _window_probs(qk_n: Tensor, mask: Tensor) -> Tensor:
     _, b_, heads, n, d = qk_n.shape
     windows = mask.shape[0]
     q, k = qk_n.view(2, b_ * heads, n, d).unbind(0)
-    scores = torch.bmm(q, k.transpose(1, 2)).view(b_ // windows, windows, heads, n, n).add_(mask)
+    scores = torch.bmm(q, k.transpose(1, 2), out=_scratch(0, (b_ * heads, n, n), q))
+    scores.view(b_ // windows, windows, heads, n, n).add_(mask)
     # In bf16/fp16 the CPU kernel accumulates in fp32 itself: within an ulp of an fp32 softmax rounded after,
     # and 6x faster than that (no fp32 copy of the scores)
-    return torch.softmax(scores, dim=-1).view(b_ * heads, n, n)
+    return torch.ops.aten._softmax.out(scores, -1, False, out=_scratch(1, scores.shape, scores))
 
 
 class _CosineWindowAttention(torch.autograd.Function):
@@ -596,9 +632,11 @@ class _CosineWindowAttention(torch.autograd.Function):
         scales = torch.stack((scale.to(acc), torch.ones_like(scale, dtype=acc))).view(2, 1, heads, 1, 1)
         qk_n = qkv.new_empty(2, b_, heads, n, d)  # contiguous: q and k are bmm-ready views of it
         torch.mul(qk, scales / norm, out=qk_n)
-        probs = _window_probs(qk_n, mask)
+        probs = _window_probs(qk_n, mask)  # (scratch slots 0 and 1)
         v = qkv[:, :, 2].transpose(1, 2).reshape(b_ * heads, n, d)
-        out = torch.bmm(probs, v).view(b_, heads, n, d).transpose(1, 2).reshape(b_, n, c)
+        heads_out = torch.bmm(probs, v, out=_scratch(2, v.shape, v)).view(b_, heads, n, d)
+        out = qkv.new_empty(b_, n, c)  # a copy, never a view of the scratch buffer (as reshape gives for 1 head)
+        out.view(b_, n, heads, d).copy_(heads_out.transpose(1, 2))
         ctx.save_for_backward(qk_n, norm, scales, v, mask)
         ctx.windows, ctx.scale_dtype = windows, scale.dtype
         return out
@@ -618,14 +656,20 @@ class _CosineWindowAttention(torch.autograd.Function):
         windows = ctx.windows
         acc = norm.dtype
         needs_qkv, needs_mask, needs_scale = ctx.needs_input_grad[:3]
-        grad_out = grad_out.view(b_, n, heads, d).transpose(1, 2).reshape(b_ * heads, n, d)
+        # Temporaries in scratch slots: 0 scores, grad_probs, grad_qk; 1 probs, grad_qk * qk_n; 2 grad_v,
+        # grad_scores; 3 grad_out
+        grad_out = _scratch(3, v.shape, v).view(b_, heads, n, d).copy_(grad_out.view(b_, n, heads, d).transpose(1, 2))
+        grad_out = grad_out.view(b_ * heads, n, d)
         grad_qkv = grad_mask = grad_scale = None
         if needs_qkv:  # out = P v
             grad_qkv = qk_n.new_empty(b_, n, 3, heads, d)
-            grad_qkv[:, :, 2] = torch.bmm(probs.transpose(1, 2), grad_out).view(b_, heads, n, d).transpose(1, 2)
-        grad_probs = torch.bmm(grad_out, v.transpose(1, 2))
+            grad_v = torch.bmm(probs.transpose(1, 2), grad_out, out=_scratch(2, v.shape, v))
+            grad_qkv[:, :, 2] = grad_v.view(b_, heads, n, d).transpose(1, 2)
+        grad_probs = torch.bmm(grad_out, v.transpose(1, 2), out=_scratch(0, probs.shape, probs))
         del grad_out
-        grad_scores = torch._softmax_backward_data(grad_probs, probs, -1, probs.dtype)
+        grad_scores = torch.ops.aten._softmax_backward_data.out(
+            grad_probs, probs, -1, probs.dtype, grad_input=_scratch(2, probs.shape, probs)
+        )
         del grad_probs
         if needs_mask:  # the folded mask is shared by the same window of every image
             grad_mask = grad_scores.view(b_ // windows, windows, heads, n, n).sum(0)
@@ -633,7 +677,7 @@ class _CosineWindowAttention(torch.autograd.Function):
             return None, grad_mask, None, None
         # scores = q k^T
         q, k = qk_n.view(2, b_ * heads, n, d).unbind(0)
-        grad_qk = torch.empty_like(qk_n)
+        grad_qk = _scratch(0, qk_n.shape, qk_n)
         torch.bmm(grad_scores, k, out=grad_qk[0].view(b_ * heads, n, d))
         torch.bmm(grad_scores.transpose(1, 2), q, out=grad_qk[1].view(b_ * heads, n, d))
         del grad_scores
@@ -641,7 +685,7 @@ class _CosineWindowAttention(torch.autograd.Function):
         # (only padded tokens' keys, which are 0) gets no gradient: autograd's 1 / eps = 1e12 overflows fp16
         # to inf, and inf times the padded token's zero input is NaN in the weight gradient it otherwise
         # does not reach.
-        dot = (grad_qk * qk_n).sum(-1, keepdim=True, dtype=acc)
+        dot = torch.mul(grad_qk, qk_n, out=_scratch(1, qk_n.shape, qk_n)).sum(-1, keepdim=True, dtype=acc)
         if needs_scale:
             grad_scale = (dot[0].sum((0, 2, 3)) / scales.view(2, heads)[0]).to(ctx.scale_dtype)
         if not needs_qkv:
@@ -824,7 +868,8 @@ class _GeluMlp(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, w1: Tensor, b1: Tensor | None, w2: Tensor, b2: Tensor | None, approximate: str):
         hidden = linear(x, w1, b1)
-        out = linear(F.gelu(hidden, approximate=approximate), w2, b2)
+        act = torch.ops.aten.gelu.out(hidden, approximate=approximate, out=_scratch(0, hidden.shape, hidden))
+        out = linear(act, w2, b2)
         ctx.save_for_backward(x, w1, b1, w2, b2, hidden)
         ctx.approximate = approximate
         return out
@@ -844,11 +889,12 @@ class _GeluMlp(torch.autograd.Function):
         hidden = hidden.view(-1, w1.shape[0])
         grad_w2 = grad_b2 = grad_w1 = grad_b1 = grad_x = None
         if needs[3]:
-            grad_w2 = grad_out.t() @ F.gelu(hidden, approximate=ctx.approximate)
+            act = torch.ops.aten.gelu.out(hidden, approximate=ctx.approximate, out=_scratch(0, hidden.shape, hidden))
+            grad_w2 = grad_out.t() @ act
         if needs[4]:
             grad_b2 = grad_out.sum(0)
         if any(needs[:3]):
-            grad_hidden = _input_grad(grad_out, w2)
+            grad_hidden = _input_grad(grad_out, w2, out=_scratch(1, hidden.shape, hidden))
             torch.ops.aten.gelu_backward.grad_input(
                 grad_hidden, hidden, approximate=ctx.approximate, grad_input=grad_hidden
             )
@@ -961,6 +1007,8 @@ class Swinv2Block(nn.Module):
 
     def train(self, mode: bool = True) -> Swinv2Block:
         self.clear_cache()
+        if not mode:  # a model switched to inference no longer needs the training Functions' temporaries
+            release_scratch()
         return super().train(mode)
 
     def _apply(self, fn, recurse: bool = True):

@@ -22,7 +22,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .config import Swinv2Config
-from .layers import PatchEmbeddings, Swinv2Block, Swinv2Stage, WindowAttention, forget_casts, stage_window
+from .layers import (
+    PatchEmbeddings,
+    Swinv2Block,
+    Swinv2Stage,
+    WindowAttention,
+    forget_casts,
+    release_scratch,
+    stage_window,
+)
 
 
 # ---------------------------------------------------------------------------------------------- outputs
@@ -487,11 +495,12 @@ class Swinv2PreTrainedModel(nn.Module):
 
     def clear_attention_cache(self) -> None:
         """Forget the cached attention masks and the weights' autocast copies (rebuilt on the next
-        inference call)."""
+        inference call), and this thread's scratch buffers of CPU training (rebuilt on the next step)."""
         for module in self.modules():
             if isinstance(module, Swinv2Block):
                 module.clear_cache()
         forget_casts(self.parameters())
+        release_scratch()
 
     # -- loading and saving
     @classmethod
