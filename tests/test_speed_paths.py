@@ -134,6 +134,53 @@ def test_cpu_inference_groups_not_with_hooks() -> None:
     assert seen == [torch.Size([3, 8, 8, 16])]
 
 
+class _LowRank(torch.nn.Module):
+    """A LoRA-style wrapper: the frozen layer plus a trainable low-rank update."""
+
+    def __init__(self, base: torch.nn.Linear, rank: int = 2) -> None:
+        super().__init__()
+        self.base = base
+        self.down = torch.nn.Parameter(0.3 * torch.randn(rank, base.in_features))
+        self.up = torch.nn.Parameter(0.3 * torch.randn(base.out_features, rank))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.base(x) + F.linear(F.linear(x, self.down), self.up)
+
+
+def test_replaced_or_hooked_qkv_layers_run_their_own_forward(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A wrapped `attn.qkv` (LoRA, quantised) is called, not bypassed for its weight: the model gives what the
+    merged weights give on every path (grouped CPU inference, the exact path, training with the hand-written
+    Functions), and a forward hook on a plain `qkv` sees every call."""
+    monkeypatch.setattr(layers, "_FUNCTION_MIN_MACS", 0)  # the training Functions for this small model too
+    model, merged = _model(drop_path_rate=0.0), _model(drop_path_rate=0.0)
+    attentions = [m for m in model.modules() if isinstance(m, layers.WindowAttention)]
+    merged_attentions = [m for m in merged.modules() if isinstance(m, layers.WindowAttention)]
+    for attn, merged_attn in zip(attentions, merged_attentions):
+        attn.qkv = _LowRank(attn.qkv)
+        with torch.no_grad():
+            merged_attn.qkv.weight += attn.qkv.up @ attn.qkv.down
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x).logits, merged(x).logits, rtol=1e-5, atol=1e-5)
+        exact = model(x, output_attentions=True).logits
+        torch.testing.assert_close(exact, merged(x, output_attentions=True).logits, rtol=1e-5, atol=1e-5)
+    model.train(), merged.train()
+    loss, merged_loss = model(x).logits.square().mean(), merged(x).logits.square().mean()
+    torch.testing.assert_close(loss, merged_loss, rtol=1e-5, atol=1e-6)
+    loss.backward()
+    merged_loss.backward()
+    for attn, merged_attn in zip(attentions, merged_attentions):
+        torch.testing.assert_close(attn.qkv.base.weight.grad, merged_attn.qkv.weight.grad, rtol=1e-4, atol=1e-6)
+        assert attn.qkv.up.grad.abs().max() > 0
+
+    calls = []
+    merged.eval()
+    merged_attentions[0].qkv.register_forward_hook(lambda *args: calls.append(args[1][0].shape))
+    with torch.no_grad():
+        merged(x)
+    assert calls == [(3 * 4, 16, 16)]  # one call with every window of the 8x8 grid's 4x4 windows
+
+
 def test_bf16_falls_back_to_fp32_without_native_bf16(monkeypatch: pytest.MonkeyPatch) -> None:
     model = _model()
     x = torch.randn(2, 3, 32, 32)

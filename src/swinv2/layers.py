@@ -774,9 +774,17 @@ class WindowAttention(nn.Module):
             self._constants = (key, (self.qkv_bias(), self.logit_scale_exp().view(-1)))
         return self._constants[1]
 
+    def project_qkv(self, x: Tensor, qkv_bias: Tensor | None) -> Tensor:
+        """The fused projection `(..., 3C)` with the q and v biases (no k bias). A replaced or wrapped `qkv`
+        layer (LoRA, quantised, hooked) runs its own forward, then the biases are added."""
+        if _is_plain_linear(self.qkv) and self.qkv.bias is None:
+            return linear(x, self.qkv.weight, qkv_bias)
+        qkv = self.qkv(x)
+        return qkv if qkv_bias is None else qkv + qkv_bias
+
     def _project(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         b, n, _ = x.shape
-        qkv = F.linear(x, self.qkv.weight, self.qkv_bias())
+        qkv = self.project_qkv(x, self.qkv_bias())
         q, k, v = qkv.view(b, n, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
         # Normalise in fp32: padded tokens have k = 0, and 0 / max(0, eps) must not become 0/0 in fp16.
         acc = torch.promote_types(v.dtype, torch.float32)
@@ -790,7 +798,7 @@ class WindowAttention(nn.Module):
         heads = self.num_heads
         dropout = self.attn_drop if self.training else 0.0
         qkv_bias, logit_scale = self.bias_and_scale()
-        qkv = linear(x, self.qkv.weight, qkv_bias)  # the fused qkv: q and v biases, no k bias
+        qkv = self.project_qkv(x, qkv_bias)
         if self._use_kernel(x, dropout):
             out = kernels.window_attention(qkv, mask.to(qkv.dtype), logit_scale, heads)
             return self.proj_drop(apply_linear(self.proj, out))
