@@ -347,3 +347,19 @@ def test_masked_image_modeling_training_gradients_match(tmp_path, rng):
     assert actual.keys() == expected.keys() and any("mask_token" in k for k in actual)
     for param_name, grad in actual.items():
         close(grad, expected[param_name], f"gradient of {param_name}")
+
+
+@pytest.mark.parametrize("window, shift", [(2, 1), (4, 2), (4, 1), (7, 3), (8, 4)])
+def test_shifted_window_mask_matches_transformers(window, shift):
+    """The shifted-window mask (built in closed form) is transformers' (nine slice assignments) for every
+    padded grid, square or not, a single window wide included."""
+    from transformers.models.swinv2.modeling_swinv2 import Swinv2Layer
+
+    from swinv2.layers import shifted_window_mask
+
+    config = transformers.Swinv2Config(window_size=window, embed_dim=8, num_heads=[2])
+    for height in range(window, 4 * window + 1, window):
+        for width in range(window, 3 * window + 1, window):
+            layer = Swinv2Layer(config, 8, (4 * window, 4 * window), 2, shift_size=shift)
+            expected = layer.get_attn_mask(height, width, torch.float32)
+            assert torch.equal(shifted_window_mask(height, width, window, shift), expected), (height, width)

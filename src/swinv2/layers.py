@@ -25,8 +25,8 @@ where oneDNN is the faster (bf16; fp32 with AVX-512), else as F.linear (MKL) wit
 autocast on cached low-precision copies of the weights; fp32 window attention is batched matmuls and a
 softmax (eager and compiled). In eager CPU training the window attention, the MLP and (where oneDNN
 takes them) the Linear layers are autograd Functions with hand-written backward passes that keep fewer
-activations (probabilities and GELU recomputed) and use oneDNN for the input gradients where it is the
-faster.
+activations (probabilities and GELU recomputed), use oneDNN for the input gradients where it is the
+faster, and hold their temporaries in per-thread scratch buffers reused from step to step.
 Under `torch.compile` the model has no graph breaks; with `dynamic=True` it compiles one graph per padding
 pattern (which stages pad their grid to the window), not one per input size.
 """
@@ -465,15 +465,18 @@ def relative_position_index(window: int) -> Tensor:
 
 
 def shifted_window_mask(height: int, width: int, window: int, shift: int, device=None) -> Tensor:
-    """Additive mask `(num_windows, N, N)`: 0 within a region of the rolled grid, -100 across regions."""
-    regions = torch.zeros(1, height, width, 1, device=device)
-    slices = (slice(0, -window), slice(-window, -shift), slice(-shift, None))
-    label = 0
-    for hs in slices:
-        for ws in slices:
-            regions[:, hs, ws, :] = label
-            label += 1
-    regions = window_partition(regions, window).squeeze(-1)  # (num_windows, N)
+    """Additive mask `(num_windows, N, N)`: 0 within a region of the rolled grid, -100 across regions.
+
+    Along each axis the rolled grid has three regions, `[0, size - window)`, `[size - window, size - shift)`
+    and `[size - shift, size)`; a token's region is the pair. (In closed form rather than as nine slice
+    assignments: a compiled graph then holds a few fused kernels instead of nine per shifted block.)"""
+
+    def region(size):
+        position = torch.arange(size, device=device)
+        return (position >= size - window).int() + (position >= size - shift).int()
+
+    regions = region(height)[:, None] * 3 + region(width)[None, :]
+    regions = window_partition(regions[None, :, :, None], window).squeeze(-1)  # (num_windows, N)
     different = regions.unsqueeze(1) != regions.unsqueeze(2)
     return torch.zeros(different.shape, device=device).masked_fill_(different, MASK_VALUE)
 
@@ -612,7 +615,8 @@ class _CosineWindowAttention(torch.autograd.Function):
     of q, k and v, the probabilities, which are 2C wide) and spends ~10% of a CPU training step on the
     normalisation's broadcasts and on concatenating q, k and v's gradients. This one keeps
     3 (normalised q and k, v), computes the probabilities again in the backward (2-4% of a step, for 10% of
-    its activation memory) and writes the three gradients straight into one qkv-shaped buffer.
+    its activation memory) and writes the three gradients straight into one qkv-shaped buffer. Scores,
+    probabilities and their gradients live in `_scratch` buffers.
     """
 
     @staticmethod
