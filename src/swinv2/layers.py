@@ -90,11 +90,14 @@ def _onednn_bf16_supported() -> bool:
 _ONEDNN_BF16 = _onednn_bf16_supported()
 
 
+def _onednn_computes(dtype: torch.dtype) -> bool:
+    """Whether CPU GEMMs in `dtype` run through oneDNN: a dtype it computes here, and faster than MKL."""
+    return (dtype == torch.float32 and _ONEDNN_FP32) or (dtype == torch.bfloat16 and _ONEDNN_BF16)
+
+
 def _onednn_takes(x: Tensor, weight: Tensor) -> bool:
-    """Whether the GEMM of these CPU tensors runs through oneDNN: a dtype it computes here, and faster."""
-    if x.dtype != weight.dtype:
-        return False
-    return (x.dtype == torch.float32 and _ONEDNN_FP32) or (x.dtype == torch.bfloat16 and _ONEDNN_BF16)
+    """Whether the GEMM of these CPU tensors runs through oneDNN."""
+    return x.dtype == weight.dtype and _onednn_computes(x.dtype)
 
 
 def _onednn_ok(x: Tensor) -> bool:
@@ -197,7 +200,8 @@ def _autocast_inputs(*tensors: Tensor | None) -> tuple[Tensor | None, ...]:
 def _input_grad(grad: Tensor, weight: Tensor, out: Tensor | None = None) -> Tensor:
     """`grad @ weight`, a Linear layer's input gradient `(..., in)` from `grad` `(..., out)`: through oneDNN
     on CPUs where it takes the dtype, as MKL's GEMM for Swin's thin shapes is up to 2x slower there (e.g.
-    32768x384 @ 384x96: 98 against 178 GFLOP/s on a 2-core Zen 4)."""
+    32768x384 @ 384x96: 98 against 178 GFLOP/s on a 2-core Zen 4). MKL's GEMM writes into `out` when given;
+    oneDNN's returns a tensor of its own."""
     if grad.device.type == "cpu" and torch._C._len_torch_dispatch_stack() == 0 and _onednn_takes(grad, weight):
         return _onednn_linear(grad.contiguous(), weight.t(), None, None)  # oneDNN reads the transposed view
     return torch.mm(grad, weight, out=out) if out is not None else grad @ weight
@@ -293,7 +297,9 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None, gelu: str | No
             return _onednn_linear(x, weight, bias, gelu)
         if gelu is not None:  # no autograd here: GELU may overwrite the fresh GEMM output
             return torch.ops.aten.gelu_(F.linear(x, weight, bias), approximate=gelu)
-    elif gelu is None and _ONEDNN_LINEAR is not None and _hand_written_backward_ok(x) and _big_enough(x, weight):
+    elif gelu is None and _hand_written_backward_ok(x) and _big_enough(x, weight) and _onednn_computes(
+        torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else x.dtype
+    ):  # (checked before the casts, which F.linear below would otherwise get twice)
         x, weight, bias = _autocast_inputs(x, weight, bias)
         if _onednn_takes(x, weight) and x.is_contiguous():
             with torch.autocast("cpu", enabled=False):
@@ -1019,8 +1025,6 @@ class Swinv2Block(nn.Module):
 
     def train(self, mode: bool = True) -> Swinv2Block:
         self.clear_cache()
-        if not mode:  # a model switched to inference no longer needs the training Functions' temporaries
-            release_scratch()
         return super().train(mode)
 
     def _apply(self, fn, recurse: bool = True):

@@ -491,6 +491,8 @@ class Swinv2PreTrainedModel(nn.Module):
     def train(self, mode: bool = True) -> Swinv2PreTrainedModel:
         if mode:  # the optimiser will change the weights: their cached autocast copies would only take memory
             forget_casts(self.parameters())
+        else:  # inference no longer needs the CPU training Functions' temporaries
+            release_scratch()
         return super().train(mode)
 
     def clear_attention_cache(self) -> None:
