@@ -44,10 +44,10 @@ profile() {  # profile SECONDS ARGS...: operator tables appended to profiles.txt
 for part in ${*:-tests eager graphs compile_train}; do
     case $part in
     tests)
-        timeout 100 $PY -m pytest -q -p no:cacheprovider tests/test_kernels.py tests/test_gpu_robust.py \
+        timeout 90 $PY -m pytest -q -p no:cacheprovider tests/test_kernels.py tests/test_gpu_robust.py \
             > "$OUT/tests.log" 2>&1
         echo "== tests rc=$?"; tail -3 "$OUT/tests.log" ;;
-    eager) bench eager 120 --mode eager --task infer,train --repeats 5 --warmup 2 ;;
+    eager) bench eager 110 --mode eager --task infer,train --repeats 5 --warmup 2 ;;
     profile)
         profile 45 --task train --batch 128 --impls ours,timm
         profile 30 --task infer --batch 1 --impls ours,timm
@@ -57,9 +57,9 @@ for part in ${*:-tests eager graphs compile_train}; do
             --impls ours,transformers --repeats 3 ;;
     compile) bench compile 150 --mode compile --task infer --batch 256,1 --impls ours,transformers --repeats 5 ;;
     graphs)
-        bench graphed 60 --mode graphed --task infer --batch 1,256 --repeats 7
-        bench graphs 180 --mode cudagraphs --task infer --batch 1 --impls ours,timm,transformers --repeats 7 ;;
-    compile_train) bench compile_train 240 --mode compile --task train --impls ours,timm --repeats 3 --warmup 1 ;;
+        bench graphed 50 --mode graphed --task infer --batch 1,256 --repeats 7
+        bench graphs 140 --mode cudagraphs --task infer --batch 1 --impls ours,timm,transformers --repeats 7 ;;
+    compile_train) bench compile_train 200 --mode compile --task train --impls ours,timm --repeats 3 --warmup 1 ;;
     *) echo "unknown part $part (tests, eager, profile, no_triton, compile, graphs, compile_train)"; exit 2 ;;
     esac
 done
