@@ -752,3 +752,37 @@ def test_closed_form_layout_rows_are_the_layout_moves() -> None:
                 assert torch.equal(block._symbolic_rows(h, w, torch.device("cpu"), to_windows=True), expected)
                 assert torch.equal(block._symbolic_rows(h, w, torch.device("cpu"), to_windows=False),
                                    from_windows.long())
+
+
+def test_cpu_inference_scratch_buffers_never_leak_and_work_in_any_grad_mode() -> None:
+    """Grouped CPU inference gathers the windows into scratch buffers reused from call to call: the outputs
+    are never views of them, a later call leaves an earlier call's outputs alone, buffers made under
+    inference_mode stay writable under no_grad (and back), and train() and clear_attention_cache() free them."""
+    model = _model()
+    layers.release_scratch()
+    x1, x2 = torch.randn(2, 3, 44, 40), torch.randn(3, 3, 32, 32)  # padded grids, then whole windows
+    with torch.no_grad():
+        exact1 = model(x1, output_attentions=True, output_hidden_states=True).hidden_states
+        exact2 = model(x2, output_attentions=True).logits
+    with torch.inference_mode():
+        out1 = model(x1, output_hidden_states=True).hidden_states
+    assert layers._SCRATCH.buffers
+    kept = [h.clone() for h in out1]
+    with torch.no_grad():
+        out2 = model(x2).logits
+    with torch.inference_mode():
+        out1_again = model(x1, output_hidden_states=True).hidden_states
+    for fast, slow, before, again in zip(out1, exact1, kept, out1_again):
+        torch.testing.assert_close(fast, slow, rtol=1e-5, atol=1e-5)
+        assert torch.equal(fast, before) and torch.equal(again, before)
+    torch.testing.assert_close(out2, exact2, rtol=1e-5, atol=1e-5)
+    storages = {b.untyped_storage().data_ptr() for b in layers._SCRATCH.buffers.values()}
+    assert not any(h.untyped_storage().data_ptr() in storages for h in (*out1, *out1_again, out2))
+    model.train()
+    assert not layers._SCRATCH.buffers
+    model.eval()
+    with torch.inference_mode():
+        model(x2)
+    assert layers._SCRATCH.buffers
+    model.clear_attention_cache()
+    assert not layers._SCRATCH.buffers

@@ -230,26 +230,28 @@ _SCRATCH = _Scratch()
 
 
 def _scratch(slot: int, shape: tuple[int, ...], like: Tensor) -> Tensor:
-    """A buffer of `shape` (`like`'s dtype and device) for a temporary of the CPU training Functions below,
-    one that never leaves the Function, reused from call to call and step to step.
+    """A buffer of `shape` (`like`'s dtype and device) for a temporary that never leaves the code that
+    asked for it (the CPU training Functions below, the grouped CPU inference of a block), reused from call
+    to call and step to step.
 
     A fresh tensor's pages are faulted in and zero-filled by the kernel on first touch, and glibc's
     allocator hands large buffers back to the kernel when they are freed, so a training step pays this for
     its temporaries again every step: ~1.6 us per 4 KiB page on a 2-core Zen 3 VM, where the GEMM writing
     stage 1's MLP input gradient (32768 x 384) ran at 22 GFLOP/s into a fresh buffer and at 148 into a
-    reused one. Each slot holds one buffer per thread, grown to the largest request: a Function takes
-    different slots for temporaries alive at the same time. `release_scratch` frees them."""
+    reused one. Each slot holds one buffer per thread, grown to the largest request: temporaries alive at
+    the same time take different slots (training 0-3, inference 4-6). `release_scratch` frees them."""
     key = (slot, like.dtype, like.device)
     numel = math.prod(shape)
     buffer = _SCRATCH.buffers.get(key)
     if buffer is None or buffer.numel() < numel:
         _SCRATCH.buffers.pop(key, None)  # the old buffer goes before the new one comes
-        buffer = _SCRATCH.buffers[key] = like.new_empty(numel)
+        with torch.inference_mode(False):  # an ordinary tensor, writable in and out of inference mode
+            buffer = _SCRATCH.buffers[key] = like.new_empty(numel)
     return buffer[:numel].view(shape)
 
 
 def release_scratch() -> None:
-    """Free this thread's scratch buffers (`_scratch`): the next CPU training step allocates them again."""
+    """Free this thread's scratch buffers (`_scratch`): the next CPU call that needs them allocates them again."""
     _SCRATCH.buffers.clear()
 
 
@@ -1061,22 +1063,37 @@ class Swinv2Block(nn.Module):
     def _forward_grouped(self, x: Tensor, dtype: torch.dtype | None, low: torch.dtype | None) -> Tensor:
         """`forward` for CPU inference: attention on groups of windows and the MLP on groups of tokens,
         `CPU_GROUP_TOKENS_PER_THREAD` per thread at a time, so that qkv, the attention's temporaries and
-        the MLP's hidden layer exist for one group at a time and stay in the caches."""
-        h, w, c = x.shape[1:]
+        the MLP's hidden layer exist for one group at a time and stay in the caches. The shifted windows
+        are one gather by `layout_rows` into a scratch buffer (pad, roll and partition in one copy), each
+        group's attention output is normalised in place (LayerNorm is per token, so it commutes with the
+        layout), and one gather takes the windows back; only the block's output is a fresh tensor."""
+        b, h, w, c = x.shape
+        hp, wp = self._padded(h, w)
         tokens = CPU_GROUP_TOKENS_PER_THREAD * torch.get_num_threads()
-        windows, mask = self._windows_and_mask(x, dtype, low, None)
-        # the attention output overwrites its input group by group, unless the windows are x itself
-        attended = windows if windows.data_ptr() != x.data_ptr() else torch.empty_like(windows)
-        for rows, group_mask in _window_groups(windows.shape[0], windows.shape[1], mask, tokens):
-            attended[rows] = self.attn(windows[rows], group_mask)
-        y = self.norm1(self._from_windows(attended, h, w, None))
-        y = y.add_(x) if y.dtype == x.dtype else x + y  # x + norm1(y), in y's buffer when the dtypes allow
-        del windows, attended
+        to_windows, from_windows = self.layout_rows(h, w, x.device)
+        source = (x if low is None else x.to(low)).reshape(b * h * w, c)
+        # window-major row -> row of `source` in the whole batch (padding reads row 0, zeroed below)
+        rows = (torch.arange(b, device=x.device) * (h * w)).view(b, 1) + to_windows.clamp(min=0)
+        windows = torch.index_select(source, 0, rows.view(-1), out=_scratch(4, (b * hp * wp, c), source))
+        windows = windows.view(b * hp * wp // self.window**2, self.window**2, c)
+        if (hp, wp) != (h, w):
+            windows.view(b, hp * wp, c)[:, to_windows < 0] = 0
+        mask = self.attention_mask(hp, wp, dtype or windows.dtype, x.device)
+        attended = None  # the normalised outputs: in `windows` itself unless the norm changes the dtype
+        for group, group_mask in _window_groups(windows.shape[0], windows.shape[1], mask, tokens):
+            y = self.norm1(self.attn(windows[group], group_mask))
+            if attended is None:
+                attended = windows if y.dtype == windows.dtype else _scratch(5, windows.shape, y)
+            attended[group] = y
+        rows = (torch.arange(b, device=x.device) * (hp * wp)).view(b, 1) + from_windows
+        y = torch.index_select(attended.view(-1, c), 0, rows.view(-1), out=_scratch(6, (b * h * w, c), attended))
+        y = y.view(b, h, w, c)
+        y = y.add_(x) if y.dtype == x.dtype else x + y  # x + norm1(attention)
         out = torch.empty(y.shape, dtype=y.dtype, device=y.device)
-        rows_in, rows_out = y.reshape(-1, c), out.view(-1, c)
+        rows_in, rows_out = y.view(-1, c), out.view(-1, c)
         for start in range(0, rows_in.shape[0], tokens):
-            rows = slice(start, start + tokens)
-            torch.add(rows_in[rows], self.norm2(self.mlp(rows_in[rows])), out=rows_out[rows])
+            group = slice(start, start + tokens)
+            torch.add(rows_in[group], self.norm2(self.mlp(rows_in[group])), out=rows_out[group])
         return out
 
     def _windows_and_mask(

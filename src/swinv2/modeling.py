@@ -491,13 +491,12 @@ class Swinv2PreTrainedModel(nn.Module):
     def train(self, mode: bool = True) -> Swinv2PreTrainedModel:
         if mode:  # the optimiser will change the weights: their cached autocast copies would only take memory
             forget_casts(self.parameters())
-        else:  # inference no longer needs the CPU training Functions' temporaries
-            release_scratch()
+        release_scratch()  # one mode's CPU scratch buffers (training's or inference's) are of no use to the other
         return super().train(mode)
 
     def clear_attention_cache(self) -> None:
         """Forget the cached attention masks and the weights' autocast copies (rebuilt on the next
-        inference call), and this thread's scratch buffers of CPU training (rebuilt on the next step)."""
+        inference call), and this thread's CPU scratch buffers (rebuilt on the next call)."""
         for module in self.modules():
             if isinstance(module, Swinv2Block):
                 module.clear_cache()
