@@ -87,7 +87,7 @@ def test_timm_geometry_that_pads_windows_is_named(tmp_path):
     torch.manual_seed(0)
     reference = perturb_(SwinTransformerV2(img_size=52, num_classes=5, **{**SMALL, "window_size": 5}))
     save_file(reference.state_dict(), tmp_path / "odd.safetensors")
-    with pytest.warns(UserWarning, match=r"stage 1: 13x13 patches, window 5.*may differ from timm's"):
+    with pytest.warns(UserWarning, match=r"stage 1: 13x13 patches, window 5.*differ from timm's"):
         model = swinv2.Swinv2ForImageClassification.from_pretrained(
             tmp_path / "odd.safetensors", window_size=5, image_size=52
         )
@@ -100,6 +100,45 @@ def test_timm_geometry_that_pads_windows_is_named(tmp_path):
         swinv2.Swinv2ForImageClassification.from_pretrained(
             tmp_path / "whole.safetensors", window_size=4, image_size=64
         )
+
+
+def test_timm_image_size_the_patch_does_not_divide_is_named(tmp_path):
+    """At 70 px with patch 4 timm's convolution drops the last 2 pixels (17x17 patches) where transformers,
+    and swinv2, pad them (18x18): the load says so, even though 18x18 is whole windows of 3."""
+    torch.manual_seed(0)
+    reference = perturb_(SwinTransformerV2(img_size=70, num_classes=5, **{**SMALL, "window_size": 3}))
+    save_file(reference.state_dict(), tmp_path / "floor.safetensors")
+    with pytest.warns(UserWarning, match=r"patch 4x4 does not divide the image 70x70: timm drops the last"):
+        model = swinv2.Swinv2ForImageClassification.from_pretrained(
+            tmp_path / "floor.safetensors", window_size=3, image_size=70
+        )
+    x = images(70)
+    with torch.no_grad():
+        assert max_diff(model(x).logits, reference(x)) > 1e-4  # the difference the warning names
+
+
+@pytest.mark.parametrize("mlp_ratio", [3.3, 1.7, 2.5])
+def test_mlp_ratio_that_is_no_integer_is_inferred_from_every_stage(tmp_path, mlp_ratio):
+    """int(16 * 3.3) = 52 but int(32 * 3.3) = 105, not 2 * 52: the ratio is the one that gives every stage's
+    width, not stage 1's width over embed_dim."""
+    torch.manual_seed(0)
+    kwargs = {**SMALL, "embed_dim": 16, "mlp_ratio": mlp_ratio}
+    reference = perturb_(SwinTransformerV2(img_size=64, num_classes=5, **kwargs))
+    save_file(reference.state_dict(), tmp_path / "ratio.safetensors")
+    model = swinv2.Swinv2ForImageClassification.from_pretrained(
+        tmp_path / "ratio.safetensors", window_size=4, image_size=64
+    )
+    assert model.config.mlp_ratio == mlp_ratio
+    x = images(64)
+    with torch.no_grad():
+        assert max_diff(model(x).logits, reference(x)) < ATOL
+
+
+def test_mlp_widths_no_ratio_gives_are_refused():
+    state = ck.export_state_dict(ours(), "timm")
+    state["layers.1.blocks.0.mlp.fc1.weight"] = torch.zeros(7, 32)  # stage 1 has 64 = int(16 * 4)
+    with pytest.raises(ck.CheckpointError, match=r"MLP widths \[64, 7\].*fit no single mlp_ratio"):
+        ck.infer_config(state, window_size=4, image_size=64)
 
 
 def test_timm_real_architecture_from_timm_hub_layout(tmp_path):
@@ -175,6 +214,23 @@ def test_torchvision_layout_written_by_us_loads_into_torchvision():
     with torch.no_grad():
         diff = max_diff(reference(x), model(x).logits)
     assert diff < ATOL, f"ours -> torchvision: max |logits difference| {diff:.2e}"
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".pth"])
+def test_torchvision_file_of_a_model_without_qkv_bias_loads_back(tmp_path, suffix):
+    """torchvision always has a qkv bias, so a qkv_bias=False model goes there with zeros; reading it back
+    leaves them out. A non-zero bias for such a model is still an unexpected weight."""
+    model = ours(qkv_bias=False)
+    path = ck.write_checkpoint(model, tmp_path / f"no_bias{suffix}", "torchvision")
+    loaded = swinv2.Swinv2ForImageClassification.from_pretrained(path, config=model.config)
+    x = images(64)
+    with torch.no_grad():
+        assert torch.equal(loaded(x).logits, model(x).logits)
+    state = ck.export_state_dict(model, "torchvision")
+    state["features.1.0.attn.qkv.bias"] = torch.ones_like(state["features.1.0.attn.qkv.bias"])
+    torch.save(state, tmp_path / "biased.pth")
+    with pytest.raises(ck.CheckpointError, match=r"2 unexpected: swinv2.stages.0.blocks.0.attn.q_bias"):
+        swinv2.Swinv2ForImageClassification.from_pretrained(tmp_path / "biased.pth", config=model.config)
 
 
 def test_torchvision_pretrained_window_survives_in_the_coordinate_table():

@@ -131,7 +131,8 @@ def test_errors_are_one_clear_line(tmp_path, capsys):
     plain = tmp_path / "plain.pth"
     assert run(hf_folder(small_model(), tmp_path / "s"), plain, "--to", "timm") == 0
     assert run(plain, tmp_path / "back", "--to", "hf") == 2  # no config, no telling name
-    assert "window_size" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "window_size" in err and "On the command line: --config PRESET_OR_CONFIG_JSON" in err
 
     assert run(hf_folder(small_model(), tmp_path / "t"), tmp_path / "out.npz", "--to", "timm") == 2
     assert ".safetensors or .pth" in capsys.readouterr().err

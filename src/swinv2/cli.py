@@ -64,12 +64,16 @@ def _add_convert_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_convert(args: argparse.Namespace) -> int:
-    from .checkpoints import convert
+    from .checkpoints import CheckpointError, convert
     from .config import Swinv2Config
 
     try:
         config = None if args.config is None else Swinv2Config.from_pretrained(args.config)
         source_format, model = convert(args.source, args.destination, args.to, config=config)
+    except CheckpointError as err:
+        if args.config is None and "config" in str(err):  # advice in Python arguments: what the command takes
+            raise CheckpointError(f"{err}. On the command line: --config PRESET_OR_CONFIG_JSON") from err
+        raise
     except Swinv2Error:
         raise
     except (ValueError, OSError) as err:  # a config that does not parse, a file that cannot be read
