@@ -3,6 +3,7 @@ configuration, data folders, Fashion-MNIST files, and the errors for bad request
 
 from __future__ import annotations
 
+import errno
 import gzip
 import hashlib
 import itertools
@@ -17,7 +18,7 @@ from photos import TINY_MODEL, make_photo_folder
 
 from swinv2 import Swinv2Config, Swinv2ForImageClassification, Swinv2ForMaskedImageModeling
 from swinv2 import data as data_module
-from swinv2.checkpoints import atomic_write
+from swinv2.checkpoints import WriteError, atomic_write
 from swinv2.data import (
     DataError,
     DataSpec,
@@ -191,10 +192,17 @@ def test_atomic_write_keeps_the_old_file_when_the_writer_fails(tmp_path):
             f.write(b"half a checkpoint")
         raise RuntimeError("killed while writing")
 
-    with pytest.raises(RuntimeError):
+    with pytest.raises(WriteError, match=r"could not write .*state.pt \(killed while writing; \d+ MiB free there\)"):
         atomic_write(path, crash)
     assert torch.load(path, weights_only=True) == {"step": 1}
     assert [p.name for p in path.parent.iterdir()] == ["state.pt"]  # no temporary left behind
+
+    def full_disk(tmp):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(OSError, match=r"No space left on device; \d+ MiB free there\): free space or write"):
+        atomic_write(path, full_disk)  # a WriteError is an OSError (and a Swinv2Error: one line from the CLI)
+    assert torch.load(path, weights_only=True) == {"step": 1}
 
 
 def test_latest_checkpoint_skips_a_damaged_one(tmp_path, caplog):
@@ -636,3 +644,94 @@ def test_evaluate_option_and_settings_errors_are_one_line(photos, tmp_path, caps
     assert cli.main(good) == 2
     err = capsys.readouterr().err
     assert "make 1-channel images" in err and "the model takes 3" in err and len(err.strip().splitlines()) == 1
+
+
+# ---------------------------------------------------------------------------------------------- labels and layouts
+def _relabel(folder, labels):
+    config = Swinv2Config.from_pretrained(folder)
+    config.id2label, config.label2id = dict(enumerate(labels)), {n: i for i, n in enumerate(labels)}
+    config.to_json_file(folder / "config.json")
+
+
+def test_evaluate_pairs_folders_with_labels_by_name_or_refuses(photos, tmp_path):
+    """A label that no folder can spell ("coffee/cup") is matched by its folder spelling (coffee_cup), in the
+    model's order; a folder that no label names is refused, never paired by position; a train/ split alone
+    is named as such."""
+    import shutil
+
+    from swinv2.training import evaluate
+
+    model = _saved_classifier(tmp_path / "model")
+    _relabel(model, ["rocket", "cat", "Coffee/cup"])
+    data = tmp_path / "data"
+    for name, folder, count in (("cat", "cat", 3), ("coffee", "coffee_cup", 2), ("rocket", "rocket", 1)):
+        (data / folder).mkdir(parents=True)
+        for f in sorted((photos / "val" / name).iterdir())[:count]:
+            shutil.copy(f, data / folder / f.name)
+    result = evaluate(str(model), str(data), num_workers=0, progress=False)
+    assert result.class_names == ["rocket", "cat", "Coffee/cup"]
+    assert [sum(row) for row in result.confusion] == [1, 3, 2]  # by position it would be [3, 2, 1]
+    (data / "cat").rename(data / "dog")
+    with pytest.raises(TrainingError, match=r"the data's classes dog are not labels of .*Name the class folders"):
+        evaluate(str(model), str(data), num_workers=0, progress=False)
+    only_train = tmp_path / "only_train"
+    shutil.copytree(photos / "train", only_train / "train")
+    with pytest.raises(TrainingError, match=r"split folder\(s\) train/ beside class folders.*only_train/train"):
+        evaluate(str(model), str(only_train), num_workers=0, progress=False)
+
+
+def test_fine_tuning_keeps_each_classes_classifier_row_by_name(photos, tmp_path):
+    """A classifier of the data's classes in another order keeps each class's row; one of other classes
+    needs --new-head."""
+    from safetensors.torch import load_file
+
+    from swinv2.training import build_model
+
+    model = _saved_classifier(tmp_path / "model")
+    _relabel(model, ["rocket", "cat", "coffee"])
+    before = load_file(model / "model.safetensors")
+    config = TrainConfig(data=str(photos), model=str(model), output=str(tmp_path / "run"))
+    tuned, described = build_model(config, ["cat", "coffee", "rocket"])
+    assert "rows reordered" in described
+    assert tuned.config.id2label == {0: "cat", 1: "coffee", 2: "rocket"}
+    for key in ("classifier.weight", "classifier.bias"):
+        torch.testing.assert_close(tuned.state_dict()[key], before[key][[1, 2, 0]], rtol=0, atol=0)
+    with pytest.raises(TrainingError, match=r"knows rocket, cat, coffee, the data's classes are a, b, c.*--new-head"):
+        build_model(config, ["a", "b", "c"])
+    fresh, described = build_model(TrainConfig(data="d", model=str(model), output="o", new_head=True), ["a", "b", "c"])
+    assert "new classifier" in described and fresh.config.id2label == {0: "a", 1: "b", 2: "c"}
+
+
+def test_data_layouts_that_would_mislead_are_refused(photos, tmp_path):
+    """A val/ split beside class folders (it would become a class, and pre-training would see it), and a
+    split that leaves nothing for validation."""
+    import shutil
+
+    from swinv2.data import DataError, DataSpec, MaskGenerator, build_classification_data, build_pretraining_data
+
+    mixed = tmp_path / "mixed"
+    for name in ("cat", "coffee"):
+        shutil.copytree(photos / "train" / name, mixed / name)
+        shutil.copytree(photos / "val" / name, mixed / "val" / name)
+    spec = DataSpec(str(mixed), (32, 32))
+    with pytest.raises(DataError, match=r"split folder\(s\) val/ beside class folders"):
+        build_classification_data(spec, lambda image: image)
+    with pytest.raises(DataError, match=r"a val/ split but no train/: pre-training would see"):
+        build_pretraining_data(spec, lambda image: image, MaskGenerator((32, 32), 8, 4, 0.5))
+    single = tmp_path / "single"
+    for name in ("cat", "coffee"):
+        (single / name).mkdir(parents=True)
+        shutil.copy(sorted((photos / "train" / name).iterdir())[0], single / name / "0.png")
+    with pytest.raises(DataError, match=r"no image of .*single is left for validation"):
+        build_classification_data(DataSpec(str(single), (32, 32)), lambda image: image)
+
+
+def test_resume_with_another_number_of_processes_is_refused(tiny_config, photos, tmp_path):
+    run = tmp_path / "run"
+    train(_config(tiny_config, photos, run, new_head=True))
+    path, state = latest_checkpoint(run)
+    assert state["world_size"] == 1
+    state["world_size"] = 2  # as torchrun --nproc-per-node 2 would have written it
+    torch.save(state, path)
+    with pytest.raises(TrainingError, match=r"made by 2 process\(es\) and this run has 1.*torchrun --nproc-per-node 2"):
+        train(_config(tiny_config, photos, run, resume="latest", max_steps=3))

@@ -26,6 +26,7 @@ import logging
 import math
 import os
 import re
+import shutil
 import tempfile
 import warnings
 from collections.abc import Callable, Sequence
@@ -57,6 +58,10 @@ class CheckpointError(Swinv2Error):
     """A checkpoint that cannot be read or does not fit the model; the message says why and what to do."""
 
 
+class WriteError(Swinv2Error, OSError):
+    """A file that could not be written (a full disk, a failed device); also an OSError, as before."""
+
+
 # ---------------------------------------------------------------------------------------------- files
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
     """Call `write(tmp_path)`, fsync, then rename over `path`: a crash never leaves half a file behind."""
@@ -73,9 +78,18 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        # the writers' own errors for a full disk or a failed device (torch.save: RuntimeError, safetensors:
+        # SafetensorError) say little: name the file, the free space and what to do
+        if isinstance(err, (OSError, RuntimeError)) or type(err).__name__ == "SafetensorError":
+            reason = (str(err).strip().splitlines() or [type(err).__name__])[-1]
+            free = shutil.disk_usage(path.parent).free / 2**20
+            raise WriteError(
+                f"could not write {path} ({reason}; {free:.0f} MiB free there): free space or write elsewhere. "
+                "Nothing was left half-written"
+            ) from err
         raise
     try:
         dir_fd = os.open(path.parent, os.O_RDONLY)

@@ -483,9 +483,29 @@ def _check_folder(root: Path, flag: str = "--data") -> None:
         raise DataError(f"{root} is a file, not a folder; pass the folder that holds the images with {flag}")
 
 
+def _split_folders(root: Path) -> list[str]:
+    """The sub-folders of `root` named and shaped as dataset splits (train/, val/, test/...: folders of
+    folders), not as classes (folders of images)."""
+    found = []
+    for name in ("train", *VAL_FOLDER_NAMES):
+        folder = root / name
+        if folder.is_dir():
+            entries = [p for p in folder.iterdir() if not p.name.startswith(".")]
+            if any(p.is_dir() for p in entries) and not any(_is_image(p) for p in entries):
+                found.append(name)
+    return found
+
+
 def scan_class_folders(root: Path) -> tuple[list[Path], list[int], list[str]]:
     """`(files, labels, class names)` of a folder with one sub-folder of images per class (sorted by name)."""
     _check_folder(root)
+    splits = _split_folders(root)
+    if splits:
+        raise DataError(
+            f"{root} holds the split folder(s) {', '.join(s + '/' for s in splits)} beside class folders: a "
+            "dataset is class folders, or train/ and val/ (validation/, valid/, test/) each holding the same "
+            f"class folders. Use a split alone with --data {root / splits[0]}, or add the missing split"
+        )
     classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not classes:
         loose = [p for p in root.iterdir() if _is_image(p)]
@@ -604,6 +624,11 @@ def build_classification_data(
         train_idx, val_idx = split_by_fraction(all_labels, spec.val_fraction, spec.seed)
         files, labels = [all_files[i] for i in train_idx], [all_labels[i] for i in train_idx]
         val_files, val_labels = [all_files[i] for i in val_idx], [all_labels[i] for i in val_idx]
+    if not val_files:
+        raise DataError(
+            f"no image of {root} is left for validation: every class has a single image, and val_fraction "
+            f"{spec.val_fraction} of one image is none. Add images, or give the validation images as DATA/val"
+        )
     keep = _subset(len(files), spec.limit_train, spec.seed)
     keep_val = _subset(len(val_files), spec.limit_val, spec.seed)
     train = ImageFileDataset([files[i] for i in keep], [labels[i] for i in keep], train_transform,
@@ -643,6 +668,13 @@ def build_pretraining_data(spec: DataSpec, transform: Callable, mask_generator: 
         keep = _subset(len(images), spec.limit_train, spec.seed)
         return TensorImageDataset(images[keep], None, transform, spec.num_channels, spec.seed, mask_generator)
     root = Path(spec.data).expanduser()
+    _check_folder(root)
+    held_out = [name for name in _split_folders(root) if name != "train"]
+    if held_out and not (root / "train").is_dir():
+        raise DataError(
+            f"{root} has a {held_out[0]}/ split but no train/: pre-training would see its held-out images. Put "
+            "the pre-training images under DATA/train, or pass a folder of images alone"
+        )
     files = scan_images(root / "train" if (root / "train").is_dir() else root)
     keep = _subset(len(files), spec.limit_train, spec.seed)
     return ImageFileDataset([files[i] for i in keep], None, transform, spec.num_channels, spec.seed,

@@ -31,6 +31,7 @@ import logging
 import math
 import os
 import random
+import re
 import sys
 import time
 import types
@@ -514,6 +515,8 @@ def build_model(config: TrainConfig, class_names: Sequence[str] | None) -> tuple
     Classification: a checkpoint's classifier is kept when its classes match the data's; otherwise it is an
     error unless `new_head` (a checkpoint without a classifier, e.g. a SimMIM one, always gets a new head).
     """
+    from .processing import has_placeholder_labels
+
     model_config, weights = _load_source(config.model)
     if config.drop_path_rate is not None:
         model_config.drop_path_rate = config.drop_path_rate
@@ -528,6 +531,16 @@ def build_model(config: TrainConfig, class_names: Sequence[str] | None) -> tuple
                 "classifier, or train on data with the checkpoint's classes"
             )
         replace = not has_head or config.new_head
+        rows = None  # the checkpoint's classifier row of each data class
+        if has_head and not replace and not has_placeholder_labels(model_config.id2label):
+            labels = [model_config.id2label[i] for i in range(model_config.num_labels)]
+            rows = match_labels(labels, class_names)
+            if rows is None:
+                raise TrainingError(
+                    f"the classifier of {config.model} knows {', '.join(labels)}, the data's classes are "
+                    f"{', '.join(class_names)}. Pass --new-head to replace the classifier, or name the class "
+                    "folders after its labels (a '/' in a label may be written '_')"
+                )
         _set_labels(model_config, class_names)
         model_config.problem_type = "single_label_classification"
         cls: type[Swinv2PreTrainedModel] = Swinv2ForImageClassification
@@ -551,7 +564,13 @@ def build_model(config: TrainConfig, class_names: Sequence[str] | None) -> tuple
             model = cls.from_pretrained(weights, config=model_config, ignore_mismatched_sizes=replace)
         except CheckpointError as err:
             raise TrainingError(f"--model {config.model} cannot be loaded as a Swin V2 model: {err}") from err
-    return model, f"{cls.__name__} from the weights of {weights}" + (" with a new classifier" if replace else "")
+    described = f"{cls.__name__} from the weights of {weights}" + (" with a new classifier" if replace else "")
+    if rows is not None and rows != list(range(len(rows))):  # the same classes in another order: rows follow
+        with torch.no_grad():
+            for tensor in (model.classifier.weight, model.classifier.bias):
+                tensor.copy_(tensor[rows].clone())
+        described += " (its rows reordered to the data's classes)"
+    return model, described
 
 
 # ---------------------------------------------------------------------------------------------- checkpoints
@@ -783,9 +802,32 @@ def _eval_result(raw: Mapping[str, Any], class_names: Sequence[str]) -> EvalResu
                       raw["count"], raw["img_per_s"])
 
 
+def _folder_name(label: str) -> str:
+    """A label as a class folder can spell it: case and punctuation aside ("T-shirt/top" ~ "t-shirt_top")."""
+    return re.sub(r"[^0-9a-z]+", "_", label.lower()).strip("_")
+
+
+def match_labels(labels: Sequence[str], class_names: Sequence[str]) -> list[int] | None:
+    """For each of the data's classes, the index of the model label it names: the same name, else the only
+    label that a folder could spell so (a '/' cannot be in a folder name). None when one has no label."""
+    spelled: dict[str, list[int]] = {}
+    for i, label in enumerate(labels):
+        spelled.setdefault(_folder_name(label), []).append(i)
+    index = []
+    for name in class_names:
+        if name in labels:
+            index.append(list(labels).index(name))
+        elif len(spelled.get(_folder_name(name), [])) == 1:
+            index.append(spelled[_folder_name(name)][0])
+        else:
+            return None
+    return index if len(set(index)) == len(index) else None
+
+
 def _label_order(model_config: Swinv2Config, class_names: Sequence[str], source: str) -> tuple[list[str], list[int]]:
     """Check that the data's classes fit the model's head. Returns the class names in the model's order and,
-    for each of the data's classes, the model's index of it (matched by name when the model has names)."""
+    for each of the data's classes, the model's index of it: matched by name when the model has names
+    (`match_labels`), in order when its labels are placeholders (LABEL_0, ...)."""
     from .processing import has_placeholder_labels
 
     names = [model_config.id2label[i] for i in range(model_config.num_labels)]
@@ -795,16 +837,17 @@ def _label_order(model_config: Swinv2Config, class_names: Sequence[str], source:
             "labels would be out of range. Evaluate on data with the model's classes "
             f"({', '.join(names)}), or fine-tune the model on this data first"
         )
-    in_order = list(range(len(class_names)))
-    if set(class_names) <= set(names):
-        return names, [names.index(name) for name in class_names]
-    if not has_placeholder_labels(model_config.id2label):
-        logger.warning(
-            "the data's classes (%s) are not among the labels of %s (%s): they are paired in sorted order, "
-            "folder i as label i. Name the class folders after the model's labels to pair them by name",
-            ", ".join(class_names), source, ", ".join(names),
+    if has_placeholder_labels(model_config.id2label):
+        return list(class_names) + names[len(class_names):], list(range(len(class_names)))
+    index = match_labels(names, class_names)
+    if index is None:
+        unknown = [name for name in class_names if match_labels(names, [name]) is None]
+        raise TrainingError(
+            f"the data's classes {', '.join(unknown) or ', '.join(class_names)} are not labels of {source} "
+            f"({', '.join(names)}), so its predictions cannot be scored against them. Name the class folders "
+            "after the model's labels (a '/' in a label may be written '_'), or fine-tune the model on this data"
         )
-    return list(class_names) + names[len(class_names):], in_order
+    return names, index
 
 
 def evaluate(
@@ -1182,6 +1225,14 @@ def _train(config: TrainConfig, dist: Distributed) -> TrainResult:
         if ema is not None and resume_state.get("ema") is not None:
             ema.load_state_dict(resume_state["ema"])
         _set_rng_state(resume_state["rng"])
+        saved_world = int(resume_state.get("world_size", world))
+        if saved_world != world:
+            raise TrainingError(
+                f"the checkpoint was made by {saved_world} process(es) and this run has {world}: the global batch "
+                f"({batch * accum * saved_world} images a step) and the step count would change. Resume with "
+                f"{'torchrun --nproc-per-node ' + str(saved_world) if saved_world > 1 else 'one process'}, or "
+                "start a new run from this run's weights (--model RUN/last)"
+            )
         step = int(resume_state["step"])
         best_top1 = float(resume_state.get("best_top1", -1.0))
         best_step = resume_state.get("best_step")
@@ -1226,6 +1277,7 @@ def _train(config: TrainConfig, dist: Distributed) -> TrainResult:
             "scaler": scaler.state_dict(), "ema": ema.state_dict() if ema is not None else None,
             "rng": _rng_state(), "best_top1": best_top1, "best_step": best_step,
             "model_config": base.config.to_dict(), "train_config": config.to_dict(), "running_sums": running,
+            "world_size": world,
         }
         path = checkpoint_path(run, step)
         atomic_write(path, lambda tmp: torch.save(state, tmp))
