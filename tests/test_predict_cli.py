@@ -176,6 +176,13 @@ def test_csv_file(workdir, tmp_path):
         assert {r["label"] for r in mine} == set(NAMES)
 
 
+def test_csv_path_without_its_folder_is_refused_before_the_work(workdir, tmp_path):
+    for target, message in ((tmp_path / "missing" / "out.csv", "no folder"), (tmp_path, "that is a folder")):
+        proc = swinv2_cli("predict", workdir / "named", workdir / "photos", "--csv", target)
+        assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "missing").exists()
+
+
 def test_progress_bar_on_a_terminal(workdir, tmp_path):
     folder = tmp_path / "many"
     folder.mkdir()

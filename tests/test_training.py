@@ -735,3 +735,12 @@ def test_resume_with_another_number_of_processes_is_refused(tiny_config, photos,
     torch.save(state, path)
     with pytest.raises(TrainingError, match=r"made by 2 process\(es\) and this run has 1.*torchrun --nproc-per-node 2"):
         train(_config(tiny_config, photos, run, resume="latest", max_steps=3))
+
+
+def test_resume_without_a_run_says_so(tmp_path):
+    with pytest.raises(TrainingError, match=r"--resume: .*nothing holds no run to continue.*check --output"):
+        TrainConfig(data="", model="m", output=str(tmp_path / "nothing"), resume="latest").validate()
+    with pytest.raises(TrainingError, match=r"--resume .*step.pt: pass --data too"):
+        TrainConfig(data="", model="m", output=str(tmp_path / "new"), resume=str(tmp_path / "step.pt")).validate()
+    with pytest.raises(TrainingError, match=r"no data given: pass --data DIR"):
+        TrainConfig(data="", model="m", output=str(tmp_path / "new")).validate()

@@ -250,6 +250,8 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     from .training import evaluate
 
     _setup_logging()
+    if args.output is not None and Path(args.output).exists() and not Path(args.output).is_dir():
+        raise Swinv2Error(f"--output {args.output} is a file; give a folder for eval.json and the confusion matrix")
     result = evaluate(args.model, args.data, batch_size=args.batch_size, num_workers=args.num_workers,
                       limit=args.limit, device=args.device, amp=args.amp, output=args.output,
                       progress=args.progress and not args.json and sys.stderr.isatty())
@@ -480,6 +482,13 @@ def _predict(args: argparse.Namespace) -> int:
 
     from swinv2.processing import AutoImageProcessor, ImageLoadError, load_image, resolve_id2label
 
+    if args.csv and args.csv != "-":  # before the work, not after it
+        target = Path(args.csv)
+        if target.is_dir() or not target.parent.is_dir():
+            raise Swinv2Error(
+                f"--csv {args.csv}: " + ("that is a folder" if target.is_dir() else f"no folder {target.parent}")
+                + "; give a file path in an existing folder, or '-' for the screen"
+            )
     files, failures = _collect_inputs(args.inputs)
     for text, problem in failures:
         print(f"swinv2 predict: {text}: {problem}", file=sys.stderr)

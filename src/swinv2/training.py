@@ -15,7 +15,8 @@ processor's `preprocessor_config.json`), PNG plots and, when the `tensorboard` p
 Reproducibility: items are augmented with seeds derived from `(seed, epoch, index)` (see `data.py`) and the
 global RNG is re-seeded from `(seed, step, rank)` before every optimiser step (dropout, stochastic depth,
 Mixup), so a run killed and resumed from a checkpoint ends with the same weights as an uninterrupted one,
-and `torchrun --nproc-per-node N` with batch B/N per process follows one process with batch B.
+and `torchrun --nproc-per-node N` with batch B/N per process follows one process with batch B, up to the
+random regularisers (stochastic depth, dropout, Mixup/CutMix), whose draws are each process's own.
 
 Needs torchvision, tqdm and matplotlib (the `train` extra); pyyaml for YAML config files.
 """
@@ -152,6 +153,11 @@ class TrainConfig:
                 raise TrainingError(message)
 
         need(self.task in TASKS, f"task must be one of {TASKS}, got {self.task!r}")
+        need(bool(self.data) or self.resume in (None, "auto"),
+             f"--resume: {self.output} holds no run to continue (its {RUN_CONFIG_FILE} would give the data); "
+             "check --output, or start a run there with --data DIR" if self.resume == "latest" else
+             f"--resume {self.resume}: pass --data too (a run folder's {RUN_CONFIG_FILE} gives it when --output "
+             "is that run)")
         need(bool(self.data), "no data given: pass --data DIR (or --data fashion-mnist)")
         need(bool(self.output), "no output folder given: pass --output DIR")
         need(bool(self.model) or self.resume not in (None, "auto"),
