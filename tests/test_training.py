@@ -744,3 +744,18 @@ def test_resume_without_a_run_says_so(tmp_path):
         TrainConfig(data="", model="m", output=str(tmp_path / "new"), resume=str(tmp_path / "step.pt")).validate()
     with pytest.raises(TrainingError, match=r"no data given: pass --data DIR"):
         TrainConfig(data="", model="m", output=str(tmp_path / "new")).validate()
+
+
+def test_images_in_hidden_folders_are_not_data(photos, tmp_path):
+    import shutil
+
+    from swinv2.data import scan_class_folders, scan_images
+
+    root = tmp_path / "data"
+    shutil.copytree(photos / "train", root)
+    copy = root / "cat" / ".ipynb_checkpoints"
+    copy.mkdir()
+    shutil.copy(next((root / "cat").glob("*.png")), copy / "x-checkpoint.png")
+    files, _, _ = scan_class_folders(root)
+    assert files == sorted(p for p in root.rglob("*.png") if ".ipynb_checkpoints" not in p.parts)
+    assert ".ipynb_checkpoints" not in {part for f in scan_images(root) for part in f.parts}

@@ -475,6 +475,13 @@ def _is_image(path: Path) -> bool:
     return path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
 
 
+def _images_under(folder: Path) -> list[Path]:
+    """The images under `folder`, recursively and sorted, outside hidden folders (.ipynb_checkpoints, .git:
+    copies and tool files, never data), as `swinv2 predict` reads a folder."""
+    return sorted(p for p in folder.rglob("*")
+                  if _is_image(p) and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+
+
 def _check_folder(root: Path, flag: str = "--data") -> None:
     if not root.exists():
         raise DataError(f"the data folder {root} does not exist; pass an existing folder with {flag} "
@@ -515,7 +522,7 @@ def scan_class_folders(root: Path) -> tuple[list[Path], list[int], list[str]]:
     files: list[Path] = []
     labels: list[int] = []
     for index, name in enumerate(classes):
-        images = sorted(p for p in (root / name).rglob("*") if _is_image(p))
+        images = _images_under(root / name)
         if not images:
             raise DataError(
                 f"the class folder {root / name} holds no images (extensions: {', '.join(IMAGE_EXTENSIONS)}); "
@@ -529,7 +536,7 @@ def scan_class_folders(root: Path) -> tuple[list[Path], list[int], list[str]]:
 def scan_images(root: Path) -> list[Path]:
     """Every image under `root`, recursively (labels, if any folders encode them, are ignored)."""
     _check_folder(root)
-    files = sorted(p for p in root.rglob("*") if _is_image(p))
+    files = _images_under(root)
     if not files:
         raise DataError(f"no images under {root} (extensions: {', '.join(IMAGE_EXTENSIONS)}); "
                         "point --data at a folder of images")
