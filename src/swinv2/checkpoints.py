@@ -79,13 +79,15 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
         os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     except BaseException as err:
+        free = shutil.disk_usage(path.parent).free / 2**20  # before the partial file goes
         if os.path.exists(tmp):
             os.unlink(tmp)
-        # the writers' own errors for a full disk or a failed device (torch.save: RuntimeError, safetensors:
-        # SafetensorError) say little: name the file, the free space and what to do
-        if isinstance(err, (OSError, RuntimeError)) or type(err).__name__ == "SafetensorError":
+        # The writers' own errors for a full disk or a failed device say little (torch.save: a RuntimeError
+        # from its stream writer, safetensors: SafetensorError): name the file, the free space and the fix.
+        # Other errors of a writer (an exporter's, say) are its own business and pass unchanged.
+        torch_write = isinstance(err, RuntimeError) and ("inline_container" in str(err) or "StreamWriter" in str(err))
+        if isinstance(err, OSError) or torch_write or type(err).__name__ == "SafetensorError":
             reason = (str(err).strip().splitlines() or [type(err).__name__])[-1]
-            free = shutil.disk_usage(path.parent).free / 2**20
             raise WriteError(
                 f"could not write {path} ({reason}; {free:.0f} MiB free there): free space or write elsewhere. "
                 "Nothing was left half-written"
