@@ -132,6 +132,15 @@ def test_masked_image_modeling(name, tmp_path, rng):
     close(mine.hidden_states[0], theirs.hidden_states[0], "embeddings with mask tokens")
     close(unmasked_mine.reconstruction, unmasked_theirs.reconstruction, "reconstruction without mask")
     assert unmasked_mine.loss is None
+    # One mask for every image, (num_patches,), broadcast as transformers does. Its loss divides the whole
+    # batch's masked error by one image's mask count (B times the mean); ours is the expanded mask's loss.
+    shared = torch.rand(num_patches, generator=rng) < 0.5
+    with torch.no_grad():
+        theirs, mine = hf(x, bool_masked_pos=shared), ours(x, bool_masked_pos=shared)
+        expanded = hf(x, bool_masked_pos=shared.expand(x.shape[0], -1))
+    close(mine.reconstruction, theirs.reconstruction, "reconstruction with one mask for the batch")
+    close(mine.loss, expanded.loss, "MIM loss with one mask for the batch")
+    close(mine.loss * x.shape[0], theirs.loss, "transformers' loss of a shared mask")
 
 
 @pytest.mark.parametrize("name", ["two_stage", "four_stage_small_last", "not_divisible_by_window"])

@@ -301,7 +301,9 @@ def _grid_size(config: Swinv2Config, height: int, width: int) -> tuple[int, int]
 
 
 def _check_bool_masked_pos(bool_masked_pos: Tensor, batch: int, grid: tuple[int, int]) -> Tensor:
-    """`(B, num_patches)` or `(B, grid_h, grid_w)` bool (or 0/1 integer) -> `(B, num_patches)`."""
+    """`(B, num_patches)` or `(B, grid_h, grid_w)` bool (or 0/1 integer) -> `(B, num_patches)`; one mask for
+    every image, `(num_patches,)` or `(1, num_patches)`, is broadcast as transformers does (its SimMIM loss
+    then counts the mask once for the whole batch, B times the mean; ours is the expanded mask's loss)."""
     num_patches = grid[0] * grid[1]
     if not isinstance(bool_masked_pos, Tensor):
         raise TypeError(
@@ -327,6 +329,8 @@ def _check_bool_masked_pos(bool_masked_pos: Tensor, batch: int, grid: tuple[int,
         )
     if bool_masked_pos.dim() == 3 and tuple(bool_masked_pos.shape[1:]) == grid:
         bool_masked_pos = bool_masked_pos.flatten(1)
+    elif bool_masked_pos.dim() == 1:
+        bool_masked_pos = bool_masked_pos.unsqueeze(0)
     if tuple(bool_masked_pos.shape) != (batch, num_patches) and tuple(bool_masked_pos.shape) != (1, num_patches):
         raise ValueError(
             f"bool_masked_pos must have shape (batch, num_patches) = ({batch}, {num_patches}) for this input "
