@@ -132,15 +132,14 @@ def test_masked_image_modeling(name, tmp_path, rng):
     close(mine.hidden_states[0], theirs.hidden_states[0], "embeddings with mask tokens")
     close(unmasked_mine.reconstruction, unmasked_theirs.reconstruction, "reconstruction without mask")
     assert unmasked_mine.loss is None
-    # One mask for every image, (num_patches,), broadcast as transformers does. Its loss divides the whole
-    # batch's masked error by one image's mask count (B times the mean); ours is the expanded mask's loss.
+    # One mask for every image, (num_patches,) or (1, num_patches), broadcast as transformers does; its loss
+    # divides the whole batch's masked error by that one mask's count (B times the expanded mask's loss).
     shared = torch.rand(num_patches, generator=rng) < 0.5
-    with torch.no_grad():
-        theirs, mine = hf(x, bool_masked_pos=shared), ours(x, bool_masked_pos=shared)
-        expanded = hf(x, bool_masked_pos=shared.expand(x.shape[0], -1))
-    close(mine.reconstruction, theirs.reconstruction, "reconstruction with one mask for the batch")
-    close(mine.loss, expanded.loss, "MIM loss with one mask for the batch")
-    close(mine.loss * x.shape[0], theirs.loss, "transformers' loss of a shared mask")
+    for given in (shared, shared[None]):
+        with torch.no_grad():
+            theirs, mine = hf(x, bool_masked_pos=given), ours(x, bool_masked_pos=given)
+        close(mine.reconstruction, theirs.reconstruction, f"reconstruction with one mask {tuple(given.shape)}")
+        close(mine.loss, theirs.loss, f"MIM loss with one mask {tuple(given.shape)}")
 
 
 @pytest.mark.parametrize("name", ["two_stage", "four_stage_small_last", "not_divisible_by_window"])

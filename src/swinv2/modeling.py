@@ -302,8 +302,7 @@ def _grid_size(config: Swinv2Config, height: int, width: int) -> tuple[int, int]
 
 def _check_bool_masked_pos(bool_masked_pos: Tensor, batch: int, grid: tuple[int, int]) -> Tensor:
     """`(B, num_patches)` or `(B, grid_h, grid_w)` bool (or 0/1 integer) -> `(B, num_patches)`; one mask for
-    every image, `(num_patches,)` or `(1, num_patches)`, is broadcast as transformers does (its SimMIM loss
-    then counts the mask once for the whole batch, B times the mean; ours is the expanded mask's loss)."""
+    every image, `(num_patches,)` or `(1, num_patches)`, is broadcast as transformers does."""
     num_patches = grid[0] * grid[1]
     if not isinstance(bool_masked_pos, Tensor):
         raise TypeError(
@@ -792,7 +791,9 @@ class Swinv2ForMaskedImageModeling(Swinv2PreTrainedModel):
             acc = torch.promote_types(pixel_values.dtype, torch.float32)
             mask = mask.repeat_interleave(ph, 2).repeat_interleave(pw, 3)[..., :height, :width].to(acc)
             error = F.l1_loss(pixel_values.to(acc), reconstruction.to(acc), reduction="none")
-            loss = (error * mask).sum() / (mask.sum() + 1e-5) / channels
+            # a mask given once for the whole batch is counted once, as transformers does (the same numbers)
+            shared = bool_masked_pos.dim() == 1 or bool_masked_pos.shape[0] == 1
+            loss = (error * mask).sum() / ((mask[:1] if shared else mask).sum() + 1e-5) / channels
         out = Swinv2MaskedImageModelingOutput(
             loss, reconstruction, outputs.hidden_states, outputs.attentions, outputs.reshaped_hidden_states
         )
