@@ -763,3 +763,18 @@ def test_images_in_hidden_folders_are_not_data(photos, tmp_path):
     files, _, _ = scan_class_folders(root)
     assert files == sorted(p for p in root.rglob("*.png") if ".ipynb_checkpoints" not in p.parts)
     assert ".ipynb_checkpoints" not in {part for f in scan_images(root) for part in f.parts}
+
+
+@pytest.mark.parametrize(("command", "flag", "value"), [
+    ("pretrain", "--mixup", "0.8"), ("pretrain", "--new-head", None),
+    ("train", "--mask-ratio", "0.5"), ("train", "--norm-targets", None),
+])
+def test_each_command_offers_only_its_tasks_flags(command, flag, value, capsys):
+    """pretrain has no classification flags and train no SimMIM flags: they would be accepted and ignored."""
+    from swinv2 import cli
+
+    with pytest.raises(SystemExit) as info:
+        cli.main([command, flag, *([value] if value else [])])
+    assert info.value.code == 2 and f"unrecognized arguments: {flag}" in capsys.readouterr().err
+    help_text = cli.build_parser()._subparsers._group_actions[0].choices[command].format_help()
+    assert flag not in help_text

@@ -159,9 +159,20 @@ def _flag_type(name: str) -> tuple[type, int | str | None]:
     return hint, None
 
 
-def _add_training_flags(parser: argparse.ArgumentParser) -> None:
+# Flags of one task only: the other command does not offer them (it would accept them and do nothing).
+_ONLY_FOR = {
+    "simmim": {"mask_patch_size", "mask_ratio", "norm_targets", "norm_target_window"},
+    "classification": {"label_smoothing", "mixup", "cutmix", "randaugment", "new_head", "val_fraction",
+                       "limit_val"},
+}
+
+
+def _add_training_flags(parser: argparse.ArgumentParser, task: str) -> None:
     parser.add_argument("--config", metavar="FILE", help="YAML, TOML or JSON file of settings; flags override it")
+    other = next(names for t, names in _ONLY_FOR.items() if t != task)
     for name, text in _TRAIN_FLAGS:
+        if name in other:
+            continue
         flag = "--" + name.replace("_", "-")
         kind, nargs = _flag_type(name)
         if kind is bool:
@@ -179,14 +190,14 @@ def _add_training_flags(parser: argparse.ArgumentParser) -> None:
 def _add_train_parser(sub) -> None:
     parser = sub.add_parser("train", help="fine-tune or train a classifier",
                             description="Train a Swin V2 image classifier (from scratch or fine-tuning).")
-    _add_training_flags(parser)
+    _add_training_flags(parser, "classification")
     parser.set_defaults(func=_run_train, task="classification")
 
 
 def _add_pretrain_parser(sub) -> None:
     parser = sub.add_parser("pretrain", help="SimMIM masked-image-modeling pre-training",
                             description="Pre-train a Swin V2 encoder with SimMIM on unlabelled images.")
-    _add_training_flags(parser)
+    _add_training_flags(parser, "simmim")
     parser.set_defaults(func=_run_train, task="simmim")
 
 
@@ -201,7 +212,7 @@ def _run_train(args: argparse.Namespace) -> int:
     from .training import resolve_config, saved_settings, train
 
     _setup_logging()
-    overrides = {name: getattr(args, name) for name, _ in _TRAIN_FLAGS}
+    overrides = {name: getattr(args, name, None) for name, _ in _TRAIN_FLAGS}  # None: not given (or not offered)
     overrides["resume"] = args.resume
     if overrides["clip_grad"] == 0:
         overrides["clip_grad"] = None
