@@ -446,6 +446,8 @@ def test_bad_requests_stop_early_with_the_fix(tiny_config, photos, tmp_path):
     blocker.write_text("")
     with pytest.raises(TrainingError, match=r"(?s)cannot write to the output folder.*choose another --output"):
         train(_config(tiny_config, photos, blocker / "run"))
+    with pytest.raises(TrainingError, match=r"the output .*a-file is a file, not a folder; choose another --output"):
+        train(_config(tiny_config, photos, blocker))
     with pytest.raises(TrainingError, match=r"(?s)no readable checkpoint.*run without --resume"):
         train(_config(tiny_config, photos, tmp_path / "b", resume="latest"))
     with pytest.raises(TrainingError, match="fewer than one step"):
@@ -778,3 +780,12 @@ def test_each_command_offers_only_its_tasks_flags(command, flag, value, capsys):
     assert info.value.code == 2 and f"unrecognized arguments: {flag}" in capsys.readouterr().err
     help_text = cli.build_parser()._subparsers._group_actions[0].choices[command].format_help()
     assert flag not in help_text
+
+
+def test_resuming_a_longer_run_says_the_schedule_changes(tiny_config, photos, tmp_path, caplog):
+    run = tmp_path / "run"
+    train(_config(tiny_config, photos, run, new_head=True, max_steps=1))
+    with caplog.at_level(logging.WARNING, logger="swinv2"):
+        result = train(_config(tiny_config, photos, run, resume="latest", max_steps=2))
+    assert result.steps == 2
+    assert "the run's length changed (epochs 10, max_steps 1 there; 10, 2 now)" in caplog.text

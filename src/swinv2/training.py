@@ -581,6 +581,8 @@ def build_model(config: TrainConfig, class_names: Sequence[str] | None) -> tuple
 
 # ---------------------------------------------------------------------------------------------- checkpoints
 def _check_writable(folder: Path) -> None:
+    if folder.exists() and not folder.is_dir():
+        raise TrainingError(f"the output {folder} is a file, not a folder; choose another --output")
     try:
         folder.mkdir(parents=True, exist_ok=True)
         probe = folder / f".write-test-{os.getpid()}"
@@ -1247,6 +1249,13 @@ def _train(config: TrainConfig, dist: Distributed) -> TrainResult:
                 f"the checkpoint is at step {step}, past the {total_steps} steps of this run (the data or "
                 "--epochs/--max-steps changed); resume with the run's own data and a length of at least its step"
             )
+        saved = resume_state["train_config"]
+        if (saved.get("epochs"), saved.get("max_steps")) != (config.epochs, config.max_steps) and dist.main:
+            logger.warning(
+                "the run's length changed (epochs %s, max_steps %s there; %s, %s now): the warm-up and cosine "
+                "schedule follow the new length of %d steps, so the learning rate jumps to that curve's value "
+                "at step %d", saved.get("epochs"), saved.get("max_steps"), config.epochs, config.max_steps,
+                total_steps, step)
         if step == total_steps and dist.main:
             logger.warning("the run already reached its last step (%d): nothing left to train; to train longer, "
                            "resume with a larger --epochs", step)
@@ -1462,7 +1471,9 @@ def _pyplot():
 
 
 def _save_figure(fig, path: Path) -> None:
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight"))
+    with warnings.catch_warnings():  # class names in scripts the font lacks (CJK...) draw as boxes: no warning each
+        warnings.filterwarnings("ignore", message="Glyph .* missing from", category=UserWarning)
+        atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight"))
 
 
 def plot_learning_curves(runs: Mapping[str, Sequence[Mapping[str, Any]]], path: str | os.PathLike,
