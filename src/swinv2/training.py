@@ -518,8 +518,9 @@ def _load_source(source: str) -> tuple[Swinv2Config, str | None]:
 def build_model(config: TrainConfig, class_names: Sequence[str] | None) -> tuple[Swinv2PreTrainedModel, str]:
     """The model `config.model` names, ready for `config.task`; returns it and a line saying what was loaded.
 
-    Classification: a checkpoint's classifier is kept when its classes match the data's; otherwise it is an
-    error unless `new_head` (a checkpoint without a classifier, e.g. a SimMIM one, always gets a new head).
+    Classification: a checkpoint's classifier is kept when its classes are the data's, each class's row
+    matched by name (`match_labels`; by position for placeholder labels LABEL_i); otherwise it is an error
+    unless `new_head` (a checkpoint without a classifier, e.g. a SimMIM one, always gets a new head).
     """
     from .processing import has_placeholder_labels
 
@@ -1227,12 +1228,6 @@ def _train(config: TrainConfig, dist: Distributed) -> TrainResult:
     # a checkpoint keeps them, reduced over the processes, so a resumed run logs what an uninterrupted one does
     sums = torch.zeros(2, 3, dtype=torch.float64, device=dist.device)
     if resume_state is not None:
-        _load_full_state(model, optimizer, resume_state["model"], resume_state["optimizer"])
-        scheduler.load_state_dict(resume_state["scheduler"])
-        scaler.load_state_dict(resume_state["scaler"])
-        if ema is not None and resume_state.get("ema") is not None:
-            ema.load_state_dict(resume_state["ema"])
-        _set_rng_state(resume_state["rng"])
         saved_world = int(resume_state.get("world_size", world))
         if saved_world != world:
             raise TrainingError(
@@ -1241,6 +1236,12 @@ def _train(config: TrainConfig, dist: Distributed) -> TrainResult:
                 f"{'torchrun --nproc-per-node ' + str(saved_world) if saved_world > 1 else 'one process'}, or "
                 "start a new run from this run's weights (--model RUN/last)"
             )
+        _load_full_state(model, optimizer, resume_state["model"], resume_state["optimizer"])
+        scheduler.load_state_dict(resume_state["scheduler"])
+        scaler.load_state_dict(resume_state["scaler"])
+        if ema is not None and resume_state.get("ema") is not None:
+            ema.load_state_dict(resume_state["ema"])
+        _set_rng_state(resume_state["rng"])
         step = int(resume_state["step"])
         best_top1 = float(resume_state.get("best_top1", -1.0))
         best_step = resume_state.get("best_step")
