@@ -146,3 +146,21 @@ def test_check_feeds_a_half_precision_graph_its_dtype_and_names_what_onnxruntime
     export_onnx(bf16, tmp_path / "bf16.onnx", image_size=(32, 32), exporter="dynamo")
     with pytest.raises(RuntimeError, match=r"onnxruntime cannot run .* export a float32 model"):
         check_onnx(bf16, tmp_path / "bf16.onnx", x)
+
+
+def test_an_opset_older_than_the_dynamo_exporters_is_written_or_refused(tmp_path):
+    """Below opset 18 the dynamo exporter writes 18 and converts down, keeping 18 where that fails: "auto" takes
+    the TorchScript exporter, which writes the opset asked for; "dynamo" refuses; an opset too old for the
+    model's ops is named with the fix."""
+    model = perturbed(swinv2.Swinv2ForImageClassification, num_labels=3)
+    path = tmp_path / "opset17.onnx"
+    assert export_onnx(model, path, opset=17) == "torchscript"
+    assert [o.version for o in onnx.load(path).opset_import if o.domain in ("", "ai.onnx")] == [17]
+    x = photo_batch(["coffee"], 32, 32)
+    with torch.no_grad():
+        np.testing.assert_allclose(run(path, x)[0], model(x).logits.numpy(), atol=1e-4, rtol=0)
+    with pytest.raises(ValueError, match=r"writes opset 18 and newer, not 17: use exporter='torchscript'"):
+        export_onnx(model, tmp_path / "dynamo17.onnx", opset=17, exporter="dynamo")
+    with pytest.raises(ValueError, match=r"cannot write this model at opset 9 .*use a newer opset"):
+        export_onnx(model, tmp_path / "opset9.onnx", opset=9)
+    assert sorted(os.listdir(tmp_path)) == ["opset17.onnx"]

@@ -46,6 +46,7 @@ from .modeling import (
 )
 
 DEFAULT_OPSET = 18
+DYNAMO_MIN_OPSET = 18  # the oldest opset torch.onnx's dynamo exporter writes itself
 # A single ONNX file is one protobuf message, which cannot exceed 2 GiB.
 _PROTOBUF_LIMIT = 2**31
 
@@ -112,6 +113,14 @@ def _export_dynamo(graph: nn.Module, example: Tensor, path: str, names: list[str
             graph, (example,), path, dynamo=True, input_names=["pixel_values"], output_names=names,
             opset_version=opset, dynamic_shapes=dynamic_shapes, external_data=False, verbose=False,
         )
+    import onnx
+
+    # Where the exporter cannot convert to the opset asked for it logs that and keeps its own: a file that
+    # the runtime asked for may not load. (Below DYNAMO_MIN_OPSET this exporter is not asked at all.)
+    opsets = onnx.load(path, load_external_data=False).opset_import
+    written = next((o.version for o in opsets if o.domain in ("", "ai.onnx")), None)
+    if written != opset:
+        raise ValueError(f"the dynamo exporter wrote opset {written}, not the {opset} asked for")
 
 
 def _export_torchscript(graph: nn.Module, example: Tensor, path: str, names: list[str], dynamic_batch: bool,
@@ -169,6 +178,13 @@ def export_onnx(
     example_batch = 2 if dynamic_batch else batch_size
     example = torch.zeros(example_batch, model.config.num_channels, height, width, device=model.device,
                           dtype=model.dtype)
+    if opset < DYNAMO_MIN_OPSET:  # dynamo would export at its own opset and try, often in vain, to convert down
+        if exporter == "dynamo":
+            raise ValueError(
+                f"the dynamo ONNX exporter writes opset {DYNAMO_MIN_OPSET} and newer, not {opset}: use "
+                "exporter='torchscript' (swinv2 export --exporter torchscript) for an older opset"
+            )
+        exporter = "torchscript"
     modes = {module: module.training for module in model.modules()}
     graph = _ExportGraph(model).eval()
     try:
@@ -191,7 +207,14 @@ def export_onnx(
                 f"the dynamo ONNX exporter failed ({reason}); falling back to the TorchScript exporter",
                 stacklevel=2,
             )
-        atomic_write(path, lambda tmp: _export_torchscript(graph, example, tmp, names, dynamic_batch, opset))
+        try:
+            atomic_write(path, lambda tmp: _export_torchscript(graph, example, tmp, names, dynamic_batch, opset))
+        except torch.onnx.errors.SymbolicValueError as err:  # an op this opset cannot express
+            raise ValueError(
+                f"the TorchScript ONNX exporter cannot write this model at opset {opset} "
+                f"({str(err).splitlines()[0].split(' [Caused by')[0]}): use a newer opset (the default, "
+                f"{DEFAULT_OPSET}, works)"
+            ) from err
         return "torchscript"
     finally:
         for module, training in modes.items():
