@@ -791,7 +791,8 @@ def _add_export_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dynamic-batch", action="store_true", help="let the batch size vary (default: fixed at 1)")
     p.add_argument("--model-class", choices=_EXPORT_CLASSES,
                    help="the model class to load (default: config.json's architectures, else classification)")
-    p.add_argument("--opset", type=int, default=None, help="ONNX opset version (default 18)")
+    p.add_argument("--opset", type=int, default=None,
+                   help="ONNX opset version (default 18; an older one is written by the TorchScript exporter)")
     p.add_argument("--exporter", choices=("auto", "dynamo", "torchscript"), default="auto",
                    help="torch.onnx exporter; auto tries dynamo, then the TorchScript tracer (default auto)")
     p.add_argument("--check", action="store_true",
