@@ -669,3 +669,18 @@ def test_transformers_checkpoint_logits_match(tmp_path):
     with torch.no_grad():
         diff = max_diff(model(x).logits, reference(pixel_values=x).logits)
     assert diff < ATOL, f"transformers: max |logits difference| {diff:.2e}"
+
+
+def test_one_stage_headless_timm_checkpoint_is_told_from_microsofts(tmp_path):
+    """With one stage and no head timm's keys are Microsoft's, but for the position buffers Microsoft's code
+    persists: the format, and with it the padding warning of a timm geometry, follows them."""
+    torch.manual_seed(0)
+    kwargs = dict(img_size=52, num_classes=0, embed_dim=32, depths=(2,), num_heads=(2,), window_size=5)
+    reference = perturb_(SwinTransformerV2(**kwargs))
+    assert ck.detect_format(reference.state_dict()) == "timm"
+    save_file(reference.state_dict(), tmp_path / "one_stage.safetensors")
+    with pytest.warns(UserWarning, match=r"this timm checkpoint meets padding \(stage 1: 13x13 patches, window 5\)"):
+        model = swinv2.Swinv2Model.from_pretrained(tmp_path / "one_stage.safetensors", window_size=5, image_size=52)
+    mine = ours(kind="Swinv2Model", embed_dim=32, depths=[2], num_heads=[2], image_size=52, window_size=5)
+    assert ck.detect_format(ck.export_state_dict(mine, "microsoft")) == "microsoft"
+    assert model.config.depths == [2]

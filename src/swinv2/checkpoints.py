@@ -601,7 +601,8 @@ def detect_format(state: dict[str, Tensor]) -> str:
             return "microsoft"
         if "head.fc.weight" in state or any(re.match(r"layers\.\d+\.downsample\.", k) for k in keys):
             return "timm"
-        return "microsoft"
+        # one stage and no head: Microsoft's code persists its position buffers, timm persists none
+        return "microsoft" if any(k.endswith("relative_position_index") for k in keys) else "timm"
     if any(re.search(r"(^|\.)stages\.\d+\.blocks\.\d+\.attn\.", k) for k in keys) and any(
         "embeddings.proj." in k for k in keys
     ):
