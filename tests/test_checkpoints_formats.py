@@ -79,42 +79,36 @@ def test_timm_small_logits_match(tmp_path, suffix):
     assert diff < ATOL, f"timm (small): max |logits difference| {diff:.2e}"
 
 
-def test_timm_geometry_that_pads_windows_is_named(tmp_path):
-    """At 52 px (13x13 patches, window 5) timm shifts before it pads: the numbers are transformers', and the
-    load says that timm's differ; the official geometries (whole windows) load without a word."""
-    import warnings
-
+@pytest.mark.parametrize(
+    ("size", "window", "warning", "atol"),
+    [
+        # 13x13 patches, window 5: timm shifts before it pads
+        (52, 5, r"stage 1: 13x13 patches, window 5.*differ from timm's", 1e-5),
+        # patch 4 does not divide 70 px: timm's convolution drops the last 2 pixels (17x17 patches) where
+        # transformers, and swinv2, pad them (18x18), although 18x18 is whole windows of 3
+        (70, 3, r"patch 4x4 does not divide the image 70x70: timm drops the last", 1e-4),
+    ],
+    ids=["window-padding", "patch-remainder"],
+)
+def test_timm_geometry_that_computes_otherwise_is_named(tmp_path, size, window, warning, atol):
+    """Where timm computes otherwise than transformers the numbers are transformers', and the load says that
+    timm's differ; the official geometries (whole windows) load without a word."""
     torch.manual_seed(0)
-    reference = perturb_(SwinTransformerV2(img_size=52, num_classes=5, **{**SMALL, "window_size": 5}))
+    reference = perturb_(SwinTransformerV2(img_size=size, num_classes=5, **{**SMALL, "window_size": window}))
     save_file(reference.state_dict(), tmp_path / "odd.safetensors")
-    with pytest.warns(UserWarning, match=r"stage 1: 13x13 patches, window 5.*differ from timm's"):
+    with pytest.warns(UserWarning, match=warning):
         model = swinv2.Swinv2ForImageClassification.from_pretrained(
-            tmp_path / "odd.safetensors", window_size=5, image_size=52
+            tmp_path / "odd.safetensors", window_size=window, image_size=size
         )
-    x = images(52)
+    x = images(size)
     with torch.no_grad():
-        assert max_diff(model(x).logits, reference(x)) > 1e-5  # the difference the warning names
+        assert max_diff(model(x).logits, reference(x)) > atol  # the difference the warning names
     save_file(timm_small().state_dict(), tmp_path / "whole.safetensors")
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         swinv2.Swinv2ForImageClassification.from_pretrained(
             tmp_path / "whole.safetensors", window_size=4, image_size=64
         )
-
-
-def test_timm_image_size_the_patch_does_not_divide_is_named(tmp_path):
-    """At 70 px with patch 4 timm's convolution drops the last 2 pixels (17x17 patches) where transformers,
-    and swinv2, pad them (18x18): the load says so, even though 18x18 is whole windows of 3."""
-    torch.manual_seed(0)
-    reference = perturb_(SwinTransformerV2(img_size=70, num_classes=5, **{**SMALL, "window_size": 3}))
-    save_file(reference.state_dict(), tmp_path / "floor.safetensors")
-    with pytest.warns(UserWarning, match=r"patch 4x4 does not divide the image 70x70: timm drops the last"):
-        model = swinv2.Swinv2ForImageClassification.from_pretrained(
-            tmp_path / "floor.safetensors", window_size=3, image_size=70
-        )
-    x = images(70)
-    with torch.no_grad():
-        assert max_diff(model(x).logits, reference(x)) > 1e-4  # the difference the warning names
 
 
 @pytest.mark.parametrize("mlp_ratio", [3.3, 1.7, 2.5])

@@ -646,6 +646,10 @@ def test_evaluate_option_and_settings_errors_are_one_line(photos, tmp_path, caps
     assert cli.main([*good, "--device", "bogus"]) == 2
     err = capsys.readouterr().err
     assert "unknown device 'bogus'" in err and len(err.strip().splitlines()) == 1
+    (tmp_path / "a-file").write_text("")
+    assert cli.main([*good, "--output", str(tmp_path / "a-file")]) == 2  # refused before the evaluation
+    err = capsys.readouterr().err
+    assert "a-file is a file, not a folder; choose another --output" in err and len(err.strip().splitlines()) == 1
     (model / "preprocessor_config.json").write_text('{"image_mean": [0.5], "image_std": [0.5]}')
     assert cli.main(good) == 2
     err = capsys.readouterr().err

@@ -261,8 +261,6 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     from .training import evaluate
 
     _setup_logging()
-    if args.output is not None and Path(args.output).exists() and not Path(args.output).is_dir():
-        raise Swinv2Error(f"--output {args.output} is a file; give a folder for eval.json and the confusion matrix")
     result = evaluate(args.model, args.data, batch_size=args.batch_size, num_workers=args.num_workers,
                       limit=args.limit, device=args.device, amp=args.amp, output=args.output,
                       progress=args.progress and not args.json and sys.stderr.isatty())

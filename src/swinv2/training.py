@@ -881,6 +881,8 @@ def evaluate(
     if batch_size < 1 or num_workers < 0:
         raise TrainingError(f"batch_size must be >= 1 and num_workers >= 0, got {batch_size} and {num_workers}")
     dist = setup_distributed(device)
+    if output is not None and dist.main:
+        _check_writable(Path(output))  # before the work, not after it
     source = str(model) if not isinstance(model, nn.Module) else "the model"
     if isinstance(model, nn.Module):
         processor = Swinv2ImageProcessor.from_model_config(model.config)
@@ -929,7 +931,6 @@ def evaluate(
     result = _eval_result(raw, names)
     if output is not None and dist.main:
         out = Path(output)
-        _check_writable(out)
         text = json.dumps(result.to_dict(), indent=2) + "\n"
         atomic_write(out / EVAL_FILE, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
         plot_confusion(result.confusion, result.class_names, out / "confusion_matrix.png")
