@@ -85,9 +85,9 @@ def test_cpu_inference_in_groups_matches_exact_path(
     with torch.no_grad():
         exact = model(x, output_attentions=True).logits
     calls = []
-    forward = layers.WindowAttention.forward
+    forward = layers.WindowAttention.forward_rows
     monkeypatch.setattr(
-        layers.WindowAttention, "forward", lambda self, *a: calls.append(a[0].shape[0]) or forward(self, *a)
+        layers.WindowAttention, "forward_rows", lambda self, *a: calls.append(a[0].shape[0]) or forward(self, *a)
     )
     monkeypatch.setattr(layers, "CPU_GROUP_TOKENS_PER_THREAD", per_thread)
     with torch.inference_mode():
@@ -98,6 +98,44 @@ def test_cpu_inference_in_groups_matches_exact_path(
     tokens = per_thread * torch.get_num_threads()
     assert all(n * 16 <= max(tokens, 16) for n in calls)  # a group is one window at least, else <= tokens
     assert len(calls) == 4 if tokens >= 3 * 9 * 16 else len(calls) > 4
+
+
+@pytest.mark.parametrize("variant", ["default", "float64", "relu", "wrapped-layers", "plain-norms"])
+def test_cpu_inference_groups_in_scratch_buffers_match_exact_path(
+    variant: str, fp32_gemms: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A group's projections, attention temporaries and norms are written into scratch buffers (no fresh
+    tensor to page-fault in) where the layers allow it, and each layer that does not allow it (another
+    dtype, activation, a wrapped Linear, a LayerNorm without weights) runs its own forward: the same numbers
+    as the exact path either way."""
+    monkeypatch.setattr(layers, "CPU_GROUP_TOKENS_PER_THREAD", 24)  # several groups per image
+    model = _model(hidden_act="relu") if variant == "relu" else _model()
+    if variant == "float64":
+        model.double()
+    for block in (m for m in model.modules() if isinstance(m, layers.Swinv2Block)):
+        if variant == "wrapped-layers":
+            block.attn.proj, block.mlp.fc1, block.mlp.fc2 = (
+                _LowRank(block.attn.proj), _LowRank(block.mlp.fc1), _LowRank(block.mlp.fc2)
+            )
+        if variant == "plain-norms":
+            block.norm1 = torch.nn.LayerNorm(block.norm1.normalized_shape, elementwise_affine=False)
+            block.norm2 = torch.nn.LayerNorm(block.norm2.normalized_shape, elementwise_affine=False, bias=False)
+    dtype = torch.float64 if variant == "float64" else torch.float32
+    x = torch.randn(3, 3, 44, 40, dtype=dtype)
+    layers.release_scratch()
+    with torch.no_grad():
+        exact = model(x, output_attentions=True).logits
+    assert not layers._SCRATCH.buffers
+    with torch.inference_mode():
+        grouped = model(x).logits
+    tolerance = 1e-12 if variant == "float64" else 1e-5
+    torch.testing.assert_close(grouped, exact, rtol=tolerance, atol=tolerance)
+    slots = {slot for slot, _, _ in layers._SCRATCH.buffers}
+    if variant in ("default", "relu", "plain-norms"):  # the attention core in fp32
+        assert {0, 1, 2, 3, 8, 9} <= slots
+        assert {11, 12} <= slots  # both norms written in place
+    if not fp32_gemms and variant in ("default", "relu", "plain-norms"):  # the qkv and output projections
+        assert {7, 10} <= slots
 
 
 def test_window_groups_cover_every_window_once_with_its_mask() -> None:

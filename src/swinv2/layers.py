@@ -239,7 +239,8 @@ def _scratch(slot: int, shape: tuple[int, ...], like: Tensor) -> Tensor:
     its temporaries again every step: ~1.6 us per 4 KiB page on a 2-core Zen 3 VM, where the GEMM writing
     stage 1's MLP input gradient (32768 x 384) ran at 22 GFLOP/s into a fresh buffer and at 148 into a
     reused one. Each slot holds one buffer per thread, grown to the largest request: temporaries alive at
-    the same time take different slots (training 0-3, inference 4-6). `release_scratch` frees them."""
+    the same time take different slots (training 0-3; grouped inference 4-6 for the block, 0-3 and 7-12 for
+    its groups). `release_scratch` frees them."""
     key = (slot, like.dtype, like.device)
     numel = math.prod(shape)
     buffer = _SCRATCH.buffers.get(key)
@@ -339,6 +340,42 @@ def apply_linear(module: nn.Module, x: Tensor, gelu: str | None = None) -> Tenso
         return linear(x, module.weight, module.bias, gelu)
     y = module(x)
     return y if gelu is None else F.gelu(y, approximate=gelu)
+
+
+def _scratch_gemm_ok(x: Tensor, weight: Tensor) -> bool:
+    """Whether `x @ weight.T` may run as MKL's GEMM writing into a scratch buffer: no autocast cast to make
+    and not a GEMM that oneDNN computes faster here (oneDNN returns a tensor of its own)."""
+    return not torch.is_autocast_enabled("cpu") and x.dtype == weight.dtype and not _onednn_takes(x, weight)
+
+
+def _scratch_linear(x: Tensor, weight: Tensor, bias: Tensor | None, slot: int) -> Tensor:
+    """`F.linear` of the rows `x` `(M, K)` (the same GEMM: MKL's, the bias copied in first) into scratch slot
+    `slot`."""
+    out = _scratch(slot, (x.shape[0], weight.shape[0]), x)
+    return torch.mm(x, weight.t(), out=out) if bias is None else torch.addmm(bias, x, weight.t(), out=out)
+
+
+def _linear_rows(module: nn.Module, x: Tensor, slot: int, gelu: str | None = None) -> Tensor:
+    """`apply_linear(module, x, gelu)` for the rows `(M, K)` of a CPU inference group: into scratch slot `slot`
+    when `module` is a plain Linear on MKL's GEMM here, valid until the slot's next use."""
+    if _is_plain_linear(module) and _scratch_gemm_ok(x, module.weight):
+        y = _scratch_linear(x, module.weight, module.bias, slot)
+        return y if gelu is None else torch.ops.aten.gelu_(y, approximate=gelu)
+    return apply_linear(module, x, gelu)
+
+
+def _layer_norm_into(norm: nn.Module, x: Tensor, out: Tensor) -> bool:
+    """`out[:] = norm(x)` for rows `(M, C)` without a temporary, when `norm` is a plain LayerNorm in `x`'s and
+    `out`'s dtype outside autocast; False (nothing written) otherwise."""
+    if not (_is_plain(norm, nn.LayerNorm) and x.dtype == out.dtype and not torch.is_autocast_enabled("cpu")):
+        return False
+    if norm.weight is not None and norm.weight.dtype != x.dtype:
+        return False
+    stats = (_scratch(11, (x.shape[0], 1), x), _scratch(12, (x.shape[0], 1), x))
+    torch.ops.aten.native_layer_norm.out(
+        x, norm.normalized_shape, norm.weight, norm.bias, norm.eps, out0=out, out1=stats[0], out2=stats[1]
+    )
+    return True
 
 
 def activation(name: str) -> nn.Module:
@@ -616,6 +653,42 @@ def _window_probs(qk_n: Tensor, mask: Tensor) -> Tensor:
     return torch.ops.aten._softmax.out(scores, -1, False, out=_scratch(1, scores.shape, scores))
 
 
+def _cosine_attention(
+    qkv: Tensor, mask: Tensor, scale: Tensor, heads: int, keep: bool
+) -> tuple[Tensor, tuple[Tensor, Tensor, Tensor, Tensor]]:
+    """`softmax(cos(q, k) * scale + mask) v`: `qkv` `(B*nW, N, 3C)`, `mask` `(nW or 1, heads, N, N)`, `scale`
+    `(heads,)` -> `(B*nW, N, C)`, and what the backward needs: the normalised q and k `(2, B*nW, heads, N, D)`,
+    their norms, the scales and v `(B*nW*heads, N, D)`. Scores and probabilities live in scratch slots 0-2;
+    without `keep` (inference) the normalised q and k, v and the output too (slots 3, 8 and 9), so the output
+    is valid until the next call."""
+    b_, n, three_c = qkv.shape
+    c = three_c // 3
+    d = c // heads
+    acc = torch.promote_types(qkv.dtype, torch.float32)
+    qkv = qkv.view(b_, n, 3, heads, d)
+    qk = qkv[:, :, :2]
+    # Normalised in fp32 (padded tokens have k = 0: 0 / eps stays 0), q times its head's logit scale. The
+    # norms reduced in qkv's own layout (4x faster than through the permuted view), then permuted.
+    norm = torch.linalg.vector_norm(qk, dim=-1, keepdim=True, dtype=None if qk.dtype == acc else acc)
+    norm = norm.clamp_min_(kernels.NORM_EPS).permute(2, 0, 3, 1, 4)  # (2, B*nW, heads, N, 1)
+    qk = qk.permute(2, 0, 3, 1, 4)
+    scales = torch.stack((scale.to(acc), torch.ones_like(scale, dtype=acc))).view(2, 1, heads, 1, 1)
+
+    def buffer(slot: int, *shape: int) -> Tensor:
+        return qkv.new_empty(shape) if keep else _scratch(slot, shape, qkv)
+
+    qk_n = buffer(8, 2, b_, heads, n, d)  # contiguous: q and k are bmm-ready views of it
+    torch.mul(qk, scales / norm, out=qk_n)
+    probs = _window_probs(qk_n, mask)  # (scratch slots 0 and 1)
+    v = buffer(3, b_, heads, n, d)
+    v.copy_(qkv[:, :, 2].transpose(1, 2))
+    v = v.view(b_ * heads, n, d)
+    heads_out = torch.bmm(probs, v, out=_scratch(2, v.shape, v)).view(b_, heads, n, d)
+    out = buffer(9, b_, n, c)  # a copy, never a view of slot 2 (as reshape gives for 1 head)
+    out.view(b_, n, heads, d).copy_(heads_out.transpose(1, 2))
+    return out, (qk_n, norm, scales, v)
+
+
 class _CosineWindowAttention(torch.autograd.Function):
     """`kernels.window_attention`'s math for autograd on CPU, with a hand-written backward.
 
@@ -629,28 +702,9 @@ class _CosineWindowAttention(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, qkv: Tensor, mask: Tensor, scale: Tensor, heads: int) -> Tensor:
-        b_, n, three_c = qkv.shape
-        c = three_c // 3
-        d = c // heads
-        windows = mask.shape[0]
-        acc = torch.promote_types(qkv.dtype, torch.float32)
-        qkv = qkv.view(b_, n, 3, heads, d)
-        qk = qkv[:, :, :2]
-        # Normalised in fp32 (padded tokens have k = 0: 0 / eps stays 0), q times its head's logit scale. The
-        # norms reduced in qkv's own layout (4x faster than through the permuted view), then permuted.
-        norm = torch.linalg.vector_norm(qk, dim=-1, keepdim=True, dtype=None if qk.dtype == acc else acc)
-        norm = norm.clamp_min_(kernels.NORM_EPS).permute(2, 0, 3, 1, 4)  # (2, B*nW, heads, N, 1)
-        qk = qk.permute(2, 0, 3, 1, 4)
-        scales = torch.stack((scale.to(acc), torch.ones_like(scale, dtype=acc))).view(2, 1, heads, 1, 1)
-        qk_n = qkv.new_empty(2, b_, heads, n, d)  # contiguous: q and k are bmm-ready views of it
-        torch.mul(qk, scales / norm, out=qk_n)
-        probs = _window_probs(qk_n, mask)  # (scratch slots 0 and 1)
-        v = qkv[:, :, 2].transpose(1, 2).reshape(b_ * heads, n, d)
-        heads_out = torch.bmm(probs, v, out=_scratch(2, v.shape, v)).view(b_, heads, n, d)
-        out = qkv.new_empty(b_, n, c)  # a copy, never a view of the scratch buffer (as reshape gives for 1 head)
-        out.view(b_, n, heads, d).copy_(heads_out.transpose(1, 2))
-        ctx.save_for_backward(qk_n, norm, scales, v, mask)
-        ctx.windows, ctx.scale_dtype = windows, scale.dtype
+        out, saved = _cosine_attention(qkv, mask, scale, heads, keep=True)
+        ctx.save_for_backward(*saved, mask)
+        ctx.windows, ctx.scale_dtype = mask.shape[0], scale.dtype
         return out
 
     @staticmethod
@@ -858,6 +912,26 @@ class WindowAttention(nn.Module):
         not with attention dropout."""
         return kernels.TRITON_FOUND and (x.is_cuda or kernels.INTERPRET_ON_CPU) and dropout == 0.0
 
+    def forward_rows(self, x: Tensor, mask: Tensor) -> Tensor:
+        """`forward` for a group of CPU inference windows `x` `(B*nW, N, C)` -> `(B*nW*N, C)`. In fp32 the
+        projections' outputs and the attention's temporaries are scratch buffers (slots 0-3 and 7-10): a fresh
+        tensor is page-faulted in and zero-filled by the kernel, and glibc hands such buffers back to it when
+        the top of its heap is free, so a batch-1 forward faulted ~10k pages (~13% of its time on a 2-core Zen
+        3). The output is valid until the next call."""
+        b_, n, c = x.shape
+        if x.dtype != torch.float32 or torch.is_autocast_enabled("cpu") or (
+            self.training and (self.attn_drop > 0 or self.proj_drop.p > 0)
+        ):
+            return self(x, mask).view(-1, c)
+        qkv_bias, scale = self.bias_and_scale()
+        rows = x.view(-1, c)
+        if _is_plain_linear(self.qkv) and self.qkv.bias is None and _scratch_gemm_ok(rows, self.qkv.weight):
+            qkv = _scratch_linear(rows, self.qkv.weight, qkv_bias, 7)
+        else:
+            qkv = self.project_qkv(rows, qkv_bias)
+        out, _ = _cosine_attention(qkv.view(b_, n, 3 * c), mask.to(qkv.dtype), scale, self.num_heads, keep=False)
+        return _linear_rows(self.proj, out.view(-1, c), 10)
+
     def forward_explicit(
         self, x: Tensor, mask: Tensor, head_mask: Tensor | None = None
     ) -> tuple[Tensor, Tensor]:
@@ -947,6 +1021,13 @@ class Mlp(nn.Module):
         else:
             x = self.act(apply_linear(self.fc1, x))
         return self.drop(apply_linear(self.fc2, x))
+
+    def forward_rows(self, x: Tensor) -> Tensor:
+        """`forward` for the rows `(M, C)` of a CPU inference group, the hidden layer and the output in scratch
+        slots 7 and 8 where the layers allow (`WindowAttention.forward_rows`): valid until the next call."""
+        if type(self.act) is not nn.GELU or (self.training and self.drop.p > 0):
+            return self(x)
+        return _linear_rows(self.fc2, _linear_rows(self.fc1, x, 7, gelu=self.act.approximate), 8)
 
 
 class Swinv2Block(nn.Module):
@@ -1071,29 +1152,38 @@ class Swinv2Block(nn.Module):
         hp, wp = self._padded(h, w)
         tokens = CPU_GROUP_TOKENS_PER_THREAD * torch.get_num_threads()
         to_windows, from_windows = self.layout_rows(h, w, x.device)
-        source = (x if low is None else x.to(low)).reshape(b * h * w, c)
-        # window-major row -> row of `source` in the whole batch (padding reads row 0, zeroed below)
-        rows = (torch.arange(b, device=x.device) * (h * w)).view(b, 1) + to_windows.clamp(min=0)
-        windows = torch.index_select(source, 0, rows.view(-1), out=_scratch(4, (b * hp * wp, c), source))
-        windows = windows.view(b * hp * wp // self.window**2, self.window**2, c)
+        source = (x if low is None else x.to(low)).reshape(b, h * w, c)
+        # window-major row -> row of `source` in each image (padding reads row 0, zeroed below)
+        windows = _scratch(4, (b, hp * wp, c), source)
+        torch.index_select(source, 1, to_windows.clamp(min=0), out=windows)
         if (hp, wp) != (h, w):
-            windows.view(b, hp * wp, c)[:, to_windows < 0] = 0
+            windows[:, to_windows < 0] = 0
+        windows = windows.view(b * hp * wp // self.window**2, self.window**2, c)
         mask = self.attention_mask(hp, wp, dtype or windows.dtype, x.device)
         attended = None  # the normalised outputs: in `windows` itself unless the norm changes the dtype
         for group, group_mask in _window_groups(windows.shape[0], windows.shape[1], mask, tokens):
-            y = self.norm1(self.attn(windows[group], group_mask))
+            y = self.attn.forward_rows(windows[group], group_mask)
+            into = attended is None or attended is windows  # (the norm keeps the dtype: same for every group)
+            if into and _layer_norm_into(self.norm1, y, windows[group].view(-1, c)):
+                attended = windows
+                continue
+            y = self.norm1(y)
             if attended is None:
                 attended = windows if y.dtype == windows.dtype else _scratch(5, windows.shape, y)
-            attended[group] = y
-        rows = (torch.arange(b, device=x.device) * (hp * wp)).view(b, 1) + from_windows
-        y = torch.index_select(attended.view(-1, c), 0, rows.view(-1), out=_scratch(6, (b * h * w, c), attended))
+            attended[group] = y.view(-1, *windows.shape[1:])
+        y = _scratch(6, (b, h * w, c), attended)
+        torch.index_select(attended.view(b, hp * wp, c), 1, from_windows, out=y)
         y = y.view(b, h, w, c)
         y = y.add_(x) if y.dtype == x.dtype else x + y  # x + norm1(attention)
         out = torch.empty(y.shape, dtype=y.dtype, device=y.device)
         rows_in, rows_out = y.view(-1, c), out.view(-1, c)
         for start in range(0, rows_in.shape[0], tokens):
             group = slice(start, start + tokens)
-            torch.add(rows_in[group], self.norm2(self.mlp(rows_in[group])), out=rows_out[group])
+            y = self.mlp.forward_rows(rows_in[group])
+            if _layer_norm_into(self.norm2, y, rows_out[group]):
+                rows_out[group].add_(rows_in[group])
+            else:
+                torch.add(rows_in[group], self.norm2(y), out=rows_out[group])
         return out
 
     def _windows_and_mask(
