@@ -331,7 +331,7 @@ def test_config_may_be_a_path_or_a_preset(classifier, tmp_path):
         model = Swinv2ForImageClassification.from_pretrained(tmp_path / "timm.safetensors", config=config)
         for key, value in load_file(tmp_path / "hf" / "model.safetensors").items():
             assert torch.equal(ck.export_state_dict(model, "hf")[key], value), key
-    with pytest.raises(TypeError, match="config must be a Swinv2Config, a path"):
+    with pytest.raises(TypeError, match=r"config must be a Swinv2Config \(swinv2.s or transformers.\), a path"):
         Swinv2ForImageClassification.from_pretrained(tmp_path / "hf", config={"embed_dim": 16})
 
 

@@ -824,3 +824,107 @@ def test_cpu_inference_scratch_buffers_never_leak_and_work_in_any_grad_mode() ->
     assert layers._SCRATCH.buffers
     model.clear_attention_cache()
     assert not layers._SCRATCH.buffers
+
+
+def test_hooks_of_any_kind_see_the_layers_the_fast_paths_would_fuse() -> None:
+    """A hook on the MLP's activation fires (and an ablation by it takes effect); a backward hook alone on a
+    fused Linear or the patch convolution fires; a global module hook sees every Linear and the convolution:
+    the fused paths step aside for all of them, in training and in inference."""
+    model = _model(drop_path_rate=0.0)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        reference = model(x).logits
+    mlp = model.swinv2.stages[0].blocks[0].mlp
+    calls = []
+    handle = mlp.act.register_forward_hook(lambda m, args, out: calls.append(1) or out * 0)
+    with torch.no_grad():
+        ablated = model(x).logits
+        exact = model(x, output_attentions=True).logits  # the step-by-step path calls every module
+    handle.remove()
+    assert len(calls) == 2 and not torch.allclose(ablated, reference, atol=1e-3)
+    torch.testing.assert_close(ablated, exact, rtol=1e-5, atol=1e-5)
+
+    layers_hooked = {
+        "qkv": model.swinv2.stages[0].blocks[0].attn.qkv,
+        "proj": model.swinv2.stages[0].blocks[1].attn.proj,
+        "fc1": mlp.fc1,
+        "fc2": model.swinv2.stages[1].blocks[0].mlp.fc2,
+        "patch": model.swinv2.embeddings.proj,
+        "reduction": model.swinv2.stages[0].downsample.reduction,
+    }
+    fired = []
+    handles = [m.register_full_backward_hook(lambda m, gi, go, name=name: fired.append(name))
+               for name, m in layers_hooked.items()]
+    model.train()
+    model(x).logits.sum().backward()
+    for h in handles:
+        h.remove()
+    assert sorted(fired) == sorted(layers_hooked)
+    model.eval()
+
+    seen = []
+    with torch.nn.modules.module.register_module_forward_hook(
+        lambda m, args, out: seen.append(type(m).__name__)
+    ), torch.no_grad():
+        torch.testing.assert_close(model(x).logits, reference, rtol=1e-5, atol=1e-5)
+    linears = sum(isinstance(m, torch.nn.Linear) for m in model.modules())
+    assert seen.count("Linear") == linears and seen.count("Conv2d") == 1
+
+
+def test_position_bias_cache_follows_hooks_buffers_and_the_tracer() -> None:
+    """The folded masks kept between inference calls are not used where they would be stale: with a hook on
+    the position-bias MLP (added after a cached call, or removed after a hooked one), after an in-place change
+    of the coordinate table, and under the TorchScript tracer (which would record them as constants)."""
+    model = _model()
+    x = torch.randn(2, 3, 32, 32)
+    attn = model.swinv2.stages[0].blocks[1].attn
+
+    def both() -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.no_grad():
+            return model(x).logits, model(x, output_attentions=True).logits
+
+    def exact() -> torch.Tensor:
+        with torch.no_grad():
+            model.clear_attention_cache()
+            return model(x, output_attentions=True).logits
+
+    with torch.no_grad():
+        plain = model(x).logits  # cached now
+    handle = attn.cpb_mlp.register_forward_hook(lambda m, args, out: out * 1.5)
+    hooked, hooked_exact = both()
+    torch.testing.assert_close(hooked, hooked_exact, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(hooked, plain, atol=1e-4)
+    handle.remove()
+    torch.testing.assert_close(both()[0], plain, rtol=1e-5, atol=1e-5)
+    with torch.no_grad():
+        attn.relative_coords_table.mul_(0.5)
+    moved = both()[0]
+    torch.testing.assert_close(moved, exact(), rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(moved, plain, atol=1e-4)
+
+    with torch.no_grad():
+        model(x)  # the caches are full before tracing
+        model.config.torchscript = True  # tuples out, as transformers' models are traced
+        traced = torch.jit.trace(model, (x,))
+        attn.cpb_mlp[0].weight.mul_(1.2)
+        model.swinv2.stages[1].blocks[0].attn.logit_scale.add_(0.3)
+        model.config.torchscript = False
+        torch.testing.assert_close(traced(x)[0], exact(), rtol=1e-5, atol=1e-5)
+
+
+def test_channels_last_model_vmap_and_torchscript_outputs() -> None:
+    """A model converted to channels_last runs (its 4-D patch weights are not contiguous); torch.func.vmap over
+    the batch gives the batched outputs; config.torchscript asks for tuples, as in transformers."""
+    model = _model()
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        reference = model(x).logits
+        model.to(memory_format=torch.channels_last)
+        torch.testing.assert_close(model(x).logits, reference, rtol=1e-5, atol=1e-5)
+        per_image = torch.func.vmap(lambda image: model(image[None]).logits[0])(x)
+        torch.testing.assert_close(per_image, reference, rtol=1e-5, atol=1e-5)
+    model.config.torchscript = True
+    with torch.no_grad():
+        out = model(x)
+        assert isinstance(out, tuple)
+        torch.testing.assert_close(out[0], reference, rtol=1e-5, atol=1e-5)

@@ -36,7 +36,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .config import CONFIG_NAME, PRESET_NAMES, Swinv2Config, preset_kwargs
+from .config import CONFIG_FIELDS, CONFIG_NAME, PRESET_NAMES, Swinv2Config, preset_kwargs
 from .errors import Swinv2Error
 from .layers import relative_coords_table, relative_position_index, shifted_window_mask, stage_window
 
@@ -219,17 +219,36 @@ def _load_sharded(index_path: Path) -> dict[str, Tensor]:
     return state
 
 
-def find_weights(folder: Path) -> Path | None:
-    for name in (SAFE_WEIGHTS_NAME, SAFE_WEIGHTS_INDEX_NAME, TORCH_WEIGHTS_NAME, TORCH_WEIGHTS_INDEX_NAME):
+def weight_names(variant: str | None = None, use_safetensors: bool | None = None) -> list[str]:
+    """The weight files of a transformers folder, in the order transformers looks for them: safetensors
+    first unless `use_safetensors` says which; a `variant` ("fp16") goes before the suffix
+    (`model.fp16.safetensors`, `model.safetensors.index.fp16.json`)."""
+    safe, pickled = [SAFE_WEIGHTS_NAME, SAFE_WEIGHTS_INDEX_NAME], [TORCH_WEIGHTS_NAME, TORCH_WEIGHTS_INDEX_NAME]
+    names = safe if use_safetensors else pickled if use_safetensors is False else safe + pickled
+    if variant:
+        names = [".".join([*name.split(".")[:-1], variant, name.split(".")[-1]]) for name in names]
+    return names
+
+
+def find_weights(folder: Path, variant: str | None = None, use_safetensors: bool | None = None) -> Path | None:
+    """The weights of a folder: transformers' file names (`weight_names`), else its only weights file."""
+    for name in weight_names(variant, use_safetensors):
         if (folder / name).is_file():
             return folder / name
+    if variant or use_safetensors is not None:
+        return None
     candidates = sorted(p for p in folder.iterdir() if p.suffix in WEIGHT_SUFFIXES and p.is_file())
     return candidates[0] if len(candidates) == 1 else None
 
 
+def _is_shard_index(path: Path) -> bool:
+    """transformers' index of a sharded checkpoint: `model.safetensors.index.json` (`....index.fp16.json`)."""
+    return path.name.endswith(".json") and ".index." in path.name
+
+
 def read_weights(path: Path) -> tuple[dict[str, Tensor], dict[str, Any] | None]:
     """The tensors behind a weights file or a shard index, and the config embedded in the file, if any."""
-    if path.name.endswith(".index.json"):
+    if _is_shard_index(path):
         return _load_sharded(path), None
     return load_checkpoint_file(path)
 
@@ -674,15 +693,28 @@ def resolve_source(
     revision: str | None = None,
     cache_dir: Any = None,
     local_files_only: bool = False,
+    subfolder: str = "",
+    variant: str | None = None,
+    use_safetensors: bool | None = None,
 ) -> tuple[Path | None, Path | None]:
-    """`(config.json or None, weights file or None)` for a folder, a weights file, or a hub id."""
-    path = Path(name_or_path).expanduser()
+    """`(config.json or None, weights file or None)` for a folder (or its `subfolder`), a weights file, or a
+    hub id; `variant` and `use_safetensors` choose among a folder's weight files as in transformers."""
+    path = Path(name_or_path).expanduser() / subfolder
+    if subfolder and not path.exists() and Path(name_or_path).expanduser().exists():
+        raise CheckpointError(f"{name_or_path} has no subfolder {subfolder!r}; check the name (or leave subfolder out)")
     if path.is_dir():
         config = path / CONFIG_NAME
-        return (config if config.is_file() else None), find_weights(path)
+        return (config if config.is_file() else None), find_weights(path, variant, use_safetensors)
     if path.is_file():
-        if path.name.endswith(".json") and not path.name.endswith(".index.json"):
-            return path, find_weights(path.parent)
+        if path.name.endswith(".json") and not _is_shard_index(path):
+            return path, find_weights(path.parent, variant, use_safetensors)
+        if use_safetensors is not None and (path.suffix == ".safetensors" or ".safetensors.index." in path.name) != (
+            use_safetensors
+        ):
+            raise CheckpointError(
+                f"{path} is {'not ' if use_safetensors else ''}a safetensors file, but use_safetensors="
+                f"{use_safetensors} was given; give another file or leave use_safetensors out"
+            )
         sibling = path.parent / CONFIG_NAME
         return (sibling if sibling.is_file() else None), path
     text = str(name_or_path)
@@ -703,9 +735,9 @@ def resolve_source(
             "to a folder with config.json and model.safetensors, or to a weights file (.safetensors, .bin, "
             ".pth)"
         )
-    folder = _hub_download(text, revision, cache_dir, local_files_only)
+    folder = _hub_download(text, revision, cache_dir, local_files_only) / subfolder
     config = folder / CONFIG_NAME
-    return (config if config.is_file() else None), find_weights(folder)
+    return (config if config.is_file() else None), find_weights(folder, variant, use_safetensors)
 
 
 def resolve_config(name_or_path: str | os.PathLike, **overrides: Any) -> Swinv2Config:
@@ -984,10 +1016,15 @@ def _pretrained_window(table: Tensor, window: int) -> int:
 
 
 # ---------------------------------------------------------------------------------------------- loading
-def _target_dtype(torch_dtype: Any, state: dict[str, Tensor]) -> torch.dtype | None:
+def _target_dtype(torch_dtype: Any, state: dict[str, Tensor], config: Swinv2Config | None = None) -> torch.dtype | None:
+    """The dtype to load in: float32 by default; for "auto", as transformers, the dtype config.json names,
+    else the file's first floating-point tensor's."""
     if torch_dtype is None:
         return torch.float32
     if torch_dtype == "auto":
+        named = getattr(config, "torch_dtype", None)
+        if isinstance(named, str) and isinstance(getattr(torch, named.replace("torch.", ""), None), torch.dtype):
+            return getattr(torch, named.replace("torch.", ""))
         floats = [v.dtype for v in state.values() if v.is_floating_point()]
         return floats[0] if floats else torch.float32
     if isinstance(torch_dtype, str):
@@ -1023,12 +1060,17 @@ def load_into_model(
     strict: bool = True,
     ignore_mismatched_sizes: bool = False,
     source: str = "",
-) -> None:
-    """Copy a canonical state dict into `model`. Heads that do not fit are initialised afresh with a warning;
-    any other missing, unexpected or mis-shaped weight is an error listing them."""
+) -> dict[str, list]:
+    """Copy a canonical state dict into `model`. Heads that do not fit (and the encoder's final norm, which a
+    backbone checkpoint has not) are initialised afresh with a warning; any other missing, unexpected or
+    mis-shaped weight is an error listing them. Returns what transformers' `output_loading_info` gives:
+    the model's `missing_keys`, the checkpoint's `unexpected_keys` (canonical names), `mismatched_keys` as
+    `(key, checkpoint shape, model shape)` and `error_msgs`."""
     state = _fit_to_model(model, state)
     own = model.state_dict()
-    head_like = ("classifier.", "decoder.", "swinv2.embeddings.mask_token", "embeddings.mask_token")
+    head_like = (
+        "classifier.", "decoder.", "swinv2.embeddings.mask_token", "embeddings.mask_token", "norm.", "swinv2.norm."
+    )
     unexpected = [k for k in state if k not in own]
     # Heads the model lacks are left out: a SimMIM or classification checkpoint fine-tunes another head.
     # So are zero q and v biases for a model without them: torchvision always has a qkv bias, and a model
@@ -1049,7 +1091,6 @@ def load_into_model(
             state[key] = _resize_positions(state[key], _encoder(model).embeddings.grid_size)
         elif key.startswith(head_like) or ignore_mismatched_sizes:
             fresh[key] = f"{key} (checkpoint {tuple(state[key].shape)}, model {tuple(own[key].shape)})"
-            del state[key]
         else:
             raise CheckpointError(
                 f"{source}: weight {key} has shape {tuple(state[key].shape)} in the checkpoint but "
@@ -1057,6 +1098,9 @@ def load_into_model(
                 "the weights. Use the checkpoint's own config.json, or pass ignore_mismatched_sizes=True to "
                 "re-initialise these weights"
             )
+    mismatched_keys = [(k, tuple(state[k].shape), tuple(own[k].shape)) for k in fresh]
+    for key in fresh:
+        del state[key]
     missing = [k for k in own if k not in state and k not in fresh]
     missing_heads = [k for k in missing if k.startswith(head_like)]
     missing = [k for k in missing if k not in missing_heads]
@@ -1081,6 +1125,12 @@ def load_into_model(
         )
     if ignored_heads or (unexpected and not strict):
         logger.info("unused weights from %s: %s", source, _describe(ignored_heads + unexpected))
+    return {
+        "missing_keys": missing_heads + missing,
+        "unexpected_keys": ignored_heads + unexpected,
+        "mismatched_keys": mismatched_keys,
+        "error_msgs": [],
+    }
 
 
 def _resize_positions(pos: Tensor, grid: tuple[int, int]) -> Tensor:
@@ -1106,10 +1156,70 @@ def _resize_positions(pos: Tensor, grid: tuple[int, int]) -> Tensor:
     return image.permute(0, 2, 3, 1).reshape(1, gh * gw, -1).to(pos.dtype)
 
 
+# transformers' `from_pretrained` options for the Hub client and its loader, which have nothing to do here
+# (files are read whole, on the CPU, then placed): accepted and dropped, never written into the config.
+LOADER_NO_OPS = frozenset({
+    "token", "use_auth_token", "force_download", "resume_download", "proxies", "trust_remote_code",
+    "low_cpu_mem_usage", "attn_implementation", "mirror", "user_agent", "code_revision", "_fast_init",
+    "_from_auto", "_from_pipeline", "_commit_hash",
+})
+# transformers' options for what swinv2 does not do: an error that says so, never a silent fallback.
+LOADER_UNSUPPORTED = {
+    "quantization_config": "quantised loading", "load_in_8bit": "quantised loading",
+    "load_in_4bit": "quantised loading", "from_tf": "TensorFlow checkpoints", "from_flax": "Flax checkpoints",
+    "gguf_file": "GGUF files", "tp_plan": "tensor parallelism", "tp_size": "tensor parallelism",
+    "max_memory": "a model split over devices", "offload_folder": "offloading",
+    "offload_state_dict": "offloading", "offload_buffers": "offloading", "key_mapping": "custom key mappings",
+    "adapter_name": "PEFT adapters", "adapter_kwargs": "PEFT adapters",
+}
+
+
+def _split_kwargs(cls: type, kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """`from_pretrained`'s remaining keyword arguments -> (the model constructor's, config overrides), with
+    the Hub options dropped and what swinv2 cannot honour refused."""
+    for name in kwargs:
+        if name in LOADER_UNSUPPORTED:
+            raise ValueError(
+                f"from_pretrained({name}=...): swinv2 has no {LOADER_UNSUPPORTED[name]}; load the model without "
+                "it (and quantise or convert it afterwards with the tool of your choice)"
+            )
+    init_names = set(inspect.signature(cls.__init__).parameters) - {"self", "config"}
+    model_kwargs = {k: v for k, v in kwargs.items() if k in init_names}
+    overrides = {k: v for k, v in kwargs.items() if k not in init_names and k not in LOADER_NO_OPS}
+    return model_kwargs, overrides
+
+
+def _refuse_unknown(cls: type, overrides: dict[str, Any], stored: Any) -> None:
+    """As transformers: a keyword that names no config field (of Swinv2Config, or one of `stored`, the keys of
+    the checkpoint's config) and no constructor argument is a TypeError, not a silent no-op written into
+    config.json."""
+    unknown = [k for k in overrides if k not in CONFIG_FIELDS and k not in stored]
+    if unknown:
+        raise TypeError(
+            f"{cls.__name__}.from_pretrained() got unexpected keyword argument(s) {', '.join(map(repr, unknown))}: "
+            "not a loading option, a constructor argument or a config field (Swinv2Config's, or one in the "
+            "checkpoint's config.json)"
+        )
+
+
+def _as_config(config: Any) -> Swinv2Config | None:
+    """`from_pretrained`'s `config`: ours, a path or preset name, or transformers' Swinv2Config (by its dict)."""
+    if config is None or isinstance(config, Swinv2Config):
+        return config
+    if isinstance(config, (str, os.PathLike)):  # a config.json, its folder or a preset name, as in transformers
+        return resolve_config(config)
+    if callable(getattr(config, "to_dict", None)) and getattr(config, "model_type", None) in ("swinv2", "swin"):
+        return Swinv2Config.from_dict(config.to_dict())
+    raise TypeError(
+        "config must be a Swinv2Config (swinv2's or transformers'), a path to a config.json or a preset name, "
+        f"got {type(config).__module__}.{type(config).__name__}"
+    )
+
+
 def load_pretrained(
     cls: type,
     name_or_path: str | os.PathLike,
-    config: Swinv2Config | str | os.PathLike | None = None,
+    config: Any = None,
     torch_dtype: Any = None,
     device: Any = None,
     ignore_mismatched_sizes: bool = False,
@@ -1117,29 +1227,42 @@ def load_pretrained(
     revision: str | None = None,
     cache_dir: Any = None,
     local_files_only: bool = False,
-    **config_overrides: Any,
-):
-    """Build `cls` from the config and load the weights found at `name_or_path` (see `from_pretrained`).
+    subfolder: str = "",
+    variant: str | None = None,
+    use_safetensors: bool | None = None,
+    **kwargs: Any,
+) -> tuple[torch.nn.Module, dict[str, list]]:
+    """Build `cls` from the config, load the weights found at `name_or_path` (see `from_pretrained`), and
+    return it with `load_into_model`'s loading info.
 
     Keyword arguments that `cls.__init__` takes besides the config (`add_pooling_layer`, `use_mask_token` of
-    `Swinv2Model`) go to the model, as in transformers; the others override config fields.
+    `Swinv2Model`) go to the model, as in transformers; config fields override the config.
     """
-    init_names = set(inspect.signature(cls.__init__).parameters) - {"self", "config"}
-    model_kwargs = {k: config_overrides.pop(k) for k in list(config_overrides) if k in init_names}
-    config_path, weights_path = resolve_source(name_or_path, revision, cache_dir, local_files_only)
+    model_kwargs, config_overrides = _split_kwargs(cls, kwargs)
+    config_path, weights_path = resolve_source(
+        name_or_path, revision, cache_dir, local_files_only, subfolder, variant, use_safetensors
+    )
     if weights_path is None:
+        where = Path(name_or_path) / subfolder if subfolder else name_or_path
+        expected = " or ".join(weight_names(variant, use_safetensors))
         raise CheckpointError(
-            f"no weights found at {name_or_path}: expected {SAFE_WEIGHTS_NAME} or {TORCH_WEIGHTS_NAME} "
-            "(or a single .safetensors/.bin/.pth file) in the folder"
+            f"no weights found at {where}: expected {expected}"
+            + ("" if variant or use_safetensors is not None else " (or a single .safetensors/.bin/.pth file)")
+            + " in the folder"
         )
     state, embedded = read_weights(weights_path)
     canonical, fmt = to_canonical(state)
-    if isinstance(config, (str, os.PathLike)):  # a config.json, its folder or a preset name, as in transformers
-        config = resolve_config(config)
-    elif config is not None and not isinstance(config, Swinv2Config):
-        raise TypeError(
-            f"config must be a Swinv2Config, a path to a config.json or a preset name, got {type(config).__name__}"
-        )
+    config = _as_config(config)
+    if config is not None:
+        stored = config.extra
+    elif config_path is not None:
+        try:
+            stored = json.loads(config_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            stored = {}  # (checkpoint_config names the problem)
+    else:
+        stored = embedded or {}
+    _refuse_unknown(cls, config_overrides, stored)
     if config is None:
         config = checkpoint_config(
             state, fmt, config_path, embedded, weights_path, str(name_or_path), config_overrides
@@ -1148,12 +1271,12 @@ def load_pretrained(
         config = Swinv2Config.from_dict(config.to_dict(), **config_overrides)
     if fmt in ("timm", "torchvision"):
         _warn_where_windows_pad(config, fmt)
-    dtype = _target_dtype(torch_dtype, state)
+    dtype = _target_dtype(torch_dtype, state, config)
     model = cls(config, **model_kwargs)
-    load_into_model(model, canonical, fmt, strict, ignore_mismatched_sizes, str(weights_path))
+    info = load_into_model(model, canonical, fmt, strict, ignore_mismatched_sizes, str(weights_path))
     model.to(device=device, dtype=dtype)
     model.eval()
-    return model
+    return model, info
 
 
 def _warn_where_windows_pad(config: Swinv2Config, fmt: str) -> None:
@@ -1192,10 +1315,46 @@ def model_state_canonical(model: torch.nn.Module) -> dict[str, Tensor]:
     return {**body, **heads}
 
 
+def parse_size(size: int | str) -> int:
+    """Bytes from an int or a size as transformers spells `max_shard_size`: "5GB" (10^9), "500MiB" (2^20)."""
+    if isinstance(size, int) and not isinstance(size, bool):
+        return size
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(I?)B\s*", str(size).upper())
+    if match is None or float(match[1]) <= 0:
+        raise ValueError(f"max_shard_size {size!r} is not a size; use bytes (an int) or e.g. '5GB', '500MiB'")
+    base = 1024 if match[3] else 1000
+    return int(float(match[1]) * base ** " KMGT".index(match[2] or " "))
+
+
+def _shards(state: dict[str, Tensor], limit: int) -> list[dict[str, Tensor]]:
+    """The tensors in order, cut into shards of at most `limit` bytes (a larger tensor is a shard alone)."""
+    shards: list[dict[str, Tensor]] = [{}]
+    size = 0
+    for key, tensor in state.items():
+        nbytes = tensor.numel() * tensor.element_size()
+        if shards[-1] and size + nbytes > limit:
+            shards.append({})
+            size = 0
+        shards[-1][key] = tensor
+        size += nbytes
+    return shards
+
+
+_SHARD = re.compile(r"-\d{5}-of-\d{5}(?=\.[a-z]+$)")
+
+
 def save_pretrained(
-    model: torch.nn.Module, save_directory: str | os.PathLike, safe_serialization: bool = True
+    model: torch.nn.Module,
+    save_directory: str | os.PathLike,
+    safe_serialization: bool = True,
+    max_shard_size: int | str = "5GB",
+    variant: str | None = None,
 ) -> None:
-    """config.json + model.safetensors (or pytorch_model.bin) in transformers' layout, written atomically."""
+    """config.json + model.safetensors (or pytorch_model.bin) in transformers' layout, each file written
+    atomically. Above `max_shard_size` the weights go into shards (`model-00001-of-00002.safetensors`) with
+    transformers' index; `variant` ("fp16") names the files `model.fp16.safetensors`. Weight files of the
+    folder that this save does not write (another format, older shards) are removed afterwards: they would
+    be read instead of, or with, the new ones."""
     from safetensors.torch import save_file
 
     folder = Path(save_directory)
@@ -1208,13 +1367,39 @@ def save_pretrained(
     state = {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}
     config_dict = model.config.to_dict()
     config_dict["architectures"] = [type(model).__name__]
-    config_dict["torch_dtype"] = str(next(iter(state.values())).dtype).replace("torch.", "")
-    if safe_serialization:
-        atomic_write(folder / SAFE_WEIGHTS_NAME, lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
+    config_dict["torch_dtype"] = config_dict["dtype"] = str(next(iter(state.values())).dtype).replace("torch.", "")
+
+    def write(path: Path, tensors: dict[str, Tensor]) -> None:
+        if safe_serialization:
+            atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
+        else:
+            atomic_write(path, lambda tmp: torch.save(tensors, tmp))
+
+    weights_name, index_name = weight_names(variant, safe_serialization)
+    shards = _shards(state, parse_size(max_shard_size))
+    written = {CONFIG_NAME}
+    if len(shards) == 1:
+        write(folder / weights_name, state)
+        written.add(weights_name)
     else:
-        atomic_write(folder / TORCH_WEIGHTS_NAME, lambda tmp: torch.save(state, tmp))
+        stem, suffix = weights_name.rsplit(".", 1)
+        weight_map = {}
+        for i, shard in enumerate(shards, 1):
+            name = f"{stem}-{i:05d}-of-{len(shards):05d}.{suffix}"
+            write(folder / name, shard)
+            weight_map.update(dict.fromkeys(shard, name))
+            written.add(name)
+        total = sum(t.numel() * t.element_size() for t in state.values())
+        index = json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2, sort_keys=True)
+        atomic_write(folder / index_name, lambda tmp: Path(tmp).write_text(index + "\n", encoding="utf-8"))
+        written.add(index_name)
     text = json.dumps(config_dict, indent=2, sort_keys=True) + "\n"
     atomic_write(folder / CONFIG_NAME, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+    ours = set(weight_names(variant))
+    for path in folder.iterdir():
+        stale = path.name in ours or _SHARD.sub("", path.name) in ours
+        if stale and path.name not in written and path.is_file():
+            path.unlink()
 
 
 # ---------------------------------------------------------------------------------------------- other formats

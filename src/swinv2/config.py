@@ -7,17 +7,20 @@ library loads in the other. Keys we do not know are kept and written back unchan
 from __future__ import annotations
 
 import copy
+import inspect
 import json
 import os
 import re
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-# transformers' names (ACT2FN), without its two with learnable parameters (prelu, xielu), and "selu"
+# transformers' names (ACT2FN), without its two with learnable parameters (prelu, xielu): no other, so that
+# every config written here loads in transformers
 ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "gelu_fast", "gelu_accurate", "gelu_python",
                "gelu_python_tanh", "gelu_10", "quick_gelu", "laplace", "relu", "relu2", "relu6", "leaky_relu",
-               "linear", "selu", "silu", "swish", "mish", "tanh", "sigmoid")
+               "linear", "silu", "swish", "mish", "tanh", "sigmoid")
 LEARNABLE_ACTIVATIONS = ("prelu", "xielu")
 PROBLEM_TYPES = ("regression", "single_label_classification", "multi_label_classification")
 CONFIG_NAME = "config.json"
@@ -30,7 +33,28 @@ _COMMON_DEFAULTS: dict[str, Any] = {
     "problem_type": None,
     "architectures": None,
     "torch_dtype": None,
+    "torchscript": False,
 }
+
+
+# transformers' PretrainedConfig fields for text generation and other model kinds, which mean nothing to an
+# image encoder: accepted (as from_pretrained overrides, or in config.json) and kept verbatim, as there.
+GENERIC_FIELDS = frozenset({
+    "add_cross_attention", "bad_words_ids", "begin_suppress_tokens", "bos_token_id", "chunk_size_feed_forward",
+    "cross_attention_hidden_size", "decoder_start_token_id", "diversity_penalty", "do_sample", "early_stopping",
+    "encoder_no_repeat_ngram_size", "eos_token_id", "exponential_decay_length_penalty", "finetuning_task",
+    "forced_bos_token_id", "forced_eos_token_id", "is_decoder", "is_encoder_decoder", "length_penalty",
+    "max_length", "min_length", "no_repeat_ngram_size", "num_beam_groups", "num_beams", "num_return_sequences",
+    "output_scores", "pad_token_id", "prefix", "pruned_heads", "remove_invalid_values", "repetition_penalty",
+    "return_dict_in_generate", "sep_token_id", "suppress_tokens", "task_specific_params", "temperature",
+    "tf_legacy_loss", "tie_encoder_decoder", "tie_word_embeddings", "tokenizer_class", "top_k", "top_p",
+    "transformers_version", "typical_p", "use_bfloat16",
+})
+
+
+def _dtype_name(dtype: Any) -> str | None:
+    """A dtype as config.json spells it ("float16"), from a torch.dtype or a string."""
+    return str(dtype).replace("torch.", "") if dtype is not None else None
 
 
 def _pair(value: int | Sequence[int], name: str) -> tuple[int, int]:
@@ -159,6 +183,8 @@ class Swinv2Config:
             kwargs.pop(derived, None)
         for name, default in _COMMON_DEFAULTS.items():
             setattr(self, name, kwargs.pop(name, default))
+        dtype = kwargs.pop("dtype", None)  # transformers' newer name of torch_dtype, which wins there
+        self.torch_dtype = _dtype_name(dtype if dtype is not None else self.torch_dtype)
         self.use_gradient_checkpointing = kwargs.pop("use_gradient_checkpointing", False)
         self.check_finite_inputs = kwargs.pop("check_finite_inputs", None)
 
@@ -220,7 +246,9 @@ class Swinv2Config:
 
     @property
     def use_return_dict(self) -> bool:
-        return bool(self.return_dict)
+        """Whether forwards return output objects: `return_dict`, unless `torchscript` asks for tuples (as in
+        transformers, for `torch.jit.trace`)."""
+        return bool(self.return_dict) and not self.torchscript
 
     @property
     def out_features(self) -> list[str]:
@@ -392,6 +420,8 @@ class Swinv2Config:
             value = getattr(self, name)
             if value is not None or name == "problem_type":
                 out[name] = value
+        if self.torch_dtype is not None:  # under both names: transformers reads dtype first, older ones torch_dtype
+            out["dtype"] = self.torch_dtype
         if self.use_gradient_checkpointing:
             out["use_gradient_checkpointing"] = True
         if self.check_finite_inputs is not None:
@@ -417,6 +447,12 @@ class Swinv2Config:
         if model_type not in (cls.model_type, "swin", None):
             raise ValueError(
                 f"config.json describes a {model_type!r} model, not a Swin V2 ('swinv2') model"
+            )
+        if model_type == "swin":  # as transformers: read, with a word (Swin V1 weights are refused when loaded)
+            warnings.warn(
+                "config.json describes a Swin (V1, 'swin') model: it is read as a Swin V2 config; a Swin V1 "
+                "model's weights will not load into Swin V2",
+                stacklevel=2,
             )
         return cls(**data)
 
@@ -453,6 +489,15 @@ class Swinv2Config:
 
     def __repr__(self) -> str:
         return f"Swinv2Config {self.to_json_string()}"
+
+
+# Every keyword Swinv2Config gives a meaning to (the rest it keeps verbatim): what `from_pretrained` may
+# override.
+CONFIG_FIELDS = frozenset(
+    set(inspect.signature(Swinv2Config.__init__).parameters) - {"self", "kwargs"}
+) | set(_COMMON_DEFAULTS) | {
+    "id2label", "label2id", "num_labels", "dtype", "use_gradient_checkpointing", "check_finite_inputs"
+} | GENERIC_FIELDS
 
 
 # ---------------------------------------------------------------------------------------------- presets

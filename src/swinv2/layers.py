@@ -311,9 +311,20 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None, gelu: str | No
     return y if gelu is None else F.gelu(y, approximate=gelu)
 
 
+def _hooked(module: nn.Module) -> bool:
+    """Whether a hook would see a call of `module`: forward or backward hooks of its own, or global module hooks
+    (`register_module_forward_hook` and the like), which see every module."""
+    g = nn.modules.module
+    return bool(
+        module._forward_hooks or module._forward_pre_hooks or module._backward_hooks or module._backward_pre_hooks
+        or g._global_forward_hooks or g._global_forward_pre_hooks
+        or g._global_backward_hooks or g._global_backward_pre_hooks
+    )
+
+
 def _is_plain(module: nn.Module, cls: type) -> bool:
     """Exactly `cls`, without hooks: its forward may be replaced by a fused equivalent."""
-    return type(module) is cls and not (module._forward_hooks or module._forward_pre_hooks)
+    return type(module) is cls and not _hooked(module)
 
 
 def _is_plain_linear(module: nn.Module) -> bool:
@@ -325,6 +336,13 @@ def _remember(cache: OrderedDict, key: tuple, value) -> None:
     cache[key] = value
     while len(cache) > MASK_CACHE_SIZE:
         cache.popitem(last=False)
+
+
+def _caches_ok() -> bool:
+    """Whether values derived from the weights may be kept between calls: outside autograd (which must see
+    them computed), torch.compile (which fuses their computation) and the TorchScript tracer (which would
+    record a kept tensor as a constant of the graph)."""
+    return not torch.is_grad_enabled() and not torch.compiler.is_compiling() and not torch.jit.is_tracing()
 
 
 def _versions(*tensors: Tensor | None) -> tuple:
@@ -399,8 +417,7 @@ def activation(name: str) -> nn.Module:
         "relu6": lambda: nn.ReLU6(),
         "leaky_relu": lambda: nn.LeakyReLU(),
         "linear": lambda: nn.Identity(),
-        "selu": lambda: nn.SELU(),
-        "silu": lambda: nn.SiLU(),
+            "silu": lambda: nn.SiLU(),
         "swish": lambda: nn.SiLU(),
         "mish": lambda: nn.Mish(),
         "tanh": lambda: nn.Tanh(),
@@ -616,8 +633,7 @@ class PatchEmbeddings(nn.Module):
         """
         proj = self.proj
         plain = (
-            type(proj) is nn.Conv2d
-            and not (proj._forward_hooks or proj._forward_pre_hooks)
+            _is_plain(proj, nn.Conv2d)
             and proj.kernel_size == proj.stride == tuple(self.patch_size)
             and proj.padding == (0, 0)
             and proj.dilation == (1, 1)
@@ -629,7 +645,7 @@ class PatchEmbeddings(nn.Module):
         ph, pw = self.patch_size
         patches = pixel_values.reshape(b, c, h // ph, ph, w // pw, pw).permute(0, 2, 4, 1, 3, 5)
         patches = patches.reshape(b, h // ph, w // pw, c * ph * pw)
-        return linear(patches, proj.weight.view(proj.out_channels, -1), proj.bias)
+        return linear(patches, proj.weight.reshape(proj.out_channels, -1), proj.bias)  # (any memory format)
 
     def _positions(self, gh: int, gw: int) -> Tensor:
         """Absolute position embeddings `(1, gh, gw, C)`, bicubically resized when the grid differs."""
@@ -833,7 +849,7 @@ class WindowAttention(nn.Module):
         """The fused qkv bias `(3C,)` and the logit scale `(heads,)`. Outside autograd they are computed once
         and kept while their parameters are unchanged (version counters): four fewer kernel launches per
         block, which is what batch-1 latency on a GPU is made of."""
-        if torch.is_grad_enabled() or torch.compiler.is_compiling():
+        if not _caches_ok():
             return self.qkv_bias(), self.logit_scale_exp().view(-1)
         key = _versions(self.q_bias, self.v_bias, self.logit_scale)
         if self._constants is None or self._constants[0] != key:
@@ -1010,22 +1026,20 @@ class Mlp(nn.Module):
         self.drop = nn.Dropout(drop)
 
     def forward(self, x: Tensor) -> Tensor:
-        plain = type(self.act) is nn.GELU and _is_plain_linear(self.fc1) and _is_plain_linear(self.fc2)
+        gelu = _is_plain(self.act, nn.GELU)  # (a hooked activation is called as itself)
+        plain = gelu and _is_plain_linear(self.fc1) and _is_plain_linear(self.fc2)
         if plain and _hand_written_backward_ok(x) and _big_enough(x, self.fc1.weight):
             fc1, fc2 = self.fc1, self.fc2
             tensors = _autocast_inputs(x, fc1.weight, fc1.bias, fc2.weight, fc2.bias)
             with torch.autocast("cpu", enabled=False):
                 return self.drop(_GeluMlp.apply(*tensors, self.act.approximate))
-        if type(self.act) is nn.GELU:
-            x = apply_linear(self.fc1, x, gelu=self.act.approximate)
-        else:
-            x = self.act(apply_linear(self.fc1, x))
+        x = apply_linear(self.fc1, x, gelu=self.act.approximate) if gelu else self.act(apply_linear(self.fc1, x))
         return self.drop(apply_linear(self.fc2, x))
 
     def forward_rows(self, x: Tensor) -> Tensor:
         """`forward` for the rows `(M, C)` of a CPU inference group, the hidden layer and the output in scratch
         slots 7 and 8 where the layers allow (`WindowAttention.forward_rows`): valid until the next call."""
-        if type(self.act) is not nn.GELU or (self.training and self.drop.p > 0):
+        if not _is_plain(self.act, nn.GELU) or (self.training and self.drop.p > 0):
             return self(x)
         return _linear_rows(self.fc2, _linear_rows(self.fc1, x, 7, gelu=self.act.approximate), 8)
 
@@ -1065,9 +1079,11 @@ class Swinv2Block(nn.Module):
         It depends on the weights and the geometry only, so outside autograd it is computed once per
         (size, dtype, device) and kept until the position-bias weights change (their version counters).
         """
-        cacheable = not torch.is_grad_enabled() and not torch.compiler.is_compiling()
+        attn = self.attn
+        cacheable = _caches_ok() and not any(_hooked(m) for m in attn.cpb_mlp.modules())
         if cacheable:
-            key = (height, width, dtype, device, *_versions(*self.attn.cpb_mlp.parameters()))
+            tables = (attn.relative_coords_table, attn.relative_position_index)
+            key = (height, width, dtype, device, *_versions(*attn.cpb_mlp.parameters(), *tables))
             cached = self._mask_cache.get(key)
             if cached is not None:
                 self._mask_cache.move_to_end(key)

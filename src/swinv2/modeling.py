@@ -104,6 +104,16 @@ class Swinv2MaskedImageModelingOutput(ModelOutput):
     attentions: tuple[Tensor, ...] | None = None
     reshaped_hidden_states: tuple[Tensor, ...] | None = None
 
+    @property
+    def logits(self) -> Tensor | None:
+        """`reconstruction` under its older name, which transformers keeps (deprecated) for older code."""
+        warnings.warn(
+            "Swinv2MaskedImageModelingOutput.logits is the older name of reconstruction; use reconstruction",
+            FutureWarning,
+            stacklevel=2,
+        )
+        return self.reconstruction
+
 
 @dataclass
 class BackboneOutput(ModelOutput):
@@ -254,13 +264,15 @@ def _check_finite(pixel_values: Tensor, policy: bool | None) -> None:
 
     `policy` is `config.check_finite_inputs`: None checks CPU tensors only (one cheap pass over the
     input), True checks on every device, False never. The default skips accelerators because reading the
-    answer back is a host synchronisation that stalls the GPU's queue of work. Traced or compiled
-    forwards (torch.compile, torch.export, ONNX export) never check: the answer would be a data-dependent
-    branch in the graph.
+    answer back is a host synchronisation that stalls the GPU's queue of work. Traced, compiled or
+    transformed forwards (torch.compile, torch.export, ONNX export, torch.func's vmap and grad) never check:
+    the answer would be a data-dependent branch.
     """
     if policy is False or (policy is None and pixel_values.device.type != "cpu"):
         return
     if torch.jit.is_tracing() or torch.compiler.is_compiling() or _in_onnx_export():
+        return
+    if torch._C._are_functorch_transforms_active():
         return
     # One sum first (NaN and Inf carry through it): ~40x faster than isfinite().all() on CPU. Only a sum that
     # is not finite (a bad value, or finite values overflowing) pays for the exact check.
@@ -425,6 +437,27 @@ def run_stages(
 
 
 # ---------------------------------------------------------------------------------------------- base class
+def _single_device(device_map: Any) -> torch.device:
+    """The one device a transformers `device_map` names: a device, an index, `"auto"` (the GPU when there is
+    one) or a map that sends every module to one device; the model is small enough for one."""
+    if isinstance(device_map, dict):
+        devices = set(device_map.values())
+        if len(devices) != 1:
+            raise ValueError(
+                f"device_map {device_map!r} splits the model over several devices; swinv2 places the whole model "
+                "on one: pass device='cuda:0' (or one device in device_map)"
+            )
+        device_map = devices.pop()
+    if device_map in ("auto", "balanced", "balanced_low_0", "sequential"):
+        return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
+    if isinstance(device_map, int) and not isinstance(device_map, bool):
+        return torch.device("cuda", device_map)
+    try:
+        return torch.device(device_map)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"device_map {device_map!r} names no device; pass e.g. 'cpu', 'cuda:0' or 'auto'") from err
+
+
 class Swinv2PreTrainedModel(nn.Module):
     """Weights initialisation and loading/saving shared by every Swin V2 model."""
 
@@ -497,6 +530,22 @@ class Swinv2PreTrainedModel(nn.Module):
         release_scratch()  # one mode's CPU scratch buffers (training's or inference's) are of no use to the other
         return super().train(mode)
 
+    def load_state_dict(self, state_dict: Any, strict: bool = True, assign: bool = False):
+        """`nn.Module.load_state_dict`; a state dict in another library's layout (transformers, timm,
+        torchvision, Microsoft's code: `hf_model.state_dict()`, a timm checkpoint) is converted to this model's
+        keys first, with the same `strict` check afterwards."""
+        from .checkpoints import _READERS, CheckpointError, _fit_to_model, detect_format
+
+        try:
+            fmt = detect_format(state_dict)
+        except CheckpointError as err:
+            if "Swin Transformer V1" in str(err):
+                raise
+            fmt = None  # partial or foreign keys: nn.Module's own check names them
+        if fmt in _READERS:
+            state_dict = _fit_to_model(self, _READERS[fmt](dict(state_dict)))
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
     def clear_attention_cache(self) -> None:
         """Forget the cached attention masks and the weights' autocast copies (rebuilt on the next
         inference call), and this thread's CPU scratch buffers (rebuilt on the next call)."""
@@ -512,51 +561,88 @@ class Swinv2PreTrainedModel(nn.Module):
         cls,
         name_or_path: str | os.PathLike,
         *,
-        config: Swinv2Config | str | os.PathLike | None = None,
+        config: Any = None,
         torch_dtype: torch.dtype | str | None = None,
         dtype: torch.dtype | str | None = None,
         device: str | torch.device | None = None,
         map_location: str | torch.device | None = None,
+        device_map: Any = None,
         ignore_mismatched_sizes: bool = False,
         strict: bool = True,
         revision: str | None = None,
         cache_dir: str | os.PathLike | None = None,
         local_files_only: bool = False,
-        **config_overrides: Any,
+        subfolder: str = "",
+        variant: str | None = None,
+        use_safetensors: bool | None = None,
+        output_loading_info: bool = False,
+        **kwargs: Any,
     ):
         """Load a model from a folder, a weights file, a preset name or a hub id.
 
         Folders written by transformers or by `save_pretrained` (config.json + model.safetensors or
-        pytorch_model.bin) and Microsoft, timm and torchvision checkpoints are recognised by their keys.
-        `dtype` (or its older name `torch_dtype`) casts the weights (`"auto"` keeps the file's dtype);
-        `device`/`map_location` places them. Keyword arguments that name config fields override the stored
-        config (e.g. `num_labels=10`; the new head is then initialised afresh, with a warning); the
-        constructor's own arguments (`add_pooling_layer`, `use_mask_token`) go to the model. Missing or
-        unexpected weights raise an error listing them unless `strict=False`.
+        pytorch_model.bin, sharded or not) and Microsoft, timm and torchvision checkpoints are recognised by
+        their keys. `config` is a `Swinv2Config` (or transformers' own), a config.json or a preset name.
+        `dtype` (or its older name `torch_dtype`) casts the weights (`"auto"`: the dtype config.json names,
+        else the file's); `device`/`map_location`/`device_map` (one device: a name, an index, `"auto"`) place
+        them. `subfolder`, `variant` ("fp16": `model.fp16.safetensors`) and `use_safetensors` choose the files
+        as in transformers; `output_loading_info=True` returns `(model, info)` with the `missing_keys`,
+        `unexpected_keys` and `mismatched_keys`. Other keyword arguments that name config fields override the
+        stored config (e.g. `num_labels=10`; the new head is then initialised afresh, with a warning); the
+        constructor's own arguments (`add_pooling_layer`, `use_mask_token`) go to the model; transformers'
+        Hub options (`token`, `force_download`, ...) are accepted and never stored; any other is an error.
+        Missing or unexpected weights raise an error listing them unless `strict=False`.
         """
         from .checkpoints import load_pretrained
 
         if dtype is not None and torch_dtype is not None and dtype != torch_dtype:
             raise ValueError(f"dtype={dtype!r} and torch_dtype={torch_dtype!r} disagree: pass only dtype")
-        return load_pretrained(
+        places = {k: v for k, v in (("device", device), ("map_location", map_location)) if v is not None}
+        if device_map is not None:
+            places["device_map"] = _single_device(device_map)
+        if len({str(torch.device(v)) for v in places.values()}) > 1:
+            raise ValueError(f"{' and '.join(f'{k}={v!r}' for k, v in places.items())} disagree: pass one of them")
+        model, info = load_pretrained(
             cls,
             name_or_path,
             config=config,
             torch_dtype=dtype if dtype is not None else torch_dtype,
-            device=device if device is not None else map_location,
+            device=next(iter(places.values()), None),
             ignore_mismatched_sizes=ignore_mismatched_sizes,
             strict=strict,
             revision=revision,
             cache_dir=cache_dir,
             local_files_only=local_files_only,
-            **config_overrides,
+            subfolder=subfolder,
+            variant=variant,
+            use_safetensors=use_safetensors,
+            **kwargs,
         )
+        return (model, info) if output_loading_info else model
 
-    def save_pretrained(self, save_directory: str | os.PathLike, safe_serialization: bool = True) -> None:
-        """Write `config.json` and `model.safetensors` with transformers' key names (atomically)."""
+    def save_pretrained(
+        self,
+        save_directory: str | os.PathLike,
+        safe_serialization: bool = True,
+        max_shard_size: int | str = "5GB",
+        variant: str | None = None,
+        push_to_hub: bool = False,
+    ) -> None:
+        """Write `config.json` and `model.safetensors` (`pytorch_model.bin` without `safe_serialization`) with
+        transformers' key names, each file atomically; above `max_shard_size` ("5GB", "500MiB" or bytes) in
+        shards with transformers' index, `variant` ("fp16") in the file names. Weight files of another format
+        or older shards in the folder are removed (they would be read instead of the new ones)."""
         from .checkpoints import save_pretrained
 
-        save_pretrained(self, save_directory, safe_serialization=safe_serialization)
+        if push_to_hub:
+            raise ValueError(
+                "push_to_hub=True: swinv2 writes the folder only; save without it, then upload the folder with "
+                "huggingface_hub (`huggingface_hub.upload_folder(repo_id=..., folder_path=...)`)"
+            )
+        save_pretrained(
+            self, save_directory, safe_serialization=safe_serialization, max_shard_size=max_shard_size,
+            variant=variant,
+        )
 
 
 # ---------------------------------------------------------------------------------------------- models

@@ -14,6 +14,7 @@ from __future__ import annotations
 import inspect
 import json
 import os
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -181,8 +182,27 @@ def _channel_stats(values: float | Sequence[float], name: str) -> list[float] | 
 
 
 # ---------------------------------------------------------------------------------------------- conversion
-def _to_hwc(image: Any, num_channels: int) -> np.ndarray:
-    """One image as a (height, width, num_channels) array, uint8 when it came as 8-bit, float otherwise."""
+def _layout(value: Any, name: str) -> str | None:
+    """"channels_first" / "channels_last" from a string or transformers' ChannelDimension ("first"/"last")."""
+    if value is None:
+        return None
+    text = str(getattr(value, "value", value)).lower()
+    text = {"first": "channels_first", "last": "channels_last"}.get(text, text)
+    if text not in ("channels_first", "channels_last"):
+        raise ValueError(f"{name} must be 'channels_first' or 'channels_last', got {value!r}")
+    return text
+
+
+def _to_hwc(image: Any, num_channels: int, layout: str | None = None) -> np.ndarray:
+    """One image as a (height, width, num_channels) array, uint8 when it came as 8-bit, float otherwise.
+    A 3-D array or tensor is read by `layout` ("channels_first"/"channels_last") when given, else guessed
+    from its shape (tensors channels-first, arrays channels-last, unless that cannot be)."""
+    if layout is not None and isinstance(image, (np.ndarray, Tensor)) and image.ndim == 3:
+        if isinstance(image, Tensor):
+            image = image.detach().cpu()
+            image = (image.float() if image.dtype == torch.bfloat16 else image).numpy()
+        image = image.transpose(1, 2, 0) if layout == "channels_first" else image
+        layout = "read"  # (now channels-last)
     if isinstance(image, PIL.Image.Image):
         mode = "L" if num_channels == 1 else "RGB"
         if image.mode != mode:
@@ -199,7 +219,8 @@ def _to_hwc(image: Any, num_channels: int) -> np.ndarray:
         array = image.detach().cpu().numpy()
     elif isinstance(image, np.ndarray):
         array = image
-        if array.ndim == 3 and array.shape[-1] not in (1, 2, 3, 4) and array.shape[0] in (1, 2, 3, 4):
+        guess = layout is None and array.ndim == 3
+        if guess and array.shape[-1] not in (1, 2, 3, 4) and array.shape[0] in (1, 2, 3, 4):
             array = array.transpose(1, 2, 0)  # arrays are channels-last, unless that cannot be
     else:
         raise TypeError(
@@ -438,7 +459,14 @@ class Swinv2ImageProcessor:
             array = _center_crop(array, self.crop_size["height"], self.crop_size["width"])
         return array
 
-    def preprocess(self, images: Any, return_tensors: str | None = "pt", **overrides: Any) -> BatchFeature:
+    def preprocess(
+        self,
+        images: Any,
+        return_tensors: str | None = "pt",
+        input_data_format: str | None = None,
+        data_format: str = "channels_first",
+        **overrides: Any,
+    ) -> BatchFeature:
         """Turn one image or a batch into `pixel_values` of shape (batch, channels, height, width).
 
         Args:
@@ -446,20 +474,27 @@ class Swinv2ImageProcessor:
                 batches (N, H, W, C) arrays / (N, C, H, W) tensors, alone or in a list.
             return_tensors: "pt" (a float32 torch tensor), "np" (a numpy array) or None (a list of
                 (C, H, W) numpy arrays, which may differ in size).
+            input_data_format: "channels_first" or "channels_last": how to read the arrays and tensors
+                (for a shape such as (3, 50, 4), which both could be); default: tensors channels-first,
+                arrays channels-last unless their shape says otherwise.
+            data_format: "channels_first" (the model's input, default) or "channels_last" for the output.
             **overrides: settings for this call only (e.g. `size=384`, `do_normalize=False`).
         """
+        layout, out_layout = _layout(input_data_format, "input_data_format"), _layout(data_format, "data_format")
         if overrides:
             known = set(inspect.signature(Swinv2ImageProcessor.__init__).parameters) - {"self", "kwargs"}
             unknown = sorted(set(overrides) - known)
             if unknown:
                 raise TypeError(
                     f"unknown image processor setting(s) {', '.join(unknown)}; the settings are "
-                    f"{', '.join(sorted(known))} (the channel layout of an input is told by its shape)"
+                    f"{', '.join(sorted(known))}, and per call input_data_format and data_format"
                 )
-            return self.__class__(**{**self.to_dict(), **overrides}).preprocess(images, return_tensors)
+            return self.__class__(**{**self.to_dict(), **overrides}).preprocess(
+                images, return_tensors, input_data_format, data_format
+            )
         if return_tensors not in ("pt", "np", None):
             raise ValueError(f"return_tensors must be 'pt', 'np' or None, got {return_tensors!r}")
-        arrays = [self._geometry(_to_hwc(image, self.channels)) for image in _flatten(images)]
+        arrays = [self._geometry(_to_hwc(image, self.channels, layout)) for image in _flatten(images)]
         shapes = {a.shape for a in arrays}
         if len(shapes) > 1 and return_tensors is not None:
             raise ValueError(
@@ -467,16 +502,17 @@ class Swinv2ImageProcessor:
                 "one batch; resize to one size (size={'height': H, 'width': W}) or pass return_tensors=None"
             )
         if return_tensors is None:
-            values = [self._finish(torch.from_numpy(np.array(a))[None])[0].numpy() for a in arrays]
+            values = [self._finish(torch.from_numpy(np.array(a))[None], out_layout)[0].numpy() for a in arrays]
             return BatchFeature({"pixel_values": values})
         batch = torch.from_numpy(np.ascontiguousarray(np.stack(arrays)))  # (N, H, W, C), one copy
-        pixel_values = self._finish(batch)
+        pixel_values = self._finish(batch, out_layout)
         return BatchFeature({"pixel_values": pixel_values if return_tensors == "pt" else pixel_values.numpy()})
 
     __call__ = preprocess
 
-    def _finish(self, batch: Tensor) -> Tensor:
-        """(N, H, W, C) uint8/float -> (N, C, H, W) float32, rescaled and normalised in one pass."""
+    def _finish(self, batch: Tensor, layout: str = "channels_first") -> Tensor:
+        """(N, H, W, C) uint8/float -> (N, C, H, W) float32 (or (N, H, W, C) for "channels_last"), rescaled
+        and normalised in one pass."""
         x = batch.permute(0, 3, 1, 2)
         x = x.to(torch.float64) * self.rescale_factor if self.do_rescale else x.to(torch.float64)
         x = x.to(torch.float32)  # transformers rescales in float64 and normalises in float32
@@ -485,7 +521,7 @@ class Swinv2ImageProcessor:
             mean = torch.tensor(self.image_mean, dtype=torch.float32).reshape(-1, 1, 1).expand(c, 1, 1)
             std = torch.tensor(self.image_std, dtype=torch.float32).reshape(-1, 1, 1).expand(c, 1, 1)
             x = (x - mean) / std
-        return x.contiguous()
+        return x.contiguous() if layout == "channels_first" else x.permute(0, 2, 3, 1).contiguous()
 
     # -- serialisation
     def to_dict(self) -> dict[str, Any]:
@@ -496,7 +532,7 @@ class Swinv2ImageProcessor:
             "do_rescale": self.do_rescale,
             "do_resize": self.do_resize,
             "image_mean": self.image_mean,
-            "image_processor_type": HF_PROCESSOR_TYPE,
+            "image_processor_type": self.transformers_class()[0],
             "image_std": self.image_std,
             "resample": self.resample,
             "rescale_factor": self.rescale_factor,
@@ -506,8 +542,27 @@ class Swinv2ImageProcessor:
         for key in ("do_center_crop", "crop_size", "crop_pct", "num_channels"):
             if getattr(self, key) is not None:
                 out[key] = getattr(self, key)
+        if out["image_processor_type"] == "BitImageProcessor":
+            out["do_center_crop"] = bool(self.do_center_crop)  # Bit's default crops (224)
         out.update(self.extra)
         return out
+
+    def transformers_class(self) -> tuple[str, str | None]:
+        """The transformers image processor that applies these settings as this one does, for
+        `image_processor_type` (ViTImageProcessor, which the Swin V2 checkpoints use; BitImageProcessor for a
+        short-side resize or a centre crop; ConvNextImageProcessor for `crop_pct`), and what none of them can
+        apply (None when one can)."""
+        cropped = bool(self.do_center_crop and self.crop_size is not None)
+        short = self.size.get("shortest_edge") if self.do_resize else None
+        if self.channels != 3:
+            return HF_PROCESSOR_TYPE, f"images of {self.channels} channel(s) (they take 3)"
+        if short is not None and self.crop_pct is not None:
+            if short < 384:
+                return "ConvNextImageProcessor", None
+            return "ConvNextImageProcessor", f"crop_pct with shortest_edge {short} (ConvNeXt's crops only below 384)"
+        if cropped or short is not None:
+            return "BitImageProcessor", None
+        return HF_PROCESSOR_TYPE, None
 
     def to_json_string(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
@@ -522,6 +577,13 @@ class Swinv2ImageProcessor:
         except OSError as err:
             raise OSError(f"cannot create the output folder {folder}: {err.strerror}") from err
         path = folder / PREPROCESSOR_CONFIG_NAME
+        name, unsupported = self.transformers_class()
+        if unsupported:
+            warnings.warn(
+                f"no transformers image processor applies {unsupported}: swinv2 reads its "
+                f"{PREPROCESSOR_CONFIG_NAME}, but transformers' {name} would preprocess otherwise",
+                stacklevel=2,
+            )
         text = self.to_json_string()
         atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
         return path
