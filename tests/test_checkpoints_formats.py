@@ -471,6 +471,20 @@ def test_swin_v1_checkpoint_is_named_as_such():
         ck.detect_format({"layers.0.blocks.0.attn.relative_position_bias_table": torch.zeros(49, 3)})
 
 
+def test_timm_swinv2_cr_checkpoint_is_named_as_another_architecture(tmp_path):
+    """timm's swinv2_cr_* models (another Swin V2 implementation, other weights) are refused by name, by
+    from_pretrained and by load_state_dict, instead of read as timm's swinv2_* with a config question."""
+    import timm
+
+    cr = timm.create_model("swinv2_cr_tiny_ns_224", pretrained=False, embed_dim=16, depths=(1, 1), num_heads=(1, 2))
+    save_file({k: v.contiguous() for k, v in cr.state_dict().items()}, tmp_path / "cr.safetensors")
+    with pytest.raises(ck.CheckpointError, match="swinv2_cr_"):
+        swinv2.Swinv2ForImageClassification.from_pretrained(tmp_path / "cr.safetensors")
+    model = swinv2.Swinv2ForImageClassification(swinv2.Swinv2Config(embed_dim=16, depths=[1, 1], num_heads=[1, 2]))
+    with pytest.raises(ck.CheckpointError, match="swinv2_cr_"):
+        model.load_state_dict(cr.state_dict())
+
+
 @pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
 def test_truncated_file_gives_a_clear_error(tmp_path, suffix):
     whole = tmp_path / f"whole{suffix}"

@@ -607,6 +607,12 @@ def detect_format(state: dict[str, Tensor]) -> str:
             "this is a Swin Transformer V1 checkpoint (it has relative_position_bias_table); swinv2 reads "
             "Swin Transformer V2 weights only (continuous position bias, cpb_mlp)"
         )
+    if any(".attn.meta_mlp." in k for k in keys):
+        raise CheckpointError(
+            "this is a timm swinv2_cr_* checkpoint (Swin V2 'CR', timm's re-implementation, with its own "
+            "position-bias MLP, meta_mlp, and normalisation layout): another architecture than the paper's code, "
+            "transformers and timm's swinv2_* models, whose weights swinv2 reads"
+        )
     if any(".attention.self." in k or "patch_embeddings.projection" in k for k in keys):
         return "hf"
     if any(re.match(r"features\.\d+\.\d+\.attn\.", k) for k in keys):

@@ -539,8 +539,8 @@ class Swinv2PreTrainedModel(nn.Module):
         try:
             fmt = detect_format(state_dict)
         except CheckpointError as err:
-            if "Swin Transformer V1" in str(err):
-                raise
+            if not str(err).startswith("unknown checkpoint format"):
+                raise  # another architecture's weights (Swin V1, timm's swinv2_cr): say so
             fmt = None  # partial or foreign keys: nn.Module's own check names them
         if fmt in _READERS:
             state_dict = _fit_to_model(self, _READERS[fmt](dict(state_dict)))
