@@ -417,7 +417,7 @@ def activation(name: str) -> nn.Module:
         "relu6": lambda: nn.ReLU6(),
         "leaky_relu": lambda: nn.LeakyReLU(),
         "linear": lambda: nn.Identity(),
-            "silu": lambda: nn.SiLU(),
+        "silu": lambda: nn.SiLU(),
         "swish": lambda: nn.SiLU(),
         "mish": lambda: nn.Mish(),
         "tanh": lambda: nn.Tanh(),

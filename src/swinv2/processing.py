@@ -200,9 +200,9 @@ def _to_hwc(image: Any, num_channels: int, layout: str | None = None) -> np.ndar
     if layout is not None and isinstance(image, (np.ndarray, Tensor)) and image.ndim == 3:
         if isinstance(image, Tensor):
             image = image.detach().cpu()
-            image = (image.float() if image.dtype == torch.bfloat16 else image).numpy()
+            image = (image.float() if image.is_floating_point() and image.dtype != torch.float64 else image).numpy()
         image = image.transpose(1, 2, 0) if layout == "channels_first" else image
-        layout = "read"  # (now channels-last)
+        layout = "channels_last"  # as it is now
     if isinstance(image, PIL.Image.Image):
         mode = "L" if num_channels == 1 else "RGB"
         if image.mode != mode:
