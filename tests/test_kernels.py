@@ -150,6 +150,26 @@ def test_kernel_gradients_match_autograd(dim: int, heads: int, window: int, grid
         torch.testing.assert_close(actual, expected, rtol=1e-4, atol=1e-5, msg=lambda m, n=name: f"{n}: {m}")
 
 
+def test_kernel_second_order_gradients_are_the_math_ones() -> None:
+    """create_graph=True through the kernel (a gradient penalty) differentiates its plain-op math again: the
+    same second-order gradients as the math alone, which is the reference's forward."""
+    heads, window, grid = 2, 4, 8
+    attn = _attention(16, heads, window, seed=5)
+    x = torch.randn(2 * (grid // window) ** 2, window * window, 16, device=DEVICE)
+    qkv = torch.nn.functional.linear(x, attn.qkv.weight, attn.qkv_bias()).detach()
+    mask = _mask(attn, grid, window, 2).detach()
+    scale = attn.logit_scale_exp().view(heads).detach()
+    expected = cosine_window_attention_reference(qkv, mask, scale, heads)
+    torch.testing.assert_close(kernels.window_attention_math(qkv, mask, scale, heads), expected, rtol=1e-5, atol=1e-5)
+    results = []
+    for fn in (kernels.window_attention, kernels.window_attention_math):
+        inputs = [t.clone().requires_grad_(True) for t in (qkv, mask, scale)]
+        (g,) = torch.autograd.grad(fn(*inputs, heads).square().sum(), inputs[0], create_graph=True)
+        results.append(torch.autograd.grad(g.square().sum(), inputs))
+    for actual, expected in zip(*results):
+        torch.testing.assert_close(actual, expected, rtol=1e-4, atol=1e-4 * expected.abs().max().item())
+
+
 def test_kernel_padded_keys_keep_fp16_gradients_finite() -> None:
     """A padded key (k = 0) gets no gradient instead of 1 / eps = 1e12 times one, which is inf in fp16 (and
     NaN in the qkv weight's gradient once multiplied by the token's zero input)."""

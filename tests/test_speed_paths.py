@@ -457,6 +457,7 @@ def test_cpu_training_attention_backward_is_the_derivative() -> None:
     assert torch.autograd.gradcheck(fused, (qkv, mask, scale))
     assert torch.autograd.gradcheck(lambda mask, scale: fused(qkv.detach(), mask, scale), (mask, scale))  # frozen qkv
     assert torch.autograd.gradcheck(lambda qkv: fused(qkv, mask.detach(), scale.detach()), (qkv,))  # frozen bias
+    assert torch.autograd.gradgradcheck(fused, (qkv, mask, scale))  # create_graph=True differentiates again
     with torch.no_grad():
         qkv[0, 2, 12:24] = 0.0  # a padded token: k = 0 (normalised by eps), where gradcheck's steps would not apply
     grad = torch.randn(qkv.shape[0], qkv.shape[1], qkv.shape[2] // 3, dtype=torch.float64)
@@ -656,9 +657,8 @@ def test_cpu_training_linear_layers_in_fp32_and_bf16(fp32_gemms: bool, monkeypat
 
 @pytest.mark.parametrize("fp32_gemms", [True], indirect=True)  # the Functions' route, on any CPU
 def test_second_order_gradients(fp32_gemms: bool, monkeypatch: pytest.MonkeyPatch) -> None:
-    """create_graph=True: the Linear and MLP Functions differentiate their plain ops (a Hessian-vector product
-    equals autograd's); the attention says how to get the plain-autograd attention instead of failing later
-    with an unrelated message."""
+    """create_graph=True: the Linear, MLP and attention Functions differentiate their plain ops (a
+    Hessian-vector product equals autograd's), so gradient penalties work on the whole model."""
     monkeypatch.setattr(layers, "_FUNCTION_MIN_MACS", 0)
     torch.manual_seed(4)
     x = torch.randn(3, 4, 6, requires_grad=True)
@@ -679,13 +679,20 @@ def test_second_order_gradients(fp32_gemms: bool, monkeypatch: pytest.MonkeyPatc
             assert (a - e).abs().max() <= 1e-4 * e.abs().max()
 
     model = _model(drop_path_rate=0.0).train()
-    pixels = torch.randn(2, 3, 32, 32, requires_grad=True)
-    (g,) = torch.autograd.grad(model(pixels).logits.square().sum(), pixels, create_graph=False)  # first order: fine
-    with pytest.raises(RuntimeError, match="output_attentions=True"):
-        torch.autograd.grad(model(pixels).logits.square().sum(), pixels, create_graph=True)
-    (g,) = torch.autograd.grad(model(pixels, output_attentions=True).logits.square().sum(), pixels, create_graph=True)
-    (hv,) = torch.autograd.grad(g.square().sum(), model.classifier.weight)
-    assert torch.isfinite(hv).all() and hv.abs().sum() > 0
+    pixels = torch.randn(2, 3, 44, 40, requires_grad=True)  # padded windows: zero keys on the way
+    weights = [model.classifier.weight, model.swinv2.stages[0].blocks[1].attn.logit_scale,
+               model.swinv2.stages[1].blocks[0].attn.cpb_mlp[0].weight, model.swinv2.stages[0].blocks[0].attn.q_bias]
+
+    def penalty(exact: bool) -> list[torch.Tensor]:  # a gradient penalty on the input, differentiated again
+        (g,) = torch.autograd.grad(
+            model(pixels, output_attentions=exact).logits.square().sum(), pixels, create_graph=True
+        )
+        return list(torch.autograd.grad(g.square().sum(), weights))
+
+    assert "_CosineWindowAttentionBackward" in _backward_node_names(model(pixels).logits.sum())
+    for fast, exact in zip(penalty(False), penalty(True)):  # the exact path is plain autograd throughout
+        assert exact.abs().sum() > 0
+        torch.testing.assert_close(fast, exact, rtol=1e-4, atol=1e-4 * exact.abs().max().item())
 
 
 @pytest.mark.parametrize("fp32_gemms", [True], indirect=True)  # the Linear Function's route, on any CPU

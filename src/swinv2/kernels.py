@@ -119,11 +119,38 @@ def _setup_context(ctx, inputs, output) -> None:
 
 def _backward(ctx, grad_out: Tensor):
     qkv, mask, scale = ctx.saved_tensors
+    if torch.is_grad_enabled():  # create_graph=True: autograd of the plain ops, which are differentiable again
+        needs = ctx.needs_input_grad[:3]
+        wanted = [t for t, need in zip((qkv, mask, scale), needs) if need]
+        with torch.enable_grad():
+            out = window_attention_math(qkv, mask, scale, ctx.heads)
+            grads = iter(torch.autograd.grad(out, wanted, grad_out, create_graph=True))
+        return (*(next(grads) if need else None for need in needs), None)
     grad_qkv, grad_mask, grad_scale = _window_attention_backward_op(qkv, mask, scale, grad_out, ctx.heads)
     return grad_qkv, grad_mask, grad_scale, None
 
 
 _window_attention_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+def window_attention_math(qkv: Tensor, mask: Tensor, scale: Tensor, heads: int) -> Tensor:
+    """`window_attention` in plain differentiable ops (for second-order gradients): the same arguments and
+    result, computed in fp32 at least; a vector shorter than `NORM_EPS` (a padded token's key, 0) gets no
+    gradient, as in the kernels."""
+    b_, n, three_c = qkv.shape
+    d = three_c // (3 * heads)
+    acc = torch.promote_types(qkv.dtype, torch.float32)
+    q, k, v = qkv.to(acc).view(b_, n, 3, heads, d).permute(2, 0, 3, 1, 4).unbind(0)
+
+    def unit(x: Tensor) -> Tensor:
+        norm = torch.linalg.vector_norm(x, dim=-1, keepdim=True).clamp_min(NORM_EPS)
+        return torch.where(norm > NORM_EPS, x, x.detach()) / norm
+
+    windows = mask.shape[0]
+    scores = (unit(q) * scale.to(acc).view(1, heads, 1, 1)) @ unit(k).transpose(-2, -1)
+    scores = scores.view(b_ // windows, windows, heads, n, n) + mask.to(acc)
+    out = scores.view(b_, heads, n, n).softmax(-1) @ v
+    return out.transpose(1, 2).reshape(b_, n, heads * d).to(qkv.dtype)
 
 
 def window_attention(qkv: Tensor, mask: Tensor, scale: Tensor, heads: int) -> Tensor:

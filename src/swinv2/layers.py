@@ -669,14 +669,30 @@ def _window_probs(qk_n: Tensor, mask: Tensor) -> Tensor:
     return torch.ops.aten._softmax.out(scores, -1, False, out=_scratch(1, scores.shape, scores))
 
 
-def _cosine_attention(
-    qkv: Tensor, mask: Tensor, scale: Tensor, heads: int, keep: bool
-) -> tuple[Tensor, tuple[Tensor, Tensor, Tensor, Tensor]]:
+def _normalized_qk(qkv: Tensor, norm: Tensor, scale: Tensor) -> tuple[Tensor, Tensor]:
+    """q and k of `qkv` `(B*nW, N, 3, heads, D)` divided by their `norm` `(2, B*nW, heads, N, 1)` (q times its
+    head's logit `scale`), into scratch slot 8 as `(2, B*nW, heads, N, D)`: q and k are bmm-ready views of it;
+    and the scales `(2, 1, heads, 1, 1)`."""
+    b_, n, _, heads, d = qkv.shape
+    scales = torch.stack((scale.to(norm.dtype), torch.ones_like(scale, dtype=norm.dtype))).view(2, 1, heads, 1, 1)
+    qk_n = _scratch(8, (2, b_, heads, n, d), qkv)
+    torch.mul(qkv[:, :, :2].permute(2, 0, 3, 1, 4), scales / norm, out=qk_n)
+    return qk_n, scales
+
+
+def _heads_major_v(qkv: Tensor, slot: int) -> Tensor:
+    """v of `qkv` `(B*nW, N, 3, heads, D)` as `(B*nW*heads, N, D)`, bmm-ready, in scratch slot `slot`."""
+    b_, n, _, heads, d = qkv.shape
+    v = _scratch(slot, (b_, heads, n, d), qkv)
+    v.copy_(qkv[:, :, 2].transpose(1, 2))
+    return v.view(b_ * heads, n, d)
+
+
+def _cosine_attention(qkv: Tensor, mask: Tensor, scale: Tensor, heads: int, inference: bool) -> tuple[Tensor, Tensor]:
     """`softmax(cos(q, k) * scale + mask) v`: `qkv` `(B*nW, N, 3C)`, `mask` `(nW or 1, heads, N, N)`, `scale`
-    `(heads,)` -> `(B*nW, N, C)`, and what the backward needs: the normalised q and k `(2, B*nW, heads, N, D)`,
-    their norms, the scales and v `(B*nW*heads, N, D)`. Scores and probabilities live in scratch slots 0-2;
-    without `keep` (inference) the normalised q and k, v and the output too (slots 3, 8 and 9), so the output
-    is valid until the next call."""
+    `(heads,)` -> `(B*nW, N, C)`, and the norms of q and k `(2, B*nW, heads, N, 1)` (for the backward). Every
+    temporary lives in scratch slots (0-3, 8); in `inference` the output too (slot 9: valid until the next
+    call), else it is a fresh tensor."""
     b_, n, three_c = qkv.shape
     c = three_c // 3
     d = c // heads
@@ -687,22 +703,13 @@ def _cosine_attention(
     # norms reduced in qkv's own layout (4x faster than through the permuted view), then permuted.
     norm = torch.linalg.vector_norm(qk, dim=-1, keepdim=True, dtype=None if qk.dtype == acc else acc)
     norm = norm.clamp_min_(kernels.NORM_EPS).permute(2, 0, 3, 1, 4)  # (2, B*nW, heads, N, 1)
-    qk = qk.permute(2, 0, 3, 1, 4)
-    scales = torch.stack((scale.to(acc), torch.ones_like(scale, dtype=acc))).view(2, 1, heads, 1, 1)
-
-    def buffer(slot: int, *shape: int) -> Tensor:
-        return qkv.new_empty(shape) if keep else _scratch(slot, shape, qkv)
-
-    qk_n = buffer(8, 2, b_, heads, n, d)  # contiguous: q and k are bmm-ready views of it
-    torch.mul(qk, scales / norm, out=qk_n)
+    qk_n, _ = _normalized_qk(qkv, norm, scale)
     probs = _window_probs(qk_n, mask)  # (scratch slots 0 and 1)
-    v = buffer(3, b_, heads, n, d)
-    v.copy_(qkv[:, :, 2].transpose(1, 2))
-    v = v.view(b_ * heads, n, d)
+    v = _heads_major_v(qkv, 3)
     heads_out = torch.bmm(probs, v, out=_scratch(2, v.shape, v)).view(b_, heads, n, d)
-    out = buffer(9, b_, n, c)  # a copy, never a view of slot 2 (as reshape gives for 1 head)
+    out = _scratch(9, (b_, n, c), qkv) if inference else qkv.new_empty(b_, n, c)  # never a view of slot 2
     out.view(b_, n, heads, d).copy_(heads_out.transpose(1, 2))
-    return out, (qk_n, norm, scales, v)
+    return out, norm
 
 
 class _CosineWindowAttention(torch.autograd.Function):
@@ -710,36 +717,42 @@ class _CosineWindowAttention(torch.autograd.Function):
 
     Autograd's version of the step-by-step code keeps 8 `(B*nW, N, C)`-sized tensors per block (qkv, copies
     of q, k and v, the probabilities, which are 2C wide) and spends ~10% of a CPU training step on the
-    normalisation's broadcasts and on concatenating q, k and v's gradients. This one keeps
-    3 (normalised q and k, v), computes the probabilities again in the backward (2-4% of a step, for 10% of
-    its activation memory) and writes the three gradients straight into one qkv-shaped buffer. Scores,
-    probabilities and their gradients live in `_scratch` buffers.
+    normalisation's broadcasts and on concatenating q, k and v's gradients. This one keeps qkv (3C) and the
+    norms, computes the normalised q and k, v's head-major copy and the probabilities again in the backward
+    (a few percent of a step, for 10% of its activation memory), and writes the three gradients straight
+    into one qkv-shaped buffer. Its temporaries live in `_scratch` buffers. Second-order gradients
+    (`create_graph=True`) differentiate `kernels.window_attention_math` on the saved qkv.
     """
 
     @staticmethod
     def forward(ctx, qkv: Tensor, mask: Tensor, scale: Tensor, heads: int) -> Tensor:
-        out, saved = _cosine_attention(qkv, mask, scale, heads, keep=True)
-        ctx.save_for_backward(*saved, mask)
-        ctx.windows, ctx.scale_dtype = mask.shape[0], scale.dtype
+        out, norm = _cosine_attention(qkv, mask, scale, heads, inference=False)
+        ctx.save_for_backward(qkv, norm, scale, mask)
+        ctx.heads = heads
         return out
 
     @staticmethod
     @_autocast_off
     def backward(ctx, grad_out: Tensor) -> tuple[Tensor | None, ...]:
+        qkv, norm, scale, mask = ctx.saved_tensors
+        heads = ctx.heads
         if torch.is_grad_enabled():
-            raise RuntimeError(
-                "second-order gradients (create_graph=True) do not go through the CPU training window attention; "
-                "call the model with output_attentions=True for such a step: the step-by-step attention is "
-                "plain autograd"
-            )
-        qk_n, norm, scales, v, mask = ctx.saved_tensors
+
+            def attention(qkv: Tensor, mask: Tensor, scale: Tensor) -> Tensor:
+                return kernels.window_attention_math(qkv, mask, scale, heads)
+
+            return (*_second_order(attention, (qkv, mask, scale), ctx.needs_input_grad[:3], grad_out), None)
+        b_, n, three_c = qkv.shape
+        d = three_c // (3 * heads)
+        qkv5 = qkv.view(b_, n, 3, heads, d)
+        qk_n, scales = _normalized_qk(qkv5, norm, scale)  # (scratch slot 8)
+        v = _heads_major_v(qkv5, 9)
         probs = _window_probs(qk_n, mask)  # recomputed: one more small bmm instead of keeping (heads, N, N) per window
-        _, b_, heads, n, d = qk_n.shape
-        windows = ctx.windows
+        windows = mask.shape[0]
         acc = norm.dtype
         needs_qkv, needs_mask, needs_scale = ctx.needs_input_grad[:3]
         # Temporaries in scratch slots: 0 scores, grad_probs, grad_qk; 1 probs, grad_qk * qk_n; 2 grad_v,
-        # grad_scores; 3 grad_out
+        # grad_scores; 3 grad_out; 8 qk_n; 9 v
         grad_out = _scratch(3, v.shape, v).view(b_, heads, n, d).copy_(grad_out.view(b_, n, heads, d).transpose(1, 2))
         grad_out = grad_out.view(b_ * heads, n, d)
         grad_qkv = grad_mask = grad_scale = None
@@ -769,7 +782,7 @@ class _CosineWindowAttention(torch.autograd.Function):
         # does not reach.
         dot = torch.mul(grad_qk, qk_n, out=_scratch(1, qk_n.shape, qk_n)).sum(-1, keepdim=True, dtype=acc)
         if needs_scale:
-            grad_scale = (dot[0].sum((0, 2, 3)) / scales.view(2, heads)[0]).to(ctx.scale_dtype)
+            grad_scale = (dot[0].sum((0, 2, 3)) / scales.view(2, heads)[0]).to(scale.dtype)
         if not needs_qkv:
             return None, grad_mask, grad_scale, None
         factor = torch.where(norm > kernels.NORM_EPS, scales / norm, 0.0)
@@ -945,7 +958,7 @@ class WindowAttention(nn.Module):
             qkv = _scratch_linear(rows, self.qkv.weight, qkv_bias, 7)
         else:
             qkv = self.project_qkv(rows, qkv_bias)
-        out, _ = _cosine_attention(qkv.view(b_, n, 3 * c), mask.to(qkv.dtype), scale, self.num_heads, keep=False)
+        out, _ = _cosine_attention(qkv.view(b_, n, 3 * c), mask.to(qkv.dtype), scale, self.num_heads, inference=True)
         return _linear_rows(self.proj, out.view(-1, c), 10)
 
     def forward_explicit(
