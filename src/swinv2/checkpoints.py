@@ -1022,6 +1022,12 @@ def _pretrained_window(table: Tensor, window: int) -> int:
 
 
 # ---------------------------------------------------------------------------------------------- loading
+def _dtype_named(name: str) -> torch.dtype | None:
+    """The torch dtype a name spells ("float16", "torch.bfloat16"), or None."""
+    dtype = getattr(torch, name.replace("torch.", ""), None)
+    return dtype if isinstance(dtype, torch.dtype) else None
+
+
 def _target_dtype(torch_dtype: Any, state: dict[str, Tensor], config: Swinv2Config | None = None) -> torch.dtype | None:
     """The dtype to load in: float32 by default; for "auto", as transformers, the dtype config.json names,
     else the file's first floating-point tensor's."""
@@ -1029,15 +1035,14 @@ def _target_dtype(torch_dtype: Any, state: dict[str, Tensor], config: Swinv2Conf
         return torch.float32
     if torch_dtype == "auto":
         named = getattr(config, "torch_dtype", None)
-        if isinstance(named, str) and isinstance(getattr(torch, named.replace("torch.", ""), None), torch.dtype):
-            return getattr(torch, named.replace("torch.", ""))
+        if isinstance(named, str) and _dtype_named(named) is not None:
+            return _dtype_named(named)
         floats = [v.dtype for v in state.values() if v.is_floating_point()]
         return floats[0] if floats else torch.float32
     if isinstance(torch_dtype, str):
-        dtype = getattr(torch, torch_dtype.replace("torch.", ""), None)
-        if not isinstance(dtype, torch.dtype):
+        if _dtype_named(torch_dtype) is None:
             raise ValueError(f"unknown torch_dtype {torch_dtype!r}; use e.g. 'float32', 'bfloat16' or 'auto'")
-        return dtype
+        return _dtype_named(torch_dtype)
     return torch_dtype
 
 
@@ -1139,6 +1144,19 @@ def load_into_model(
     }
 
 
+def in_model_keys(model: torch.nn.Module, state: Any) -> Any:
+    """A state dict in another library's layout (transformers, timm, torchvision, Microsoft) under `model`'s
+    keys; ours, or keys no format explains (a partial dict), unchanged. Another architecture's weights (Swin V1,
+    timm's swinv2_cr) raise the error that names it."""
+    try:
+        fmt = detect_format(state)
+    except CheckpointError as err:
+        if not str(err).startswith("unknown checkpoint format"):
+            raise
+        return state
+    return _fit_to_model(model, _READERS[fmt](dict(state))) if fmt in _READERS else state
+
+
 def _resize_positions(pos: Tensor, grid: tuple[int, int]) -> Tensor:
     """Bicubically resize absolute position embeddings `(1, N, C)` to the model's patch grid `(gh, gw)`.
 
@@ -1195,11 +1213,14 @@ def _split_kwargs(cls: type, kwargs: dict[str, Any]) -> tuple[dict[str, Any], di
     return model_kwargs, overrides
 
 
-def _refuse_unknown(cls: type, overrides: dict[str, Any], stored: Any) -> None:
-    """As transformers: a keyword that names no config field (of Swinv2Config, or one of `stored`, the keys of
-    the checkpoint's config) and no constructor argument is a TypeError, not a silent no-op written into
-    config.json."""
-    unknown = [k for k in overrides if k not in CONFIG_FIELDS and k not in stored]
+def _refuse_unknown(cls: type, overrides: dict[str, Any], stored: Callable[[], Any]) -> None:
+    """As transformers: a keyword that names no config field (of Swinv2Config, or one of `stored()`, the keys
+    of the checkpoint's config, read only when needed) and no constructor argument is a TypeError, not a
+    silent no-op written into config.json."""
+    unknown = [k for k in overrides if k not in CONFIG_FIELDS]
+    if unknown:
+        known = stored()
+        unknown = [k for k in unknown if k not in known]
     if unknown:
         raise TypeError(
             f"{cls.__name__}.from_pretrained() got unexpected keyword argument(s) {', '.join(map(repr, unknown))}: "
@@ -1259,15 +1280,17 @@ def load_pretrained(
     state, embedded = read_weights(weights_path)
     canonical, fmt = to_canonical(state)
     config = _as_config(config)
-    if config is not None:
-        stored = config.extra
-    elif config_path is not None:
+
+    def stored() -> Any:
+        if config is not None:
+            return config.extra
+        if config_path is None:
+            return embedded or {}
         try:
-            stored = json.loads(config_path.read_text(encoding="utf-8"))
+            return json.loads(config_path.read_text(encoding="utf-8"))
         except (OSError, ValueError):
-            stored = {}  # (checkpoint_config names the problem)
-    else:
-        stored = embedded or {}
+            return {}  # (checkpoint_config names the problem)
+
     _refuse_unknown(cls, config_overrides, stored)
     if config is None:
         config = checkpoint_config(

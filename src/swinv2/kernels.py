@@ -133,21 +133,26 @@ def _backward(ctx, grad_out: Tensor):
 _window_attention_op.register_autograd(_backward, setup_context=_setup_context)
 
 
+def normalize(x: Tensor, scale: Tensor | None = None) -> Tensor:
+    """`F.normalize(x, dim=-1)` (times `scale`, folded into the reciprocal norm), whose gradient is 0 for
+    vectors shorter than `NORM_EPS` (only padded tokens' keys, which are 0) instead of 1 / eps = 1e12 times
+    theirs, which overflows fp16 to inf and meets the padded token's zero input as NaN in the weight gradient
+    (as in the kernels' and the CPU Function's backward passes)."""
+    norm = torch.linalg.vector_norm(x, dim=-1, keepdim=True).clamp_min(NORM_EPS)
+    if x.requires_grad:
+        x = torch.where(norm > NORM_EPS, x, x.detach())
+    return x / norm if scale is None else x * (scale / norm)
+
+
 def window_attention_math(qkv: Tensor, mask: Tensor, scale: Tensor, heads: int) -> Tensor:
     """`window_attention` in plain differentiable ops (for second-order gradients): the same arguments and
-    result, computed in fp32 at least; a vector shorter than `NORM_EPS` (a padded token's key, 0) gets no
-    gradient, as in the kernels."""
+    result, computed in fp32 at least."""
     b_, n, three_c = qkv.shape
     d = three_c // (3 * heads)
     acc = torch.promote_types(qkv.dtype, torch.float32)
     q, k, v = qkv.to(acc).view(b_, n, 3, heads, d).permute(2, 0, 3, 1, 4).unbind(0)
-
-    def unit(x: Tensor) -> Tensor:
-        norm = torch.linalg.vector_norm(x, dim=-1, keepdim=True).clamp_min(NORM_EPS)
-        return torch.where(norm > NORM_EPS, x, x.detach()) / norm
-
     windows = mask.shape[0]
-    scores = (unit(q) * scale.to(acc).view(1, heads, 1, 1)) @ unit(k).transpose(-2, -1)
+    scores = normalize(q, scale.to(acc).view(1, heads, 1, 1)) @ normalize(k).transpose(-2, -1)
     scores = scores.view(b_ // windows, windows, heads, n, n) + mask.to(acc)
     out = scores.view(b_, heads, n, n).softmax(-1) @ v
     return out.transpose(1, 2).reshape(b_, n, heads * d).to(qkv.dtype)

@@ -792,17 +792,6 @@ class _CosineWindowAttention(torch.autograd.Function):
         return grad_qkv.view(b_, n, 3 * heads * d), grad_mask, grad_scale, None
 
 
-def _normalize(x: Tensor, scale: Tensor | None = None) -> Tensor:
-    """`F.normalize(x, dim=-1)` (times `scale`, folded into the reciprocal norm), whose gradient is 0 for
-    vectors shorter than eps (only padded tokens' keys, which are 0) instead of 1 / eps = 1e12 times theirs,
-    which overflows fp16 to inf and meets the padded token's zero input as NaN in the weight gradient (as in
-    the hand-written backward passes)."""
-    norm = torch.linalg.vector_norm(x, dim=-1, keepdim=True).clamp_min(kernels.NORM_EPS)
-    if x.requires_grad:
-        x = torch.where(norm > kernels.NORM_EPS, x, x.detach())
-    return x / norm if scale is None else x * (scale / norm)
-
-
 class WindowAttention(nn.Module):
     """Scaled cosine self-attention inside windows, with the continuous position bias.
 
@@ -883,8 +872,8 @@ class WindowAttention(nn.Module):
         q, k, v = qkv.view(b, n, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
         # Normalise in fp32: padded tokens have k = 0, and 0 / max(0, eps) must not become 0/0 in fp16.
         acc = torch.promote_types(v.dtype, torch.float32)
-        q = _normalize(q.to(acc)) * self.logit_scale_exp().to(acc)
-        k = _normalize(k.to(acc))
+        q = kernels.normalize(q.to(acc)) * self.logit_scale_exp().to(acc)
+        k = kernels.normalize(k.to(acc))
         return q.to(v.dtype), k.to(v.dtype), v
 
     def forward(self, x: Tensor, mask: Tensor) -> Tensor:
@@ -907,7 +896,7 @@ class WindowAttention(nn.Module):
         # split, not slices: the backward of a slice zero-fills a tensor of qkv's size for each slice
         qk, v = qkv.split((2, 1), dim=2)
         scale = torch.cat((logit_scale.view(1, heads), logit_scale.new_ones(1, heads)))
-        qk = _normalize(qk.to(acc), scale.to(acc).view(2, heads, 1)).to(qkv.dtype)
+        qk = kernels.normalize(qk.to(acc), scale.to(acc).view(2, heads, 1)).to(qkv.dtype)
         q, k = qk.permute(2, 0, 3, 1, 4).unbind(0)
         v = v.squeeze(2).transpose(1, 2)
         windows = mask.shape[0]

@@ -534,17 +534,9 @@ class Swinv2PreTrainedModel(nn.Module):
         """`nn.Module.load_state_dict`; a state dict in another library's layout (transformers, timm,
         torchvision, Microsoft's code: `hf_model.state_dict()`, a timm checkpoint) is converted to this model's
         keys first, with the same `strict` check afterwards."""
-        from .checkpoints import _READERS, CheckpointError, _fit_to_model, detect_format
+        from .checkpoints import in_model_keys
 
-        try:
-            fmt = detect_format(state_dict)
-        except CheckpointError as err:
-            if not str(err).startswith("unknown checkpoint format"):
-                raise  # another architecture's weights (Swin V1, timm's swinv2_cr): say so
-            fmt = None  # partial or foreign keys: nn.Module's own check names them
-        if fmt in _READERS:
-            state_dict = _fit_to_model(self, _READERS[fmt](dict(state_dict)))
-        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+        return super().load_state_dict(in_model_keys(self, state_dict), strict=strict, assign=assign)
 
     def clear_attention_cache(self) -> None:
         """Forget the cached attention masks and the weights' autocast copies (rebuilt on the next
