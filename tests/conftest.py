@@ -76,12 +76,14 @@ def hf_model(kind: str, config_kwargs: dict, seed: int = 0, **extra) -> torch.nn
     return model
 
 
-def torchvision_swinv2(num_classes: int, embed_dim: int = 32, depths=(2, 2), num_heads=(2, 4), window: int = 4):
-    """A small torchvision Swin V2 (its own random init, train mode): patch 4, any depth and width."""
+def torchvision_swinv2(
+    num_classes: int, embed_dim: int = 32, depths=(2, 2), num_heads=(2, 4), window: int = 4, patch: int = 4
+):
+    """A small torchvision Swin V2 (its own random init, train mode): any patch, depth and width."""
     from torchvision.models.swin_transformer import PatchMergingV2, SwinTransformer, SwinTransformerBlockV2
 
     return SwinTransformer(
-        patch_size=[4, 4], embed_dim=embed_dim, depths=list(depths), num_heads=list(num_heads),
+        patch_size=[patch, patch], embed_dim=embed_dim, depths=list(depths), num_heads=list(num_heads),
         window_size=[window, window], num_classes=num_classes, block=SwinTransformerBlockV2,
         downsample_layer=PatchMergingV2,
     )

@@ -83,7 +83,7 @@ def test_timm_small_logits_match(tmp_path, suffix):
     ("size", "window", "warning", "atol"),
     [
         # 13x13 patches, window 5: timm shifts before it pads
-        (52, 5, r"stage 1: 13x13 patches, window 5.*differ from timm's", 1e-5),
+        (52, 5, r"stage 1 \(13x13 patches\): timm shifts before it pads.*differ from timm's", 1e-5),
         # patch 4 does not divide 70 px: timm's convolution drops the last 2 pixels (17x17 patches) where
         # transformers, and swinv2, pad them (18x18), although 18x18 is whole windows of 3
         (70, 3, r"patch 4x4 does not divide the image 70x70: timm drops the last", 1e-4),
@@ -434,10 +434,110 @@ def test_timm_and_torchvision_refuse_what_they_cannot_hold():
         ck.export_state_dict(ours("Swinv2ForMaskedImageModeling", encoder_stride=8), "torchvision")
 
 
-def test_torchvision_warns_when_our_window_shrinks():
-    model = ours(image_size=32, window_size=8)  # 8x8 then 4x4 maps: windows shrink to 8 and 4
-    with pytest.warns(UserWarning, match=r"shrinks the window of stage 2: 4.*torchvision keeps window 8"):
-        ck.export_state_dict(model, "torchvision")
+PEER_GEOMETRIES = [  # (library, image (h, w), patch, window, depths): each way the layouts part, and alike
+    ("timm", (64, 64), 4, 4, [2, 2]),  # whole windows everywhere: alike
+    ("timm", (52, 52), 4, 5, [2, 2]),  # 13x13 patches: timm shifts, then pads
+    ("timm", (28, 28), 4, 2, [2, 2]),  # 7x7 padded by half a window (the shift): alike
+    ("timm", (36, 36), 4, 4, [1, 2]),  # 9x9 (never shifted), then 5x5: transformers' shift from 9 // 2 = 4
+    ("timm", (32, 64), 4, 4, [2, 2]),  # non-square: timm shifts per side (stage 2: 4x8 patches)
+    ("timm", (24, 40), 4, 8, [2, 2]),  # windows per side in timm, square (the height's) in transformers
+    ("timm", (30, 30), 4, 3, [2, 2]),  # the patch convolution drops 2 pixels
+    ("torchvision", (52, 52), 4, 5, [2, 2]),  # padding before the shift, as transformers: alike
+    ("torchvision", (32, 32), 4, 8, [2, 2]),  # transformers shrinks stage 2's window to 4, torchvision pads
+    ("torchvision", (32, 64), 4, 4, [2, 2]),  # non-square: no shift on the side one window covers
+    ("torchvision", (64, 32), 2, 8, [2, 1, 2]),  # the per-side stage (16x8) has no shifted block: alike
+    ("torchvision", (72, 72), 4, 4, [2, 2, 2]),  # 18x18 -> 9x9 -> 5x5: transformers' stage-3 shift from 4
+]
+
+
+@pytest.mark.parametrize(("fmt", "hw", "patch", "window", "depths"), PEER_GEOMETRIES)
+def test_peer_geometry_warning_is_given_exactly_where_outputs_differ(tmp_path, fmt, hw, patch, window, depths):
+    """timm and torchvision lay windows out otherwise than transformers in some geometries (per-side shifts,
+    shift before padding, windows never shrunk, a patch remainder dropped). Reading their file and writing
+    one for them warns there, and only there: checked against the library's own outputs."""
+    torch.manual_seed(0)
+    heads = [2] * len(depths)
+    if fmt == "timm":
+        reference = SwinTransformerV2(
+            img_size=hw, patch_size=patch, num_classes=3, embed_dim=16, depths=depths, num_heads=heads,
+            window_size=window,
+        )
+    else:
+        reference = torchvision_swinv2(3, embed_dim=16, depths=depths, num_heads=heads, window=window, patch=patch)
+    reference = perturb_(reference).eval()
+    x = torch.randn(2, 3, *hw, generator=torch.Generator().manual_seed(1))
+    size = list(hw) if hw[0] != hw[1] else hw[0]
+    save_file(reference.state_dict(), tmp_path / "peer.safetensors")
+    with warnings.catch_warnings(record=True) as read:
+        warnings.simplefilter("always")
+        model = swinv2.Swinv2ForImageClassification.from_pretrained(
+            tmp_path / "peer.safetensors", image_size=size, window_size=window, patch_size=patch
+        )
+    with warnings.catch_warnings(record=True) as written:
+        warnings.simplefilter("always")
+        ck.export_state_dict(model, fmt)
+    with torch.no_grad():  # (measured over 200 random geometries: <= 6e-7 where alike, >= 3e-3 where not)
+        differ = max_diff(model(x).logits, reference(x)) > 1e-5 * reference(x).abs().max().item()
+    for caught in (read, written):
+        messages = [str(w.message) for w in caught if "lays its windows out otherwise" in str(w.message)]
+        assert bool(messages) == differ, (differ, messages)
+
+
+@pytest.mark.parametrize("wrapper", ["state_dict_ema", "model_ema", "averaged_model"])
+def test_averaged_weights_as_training_scripts_save_them_load(tmp_path, wrapper):
+    """timm's train.py keeps the EMA under `state_dict_ema`, other scripts under `model_ema`, and
+    torch.optim.swa_utils.AveragedModel (torchvision's reference scripts) saves `module.*` keys beside its
+    `n_averaged` count: each loads as the plain state dict would."""
+    reference = timm_small()
+    if wrapper == "averaged_model":
+        averaged = torch.optim.swa_utils.AveragedModel(reference)
+        payload = averaged.state_dict()
+        assert "n_averaged" in payload
+    else:
+        payload = {wrapper: reference.state_dict(), "epoch": 3}
+    torch.save(payload, tmp_path / "ema.pth")
+    model = swinv2.Swinv2ForImageClassification.from_pretrained(tmp_path / "ema.pth", window_size=4, image_size=64)
+    x = images(64)
+    with torch.no_grad():
+        assert max_diff(model(x).logits, reference(x)) < ATOL
+
+
+def test_a_checkpoint_of_only_nested_mappings_names_them(tmp_path):
+    torch.save({"weights": {"inner": {"a": torch.zeros(1)}}, "epoch": 1}, tmp_path / "nested.pth")
+    with pytest.raises(ck.CheckpointError, match=r"holds no tensors \(but mappings under 'weights'"):
+        swinv2.Swinv2Model.from_pretrained(tmp_path / "nested.pth")
+
+
+def test_rectangular_torchvision_window_is_refused():
+    """torchvision takes window_size=[4, 2]; swinv2 (as transformers) has square windows only, and would
+    otherwise read the width as the window and compute something else."""
+    torch.manual_seed(0)
+    from torchvision.models.swin_transformer import PatchMergingV2, SwinTransformerBlockV2
+
+    reference = SwinTransformer(
+        patch_size=[4, 4], embed_dim=16, depths=[2, 2], num_heads=[2, 2], window_size=[4, 2], num_classes=3,
+        block=SwinTransformerBlockV2, downsample_layer=PatchMergingV2,
+    )
+    with pytest.raises(ck.CheckpointError, match=r"stage 1 has 4x2 windows.*square windows only"):
+        ck.infer_config(reference.state_dict(), "torchvision")
+
+
+def test_shard_index_without_weight_map_is_named(tmp_path):
+    (tmp_path / "model.safetensors.index.json").write_text('{"metadata": {}}')
+    with pytest.raises(ck.CheckpointError, match=r"has no weight_map"):
+        swinv2.Swinv2Model.from_pretrained(tmp_path)
+
+
+def test_convert_refuses_to_write_over_its_source_or_into_a_folder(tmp_path):
+    ours().save_pretrained(tmp_path / "hf")
+    with pytest.raises(ck.CheckpointError, match=r"is where .* is read from"):
+        ck.convert(tmp_path / "hf", tmp_path / "hf" / "model.safetensors", "timm")
+    with pytest.raises(ck.CheckpointError, match=r"is where .* is read from"):
+        ck.convert(tmp_path / "hf", tmp_path / "hf", "hf")
+    (tmp_path / "out.pth").mkdir()
+    with pytest.raises(ck.WriteError, match=r"out.pth is a folder: name the file"):
+        ck.convert(tmp_path / "hf", tmp_path / "out.pth", "timm")
+    assert list((tmp_path / "hf").iterdir()) and not list((tmp_path / "out.pth").iterdir())
 
 
 # ---------------------------------------------------------------------------------------------- errors
@@ -687,7 +787,7 @@ def test_one_stage_headless_timm_checkpoint_is_told_from_microsofts(tmp_path):
     reference = perturb_(SwinTransformerV2(**kwargs))
     assert ck.detect_format(reference.state_dict()) == "timm"
     save_file(reference.state_dict(), tmp_path / "one_stage.safetensors")
-    with pytest.warns(UserWarning, match=r"this timm checkpoint meets padding \(stage 1: 13x13 patches, window 5\)"):
+    with pytest.warns(UserWarning, match=r"this timm checkpoint lays its windows .*stage 1 \(13x13 patches\)"):
         model = swinv2.Swinv2Model.from_pretrained(tmp_path / "one_stage.safetensors", window_size=5, image_size=52)
     mine = ours(kind="Swinv2Model", embed_dim=32, depths=[2], num_heads=[2], image_size=52, window_size=5)
     assert ck.detect_format(ck.export_state_dict(mine, "microsoft")) == "microsoft"

@@ -19,6 +19,7 @@ them; they also tell window and image size when a checkpoint comes without a con
 
 from __future__ import annotations
 
+import errno
 import functools
 import inspect
 import json
@@ -66,6 +67,8 @@ class WriteError(Swinv2Error, OSError):
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
     """Call `write(tmp_path)`, fsync, then rename over `path`: a crash never leaves half a file behind."""
     path = Path(path)
+    if path.is_dir():
+        raise WriteError(f"{path} is a folder: name the file to write (e.g. {path / 'model.safetensors'})")
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
@@ -88,10 +91,9 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
         torch_write = isinstance(err, RuntimeError) and ("inline_container" in str(err) or "StreamWriter" in str(err))
         if isinstance(err, OSError) or torch_write or type(err).__name__ == "SafetensorError":
             reason = (str(err).strip().splitlines() or [type(err).__name__])[-1]
-            raise WriteError(
-                f"could not write {path} ({reason}; {free:.0f} MiB free there): free space or write elsewhere. "
-                "Nothing was left half-written"
-            ) from err
+            full = not isinstance(err, OSError) or err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO)
+            fix = f"; {free:.0f} MiB free there): free space or write elsewhere" if full else "): write elsewhere"
+            raise WriteError(f"could not write {path} ({reason}{fix}. Nothing was left half-written") from err
         raise
     try:
         dir_fd = os.open(path.parent, os.O_RDONLY)
@@ -193,8 +195,16 @@ def _parse_embedded_config(text: Any, path: Path) -> dict[str, Any] | None:
     return data
 
 
+# Where training scripts keep the weights in a checkpoint, first match wins: the model's own weights before
+# an exponential moving average of them (timm's train.py writes both, `state_dict` and `state_dict_ema`).
+STATE_DICT_KEYS = (
+    "model", "state_dict", "model_state", "model_state_dict", "module",
+    "model_ema", "state_dict_ema", "ema", "ema_state_dict",
+)
+
+
 def _unwrap_state_dict(obj: Any, path: Path) -> dict[str, Tensor]:
-    for key in ("model", "state_dict", "model_state", "model_state_dict", "module"):
+    for key in STATE_DICT_KEYS:
         if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
             obj = obj[key]
             break
@@ -202,7 +212,14 @@ def _unwrap_state_dict(obj: Any, path: Path) -> dict[str, Tensor]:
         raise CheckpointError(f"{path} does not hold a state dict (a mapping of names to tensors)")
     tensors = {k: v for k, v in obj.items() if isinstance(v, Tensor)}
     if not tensors:
-        raise CheckpointError(f"{path} holds no tensors")
+        nested = ", ".join(repr(k) for k, v in obj.items() if isinstance(v, dict))
+        raise CheckpointError(
+            f"{path} holds no tensors"
+            + (f" (but mappings under {nested}: save the weights alone from torch.load)" if nested else "")
+        )
+    # torch.optim.swa_utils.AveragedModel (EMA in torchvision's reference scripts) adds a step count
+    if "n_averaged" in tensors and all(k.startswith("module.") for k in tensors if k != "n_averaged"):
+        del tensors["n_averaged"]
     if all(k.startswith("module.") for k in tensors):  # saved from DistributedDataParallel
         tensors = {k[len("module.") :]: v for k, v in tensors.items()}
     return tensors
@@ -213,8 +230,14 @@ def _load_sharded(index_path: Path) -> dict[str, Tensor]:
         index = json.loads(index_path.read_text())
     except json.JSONDecodeError as err:
         raise CheckpointError(f"{index_path} is not valid JSON ({err}); download or save it again") from err
+    weight_map = index.get("weight_map") if isinstance(index, dict) else None
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise CheckpointError(
+            f"{index_path} has no weight_map (tensor name -> shard file): it is not a sharded checkpoint's "
+            "index, or it was cut short; download or save it again"
+        )
     state: dict[str, Tensor] = {}
-    for shard in sorted(set(index.get("weight_map", {}).values())):
+    for shard in sorted(set(weight_map.values())):
         state.update(load_state_dict_file(index_path.parent / shard))
     return state
 
@@ -519,6 +542,7 @@ def ours_to_timm(model: torch.nn.Module) -> dict[str, Tensor]:
     """A model's weights in timm's `SwinTransformerV2` layout (timm persists no buffers)."""
     state = model_state_canonical(model)
     _refuse_extras(state, "timm")
+    _warn_peer_geometry(model.config, "timm", reading=False)
     return _rename_all(state, TIMM_NAMES, reverse=True)
 
 
@@ -554,11 +578,8 @@ def torchvision_to_ours(state: dict[str, Tensor]) -> dict[str, Tensor]:
 
 
 def ours_to_torchvision(model: torch.nn.Module) -> dict[str, Tensor]:
-    """A model's weights in torchvision's `SwinTransformer` (V2 blocks) layout, with its persistent buffers.
-
-    torchvision uses one window for every stage and never shrinks it to a small feature map (it pads); a
-    model whose config shrinks a stage's window computes differently there, which is warned about.
-    """
+    """A model's weights in torchvision's `SwinTransformer` (V2 blocks) layout, with its persistent buffers
+    (warned where torchvision lays the windows out otherwise, `_peer_geometry`)."""
     config = model.config
     state = model_state_canonical(model)
     _refuse_extras(state, "torchvision")
@@ -572,10 +593,7 @@ def ours_to_torchvision(model: torch.nn.Module) -> dict[str, Tensor]:
             fused[prefix + "qkv.bias"] = torch.cat([value, torch.zeros_like(value), state[prefix + "v_bias"]])
     out = _rename_all(fused, TORCHVISION_NAMES, reverse=True)
     window = config.window_size
-    shrunk = []
     for i, stage in enumerate(_encoder(model).stages):
-        if stage.blocks[0].window != window:
-            shrunk.append(f"stage {i + 1}: {stage.blocks[0].window}")
         table = relative_coords_table(window, config.pretrained_window_sizes[i])[None]
         for j, block in enumerate(stage.blocks):
             prefix = f"features.{2 * i + 1}.{j}.attn."
@@ -584,13 +602,7 @@ def ours_to_torchvision(model: torch.nn.Module) -> dict[str, Tensor]:
                 out[prefix + "qkv.bias"] = block.attn.qkv.weight.new_zeros(3 * dim).detach().cpu()
             out[prefix + "relative_coords_table"] = table.clone()
             out[prefix + "relative_position_index"] = relative_position_index(window).flatten()
-    if shrunk:
-        warnings.warn(
-            f"at image_size {config.image_size} this model shrinks the window of {', '.join(shrunk)} (window "
-            f"{window} elsewhere); torchvision keeps window {window} and pads instead, so its outputs will "
-            "differ",
-            stacklevel=3,
-        )
+    _warn_peer_geometry(config, "torchvision", reading=False)
     return out
 
 
@@ -934,6 +946,12 @@ def _geometry(
         if match[2] == "attn_mask":
             masks[stage] = value.shape[0]
         else:
+            if value.shape[-3] != value.shape[-2]:
+                raise CheckpointError(
+                    f"the checkpoint's stage {stage + 1} has {(value.shape[-3] + 1) // 2}x"
+                    f"{(value.shape[-2] + 1) // 2} windows (its relative_coords_table): swinv2, as transformers, "
+                    "has square windows only"
+                )
             windows[stage] = (value.shape[-2] + 1) // 2
             pretrained[stage] = _pretrained_window(value, windows[stage])
     out: dict[str, Any] = {}
@@ -1299,7 +1317,7 @@ def load_pretrained(
     elif config_overrides:
         config = Swinv2Config.from_dict(config.to_dict(), **config_overrides)
     if fmt in ("timm", "torchvision"):
-        _warn_where_windows_pad(config, fmt)
+        _warn_peer_geometry(config, fmt, reading=True)
     dtype = _target_dtype(torch_dtype, state, config)
     model = cls(config, **model_kwargs)
     info = load_into_model(model, canonical, fmt, strict, ignore_mismatched_sizes, str(weights_path))
@@ -1308,33 +1326,62 @@ def load_pretrained(
     return model, info
 
 
-def _warn_where_windows_pad(config: Swinv2Config, fmt: str) -> None:
-    """Warn when, at `config.image_size`, a stage's grid is not whole windows or a patch merging pads an odd
-    grid: there timm (which shifts before it pads and sizes windows per side) and torchvision (which decides
-    the shift per side at run time) compute otherwise than transformers, whose numbers these are."""
-    from .modeling import _window_and_shift
+def _peer_geometry(config: Swinv2Config, fmt: str) -> list[str]:
+    """Where, at `config.image_size`, timm or torchvision (`fmt`) lays its windows out otherwise than
+    transformers, whose numbers swinv2 computes: one line per difference, empty where they compute alike.
 
+    transformers pads the image to whole patches, sizes each stage's square window and its shift from the
+    grid's height at `image_size` (floor-halved from stage to stage), pads the grid to whole windows, then
+    shifts. Both peers' patch convolutions drop a remainder instead. timm (1.0) sizes window and shift per
+    side from the grid it runs on, and shifts before it pads. torchvision never shrinks its window, pads the
+    grid to whole windows and then shifts each side unless one window covers it. Patch merging pads an odd
+    grid alike in all three."""
     (h, w), (ph, pw) = config.image_hw, config.patch_hw
-    grid_h, grid_w = -(-h // ph), -(-w // pw)
-    odd = []
-    if h % ph or w % pw:  # their patch convolution drops the remainder; transformers pads it
-        odd.append(f"patch {ph}x{pw} does not divide the image {h}x{w}: {fmt} drops the last pixels")
-    for stage in range(config.num_layers):
-        window, _ = _window_and_shift(config, stage)
-        padded = grid_h % window or grid_w % window
-        merged_odd = stage < config.num_layers - 1 and (grid_h % 2 or grid_w % 2)
-        if padded or merged_odd:
-            odd.append(f"stage {stage + 1}: {grid_h}x{grid_w} patches, window {window}")
-        grid_h, grid_w = -(-grid_h // 2), -(-grid_w // 2)
-    if odd:
-        warnings.warn(
-            f"at image_size {config.image_size} this {fmt} checkpoint meets padding ({'; '.join(odd)}), which "
-            f"{fmt} handles otherwise than transformers (the patch remainder dropped, the padding and the shift "
-            f"placed differently): swinv2 computes as transformers, so its outputs differ from {fmt}'s (0.1-1% "
-            "of the largest logit measured). Image sizes whose patch grids are whole windows at every stage "
-            "(the official ones) give the same numbers",
-            stacklevel=4,
-        )
+    if h % ph or w % pw:
+        return [f"patch {ph}x{pw} does not divide the image {h}x{w}: {fmt} drops the last pixels"]
+    window = config.window_size
+    height = h // ph  # transformers' grid height for the window and shift, floor-halved
+    grid = (h // ph, w // pw)  # the grid each stage runs on: odd grids are padded before merging
+    lines = []
+    for stage, depth in enumerate(config.depths):
+        ours, shift = stage_window(height // 2**stage, window)
+        if fmt == "timm":
+            theirs = tuple(min(side, window) for side in grid)
+            shifts = tuple(0 if side <= win else window // 2 for side, win in zip(grid, theirs))
+            # Shifting first moves the padding into other windows, unless the padding is the half window
+            # the shift rolls over (the real tokens then meet the same ones either way).
+            pads = any(
+                s and -side % win and not (-side % win == s and win == 2 * s)
+                for side, win, s in zip(grid, theirs, shifts)
+            )
+        else:
+            theirs = (window, window)
+            shifts = tuple(0 if window >= -(-side // window) * window else window // 2 for side in grid)
+            pads = False  # (torchvision pads before it shifts, as transformers does)
+        if depth < 2:  # only every other block is shifted
+            shift, shifts, pads = 0, (0, 0), False
+        if theirs != (ours, ours) or shifts != (shift, shift) or pads:
+            why = "shifts before it pads the grid" if theirs == (ours, ours) and shifts == (shift, shift) else (
+                f"window {theirs[0]}x{theirs[1]} shift {shifts[0]},{shifts[1]} against transformers' window "
+                f"{ours}x{ours} shift {shift},{shift}"
+            )
+            lines.append(f"stage {stage + 1} ({grid[0]}x{grid[1]} patches): {fmt} {why}")
+        grid = tuple(-(-side // 2) for side in grid)
+    return lines
+
+
+def _warn_peer_geometry(config: Swinv2Config, fmt: str, reading: bool) -> None:
+    """Warn where a timm or torchvision model computes otherwise than swinv2 at `config.image_size`."""
+    lines = _peer_geometry(config, fmt)
+    if not lines:
+        return
+    who = f"this {fmt} checkpoint" if reading else f"the {fmt} model that loads this file"
+    warnings.warn(
+        f"at image_size {config.image_size}, {who} lays its windows out otherwise than transformers "
+        f"({'; '.join(lines)}). swinv2 computes as transformers, so its outputs differ from {fmt}'s here; "
+        "image sizes where every stage's grid is square and whole windows (the official ones) agree",
+        stacklevel=4,
+    )
 
 
 # ---------------------------------------------------------------------------------------------- saving
@@ -1503,6 +1550,9 @@ def convert(
     config_path, weights_path = resolve_source(source)
     if weights_path is None:
         raise CheckpointError(f"no weights found at {source}")
+    target = Path(destination).resolve()
+    if target in (weights_path.resolve(), weights_path.parent.resolve() if fmt == "hf" else None):
+        raise CheckpointError(f"{destination} is where {source} is read from: write the converted copy elsewhere")
     state, embedded = read_weights(weights_path)
     canonical, source_fmt = to_canonical(state)
     if config is None:
