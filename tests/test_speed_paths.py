@@ -315,6 +315,45 @@ def test_compile_has_no_graph_breaks_and_no_recompile_per_size() -> None:
     assert counts["stats"]["unique_graphs"] == 1, dict(counts["stats"])
 
 
+def test_compiled_cpu_inference_runs_blocks_in_groups(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under torch.compile, CPU inference runs each block on groups of tokens (`COMPILED_GROUP_BYTES` of MLP
+    hidden layer each: temporaries the allocator reuses instead of mapping them afresh): the same numbers, in
+    one graph; a hook on a block's layers, and dynamic sizes, keep the whole-block path."""
+    monkeypatch.setattr(layers, "COMPILED_GROUP_BYTES", 4 * 16 * 4 * 32)  # C = 16: 32 tokens a group
+    model = _model(depths=[2], num_heads=[2]).eval()
+    x = torch.randn(2, 3, 32, 32)  # 8x8 patches a picture, 128 tokens: 4 groups
+    graphs = []
+
+    def record(gm: torch.fx.GraphModule, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    def graph_of(module, inputs) -> str:
+        graphs.clear()
+        torch._dynamo.reset()
+        with torch.no_grad():
+            out = torch.compile(module, backend=record)(inputs).logits
+            torch.testing.assert_close(out, module(inputs).logits, rtol=1e-5, atol=1e-5)
+        assert len(graphs) == 1
+        return graphs[0].code
+
+    grouped = graph_of(model, x)
+    seen = []
+    hook = model.swinv2.stages[0].blocks[0].attn.register_forward_hook(lambda m, args, out: seen.append(args[0].shape))
+    graph_of(model, x)
+    hook.remove()
+    assert seen and all(shape[0] == 2 * 4 for shape in seen)  # each call: every window of both pictures
+    monkeypatch.setattr(layers, "COMPILED_GROUP_BYTES", 1 << 30)
+    whole = graph_of(model, x)
+    assert grouped.count("torch.cat") >= whole.count("torch.cat") + 2 * 2  # two blocks, attention and MLP
+    graphs.clear()
+    torch._dynamo.reset()
+    monkeypatch.setattr(layers, "COMPILED_GROUP_BYTES", 4 * 16 * 4 * 32)
+    with torch.no_grad():
+        torch.compile(model, backend=record, dynamic=True)(x)
+    assert graphs[0].code.count("torch.cat") == whole.count("torch.cat")
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_compiled_cpu_attention_is_matmuls_in_fp32_and_sdpa_in_half_precision(
     dtype: torch.dtype, monkeypatch: pytest.MonkeyPatch

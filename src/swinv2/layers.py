@@ -56,6 +56,13 @@ MASK_CACHE_SIZE = 4
 # 32768 x 96 tokens: 24 -> 12 ms, the MLP 46 -> 32 ms on a 2-core Zen 4); swinv2-tiny at batch 8: peak RSS
 # 950 -> 800 MiB.
 CPU_GROUP_TOKENS_PER_THREAD = 1024
+# Under torch.compile, CPU inference runs a block on groups of tokens too, for another reason: inductor's code
+# allocates its temporaries afresh on every call, and glibc maps those above its largest mmap threshold (32 MiB)
+# straight from the kernel, which zero-fills them page by page on first touch. Groups whose largest temporary
+# (the MLP's hidden layer, 4C wide) holds about this many bytes are served from the heap instead. swinv2-tiny
+# at batch 8 on 2 Zen 3 cores, medians of 8 interleaved calls: 802 -> 757 ms per compiled forward (eager
+# 780), a cold first call 62 -> 76 s; groups of the eager size were no faster and compiled for 123 s.
+COMPILED_GROUP_BYTES = 12 << 20
 
 
 def _find_onednn_linear():
@@ -549,6 +556,17 @@ def _symbolic(*sizes) -> bool:
     return any(isinstance(size, torch.SymInt) for size in sizes)
 
 
+@torch._dynamo.assume_constant_result
+def _tracing_symbolic_sizes() -> bool:
+    """Whether the graph dynamo traces has symbolic sizes: evaluated once per trace, at trace time (a loop or a
+    branch on such a size would otherwise pin it with a guard: one recompile per new size)."""
+    try:
+        env = torch._guards.TracingContext.try_get().fake_mode.shape_env
+        return bool(env.backed_var_to_val if hasattr(env, "backed_var_to_val") else env.var_to_val)
+    except AttributeError:  # no tracing context, or other internals in another PyTorch: take sizes as symbols
+        return True
+
+
 def _submodules_hooked(module: nn.Module) -> bool:
     """Whether forward hooks would see `module`'s submodules called (they must see each call once, whole);
     hooks on `module` itself see its call whole anyway."""
@@ -658,15 +676,23 @@ class PatchEmbeddings(nn.Module):
 
 
 def _window_probs(qk_n: Tensor, mask: Tensor) -> Tensor:
-    """`softmax(q k^T + mask)` `(B*nW*heads, N, N)` from the normalised, scaled `(2, B*nW, heads, N, D)`."""
+    """`softmax(q k^T + mask)` `(B*nW*heads, N, N)` from the normalised, scaled `(2, B*nW, heads, N, D)`, in
+    `mask`'s dtype (scratch slots 0 and 1 of it). Half-precision scores are widened to an fp32 mask before it
+    is added, as transformers adds its bias to fp32 scores: the bias and the probabilities keep fp32's
+    precision, and so do their gradients (summed over every window, half-precision ones lost 2-10x more)."""
     _, b_, heads, n, d = qk_n.shape
     windows = mask.shape[0]
     q, k = qk_n.view(2, b_ * heads, n, d).unbind(0)
     scores = torch.bmm(q, k.transpose(1, 2), out=_scratch(0, (b_ * heads, n, n), q))
+    if scores.dtype != mask.dtype:
+        scores = _scratch(0, scores.shape, mask).copy_(scores)
     scores.view(b_ // windows, windows, heads, n, n).add_(mask)
-    # In bf16/fp16 the CPU kernel accumulates in fp32 itself: within an ulp of an fp32 softmax rounded after,
-    # and 6x faster than that (no fp32 copy of the scores)
     return torch.ops.aten._softmax.out(scores, -1, False, out=_scratch(1, scores.shape, scores))
+
+
+def _in_dtype(t: Tensor, dtype: torch.dtype, slot: int) -> Tensor:
+    """`t` itself, or a copy in `dtype` in scratch slot `slot`."""
+    return t if t.dtype == dtype else _scratch(slot, t.shape, t.new_empty((), dtype=dtype)).copy_(t)
 
 
 def _normalized_qk(qkv: Tensor, norm: Tensor, scale: Tensor) -> tuple[Tensor, Tensor]:
@@ -689,10 +715,10 @@ def _heads_major_v(qkv: Tensor, slot: int) -> Tensor:
 
 
 def _cosine_attention(qkv: Tensor, mask: Tensor, scale: Tensor, heads: int, inference: bool) -> tuple[Tensor, Tensor]:
-    """`softmax(cos(q, k) * scale + mask) v`: `qkv` `(B*nW, N, 3C)`, `mask` `(nW or 1, heads, N, N)`, `scale`
-    `(heads,)` -> `(B*nW, N, C)`, and the norms of q and k `(2, B*nW, heads, N, 1)` (for the backward). Every
-    temporary lives in scratch slots (0-3, 8); in `inference` the output too (slot 9: valid until the next
-    call), else it is a fresh tensor."""
+    """`softmax(cos(q, k) * scale + mask) v`: `qkv` `(B*nW, N, 3C)`, `mask` `(nW or 1, heads, N, N)` (fp32 for
+    half-precision qkv: `_window_probs`), `scale` `(heads,)` -> `(B*nW, N, C)`, and the norms of q and k
+    `(2, B*nW, heads, N, 1)` (for the backward). Every temporary lives in scratch slots (0-3, 8); in
+    `inference` the output too (slot 9: valid until the next call), else it is a fresh tensor."""
     b_, n, three_c = qkv.shape
     c = three_c // 3
     d = c // heads
@@ -706,7 +732,7 @@ def _cosine_attention(qkv: Tensor, mask: Tensor, scale: Tensor, heads: int, infe
     qk_n, _ = _normalized_qk(qkv, norm, scale)
     probs = _window_probs(qk_n, mask)  # (scratch slots 0 and 1)
     v = _heads_major_v(qkv, 3)
-    heads_out = torch.bmm(probs, v, out=_scratch(2, v.shape, v)).view(b_, heads, n, d)
+    heads_out = torch.bmm(_in_dtype(probs, v.dtype, 1), v, out=_scratch(2, v.shape, v)).view(b_, heads, n, d)
     out = _scratch(9, (b_, n, c), qkv) if inference else qkv.new_empty(b_, n, c)  # never a view of slot 2
     out.view(b_, n, heads, d).copy_(heads_out.transpose(1, 2))
     return out, norm
@@ -752,18 +778,19 @@ class _CosineWindowAttention(torch.autograd.Function):
         acc = norm.dtype
         needs_qkv, needs_mask, needs_scale = ctx.needs_input_grad[:3]
         # Temporaries in scratch slots: 0 scores, grad_probs, grad_qk; 1 probs, grad_qk * qk_n; 2 grad_v,
-        # grad_scores; 3 grad_out; 8 qk_n; 9 v
+        # grad_scores; 3 grad_out; 8 qk_n; 9 v. For half-precision qkv the probabilities and the scores'
+        # gradient are fp32 (slots 0-2 in both dtypes), as transformers' are.
         grad_out = _scratch(3, v.shape, v).view(b_, heads, n, d).copy_(grad_out.view(b_, n, heads, d).transpose(1, 2))
         grad_out = grad_out.view(b_ * heads, n, d)
         grad_qkv = grad_mask = grad_scale = None
         if needs_qkv:  # out = P v
             grad_qkv = qk_n.new_empty(b_, n, 3, heads, d)
-            grad_v = torch.bmm(probs.transpose(1, 2), grad_out, out=_scratch(2, v.shape, v))
+            grad_v = torch.bmm(_in_dtype(probs, v.dtype, 1).transpose(1, 2), grad_out, out=_scratch(2, v.shape, v))
             grad_qkv[:, :, 2] = grad_v.view(b_, heads, n, d).transpose(1, 2)
-        grad_probs = torch.bmm(grad_out, v.transpose(1, 2), out=_scratch(0, probs.shape, probs))
+        grad_probs = torch.bmm(grad_out, v.transpose(1, 2), out=_scratch(0, probs.shape, v))
         del grad_out
         grad_scores = torch.ops.aten._softmax_backward_data.out(
-            grad_probs, probs, -1, probs.dtype, grad_input=_scratch(2, probs.shape, probs)
+            _in_dtype(grad_probs, probs.dtype, 0), probs, -1, probs.dtype, grad_input=_scratch(2, probs.shape, probs)
         )
         del grad_probs
         if needs_mask:  # the folded mask is shared by the same window of every image
@@ -772,6 +799,7 @@ class _CosineWindowAttention(torch.autograd.Function):
             return None, grad_mask, None, None
         # scores = q k^T
         q, k = qk_n.view(2, b_ * heads, n, d).unbind(0)
+        grad_scores = _in_dtype(grad_scores, qk_n.dtype, 2)
         grad_qk = _scratch(0, qk_n.shape, qk_n)
         torch.bmm(grad_scores, k, out=grad_qk[0].view(b_ * heads, n, d))
         torch.bmm(grad_scores.transpose(1, 2), q, out=grad_qk[1].view(b_ * heads, n, d))
@@ -887,7 +915,8 @@ class WindowAttention(nn.Module):
             out = kernels.window_attention(qkv, mask.to(qkv.dtype), logit_scale, heads)
             return self.proj_drop(apply_linear(self.proj, out))
         if dropout == 0.0 and _hand_written_backward_ok(x):
-            out = _CosineWindowAttention.apply(qkv, mask.to(qkv.dtype), logit_scale, heads)
+            acc = torch.promote_types(qkv.dtype, torch.float32)
+            out = _CosineWindowAttention.apply(qkv, mask.to(acc), logit_scale, heads)
             return self.proj_drop(apply_linear(self.proj, out))
         qkv = qkv.view(b_, n, 3, heads, -1)
         # q and k normalised in one pass, in fp32 (padded tokens have k = 0: 0 / eps stays 0, never 0/0 in
@@ -1148,6 +1177,8 @@ class Swinv2Block(nn.Module):
             return self._forward_fused(x, layout, dtype, low), None
         if layout is None and not exact and self._runs_in_groups(x):
             return self._forward_grouped(x, dtype, low), None
+        if layout is None and not exact and self._compiles_in_groups(x):
+            return self._forward_compiled_groups(x, dtype, low), None
         windows, mask = self._windows_and_mask(x, dtype, low, layout)
         probs = None
         if exact:
@@ -1203,6 +1234,37 @@ class Swinv2Block(nn.Module):
             else:
                 torch.add(rows_in[group], self.norm2(y), out=rows_out[group])
         return out
+
+    def _forward_compiled_groups(self, x: Tensor, dtype: torch.dtype | None, low: torch.dtype | None) -> Tensor:
+        """`forward` for CPU inference under torch.compile: the attention on groups of windows and the MLP on
+        groups of tokens, about `COMPILED_GROUP_BYTES` of MLP hidden layer each, concatenated."""
+        b, h, w, c = x.shape
+        tokens = self._compiled_group_tokens(x)
+        windows, mask = self._windows_and_mask(x, dtype, low, None)
+        groups = _window_groups(windows.shape[0], windows.shape[1], mask, tokens)
+        y = torch.cat([self.attn(windows[group], group_mask) for group, group_mask in groups])
+        x = x + self.norm1(self._from_windows(y, h, w, None))
+        rows = x.reshape(-1, c)
+        return torch.cat([r + self.norm2(self.mlp(r)) for r in rows.split(tokens)]).view(b, h, w, c)
+
+    def _compiles_in_groups(self, x: Tensor) -> bool:
+        """Whether `forward` takes `_forward_compiled_groups`: CPU inference without stochastic depth under
+        torch.compile (not export, whose graphs other runtimes read), in a graph without symbolic sizes (once
+        dynamic shapes set in, one graph serves every size)."""
+        return (
+            x.device.type == "cpu"
+            and self._inference_without_drop_path()
+            and torch.compiler.is_compiling()
+            and not torch.compiler.is_exporting()
+            and not _tracing_symbolic_sizes()
+            and not _submodules_hooked(self)
+            and x.shape[0] * x.shape[1] * x.shape[2] > self._compiled_group_tokens(x)
+        )
+
+    @staticmethod
+    def _compiled_group_tokens(x: Tensor) -> int:
+        """Tokens per group of `_forward_compiled_groups`: `COMPILED_GROUP_BYTES` of a 4C-wide hidden layer."""
+        return max(1, COMPILED_GROUP_BYTES // (4 * x.shape[-1] * x.element_size()))
 
     def _windows_and_mask(
         self, x: Tensor, dtype: torch.dtype | None, low: torch.dtype | None, layout: tuple[Tensor, Tensor] | None
