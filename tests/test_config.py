@@ -74,6 +74,12 @@ def test_num_labels_and_label_maps():
     assert config.id2label == {0: "LABEL_0", 1: "LABEL_1", 2: "LABEL_2"}
     config = Swinv2Config(id2label={"0": "a", "1": "b"})
     assert config.num_labels == 2 and config.id2label == {0: "a", 1: "b"} and config.label2id == {"a": 0, "b": 1}
+    # names given as label2id alone: id2label is their inverse (transformers would keep LABEL_i placeholders
+    # that disagree with the label2id it also keeps)
+    config = Swinv2Config(label2id={"cat": 1, "dog": 0})
+    assert config.id2label == {0: "dog", 1: "cat"} and config.label2id == {"cat": 1, "dog": 0}
+    with pytest.raises(ValueError, match=r"label2id must map the names to the class indices 0..1"):
+        Swinv2Config(label2id={"cat": 1, "dog": 2})
 
 
 @pytest.mark.parametrize(
@@ -97,6 +103,7 @@ def test_num_labels_and_label_maps():
         (dict(problem_type="ranking"), "problem_type"),
         (dict(layer_norm_eps=0.0), "layer_norm_eps"),
         (dict(depths=[2, 2], num_heads=[3, 6], pretrained_window_sizes=[0]), "pretrained_window_sizes"),
+        (dict(depths=[2, 2], num_heads=[3, 6], pretrained_window_sizes=[8, 1]), "pretrained_window_sizes"),
     ],
 )
 def test_invalid_values_name_the_field(kwargs, field):

@@ -191,6 +191,15 @@ class Swinv2Config:
         id2label = kwargs.pop("id2label", None)
         label2id = kwargs.pop("label2id", None)
         num_labels = kwargs.pop("num_labels", None)
+        if id2label is None and isinstance(label2id, dict) and label2id:
+            # names given one way only: the other way is their inverse (transformers drops such a label2id
+            # for LABEL_i placeholders, which then disagree with it in the saved config)
+            indices = sorted(int(v) for v in label2id.values())
+            if indices != list(range(len(label2id))):
+                raise ValueError(
+                    f"label2id must map the names to the class indices 0..{len(label2id) - 1}, got {label2id}"
+                )
+            id2label = {int(v): str(k) for k, v in label2id.items()}
         if id2label is not None:
             if not isinstance(id2label, dict):
                 raise ValueError(f"id2label must be a mapping of class index to name, got {type(id2label).__name__}")
@@ -306,8 +315,12 @@ class Swinv2Config:
             raise ValueError(f"depths must all be >= 1, got {self.depths}")
         if any(h < 1 for h in self.num_heads):
             raise ValueError(f"num_heads must all be >= 1, got {self.num_heads}")
-        if any(w < 0 for w in self.pretrained_window_sizes):
-            raise ValueError(f"pretrained_window_sizes must be >= 0, got {self.pretrained_window_sizes}")
+        if any(w < 0 or w == 1 for w in self.pretrained_window_sizes):
+            # (the coordinates are scaled by 1 / (W' - 1): transformers' outputs are NaN for W' = 1)
+            raise ValueError(
+                f"pretrained_window_sizes must be 0 (the stage's own window) or a window of at least 2, got "
+                f"{self.pretrained_window_sizes}"
+            )
         for i, heads in enumerate(self.num_heads):
             dim = self.embed_dim * 2**i
             if dim % heads:

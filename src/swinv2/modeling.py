@@ -354,8 +354,9 @@ def _stage_head_masks(head_mask: Any, config: Swinv2Config) -> list[Tensor | Non
     """Normalise `head_mask` to one `(depth_i, heads_i)` tensor (or None) per stage.
 
     Accepted: `(num_heads,)` for every block, `(num_stages, num_heads)` one row per stage (both need the
-    same head count in every stage), or a sequence with one entry per stage of shape `(heads_i,)` or
-    `(depth_i, heads_i)` (or None).
+    same head count in every stage), `(num_stages, depth, num_heads)` or transformers' broadcastable
+    `(num_stages, depth, num_heads, 1, 1)` one row per block (the same depth and head count in every stage),
+    or a sequence with one entry per stage of shape `(heads_i,)` or `(depth_i, heads_i)` (or None).
     """
     if head_mask is None:
         return None
@@ -365,11 +366,16 @@ def _stage_head_masks(head_mask: Any, config: Swinv2Config) -> list[Tensor | Non
             f"head_mask must be a tensor (num_heads,) or (num_stages, num_heads), or a list with one entry per "
             f"stage, got {type(head_mask).__name__}"
         )
+    if isinstance(head_mask, Tensor) and (
+        head_mask.dim() == 3 or (head_mask.dim() == 5 and head_mask.shape[-2:] == (1, 1))
+    ):
+        head_mask = list(head_mask.reshape(head_mask.shape[:3]))  # one (depth, heads) per stage, checked below
     if isinstance(head_mask, Tensor):
         if head_mask.dim() not in (1, 2):
             raise ValueError(
-                f"head_mask must be (num_heads,) or (num_stages, num_heads), got shape {tuple(head_mask.shape)}; "
-                "for a mask per block pass a list with one (depth_i, num_heads_i) tensor per stage"
+                f"head_mask must be (num_heads,), (num_stages, num_heads) or (num_stages, depth, num_heads), got "
+                f"shape {tuple(head_mask.shape)}; for stages of different depths pass a list with one "
+                "(depth_i, num_heads_i) tensor per stage"
             )
         if len(set(heads)) != 1:
             raise ValueError(
@@ -735,9 +741,10 @@ def classification_loss(logits: Tensor, labels: Tensor, config: Swinv2Config) ->
                 f"regression needs one target per output: labels shaped like the logits {tuple(logits.shape)}"
                 f"{' (or (batch,))' if num_labels == 1 else ''}, got {tuple(labels.shape)}"
             )
+        logits, labels = _in_common_dtype(logits, labels)
         if num_labels == 1:
-            return F.mse_loss(logits.view(-1), labels.reshape(-1).to(logits.dtype))
-        return F.mse_loss(logits, labels.to(logits.dtype))
+            return F.mse_loss(logits.view(-1), labels.reshape(-1))
+        return F.mse_loss(logits, labels)
     if config.problem_type == "single_label_classification":
         labels = labels.view(-1)
         if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
@@ -766,7 +773,14 @@ def classification_loss(logits: Tensor, labels: Tensor, config: Swinv2Config) ->
             f"multi-label classification needs labels shaped like the logits {tuple(logits.shape)} (one 0/1 "
             f"target per class), got {tuple(labels.shape)}"
         )
-    return F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
+    return F.binary_cross_entropy_with_logits(*_in_common_dtype(logits, labels))
+
+
+def _in_common_dtype(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+    """Logits and float targets in the wider of their dtypes (float64 targets give a float64 loss, as in
+    transformers); integer or boolean targets in the logits' dtype."""
+    dtype = torch.promote_types(logits.dtype, labels.dtype) if labels.is_floating_point() else logits.dtype
+    return logits.to(dtype), labels.to(dtype)
 
 
 class Swinv2ForImageClassification(Swinv2PreTrainedModel):
