@@ -213,14 +213,15 @@ def test_integer_and_grid_shaped_masks_mean_the_same(mim, x):
 @pytest.mark.parametrize(
     ("head_mask", "error", "message"),
     [
-        (torch.ones(1, 2, 2), ValueError, r"got shape \(1, 2, 2\); for a mask per block pass a list"),
+        (torch.ones(2, 2, 2, 2), ValueError, r"got shape \(2, 2, 2, 2\); for stages of different depths pass a list"),
+        (torch.ones(1, 2, 2), ValueError, r"one entry per stage \(2: .*got 1 entries"),
         ([torch.ones(2)], ValueError, r"one entry per stage \(2: .*got 1 entries"),
         ([torch.ones(3), None], ValueError, r"stage 1 must have shape \(2,\) or \(2, 2\) \(stage 1 has 2 blocks of "
          r"2 heads\), got \(3,\)"),
         ([None, torch.ones(3, 4)], ValueError, r"stage 2 must have shape \(4,\) or \(2, 4\).*got \(3, 4\)"),
         ("all", TypeError, "head_mask must be a tensor .* or a list with one entry per stage, got str"),
     ],
-    ids=["rank3", "too-few-stages", "stage-heads", "stage-depth", "string"],
+    ids=["rank4", "rank3-one-stage", "too-few-stages", "stage-heads", "stage-depth", "string"],
 )
 def test_bad_head_mask(classifier, x, head_mask, error, message):
     with pytest.raises(error, match=message):

@@ -208,6 +208,12 @@ def test_atomic_write_keeps_the_old_file_when_the_writer_fails(tmp_path):
         atomic_write(path, full_disk)  # a WriteError is an OSError (and a Swinv2Error: one line from the CLI)
     assert torch.load(path, weights_only=True) == {"step": 1}
 
+    def denied(tmp):
+        raise OSError(errno.EACCES, "Permission denied")
+
+    with pytest.raises(OSError, match=r"\(\[Errno 13\] Permission denied\): write elsewhere\. Nothing"):
+        atomic_write(path, denied)  # not a full disk: no advice to free space
+
 
 def test_latest_checkpoint_skips_a_damaged_one(tmp_path, caplog):
     for step in (2, 4):

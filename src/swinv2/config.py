@@ -315,12 +315,8 @@ class Swinv2Config:
             raise ValueError(f"depths must all be >= 1, got {self.depths}")
         if any(h < 1 for h in self.num_heads):
             raise ValueError(f"num_heads must all be >= 1, got {self.num_heads}")
-        if any(w < 0 or w == 1 for w in self.pretrained_window_sizes):
-            # (the coordinates are scaled by 1 / (W' - 1): transformers' outputs are NaN for W' = 1)
-            raise ValueError(
-                f"pretrained_window_sizes must be 0 (the stage's own window) or a window of at least 2, got "
-                f"{self.pretrained_window_sizes}"
-            )
+        if any(w < 0 for w in self.pretrained_window_sizes):
+            raise ValueError(f"pretrained_window_sizes must be >= 0, got {self.pretrained_window_sizes}")
         for i, heads in enumerate(self.num_heads):
             dim = self.embed_dim * 2**i
             if dim % heads:
