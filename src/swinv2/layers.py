@@ -720,14 +720,15 @@ def _heads_major_v(qkv: Tensor, slot: int) -> Tensor:
 
 
 def _cosine_attention(qkv: Tensor, mask: Tensor, scale: Tensor, heads: int, inference: bool) -> tuple[Tensor, Tensor]:
-    """`softmax(cos(q, k) * scale + mask) v`: `qkv` `(B*nW, N, 3C)`, `mask` `(nW or 1, heads, N, N)` (fp32 for
-    half-precision qkv: `_window_probs`), `scale` `(heads,)` -> `(B*nW, N, C)`, and the norms of q and k
+    """`softmax(cos(q, k) * scale + mask) v`: `qkv` `(B*nW, N, 3C)`, `mask` `(nW or 1, heads, N, N)` (added in
+    fp32 at least: `_window_probs`), `scale` `(heads,)` -> `(B*nW, N, C)`, and the norms of q and k
     `(2, B*nW, heads, N, 1)` (for the backward). Every temporary lives in scratch slots (0-3, 8); in
     `inference` the output too (slot 9: valid until the next call), else it is a fresh tensor."""
     b_, n, three_c = qkv.shape
     c = three_c // 3
     d = c // heads
     acc = torch.promote_types(qkv.dtype, torch.float32)
+    mask = mask.to(acc)
     qkv = qkv.view(b_, n, 3, heads, d)
     qk = qkv[:, :, :2]
     # Normalised in fp32 (padded tokens have k = 0: 0 / eps stays 0), q times its head's logit scale. The
@@ -778,9 +779,10 @@ class _CosineWindowAttention(torch.autograd.Function):
         qkv5 = qkv.view(b_, n, 3, heads, d)
         qk_n, scales = _normalized_qk(qkv5, norm, scale)  # (scratch slot 8)
         v = _heads_major_v(qkv5, 9)
-        probs = _window_probs(qk_n, mask)  # recomputed: one more small bmm instead of keeping (heads, N, N) per window
-        windows = mask.shape[0]
         acc = norm.dtype
+        # recomputed: one more small bmm instead of keeping (heads, N, N) per window
+        probs = _window_probs(qk_n, mask.to(acc))
+        windows = mask.shape[0]
         needs_qkv, needs_mask, needs_scale = ctx.needs_input_grad[:3]
         # Temporaries in scratch slots: 0 scores, grad_probs, grad_qk; 1 probs, grad_qk * qk_n; 2 grad_v,
         # grad_scores; 3 grad_out; 8 qk_n; 9 v. For half-precision qkv the probabilities and the scores'
@@ -920,8 +922,7 @@ class WindowAttention(nn.Module):
             out = kernels.window_attention(qkv, mask.to(qkv.dtype), logit_scale, heads)
             return self.proj_drop(apply_linear(self.proj, out))
         if dropout == 0.0 and _hand_written_backward_ok(x):
-            acc = torch.promote_types(qkv.dtype, torch.float32)
-            out = _CosineWindowAttention.apply(qkv, mask.to(acc), logit_scale, heads)
+            out = _CosineWindowAttention.apply(qkv, mask, logit_scale, heads)
             return self.proj_drop(apply_linear(self.proj, out))
         qkv = qkv.view(b_, n, 3, heads, -1)
         # q and k normalised in one pass, in fp32 (padded tokens have k = 0: 0 / eps stays 0, never 0/0 in
@@ -981,7 +982,7 @@ class WindowAttention(nn.Module):
             qkv = _scratch_linear(rows, self.qkv.weight, qkv_bias, 7)
         else:
             qkv = self.project_qkv(rows, qkv_bias)
-        out, _ = _cosine_attention(qkv.view(b_, n, 3 * c), mask.to(qkv.dtype), scale, self.num_heads, inference=True)
+        out, _ = _cosine_attention(qkv.view(b_, n, 3 * c), mask, scale, self.num_heads, inference=True)
         return _linear_rows(self.proj, out.view(-1, c), 10)
 
     def forward_explicit(
