@@ -120,13 +120,17 @@ def test_training_step_has_gradients_everywhere(rng):
     assert cpb.abs().sum() > 0  # the position bias learns
 
 
-def test_gradient_checkpointing_gives_the_same_gradients(rng):
+@pytest.mark.parametrize("kwargs", [None, {"use_reentrant": True}])
+def test_gradient_checkpointing_gives_the_same_gradients(rng, kwargs):
+    """Also with transformers' `gradient_checkpointing_kwargs` (its Trainer passes them)."""
     config = Swinv2Config(**SMALL, num_labels=3, drop_path_rate=0.0)
     torch.manual_seed(0)
     plain = Swinv2ForImageClassification(config).train()
     checkpointed = Swinv2ForImageClassification(config).train()
     checkpointed.load_state_dict(plain.state_dict())
-    checkpointed.gradient_checkpointing_enable()
+    assert not checkpointed.is_gradient_checkpointing
+    checkpointed.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    assert checkpointed.is_gradient_checkpointing
     x, y = torch.randn(2, 3, 32, 32, generator=rng), torch.tensor([0, 2])
     plain(x, labels=y).loss.backward()
     checkpointed(x, labels=y).loss.backward()

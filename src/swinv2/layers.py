@@ -1431,6 +1431,7 @@ class Swinv2Stage(nn.Module):
         )
         self.downsample = PatchMerging(dim) if downsample else None
         self.gradient_checkpointing = False
+        self.checkpoint_kwargs: dict = {"use_reentrant": False}  # for torch.utils.checkpoint.checkpoint
 
     def forward(
         self, x: Tensor, head_mask: Tensor | None = None, output_attentions: bool = False
@@ -1441,7 +1442,7 @@ class Swinv2Stage(nn.Module):
             block_head_mask = None if head_mask is None else head_mask[i]
             if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
                 x, probs = torch.utils.checkpoint.checkpoint(
-                    block, x, block_head_mask, output_attentions, use_reentrant=False
+                    block, x, block_head_mask, output_attentions, **self.checkpoint_kwargs
                 )
             else:
                 x, probs = block(x, block_head_mask, output_attentions)

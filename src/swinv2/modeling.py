@@ -519,16 +519,27 @@ class Swinv2PreTrainedModel(nn.Module):
     def num_parameters(self, only_trainable: bool = False) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad or not only_trainable)
 
-    def gradient_checkpointing_enable(self) -> None:
-        """Recompute each block in the backward pass instead of keeping its activations."""
+    supports_gradient_checkpointing = True
+
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict[str, Any] | None = None) -> None:
+        """Recompute each block in the backward pass instead of keeping its activations.
+
+        `gradient_checkpointing_kwargs` go to `torch.utils.checkpoint.checkpoint` (transformers' argument of
+        the same name), e.g. `{"use_reentrant": True}`; the default is the non-reentrant variant."""
+        kwargs = {"use_reentrant": False, **(gradient_checkpointing_kwargs or {})}
         for module in self.modules():
             if isinstance(module, Swinv2Stage):
                 module.gradient_checkpointing = True
+                module.checkpoint_kwargs = kwargs
 
     def gradient_checkpointing_disable(self) -> None:
         for module in self.modules():
             if isinstance(module, Swinv2Stage):
                 module.gradient_checkpointing = False
+
+    @property
+    def is_gradient_checkpointing(self) -> bool:
+        return any(isinstance(m, Swinv2Stage) and m.gradient_checkpointing for m in self.modules())
 
     def train(self, mode: bool = True) -> Swinv2PreTrainedModel:
         if mode:  # the optimiser will change the weights: their cached autocast copies would only take memory
