@@ -178,6 +178,18 @@ def test_backbone_out_indices(tmp_path, rng):
         theirs, mine = hf(x), ours(x)
     for a, b in zip(mine.feature_maps, theirs.feature_maps):
         close(a, b, "feature map")
+    # other stages chosen on the built backbone, as transformers' BackboneMixin allows
+    for attribute, value in (("out_features", ["stem", "stage2", "stage4"]), ("out_indices", [2])):
+        setattr(hf, attribute, value)
+        setattr(ours, attribute, value)
+        assert (ours.out_features, ours.out_indices, ours.channels) == (hf.out_features, hf.out_indices, hf.channels)
+        with torch.no_grad():
+            theirs, mine = hf(x), ours(x)
+        assert len(mine.feature_maps) == len(theirs.feature_maps) == len(value)
+        for a, b in zip(mine.feature_maps, theirs.feature_maps):
+            close(a, b, f"feature map after setting {attribute}")
+    with pytest.raises(ValueError, match="unknown stage"):
+        ours.out_features = ["stage9"]
 
 
 def test_head_mask_matches_transformers(tmp_path, rng):

@@ -927,9 +927,19 @@ class Swinv2Backbone(Swinv2PreTrainedModel):
     def out_features(self) -> list[str]:
         return self.config.out_features
 
+    @out_features.setter
+    def out_features(self, value: list[str]) -> None:
+        """Choose other stages on a built backbone (as transformers' `BackboneMixin`); `out_indices` follows.
+        The choice is the config's, so `save_pretrained` keeps it."""
+        self.config.out_features = value
+
     @property
     def out_indices(self) -> list[int]:
         return self.config.out_indices
+
+    @out_indices.setter
+    def out_indices(self, value: list[int]) -> None:
+        self.config.out_indices = value
 
     @property
     def channels(self) -> list[int]:
