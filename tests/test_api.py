@@ -289,9 +289,25 @@ def test_backbone_stage_override_replaces_the_stored_stages(tmp_path, rng, overr
             torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
 
 
-def test_input_embeddings_are_the_patch_embedding(classifier):
-    assert classifier.get_input_embeddings() is classifier.swinv2.embeddings
-    assert classifier.swinv2.get_input_embeddings() is classifier.swinv2.embeddings
+def test_input_embeddings_are_the_patch_projection(classifier):
+    assert classifier.get_input_embeddings() is classifier.swinv2.embeddings.proj
+    assert classifier.swinv2.get_input_embeddings() is classifier.swinv2.embeddings.proj
+    assert classifier.base_model is classifier.swinv2 and classifier.swinv2.base_model is classifier.swinv2
+
+
+def test_frozen_input_embeddings_with_reentrant_checkpointing_still_train_the_blocks(rng):
+    """transformers' recipe: `enable_input_require_grads()` before reentrant checkpointing with frozen
+    embeddings; without it, reentrant checkpointing sees no input that needs a gradient."""
+    config = Swinv2Config(**SMALL, num_labels=3, drop_path_rate=0.0)
+    model = Swinv2ForImageClassification(config).train()
+    model.swinv2.embeddings.requires_grad_(False)  # the projection and its norm
+    model.enable_input_require_grads()
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": True})
+    model(torch.randn(2, 3, 32, 32, generator=rng), labels=torch.tensor([0, 2])).loss.backward()
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert not missing
+    model.disable_input_require_grads()
+    assert not model.get_input_embeddings()._forward_hooks
 
 
 def test_new_head_warning_names_each_weight_once(classifier, tmp_path):

@@ -444,3 +444,27 @@ def test_timm_and_microsoft_checkpoints_without_preprocessor_config(tmp_path, ph
     write_checkpoint(Swinv2ForImageClassification(config), tmp_path / "ms.pth", "microsoft")  # no config.json
     processor = AutoImageProcessor.from_pretrained(tmp_path / "ms.pth")
     assert processor.size == {"height": 48, "width": 48} and processor.image_std == list(IMAGENET_DEFAULT_STD)
+
+
+def test_a_transformers_pipeline_runs_our_model_and_processor(photos, tmp_path):
+    """`transformers.pipeline` with swinv2's model and processor gives transformers' own scores (it reads the
+    config's `_commit_hash` and casts the features with `.to(dtype)`)."""
+    torch.manual_seed(0)
+    labels = {0: "cat", 1: "dog", 2: "bird"}
+    config = transformers.Swinv2Config(
+        image_size=32, patch_size=4, embed_dim=16, depths=[1, 1], num_heads=[2, 2], window_size=4,
+        num_labels=3, id2label=labels, label2id={v: k for k, v in labels.items()},
+    )
+    transformers.Swinv2ForImageClassification(config).save_pretrained(tmp_path)
+    hf_vit(size={"height": 32, "width": 32}).save_pretrained(tmp_path)
+    theirs = transformers.pipeline("image-classification", model=str(tmp_path), device="cpu")
+    ours = transformers.pipeline(
+        "image-classification",
+        model=Swinv2ForImageClassification.from_pretrained(tmp_path),
+        image_processor=AutoImageProcessor.from_pretrained(tmp_path),
+        device="cpu",
+    )
+    for photo in photos[:2]:
+        expected, got = theirs(photo), ours(photo)
+        assert [r["label"] for r in got] == [r["label"] for r in expected]
+        assert max(abs(a["score"] - b["score"]) for a, b in zip(got, expected)) < 1e-5

@@ -127,6 +127,7 @@ class Swinv2Config:
     """
 
     model_type = "swinv2"
+    _commit_hash: str | None = None  # (what transformers' pipelines read from a hub config; never saved)
 
     def __init__(
         self,

@@ -512,9 +512,27 @@ class Swinv2PreTrainedModel(nn.Module):
     def dtype(self) -> torch.dtype:
         return next(self.parameters()).dtype
 
+    @property
+    def base_model(self) -> nn.Module:
+        """The encoder (`Swinv2Model`) of a model with a head, else the model itself, as in transformers."""
+        return getattr(self, self.base_model_prefix, self)
+
     def get_input_embeddings(self) -> nn.Module:
-        """The patch embedding (image -> patch tokens), as transformers' `get_input_embeddings`."""
-        return getattr(self, self.base_model_prefix, self).embeddings
+        """The patch projection (image -> patch vectors, before the embedding's LayerNorm), as transformers'
+        `get_input_embeddings`: freezing it leaves the norm trainable."""
+        return self.base_model.embeddings.proj
+
+    def enable_input_require_grads(self) -> None:
+        """Make the patch projection's output require grad, so that reentrant gradient checkpointing still
+        reaches the blocks when the embeddings are frozen (transformers' method of the same name)."""
+        self._require_grads_hook = self.get_input_embeddings().register_forward_hook(
+            lambda module, args, output: output.requires_grad_(True)
+        )
+
+    def disable_input_require_grads(self) -> None:
+        hook = self.__dict__.pop("_require_grads_hook", None)
+        if hook is not None:
+            hook.remove()
 
     def num_parameters(self, only_trainable: bool = False) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad or not only_trainable)

@@ -129,8 +129,15 @@ class BatchFeature(Mapping):
         shapes = {k: tuple(v.shape) if hasattr(v, "shape") else type(v).__name__ for k, v in self.data.items()}
         return f"BatchFeature({shapes})"
 
-    def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> BatchFeature:
-        """Move every tensor to `device`, and cast the floating ones to `dtype`."""
+    def to(
+        self, device: str | torch.device | torch.dtype | None = None, dtype: torch.dtype | None = None
+    ) -> BatchFeature:
+        """Move every tensor to `device`, and cast the floating ones to `dtype`; a dtype alone may come first
+        (`features.to(torch.bfloat16)`, as transformers' pipelines call it)."""
+        if isinstance(device, torch.dtype):
+            if dtype is not None:
+                raise TypeError("to() got two dtypes; pass a device and a dtype, or a dtype alone")
+            device, dtype = None, device
         moved = {}
         for key, value in self.data.items():
             if isinstance(value, Tensor):
