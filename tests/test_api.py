@@ -33,12 +33,31 @@ def test_output_access_by_attribute_key_index_and_tuple(classifier, rng):
     with torch.no_grad():
         out = classifier(x, labels=labels, output_hidden_states=True)
     assert isinstance(out, swinv2.Swinv2ImageClassifierOutput)
-    assert out.keys() == ["loss", "logits", "hidden_states", "reshaped_hidden_states"]
+    assert list(out.keys()) == ["loss", "logits", "hidden_states", "reshaped_hidden_states"]
     assert out["logits"] is out.logits and out[0] is out.loss and out[1] is out.logits
     assert out.to_tuple()[2] is out.hidden_states and len(out) == 4 and "attentions" not in out
     with pytest.raises(KeyError, match="attentions"):
         out["attentions"]
     assert dict(**out)["logits"] is out.logits
+
+
+def test_outputs_are_dicts_as_transformers_code_expects(classifier, rng):
+    """transformers' Trainer keeps the predictions of `isinstance(out, dict)` outputs by key (else it drops
+    index 0 as the loss, which emptied them when the loss was computed outside the model); accelerate
+    rebuilds outputs as `type(out)(mapping)`; pytree-based code (compile, export, DDP) sees the tensors."""
+    with torch.no_grad():
+        out = classifier(torch.randn(2, 3, 32, 32, generator=rng), output_hidden_states=True)
+    assert isinstance(out, dict) and out.get("loss") is None and out.get("logits") is out.logits
+    rebuilt = type(out)({k: v.clone() if torch.is_tensor(v) else v for k, v in out.items()})
+    assert list(rebuilt.keys()) == list(out.keys()) and torch.equal(rebuilt.logits, out.logits)
+    leaves, spec = torch.utils._pytree.tree_flatten(out)
+    assert len(leaves) == 1 + 2 * len(out.hidden_states)  # logits, hidden and reshaped hidden states
+    again = torch.utils._pytree.tree_unflatten([t * 2 for t in leaves], spec)
+    assert type(again) is type(out) and torch.equal(again.logits, 2 * out.logits)
+    out["loss"] = torch.tensor(1.0)  # a key set is an attribute set, and the other way round
+    assert out.loss is out["loss"] and out[0] is out.loss
+    out.loss = None
+    assert "loss" not in out and out[0] is out.logits
 
 
 def test_return_dict_false_gives_the_tuple(classifier, rng):

@@ -13,7 +13,8 @@ import math
 import os
 import sys
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -34,40 +35,58 @@ from .layers import (
 
 
 # ---------------------------------------------------------------------------------------------- outputs
-@dataclass
-class ModelOutput:
+class ModelOutput(OrderedDict):
     """Outputs by attribute (`out.logits`), key (`out["logits"]`), index (`out[0]`) or `to_tuple()`.
 
-    Fields that are `None` are left out of the keys, the indices and the tuple, as in transformers.
+    A dict of its fields that are not `None` (left out of the keys, the indices and the tuple), as
+    transformers' `ModelOutput` is: code written for transformers tells the outputs apart by `isinstance(out,
+    dict)` (its `Trainer` drops the loss from the predictions that way), and rebuilds them as
+    `type(out)(mapping)` (accelerate). Each subclass is a `torch.utils._pytree` node of those fields.
     """
 
-    def keys(self) -> list[str]:
-        return [f.name for f in fields(self) if getattr(self, f.name) is not None]
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        torch.utils._pytree.register_pytree_node(
+            cls,
+            lambda out: (list(out.values()), list(out.keys())),
+            lambda values, keys: cls(**dict(zip(keys, values))),
+            serialized_type_name=f"{cls.__module__}.{cls.__qualname__}",
+        )
 
-    def values(self) -> list[Any]:
-        return [getattr(self, k) for k in self.keys()]
+    def __post_init__(self) -> None:
+        names = [f.name for f in fields(self)]
+        first = getattr(self, names[0])
+        if isinstance(first, Mapping) and all(getattr(self, n) is None for n in names[1:]):  # type(out)(mapping)
+            setattr(self, names[0], None)
+            for key, value in first.items():
+                setattr(self, key, value)
 
-    def items(self) -> list[tuple[str, Any]]:
-        return [(k, getattr(self, k)) for k in self.keys()]
+    def __setattr__(self, name: str, value: Any) -> None:
+        super().__setattr__(name, value)
+        names = list(self.__dataclass_fields__)
+        if name in names:  # the dict follows the fields, in their order
+            if value is None:
+                super().pop(name, None)
+            elif name in self:
+                super().__setitem__(name, value)
+            else:
+                super().__setitem__(name, value)
+                for later in names[names.index(name) + 1 :]:
+                    if later in self:
+                        self.move_to_end(later)
 
-    def to_tuple(self) -> tuple[Any, ...]:
-        return tuple(self.values())
+    def __setitem__(self, key: str, value: Any) -> None:
+        setattr(self, key, value)
 
     def __getitem__(self, key: str | int | slice) -> Any:
         if isinstance(key, str):
-            if key not in self.keys():
-                raise KeyError(f"{key!r} is not among this output's fields {self.keys()}")
-            return getattr(self, key)
+            if key not in self:
+                raise KeyError(f"{key!r} is not among this output's fields {list(self.keys())}")
+            return super().__getitem__(key)
         return self.to_tuple()[key]
 
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.keys())
-
-    def __len__(self) -> int:
-        return len(self.keys())
-
-    def __contains__(self, key: object) -> bool:
-        return key in self.keys()
+    def to_tuple(self) -> tuple[Any, ...]:
+        return tuple(self.values())
 
 
 @dataclass
