@@ -321,6 +321,8 @@ def test_frozen_input_embeddings_with_reentrant_checkpointing_still_train_the_bl
     model = Swinv2ForImageClassification(config).train()
     model.swinv2.embeddings.requires_grad_(False)  # the projection and its norm
     model.enable_input_require_grads()
+    model.enable_input_require_grads()
+    assert len(model.get_input_embeddings()._forward_hooks) == 1
     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": True})
     model(torch.randn(2, 3, 32, 32, generator=rng), labels=torch.tensor([0, 2])).loss.backward()
     missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]

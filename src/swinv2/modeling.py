@@ -67,13 +67,12 @@ class ModelOutput(OrderedDict):
         if name in names:  # the dict follows the fields, in their order
             if value is None:
                 super().pop(name, None)
-            elif name in self:
-                super().__setitem__(name, value)
-            else:
-                super().__setitem__(name, value)
-                for later in names[names.index(name) + 1 :]:
-                    if later in self:
-                        self.move_to_end(later)
+                return
+            new = name not in self
+            super().__setitem__(name, value)
+            for later in names[names.index(name) + 1 :] if new else ():
+                if later in self:
+                    self.move_to_end(later)
 
     def __setitem__(self, key: str, value: Any) -> None:
         setattr(self, key, value)
@@ -544,6 +543,7 @@ class Swinv2PreTrainedModel(nn.Module):
     def enable_input_require_grads(self) -> None:
         """Make the patch projection's output require grad, so that reentrant gradient checkpointing still
         reaches the blocks when the embeddings are frozen (transformers' method of the same name)."""
+        self.disable_input_require_grads()  # one hook, however often this is called
         self._require_grads_hook = self.get_input_embeddings().register_forward_hook(
             lambda module, args, output: output.requires_grad_(True)
         )
