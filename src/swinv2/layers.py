@@ -681,12 +681,13 @@ class PatchEmbeddings(nn.Module):
 
 def _window_probs(qk_n: Tensor, mask: Tensor) -> Tensor:
     """`softmax(q k^T + mask)` `(B*nW*heads, N, N)` from the normalised, scaled `(2, B*nW, heads, N, D)`, in
-    `mask`'s dtype (scratch slots 0 and 1 of it). Half-precision scores are widened to an fp32 mask before it
-    is added, as transformers adds its bias to fp32 scores: the bias and the probabilities keep fp32's
+    fp32 at least (scratch slots 0 and 1 of that dtype). Half-precision scores are widened, and the mask with
+    them, before it is added, as transformers adds its bias to fp32 scores: the bias and the probabilities keep fp32's
     precision, and so do their gradients (summed over every window, half-precision ones were up to 3.4x further
     from fp32 than transformers' bf16 gradients)."""
     _, b_, heads, n, d = qk_n.shape
     windows = mask.shape[0]
+    mask = mask.to(torch.promote_types(qk_n.dtype, torch.float32))
     q, k = qk_n.view(2, b_ * heads, n, d).unbind(0)
     scores = torch.bmm(q, k.transpose(1, 2), out=_scratch(0, (b_ * heads, n, n), q))
     if scores.dtype != mask.dtype:
@@ -728,7 +729,6 @@ def _cosine_attention(qkv: Tensor, mask: Tensor, scale: Tensor, heads: int, infe
     c = three_c // 3
     d = c // heads
     acc = torch.promote_types(qkv.dtype, torch.float32)
-    mask = mask.to(acc)
     qkv = qkv.view(b_, n, 3, heads, d)
     qk = qkv[:, :, :2]
     # Normalised in fp32 (padded tokens have k = 0: 0 / eps stays 0), q times its head's logit scale. The
@@ -781,7 +781,7 @@ class _CosineWindowAttention(torch.autograd.Function):
         v = _heads_major_v(qkv5, 9)
         acc = norm.dtype
         # recomputed: one more small bmm instead of keeping (heads, N, N) per window
-        probs = _window_probs(qk_n, mask.to(acc))
+        probs = _window_probs(qk_n, mask)
         windows = mask.shape[0]
         needs_qkv, needs_mask, needs_scale = ctx.needs_input_grad[:3]
         # Temporaries in scratch slots: 0 scores, grad_probs, grad_qk; 1 probs, grad_qk * qk_n; 2 grad_v,
