@@ -5,11 +5,12 @@
 #   eager: the CUDA rows of the benchmark, bf16: eager inference at batch 1 and 256, a training step at batch 128;
 #   profile: where the time goes: operator profiles of ours and timm (training b128, inference b1 and b256);
 #   no_triton: the eager rows again without the Triton kernel (ours, transformers);
-#   graphs: batch-1 latency with CUDA graphs for ours and the peers alike: each eager forward captured and
-#           replayed (graphed), then torch.compile's reduce-overhead (cudagraphs), in two processes;
+#   graphed: batch-1 latency with CUDA graphs for ours and the peers alike: each eager forward captured and
+#            replayed (and batch 256);
+#   cudagraphs: batch-1 latency under torch.compile's reduce-overhead mode (CUDA graphs of compiled code);
 #   compile_train: the compiled training step at batch 128 (ours, timm), with the time its compiling needs;
 #   compile: compiled inference at batch 256 and 1 (ours, transformers: the best compiled peer last time).
-# The default (tests eager graphs compile_train) fits one session's device time with the machine's start-up.
+# The default (tests eager graphed cudagraphs compile_train) fits one session's device time with the machine's start-up.
 # The benchmark writes its JSON after every row, so a part cut short keeps what it measured. The default
 # parts write seven files to $OUT (the device tool brings back eight): render a JSON with `bench.py --render FILE`.
 set -u
@@ -41,7 +42,7 @@ profile() {  # profile SECONDS ARGS...: operator tables appended to profiles.txt
     cat /tmp/swinv2-prof/*.txt > "$OUT/profiles.txt" 2>/dev/null
 }
 
-for part in ${*:-tests eager graphs compile_train}; do
+for part in ${*:-tests eager graphed cudagraphs compile_train}; do
     case $part in
     tests)
         timeout 90 $PY -m pytest -q -p no:cacheprovider tests/test_kernels.py tests/test_gpu_robust.py \
@@ -56,10 +57,9 @@ for part in ${*:-tests eager graphs compile_train}; do
         SWINV2_DISABLE_TRITON=1 bench eager_no_triton 35 --mode eager --task infer,train --batch 256 \
             --impls ours,transformers --repeats 3 ;;
     compile) bench compile 150 --mode compile --task infer --batch 256,1 --impls ours,transformers --repeats 5 ;;
-    graphs)
-        bench graphed 50 --mode graphed --task infer --batch 1,256 --repeats 7
-        bench graphs 140 --mode cudagraphs --task infer --batch 1 --impls ours,timm,transformers --repeats 7 ;;
+    graphed) bench graphed 50 --mode graphed --task infer --batch 1,256 --repeats 7 ;;
+    cudagraphs) bench graphs 140 --mode cudagraphs --task infer --batch 1 --impls ours,timm,transformers --repeats 7 ;;
     compile_train) bench compile_train 200 --mode compile --task train --impls ours,timm --repeats 3 --warmup 1 ;;
-    *) echo "unknown part $part (tests, eager, profile, no_triton, compile, graphs, compile_train)"; exit 2 ;;
+    *) echo "unknown part $part (tests, eager, profile, no_triton, compile, graphed, cudagraphs, compile_train)"; exit 2 ;;
     esac
 done

@@ -65,6 +65,17 @@ def test_linear_keeps_autograd() -> None:
     assert x.grad is not None and w.grad is not None
 
 
+@pytest.mark.parametrize("gelu", ["none", "tanh"])
+def test_linear_gelu_in_place_where_autograd_records_nothing(gelu: str) -> None:
+    """The route CUDA inference takes (grad mode on, nothing requiring grad): GELU overwrites the GEMM's
+    output, and neither the input nor the weights change."""
+    x, w, b = torch.randn(2, 37, 24), torch.randn(40, 24), torch.randn(40)
+    copies = [t.clone() for t in (x, w, b)]
+    expected = F.gelu(F.linear(x, w, b), approximate=gelu)
+    torch.testing.assert_close(linear(x, w, b, gelu), expected, rtol=1e-6, atol=1e-6)
+    assert all(torch.equal(t, c) for t, c in zip((x, w, b), copies))
+
+
 def test_fast_path_matches_exact_path() -> None:
     model = _model()
     x = torch.randn(3, 3, 44, 40)  # padded to the window in every block

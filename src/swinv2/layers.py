@@ -315,7 +315,11 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None, gelu: str | No
             with torch.autocast("cpu", enabled=False):
                 return _TrainingLinear.apply(x, weight, bias)
     y = F.linear(x, weight, bias)
-    return y if gelu is None else F.gelu(y, approximate=gelu)
+    if gelu is None:
+        return y
+    if not y.requires_grad and _plain_eager():  # nothing records y: one hidden layer alive instead of two
+        return torch.ops.aten.gelu_(y, approximate=gelu)
+    return F.gelu(y, approximate=gelu)
 
 
 def _hooked(module: nn.Module) -> bool:
@@ -533,7 +537,9 @@ def relative_position_index(window: int) -> Tensor:
     return offset[..., 0] * (2 * window - 1) + offset[..., 1]
 
 
-def shifted_window_mask(height: int, width: int, window: int, shift: int, device=None) -> Tensor:
+def shifted_window_mask(
+    height: int, width: int, window: int, shift: int, device=None, dtype: torch.dtype = torch.float32
+) -> Tensor:
     """Additive mask `(num_windows, N, N)`: 0 within a region of the rolled grid, -100 across regions.
 
     Along each axis the rolled grid has three regions, `[0, size - window)`, `[size - window, size - shift)`
@@ -547,7 +553,7 @@ def shifted_window_mask(height: int, width: int, window: int, shift: int, device
     regions = region(height)[:, None] * 3 + region(width)[None, :]
     regions = window_partition(regions[None, :, :, None], window).squeeze(-1)  # (num_windows, N)
     different = regions.unsqueeze(1) != regions.unsqueeze(2)
-    return torch.zeros(different.shape, device=device).masked_fill_(different, MASK_VALUE)
+    return torch.zeros(different.shape, dtype=dtype, device=device).masked_fill_(different, MASK_VALUE)
 
 
 # ---------------------------------------------------------------------------------------------- layers
@@ -1125,11 +1131,16 @@ class Swinv2Block(nn.Module):
             if cached is not None:
                 self._mask_cache.move_to_end(key)
                 return cached
-        mask = self.attn.position_bias().unsqueeze(0)
-        if self.shift > 0:
-            shift_mask = shifted_window_mask(height, width, self.window, self.shift, device)
-            mask = mask + shift_mask.unsqueeze(1)
-        mask = mask.to(dtype)
+        bias = self.attn.position_bias().unsqueeze(0)  # (1, heads, N, N), in the weights' dtype
+        if self.shift == 0:
+            mask = bias.to(dtype)
+        else:  # 0 and -100 are exact in any float dtype: the shift mask is made in the mask's
+            shift_mask = shifted_window_mask(height, width, self.window, self.shift, device, dtype).unsqueeze(1)
+            if cacheable:  # summed in the bias's precision, written once in `dtype`: no wide (nW, heads, N, N)
+                mask = bias.new_empty((shift_mask.shape[0], *bias.shape[1:]), dtype=dtype)
+                torch.add(bias, shift_mask, out=mask)
+            else:  # (autograd and torch.compile take no out= tensor)
+                mask = (bias + shift_mask).to(dtype)
         if cacheable:
             _remember(self._mask_cache, key, mask)
         return mask
