@@ -446,3 +446,25 @@ def test_shifted_window_mask_matches_transformers(window, shift):
             layer = Swinv2Layer(config, 8, (4 * window, 4 * window), 2, shift_size=shift)
             expected = layer.get_attn_mask(height, width, torch.float32)
             assert torch.equal(shifted_window_mask(height, width, window, shift), expected), (height, width)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_cached_mask_is_the_folded_sum_rounded_once(dtype):
+    """A shifted block's cached mask (summed straight into `dtype`) is bit for bit the fp32 sum of the position
+    bias and transformers' shift mask rounded to `dtype`, as the mask autograd sees in training."""
+    from transformers.models.swinv2.modeling_swinv2 import Swinv2Layer
+
+    from swinv2.layers import Swinv2Block
+
+    torch.manual_seed(0)
+    block = Swinv2Block(dim=16, num_heads=2, window=4, shift=2)
+    with torch.no_grad():
+        for p in block.attn.cpb_mlp.parameters():
+            p.normal_(0, 0.5)
+    config = transformers.Swinv2Config(window_size=4, embed_dim=16, num_heads=[2])
+    shift_mask = Swinv2Layer(config, 16, (12, 8), 2, shift_size=2).get_attn_mask(12, 8, torch.float32)
+    expected = (block.attn.position_bias().unsqueeze(0) + shift_mask.unsqueeze(1)).to(dtype)
+    with torch.no_grad():
+        cached = block.attention_mask(12, 8, dtype, torch.device("cpu"))
+    assert cached.dtype == dtype and torch.equal(cached, expected)
+    assert torch.equal(block.attention_mask(12, 8, dtype, torch.device("cpu")).detach(), expected)  # autograd's

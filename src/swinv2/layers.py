@@ -1134,9 +1134,9 @@ class Swinv2Block(nn.Module):
         bias = self.attn.position_bias().unsqueeze(0)  # (1, heads, N, N), in the weights' dtype
         if self.shift == 0:
             mask = bias.to(dtype)
-        else:  # 0 and -100 are exact in any float dtype: the shift mask is made in the mask's
+        else:  # (0 and -100 are exact in every float dtype: the shift mask is made in `dtype` itself)
             shift_mask = shifted_window_mask(height, width, self.window, self.shift, device, dtype).unsqueeze(1)
-            if cacheable:  # summed in the bias's precision, written once in `dtype`: no wide (nW, heads, N, N)
+            if cacheable:  # summed at the bias's precision, written once in `dtype`: no fp32 (nW, heads, N, N)
                 mask = bias.new_empty((shift_mask.shape[0], *bias.shape[1:]), dtype=dtype)
                 torch.add(bias, shift_mask, out=mask)
             else:  # (autograd and torch.compile take no out= tensor)
