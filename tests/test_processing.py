@@ -88,6 +88,25 @@ def test_sixteen_bit_files_are_scaled_to_eight_bits(tmp_path, photos):
     assert image.mode == "L" and np.array_equal(np.asarray(image), gray)
 
 
+@pytest.mark.parametrize("channels", [1, 3])
+def test_wide_pil_images_given_to_the_processor_are_scaled_as_files_are(photos, channels):
+    """16-bit, 32-bit integer and float PIL images handed to the processor itself (not through `load_image`)
+    give the pixel values of their 8-bit image; Pillow's own conversion would clip them to white."""
+    gray = np.array(photos[1].convert("L"))
+    gray[0, 0] = 255  # the 32-bit integer image is scaled by its maximum
+    half = [0.5] * channels
+    processor = Swinv2ImageProcessor(size=32, num_channels=channels, image_mean=half, image_std=half)
+    expected = processor(PIL.Image.fromarray(gray)).pixel_values
+    wide = {
+        "I;16": PIL.Image.fromarray(gray.astype(np.uint16) * 257),
+        "I": PIL.Image.fromarray(gray.astype(np.int32) * 1000),
+        "F": PIL.Image.fromarray(gray.astype(np.float32) / 255, mode="F"),
+    }
+    for mode, image in wide.items():
+        assert image.mode.startswith(mode)
+        assert max_diff(processor(image).pixel_values, expected) <= 2 / 255 / 0.5, mode  # a level at most
+
+
 @pytest.mark.parametrize("scale", [1 / 255, 1.0, 4.0], ids=["fractions", "levels", "larger"])
 def test_float_tiffs_are_scaled_to_eight_bits(tmp_path, photos, scale):
     """A 32-bit float TIFF (mode F) of fractions in [0, 1], of 8-bit levels, or of larger values by their max."""

@@ -477,6 +477,19 @@ def test_torchscript_tracer_records_plain_linears_in_inference() -> None:
         torch.testing.assert_close(traced(x), model(x).logits, rtol=1e-5, atol=1e-5)
 
 
+def test_torchscript_trace_passes_its_check_with_grad_on() -> None:
+    """transformers' documented export (`torchscript=True`, `torch.jit.trace(model, x)` with grad on and
+    the trace check on): the check traces again without grad, and the graphs must be the same."""
+    model = _model()
+    model.config.torchscript = True
+    x = torch.randn(2, 3, 32, 32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the tracer's warnings about Python booleans and its deprecation
+        traced = torch.jit.trace(model, x)  # raised TracingCheckError: "Graphs differed across invocations"
+    with torch.no_grad():
+        torch.testing.assert_close(traced(x)[0], model(x)[0], rtol=1e-5, atol=1e-5)
+
+
 def test_patch_projection_is_the_convolution() -> None:
     """The patch embedding runs its convolution as a Linear on flattened patches; a hooked `proj` keeps its
     own forward (and its hook runs)."""

@@ -942,7 +942,8 @@ class WindowAttention(nn.Module):
         v = v.squeeze(2).transpose(1, 2)
         windows = mask.shape[0]
         mask = mask.to(q.dtype)
-        training = torch.is_grad_enabled() and (qkv.requires_grad or mask.requires_grad)
+        # (not when traced: TorchScript's trace check runs the model again without grad, and wants one graph)
+        training = torch.is_grad_enabled() and (qkv.requires_grad or mask.requires_grad) and not torch.jit.is_tracing()
         fp32_inference = not training and dropout == 0.0 and q.dtype == torch.float32 and _eager_or_compiled()
         if x.device.type == "cpu" and (training or fp32_inference):
             # Batched matmuls and a softmax, the (windows, heads, N, N) mask broadcast over the images.

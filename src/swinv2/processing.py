@@ -85,19 +85,32 @@ def load_image(path: str | os.PathLike) -> PIL.Image.Image:
     except (OSError, SyntaxError, ValueError) as err:
         # Pillow reports truncated and corrupt data as OSError (and a few decoders as SyntaxError/ValueError).
         raise ImageLoadError(f"{path}: truncated or corrupt image ({err})") from err
-    if image.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
-        array = np.asarray(image, dtype=np.float64)
-        if not np.isfinite(array).all():
-            raise ImageLoadError(f"{path}: the image holds NaN or infinite values")
-        high = float(array.max(initial=0.0))
-        if image.mode.startswith("I;16"):
-            top = 65535.0
-        elif image.mode == "F":  # floats: fractions in [0, 1], 8-bit levels up to 255, else by their maximum
-            top = 1.0 if high <= 1 else 255.0 if high <= 255 else high
-        else:
-            top = max(high, 1.0)
-        image = PIL.Image.fromarray(np.round(array * (255.0 / top)).clip(0, 255).astype(np.uint8), mode="L")
+    if image.mode in _WIDE_MODES:
+        try:
+            image = _wide_to_8bit(image)
+        except ValueError as err:
+            raise ImageLoadError(f"{path}: {err}") from err
     return image
+
+
+_WIDE_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
+
+
+def _wide_to_8bit(image: PIL.Image.Image) -> PIL.Image.Image:
+    """A 16-bit, 32-bit integer or 32-bit float image (`_WIDE_MODES`) as 8-bit "L", scaled: 16-bit values
+    from 65535, 32-bit integers by their maximum, floats from [0, 1], as 8-bit levels when they reach above 1,
+    or by their maximum above 255. (Pillow's own `convert` clips every value above 255 to white.)"""
+    array = np.asarray(image, dtype=np.float64)
+    if not np.isfinite(array).all():
+        raise ValueError("the image holds NaN or infinite values")
+    high = float(array.max(initial=0.0))
+    if image.mode.startswith("I;16"):
+        top = 65535.0
+    elif image.mode == "F":
+        top = 1.0 if high <= 1 else 255.0 if high <= 255 else high
+    else:
+        top = max(high, 1.0)
+    return PIL.Image.fromarray(np.round(array * (255.0 / top)).clip(0, 255).astype(np.uint8), mode="L")
 
 
 # ---------------------------------------------------------------------------------------------- outputs
@@ -212,6 +225,8 @@ def _to_hwc(image: Any, num_channels: int, layout: str | None = None) -> np.ndar
         layout = "channels_last"  # as it is now
     if isinstance(image, PIL.Image.Image):
         mode = "L" if num_channels == 1 else "RGB"
+        if image.mode in _WIDE_MODES:  # scaled to 8 bits as `load_image` scales them
+            image = _wide_to_8bit(image)
         if image.mode != mode:
             # Pillow's conversions (alpha dropped, palettes expanded, CMYK to RGB, ITU-R 601-2 luma),
             # the same as transformers with do_convert_rgb=True.
@@ -372,7 +387,9 @@ class Swinv2ImageProcessor:
             channels (`num_channels`): RGBA, palette, CMYK and grayscale become RGB, or luma for 1 channel.
         do_center_crop / crop_size: crop the centre `crop_size` after resizing.
         crop_pct: with `size={"shortest_edge": N}`: resize the short side to `int(N / crop_pct)` and crop
-            the centre N x N (timm's and ConvNeXt's evaluation transform).
+            the centre N x N, as transformers' ConvNextImageProcessor (identical pixels). timm's evaluation
+            transform rounds the crop offset half to even where this floors it, as every transformers crop
+            does: a one-pixel shift where the margin is odd.
         num_channels: channels of the model's input; default: the length of `image_mean`, else 3.
         **kwargs: other keys of a preprocessor_config.json, kept and written back.
     """
@@ -648,8 +665,8 @@ class Swinv2ImageProcessor:
         interpolation, mean and std.
 
         Images are resized to `input_size`, as transformers' processor for Swin V2 resizes them; timm's
-        evaluation crop (`crop_pct`) is not applied, as its crop offsets round differently from transformers'.
-        Pass `size={"shortest_edge": N}, crop_pct=...` to crop.
+        evaluation crop (`crop_pct`) is not applied. Pass `size={"shortest_edge": N}, crop_pct=...` to crop
+        (offsets floored as transformers', not rounded as timm's: see `crop_pct`).
         """
         channels, height, width = (int(v) for v in cfg["input_size"])
         settings: dict[str, Any] = {
