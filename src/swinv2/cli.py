@@ -683,6 +683,7 @@ def count_macs(model: Any, height: int, width: int) -> int:
 
 
 def _info(args: argparse.Namespace) -> int:
+    from swinv2.layers import Swinv2Stage
     from swinv2.processing import resolve_id2label
 
     model = _load_model(args.model, _model_class_name(args.model))
@@ -692,18 +693,24 @@ def _info(args: argparse.Namespace) -> int:
     stages = []
     ph, pw = config.patch_hw
     grid_h, grid_w = -(-height // ph), -(-width // pw)
+    # The window and shift are read from the built blocks, not re-derived here: the model sizes them from
+    # the floor-halved grid (as transformers does) while the token grid is padded up, and a second formula
+    # here drifted from the model's before.
+    model_stages = [m for m in model.modules() if isinstance(m, Swinv2Stage)]
     for i, (depth, heads) in enumerate(zip(config.depths, config.num_heads)):
+        blocks = model_stages[i].blocks
         stages.append(
             {
                 "stage": i + 1,
                 "blocks": depth,
                 "heads": heads,
                 "channels": config.embed_dim * 2**i,
-                "tokens": [grid_h, grid_w],
-                "window": min(config.window_size, grid_h, grid_w),
+                "tokens": [grid_h, grid_w],  # the padded token grid the stage runs on at image_size
+                "window": blocks[0].window,
+                "shift": max(block.shift for block in blocks),
             }
         )
-        grid_h, grid_w = -(-grid_h // 2), -(-grid_w // 2)
+        grid_h, grid_w = -(-grid_h // 2), -(-grid_w // 2)  # patch merging pads an odd grid
     info: dict[str, Any] = {
         "model": args.model,
         "class": type(model).__name__,
@@ -755,7 +762,7 @@ def _info_text(info: dict[str, Any]) -> str:
     for s in info["stages"]:
         lines.append(
             f"  stage {s['stage']}      {s['blocks']} blocks, {s['heads']} heads, {s['channels']} channels, "
-            f"{pair(s['tokens'])} tokens, window {s['window']}"
+            f"{pair(s['tokens'])} tokens, window {s['window']}" + (", not shifted" if s["shift"] == 0 else "")
         )
     if "labels" in info:
         shown = "; ".join(info["labels"])
