@@ -625,6 +625,29 @@ def test_evaluate_uses_the_models_processor_leaves_unreadable_images_out_and_mat
     assert result.loss == pytest.approx(loss, abs=1e-5) and result.top1 == pytest.approx(top1)
 
 
+def test_evaluate_a_subset_of_classes_gives_the_absent_ones_no_accuracy(photos, tmp_path, capsys):
+    """A data folder without "cat" images: cat's accuracy is null in the JSON and n/a in the table (not 0.0,
+    which would say all its images were missed); the present classes' accuracies are their confusion rows'."""
+    import shutil
+
+    from swinv2 import cli
+
+    model = _saved_classifier(tmp_path / "model")
+    data = tmp_path / "data"
+    for name in ("coffee", "rocket"):
+        shutil.copytree(photos / "val" / name, data / name)
+    argv = ["evaluate", str(model), "--data", str(data), "--num-workers", "0"]
+    assert cli.main([*argv, "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    confusion = result["confusion"]
+    assert result["per_class"]["cat"] is None and result["images_per_class"] == {"cat": 0, "coffee": 3, "rocket": 3}
+    for i, name in ((1, "coffee"), (2, "rocket")):
+        assert result["per_class"][name] == pytest.approx(confusion[i][i] / sum(confusion[i]))
+    assert cli.main(argv) == 0
+    rows = {line.split()[0]: line.split()[1] for line in capsys.readouterr().out.splitlines()[2:]}
+    assert rows["cat"] == "n/a" and float(rows["coffee"]) == pytest.approx(result["per_class"]["coffee"], abs=1e-4)
+
+
 def test_evaluate_a_one_channel_model_without_processor_file(photos, tmp_path):
     from swinv2.training import evaluate
 

@@ -272,7 +272,9 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     width = max(len(name) for name in result.class_names)
     print(f"{'class':<{width}}  accuracy  confusion (row: true, column: predicted)")
     for name, row in zip(result.class_names, result.confusion):
-        print(f"{name:<{width}}  {result.per_class[name]:8.4f}  {' '.join(f'{v:5d}' for v in row)}")
+        accuracy = result.per_class[name]
+        shown = "     n/a" if accuracy is None else f"{accuracy:8.4f}"  # no images of the class: no accuracy
+        print(f"{name:<{width}}  {shown}  {' '.join(f'{v:5d}' for v in row)}")
     return 0
 
 

@@ -727,16 +727,21 @@ def export_model(model: Swinv2PreTrainedModel, folder: Path, mean: Sequence[floa
 # ---------------------------------------------------------------------------------------------- evaluation
 @dataclass
 class EvalResult:
-    """Classification metrics; `confusion[i][j]` counts images of true class i predicted as j."""
+    """Classification metrics; `confusion[i][j]` counts images of true class i predicted as j.
+
+    `per_class` is the accuracy of each class over its images, None for a class with no image in the data
+    (a folder holding a subset of the model's classes): it has no accuracy, and 0.0 would claim every one of
+    its images was missed. `images_per_class` says how many each had."""
 
     loss: float
     top1: float
     top5: float
-    per_class: dict[str, float]
+    per_class: dict[str, float | None]
     confusion: list[list[int]]
     class_names: list[str]
     num_images: int
     images_per_second: float
+    images_per_class: dict[str, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -805,10 +810,11 @@ def _evaluate_loader(model: nn.Module, dataset: torch.utils.data.Dataset, num_cl
 
 def _eval_result(raw: Mapping[str, Any], class_names: Sequence[str]) -> EvalResult:
     confusion = raw["confusion"]
-    totals = confusion.sum(1).clamp(min=1)
-    per_class = {name: float(confusion[i, i] / totals[i]) for i, name in enumerate(class_names)}
+    totals = confusion.sum(1).tolist()
+    per_class = {name: (float(confusion[i, i]) / totals[i] if totals[i] else None)
+                 for i, name in enumerate(class_names)}
     return EvalResult(raw["loss"], raw["top1"], raw["top5"], per_class, confusion.tolist(), list(class_names),
-                      raw["count"], raw["img_per_s"])
+                      raw["count"], raw["img_per_s"], dict(zip(class_names, map(int, totals))))
 
 
 def _folder_name(label: str) -> str:
