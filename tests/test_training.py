@@ -492,6 +492,36 @@ def test_resume_checks_the_architecture_and_fresh_runs_do_not_overwrite(tiny_con
     assert math.isfinite(finished.metrics.get("img_per_s", 0.0))
 
 
+def test_a_run_removes_the_temporaries_an_interrupted_checkpoint_write_left(tiny_config, photos, tmp_path, caplog):
+    """A SIGKILL between atomic_write's write and its rename leaves `.step_XXXXXXXX.pt.<8 chars>.tmp`; resuming
+    (and a fresh run in a folder whose first checkpoint was cut short) removes such files, and only those."""
+    run = tmp_path / "run"
+    train(_config(tiny_config, photos, run, max_steps=2, checkpoint_every=1, keep_checkpoints=5))
+    checkpoints = run / "checkpoints"
+    half = (checkpoints / "step_00000002.pt").read_bytes()[:4096]  # what a kill mid-write leaves
+    stale = [checkpoints / ".step_00000003.pt.r8bvxpyr.tmp", run / ".metrics.jsonl.k_3x9q0a.tmp",
+             run / "last" / ".model.safetensors.0abcdefg.tmp"]
+    kept = [checkpoints / ".step_00000003.pt.tmp", checkpoints / "notes.tmp", checkpoints / "step.r8bvxpyr.tmp",
+            checkpoints / ".step_00000003.pt.r8bvxpyr.tmp.bak", run / "tensorboard" / ".x.abcdefgh.tmp"]
+    for path in stale + kept:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(half)
+    with caplog.at_level(logging.INFO, logger="swinv2"):
+        resumed = train(_config(tiny_config, photos, run, max_steps=2, checkpoint_every=1, keep_checkpoints=5,
+                                resume="latest"))
+    assert resumed.steps == 2
+    assert [p for p in stale if p.exists()] == [] and all(p.read_bytes() == half for p in kept)
+    assert "removed 3 temporary file(s) left by an interrupted write" in caplog.text
+    assert sorted(p.name for p in checkpoints.glob("step_*.pt")) == ["step_00000001.pt", "step_00000002.pt"]
+
+    # killed while writing its first checkpoint: no checkpoint, one temporary; a new run starts and cleans up
+    fresh = tmp_path / "fresh"
+    (fresh / "checkpoints").mkdir(parents=True)
+    (fresh / "checkpoints" / ".step_00000001.pt.q1w2e3r4.tmp").write_bytes(half)
+    train(_config(tiny_config, photos, fresh, max_steps=1))
+    assert [p.name for p in (fresh / "checkpoints").iterdir()] == ["step_00000001.pt"]
+
+
 # ---------------------------------------------------------------------------------------------- options
 def _last_weights(run) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file

@@ -595,6 +595,34 @@ def _check_writable(folder: Path) -> None:
         ) from err
 
 
+# The temporary names of checkpoints.atomic_write: tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp") adds
+# eight characters of tempfile's alphabet. A SIGKILL (or power loss) between the write and the rename leaves
+# one behind, up to a whole checkpoint's size; nothing else writes names of this shape.
+_STALE_TEMPORARY = re.compile(r"\..+\.[a-z0-9_]{8}\.tmp")
+# Where a run writes through atomic_write: the run folder (metrics, settings, eval.json, plots), its
+# checkpoints and its two exports.
+_ATOMIC_FOLDERS = (".", CHECKPOINT_DIR, "best", "last")
+
+
+def remove_stale_temporaries(run: Path) -> list[Path]:
+    """Delete the temporary files that an interrupted atomic write left in the run folder `run` (only names
+    of atomic_write's pattern, in the folders a run writes, never anything else); returns them. Called when a
+    run starts or resumes there, before it writes: no write of its own is in flight."""
+    removed = []
+    for sub in _ATOMIC_FOLDERS:
+        folder = run / sub
+        if not folder.is_dir():
+            continue
+        for path in folder.iterdir():
+            if _STALE_TEMPORARY.fullmatch(path.name) and path.is_file() and not path.is_symlink():
+                try:
+                    path.unlink()
+                except FileNotFoundError:
+                    continue
+                removed.append(path)
+    return sorted(removed)
+
+
 def checkpoint_path(run: Path, step: int) -> Path:
     return run / CHECKPOINT_DIR / f"step_{step:08d}.pt"
 
@@ -1097,6 +1125,11 @@ def _train(config: TrainConfig, dist: Distributed) -> TrainResult:
 
     run = Path(config.output).expanduser()
     _check_writable(run)
+    if dist.main:
+        removed = remove_stale_temporaries(run)
+        if removed:
+            logger.info("removed %d temporary file(s) left by an interrupted write: %s", len(removed),
+                        ", ".join(str(p.relative_to(run)) for p in removed))
     dist.barrier()
 
     # -- where we start from
