@@ -522,6 +522,54 @@ def test_a_run_removes_the_temporaries_an_interrupted_checkpoint_write_left(tiny
     assert [p.name for p in (fresh / "checkpoints").iterdir()] == ["step_00000001.pt"]
 
 
+def _processor_stats(folder) -> tuple[list[float], list[float]]:
+    saved = json.loads((folder / "preprocessor_config.json").read_text())
+    return saved["image_mean"], saved["image_std"]
+
+
+def test_fine_tuning_keeps_the_checkpoints_normalisation_unless_flags_say_otherwise(tiny_config, photos, tmp_path):
+    """A SimMIM checkpoint pre-trained with mean 0.5 / std 0.25 is fine-tuned, exported and resumed with them
+    (not ImageNet's); --image-mean/--image-std given win; a new model still gets ImageNet's."""
+    pre = train(_config(tiny_config, photos, tmp_path / "pre", task="simmim", mask_patch_size=8, max_steps=1,
+                        image_mean=(0.5, 0.5, 0.5), image_std=(0.25, 0.25, 0.25)))
+    assert _processor_stats(pre.last) == ([0.5] * 3, [0.25] * 3)
+    tuned = train(_config(tiny_config, photos, tmp_path / "tuned", model=str(pre.last), max_steps=1))
+    for folder in (tuned.last, tuned.best):
+        assert _processor_stats(folder) == ([0.5] * 3, [0.25] * 3)
+    recorded = json.loads((tmp_path / "tuned" / "train_config.json").read_text())
+    assert (recorded["image_mean"], recorded["image_std"]) == ([0.5] * 3, [0.25] * 3)
+    # resuming through the library with nothing given keeps the run's own values (no "settings differ" error)
+    resumed = train(_config(tiny_config, photos, tmp_path / "tuned", model=str(pre.last), max_steps=2,
+                            resume="latest"))
+    assert resumed.steps == 2 and _processor_stats(resumed.last) == ([0.5] * 3, [0.25] * 3)
+
+    mine = ((0.4, 0.45, 0.5), (0.2, 0.21, 0.22))
+    given = train(_config(tiny_config, photos, tmp_path / "given", model=str(pre.last), max_steps=1,
+                          image_mean=mine[0], image_std=mine[1]))
+    assert _processor_stats(given.last) == tuple(list(v) for v in mine)
+    fresh = train(_config(tiny_config, photos, tmp_path / "fresh", max_steps=1))  # config.json: new weights
+    assert _processor_stats(fresh.last) == (list(data_module.IMAGENET_MEAN), list(data_module.IMAGENET_STD))
+
+
+def test_readme_fine_tune_command_on_a_one_channel_simmim_checkpoint(photos, tmp_path, capsys):
+    """`swinv2 train --data DIR --model runs/simmim/last --output runs/ft --layer-decay 0.9 --new-head` for a
+    1-channel checkpoint pre-trained with one mean and std: it failed with "image_mean/image_std have 3 values
+    but the model reads 1 channels"; it now fine-tunes with the checkpoint's statistics."""
+    from swinv2 import cli
+
+    gray = tmp_path / "gray.json"
+    Swinv2Config(**{**TINY_MODEL, "num_channels": 1}).to_json_file(gray)
+    common = ["--data", str(photos), "--batch-size", "6", "--max-steps", "1", "--num-workers", "0",
+              "--no-progress", "--no-tensorboard"]
+    assert cli.main(["pretrain", *common, "--model", str(gray), "--output", str(tmp_path / "simmim"),
+                     "--mask-patch-size", "8", "--image-mean", "0.286", "--image-std", "0.353"]) == 0
+    assert cli.main(["train", *common, "--model", str(tmp_path / "simmim" / "last"), "--output",
+                     str(tmp_path / "ft"), "--layer-decay", "0.9", "--new-head"]) == 0, capsys.readouterr().err
+    assert _processor_stats(tmp_path / "ft" / "best") == ([0.286], [0.353])
+    model = Swinv2ForImageClassification.from_pretrained(tmp_path / "ft" / "best")
+    assert model.config.num_channels == 1 and model.config.id2label == {0: "cat", 1: "coffee", 2: "rocket"}
+
+
 # ---------------------------------------------------------------------------------------------- options
 def _last_weights(run) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file

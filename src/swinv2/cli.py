@@ -123,8 +123,10 @@ _TRAIN_FLAGS: list[tuple[str, str]] = [
     ("val_fraction", "validation share when the data folder has no val/ split (default 0.1)"),
     ("limit_train", "train on a seeded random subset of this many images"),
     ("limit_val", "validate on a seeded random subset of this many images"),
-    ("image_mean", "normalisation mean per channel (default ImageNet's)"),
-    ("image_std", "normalisation std per channel (default ImageNet's)"),
+    ("image_mean", "normalisation mean per channel (default: the --model checkpoint's, from its "
+                   "preprocessor_config.json; ImageNet's for new weights)"),
+    ("image_std", "normalisation std per channel (default: the --model checkpoint's, from its "
+                  "preprocessor_config.json; ImageNet's for new weights)"),
     ("new_head", "replace a checkpoint's classifier whose classes differ from the data's"),
     ("mask_patch_size", "SimMIM: side of the masked squares in pixels (default 32)"),
     ("mask_ratio", "SimMIM: share of the squares masked (default 0.6)"),
