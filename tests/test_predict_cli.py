@@ -387,6 +387,29 @@ def test_info_reports_parameters_macs_and_labels(workdir):
     assert "1000 (from imagenet-1k): tench, Tinca tinca" in text.stdout
 
 
+def test_info_windows_are_the_models_where_the_grid_shrinks_below_the_window(tmp_path):
+    """28 px, patch 4, window 7 (the demo's geometry): stage 2 runs on 4x4 tokens (the odd 7x7 grid is padded
+    by the merging) with a window of 3 and no shift, because the model sizes it from the floor-halved grid
+    7 // 2, as transformers does; info used to print the padded grid's 4."""
+    config = dict(image_size=28, patch_size=4, num_channels=1, embed_dim=16, depths=[2, 2, 2], num_heads=[1, 2, 4],
+                  window_size=7)
+    torch.manual_seed(0)
+    transformers.Swinv2ForImageClassification(transformers.Swinv2Config(**config, num_labels=2)).save_pretrained(
+        tmp_path / "m")
+    proc = swinv2_cli("info", tmp_path / "m", "--json")
+    assert proc.returncode == 0, proc.stderr
+    stages = json.loads(proc.stdout)["stages"]
+    ours = swinv2.Swinv2ForImageClassification.from_pretrained(tmp_path / "m")
+    theirs = transformers.Swinv2ForImageClassification.from_pretrained(tmp_path / "m")
+    built = [[(b.window, b.shift) for b in stage.blocks] for stage in ours.swinv2.stages]
+    assert [[(s["window"], s["shift"])] * len(blocks) for s, blocks in zip(stages, built)] == built
+    assert [s["window"] for s in stages] == [b.window_size for b in (layer.blocks[0] for layer in
+                                                                     theirs.swinv2.encoder.layers)] == [7, 3, 1]
+    assert [s["tokens"] for s in stages] == [[7, 7], [4, 4], [2, 2]]
+    text = swinv2_cli("info", tmp_path / "m").stdout
+    assert "stage 2      2 blocks, 2 heads, 32 channels, 4x4 tokens, window 3, not shifted" in text
+
+
 def test_info_on_a_missing_model(tmp_path):
     proc = swinv2_cli("info", tmp_path / "nothing-here")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr and "nothing-here" in proc.stderr

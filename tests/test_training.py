@@ -492,6 +492,84 @@ def test_resume_checks_the_architecture_and_fresh_runs_do_not_overwrite(tiny_con
     assert math.isfinite(finished.metrics.get("img_per_s", 0.0))
 
 
+def test_a_run_removes_the_temporaries_an_interrupted_checkpoint_write_left(tiny_config, photos, tmp_path, caplog):
+    """A SIGKILL between atomic_write's write and its rename leaves `.step_XXXXXXXX.pt.<8 chars>.tmp`; resuming
+    (and a fresh run in a folder whose first checkpoint was cut short) removes such files, and only those."""
+    run = tmp_path / "run"
+    train(_config(tiny_config, photos, run, max_steps=2, checkpoint_every=1, keep_checkpoints=5))
+    checkpoints = run / "checkpoints"
+    half = (checkpoints / "step_00000002.pt").read_bytes()[:4096]  # what a kill mid-write leaves
+    stale = [checkpoints / ".step_00000003.pt.r8bvxpyr.tmp", run / ".metrics.jsonl.k_3x9q0a.tmp",
+             run / "last" / ".model.safetensors.0abcdefg.tmp"]
+    kept = [checkpoints / ".step_00000003.pt.tmp", checkpoints / "notes.tmp", checkpoints / "step.r8bvxpyr.tmp",
+            checkpoints / ".step_00000003.pt.r8bvxpyr.tmp.bak", run / "tensorboard" / ".x.abcdefgh.tmp"]
+    for path in stale + kept:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(half)
+    with caplog.at_level(logging.INFO, logger="swinv2"):
+        resumed = train(_config(tiny_config, photos, run, max_steps=2, checkpoint_every=1, keep_checkpoints=5,
+                                resume="latest"))
+    assert resumed.steps == 2
+    assert [p for p in stale if p.exists()] == [] and all(p.read_bytes() == half for p in kept)
+    assert "removed 3 temporary file(s) left by an interrupted write" in caplog.text
+    assert sorted(p.name for p in checkpoints.glob("step_*.pt")) == ["step_00000001.pt", "step_00000002.pt"]
+
+    # killed while writing its first checkpoint: no checkpoint, one temporary; a new run starts and cleans up
+    fresh = tmp_path / "fresh"
+    (fresh / "checkpoints").mkdir(parents=True)
+    (fresh / "checkpoints" / ".step_00000001.pt.q1w2e3r4.tmp").write_bytes(half)
+    train(_config(tiny_config, photos, fresh, max_steps=1))
+    assert [p.name for p in (fresh / "checkpoints").iterdir()] == ["step_00000001.pt"]
+
+
+def _processor_stats(folder) -> tuple[list[float], list[float]]:
+    saved = json.loads((folder / "preprocessor_config.json").read_text())
+    return saved["image_mean"], saved["image_std"]
+
+
+def test_fine_tuning_keeps_the_checkpoints_normalisation_unless_flags_say_otherwise(tiny_config, photos, tmp_path):
+    """A SimMIM checkpoint pre-trained with mean 0.5 / std 0.25 is fine-tuned, exported and resumed with them
+    (not ImageNet's); --image-mean/--image-std given win; a new model still gets ImageNet's."""
+    pre = train(_config(tiny_config, photos, tmp_path / "pre", task="simmim", mask_patch_size=8, max_steps=1,
+                        image_mean=(0.5, 0.5, 0.5), image_std=(0.25, 0.25, 0.25)))
+    assert _processor_stats(pre.last) == ([0.5] * 3, [0.25] * 3)
+    tuned = train(_config(tiny_config, photos, tmp_path / "tuned", model=str(pre.last), max_steps=1))
+    for folder in (tuned.last, tuned.best):
+        assert _processor_stats(folder) == ([0.5] * 3, [0.25] * 3)
+    recorded = json.loads((tmp_path / "tuned" / "train_config.json").read_text())
+    assert (recorded["image_mean"], recorded["image_std"]) == ([0.5] * 3, [0.25] * 3)
+    # resuming through the library with nothing given keeps the run's own values (no "settings differ" error)
+    resumed = train(_config(tiny_config, photos, tmp_path / "tuned", model=str(pre.last), max_steps=2,
+                            resume="latest"))
+    assert resumed.steps == 2 and _processor_stats(resumed.last) == ([0.5] * 3, [0.25] * 3)
+
+    mine = ((0.4, 0.45, 0.5), (0.2, 0.21, 0.22))
+    given = train(_config(tiny_config, photos, tmp_path / "given", model=str(pre.last), max_steps=1,
+                          image_mean=mine[0], image_std=mine[1]))
+    assert _processor_stats(given.last) == tuple(list(v) for v in mine)
+    fresh = train(_config(tiny_config, photos, tmp_path / "fresh", max_steps=1))  # config.json: new weights
+    assert _processor_stats(fresh.last) == (list(data_module.IMAGENET_MEAN), list(data_module.IMAGENET_STD))
+
+
+def test_readme_fine_tune_command_on_a_one_channel_simmim_checkpoint(photos, tmp_path, capsys):
+    """`swinv2 train --data DIR --model runs/simmim/last --output runs/ft --layer-decay 0.9 --new-head` for a
+    1-channel checkpoint pre-trained with one mean and std: it failed with "image_mean/image_std have 3 values
+    but the model reads 1 channels"; it now fine-tunes with the checkpoint's statistics."""
+    from swinv2 import cli
+
+    gray = tmp_path / "gray.json"
+    Swinv2Config(**{**TINY_MODEL, "num_channels": 1}).to_json_file(gray)
+    common = ["--data", str(photos), "--batch-size", "6", "--max-steps", "1", "--num-workers", "0",
+              "--no-progress", "--no-tensorboard"]
+    assert cli.main(["pretrain", *common, "--model", str(gray), "--output", str(tmp_path / "simmim"),
+                     "--mask-patch-size", "8", "--image-mean", "0.286", "--image-std", "0.353"]) == 0
+    assert cli.main(["train", *common, "--model", str(tmp_path / "simmim" / "last"), "--output",
+                     str(tmp_path / "ft"), "--layer-decay", "0.9", "--new-head"]) == 0, capsys.readouterr().err
+    assert _processor_stats(tmp_path / "ft" / "best") == ([0.286], [0.353])
+    model = Swinv2ForImageClassification.from_pretrained(tmp_path / "ft" / "best")
+    assert model.config.num_channels == 1 and model.config.id2label == {0: "cat", 1: "coffee", 2: "rocket"}
+
+
 # ---------------------------------------------------------------------------------------------- options
 def _last_weights(run) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
@@ -623,6 +701,29 @@ def test_evaluate_uses_the_models_processor_leaves_unreadable_images_out_and_mat
     assert result.class_names == ["cat", "coffee", "rocket"]
     assert [sum(row) for row in result.confusion] == [0, len(files["coffee"]) - 1, len(files["rocket"])]
     assert result.loss == pytest.approx(loss, abs=1e-5) and result.top1 == pytest.approx(top1)
+
+
+def test_evaluate_a_subset_of_classes_gives_the_absent_ones_no_accuracy(photos, tmp_path, capsys):
+    """A data folder without "cat" images: cat's accuracy is null in the JSON and n/a in the table (not 0.0,
+    which would say all its images were missed); the present classes' accuracies are their confusion rows'."""
+    import shutil
+
+    from swinv2 import cli
+
+    model = _saved_classifier(tmp_path / "model")
+    data = tmp_path / "data"
+    for name in ("coffee", "rocket"):
+        shutil.copytree(photos / "val" / name, data / name)
+    argv = ["evaluate", str(model), "--data", str(data), "--num-workers", "0"]
+    assert cli.main([*argv, "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    confusion = result["confusion"]
+    assert result["per_class"]["cat"] is None and result["images_per_class"] == {"cat": 0, "coffee": 3, "rocket": 3}
+    for i, name in ((1, "coffee"), (2, "rocket")):
+        assert result["per_class"][name] == pytest.approx(confusion[i][i] / sum(confusion[i]))
+    assert cli.main(argv) == 0
+    rows = {line.split()[0]: line.split()[1] for line in capsys.readouterr().out.splitlines()[2:]}
+    assert rows["cat"] == "n/a" and float(rows["coffee"]) == pytest.approx(result["per_class"]["coffee"], abs=1e-4)
 
 
 def test_evaluate_a_one_channel_model_without_processor_file(photos, tmp_path):

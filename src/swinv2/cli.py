@@ -123,8 +123,10 @@ _TRAIN_FLAGS: list[tuple[str, str]] = [
     ("val_fraction", "validation share when the data folder has no val/ split (default 0.1)"),
     ("limit_train", "train on a seeded random subset of this many images"),
     ("limit_val", "validate on a seeded random subset of this many images"),
-    ("image_mean", "normalisation mean per channel (default ImageNet's)"),
-    ("image_std", "normalisation std per channel (default ImageNet's)"),
+    ("image_mean", "normalisation mean per channel (default: the --model checkpoint's, from its "
+                   "preprocessor_config.json; ImageNet's for new weights)"),
+    ("image_std", "normalisation std per channel (default: the --model checkpoint's, from its "
+                  "preprocessor_config.json; ImageNet's for new weights)"),
     ("new_head", "replace a checkpoint's classifier whose classes differ from the data's"),
     ("mask_patch_size", "SimMIM: side of the masked squares in pixels (default 32)"),
     ("mask_ratio", "SimMIM: share of the squares masked (default 0.6)"),
@@ -272,7 +274,9 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     width = max(len(name) for name in result.class_names)
     print(f"{'class':<{width}}  accuracy  confusion (row: true, column: predicted)")
     for name, row in zip(result.class_names, result.confusion):
-        print(f"{name:<{width}}  {result.per_class[name]:8.4f}  {' '.join(f'{v:5d}' for v in row)}")
+        accuracy = result.per_class[name]
+        shown = "     n/a" if accuracy is None else f"{accuracy:8.4f}"  # no images of the class: no accuracy
+        print(f"{name:<{width}}  {shown}  {' '.join(f'{v:5d}' for v in row)}")
     return 0
 
 
@@ -683,6 +687,7 @@ def count_macs(model: Any, height: int, width: int) -> int:
 
 
 def _info(args: argparse.Namespace) -> int:
+    from swinv2.layers import Swinv2Stage
     from swinv2.processing import resolve_id2label
 
     model = _load_model(args.model, _model_class_name(args.model))
@@ -692,18 +697,24 @@ def _info(args: argparse.Namespace) -> int:
     stages = []
     ph, pw = config.patch_hw
     grid_h, grid_w = -(-height // ph), -(-width // pw)
+    # The window and shift are read from the built blocks, not re-derived here: the model sizes them from
+    # the floor-halved grid (as transformers does) while the token grid is padded up, and a second formula
+    # here drifted from the model's before.
+    model_stages = [m for m in model.modules() if isinstance(m, Swinv2Stage)]
     for i, (depth, heads) in enumerate(zip(config.depths, config.num_heads)):
+        blocks = model_stages[i].blocks
         stages.append(
             {
                 "stage": i + 1,
                 "blocks": depth,
                 "heads": heads,
                 "channels": config.embed_dim * 2**i,
-                "tokens": [grid_h, grid_w],
-                "window": min(config.window_size, grid_h, grid_w),
+                "tokens": [grid_h, grid_w],  # the padded token grid the stage runs on at image_size
+                "window": blocks[0].window,
+                "shift": max(block.shift for block in blocks),
             }
         )
-        grid_h, grid_w = -(-grid_h // 2), -(-grid_w // 2)
+        grid_h, grid_w = -(-grid_h // 2), -(-grid_w // 2)  # patch merging pads an odd grid
     info: dict[str, Any] = {
         "model": args.model,
         "class": type(model).__name__,
@@ -755,7 +766,7 @@ def _info_text(info: dict[str, Any]) -> str:
     for s in info["stages"]:
         lines.append(
             f"  stage {s['stage']}      {s['blocks']} blocks, {s['heads']} heads, {s['channels']} channels, "
-            f"{pair(s['tokens'])} tokens, window {s['window']}"
+            f"{pair(s['tokens'])} tokens, window {s['window']}" + (", not shifted" if s["shift"] == 0 else "")
         )
     if "labels" in info:
         shown = "; ".join(info["labels"])

@@ -125,8 +125,10 @@ class TrainConfig:
     val_fraction: float = 0.1  # used when the data folder has no val/ split
     limit_train: int | None = None  # use a seeded random subset of this many training images
     limit_val: int | None = None
-    image_mean: tuple[float, ...] = IMAGENET_MEAN
-    image_std: tuple[float, ...] = IMAGENET_STD
+    # None: the --model checkpoint's own (its preprocessor_config.json, see `resolve_normalisation`), else
+    # ImageNet's; a fine-tuned model must see the pixels it was pre-trained on. Resolved values are recorded.
+    image_mean: tuple[float, ...] | None = None
+    image_std: tuple[float, ...] | None = None
     new_head: bool = False  # replace a checkpoint's classifier whose classes differ from the data's
     # SimMIM
     mask_patch_size: int = 32
@@ -184,7 +186,8 @@ class TrainConfig:
         need(self.checkpoint_every >= 1 and self.keep_checkpoints >= 1 and self.log_every >= 1,
              "checkpoint_every, keep_checkpoints and log_every must be >= 1")
         need(self.norm_target_window % 2 == 1, f"norm_target_window must be odd, got {self.norm_target_window}")
-        need(len(self.image_mean) == len(self.image_std), "image_mean and image_std must have the same length")
+        need(self.image_mean is None or self.image_std is None or len(self.image_mean) == len(self.image_std),
+             "image_mean and image_std must have the same length")
         need(not (self.fsdp and self.ema_decay), "--fsdp and --ema-decay cannot be combined: drop one of them")
 
     def to_dict(self) -> dict[str, Any]:
@@ -515,6 +518,65 @@ def _load_source(source: str) -> tuple[Swinv2Config, str | None]:
     return config, (source if weights is not None else None)
 
 
+def _checkpoint_normalisation(source: str) -> tuple[tuple[float, ...], tuple[float, ...], str] | None:
+    """`(mean, std, where from)` of the image processor of the checkpoint `--model` names, as the training
+    transforms apply them (pixels rescaled to [0, 1]); None when `source` has no weights (a config.json or a
+    preset name: a new model, which was trained on nothing)."""
+    from .processing import Swinv2ImageProcessor
+
+    _, weights = _load_source(source)
+    if weights is None:
+        return None
+    try:
+        processor = Swinv2ImageProcessor.from_pretrained(weights)
+    except (CheckpointError, ValueError, TypeError, OSError) as err:
+        raise TrainingError(
+            f"cannot read the image settings of --model {source} ({err}); fix its preprocessor_config.json or "
+            "pass --image-mean and --image-std"
+        ) from err
+    channels = processor.channels
+
+    def per_channel(values: float | Sequence[float]) -> list[float]:
+        return [float(v) for v in values] if isinstance(values, (list, tuple)) else [float(values)] * channels
+
+    mean, std = per_channel(processor.image_mean), per_channel(processor.image_std)
+    if not processor.do_normalize:
+        mean, std = [0.0] * channels, [1.0] * channels
+    # The training transforms rescale 8-bit pixels to [0, 1] before normalising; a processor that rescales by
+    # another factor f (or not at all, f = 1) computes (x*f - m) / s = (x/255 - m/(255 f)) / (s/(255 f)).
+    factor = 255.0 * (processor.rescale_factor if processor.do_rescale else 1.0)
+    if not math.isclose(factor, 1.0, rel_tol=1e-9):
+        mean, std = [m / factor for m in mean], [sd / factor for sd in std]
+    return tuple(mean), tuple(std), f"the image processor of --model {source}"
+
+
+def resolve_normalisation(config: TrainConfig, saved: Mapping[str, Any] | None = None) -> tuple[TrainConfig, str]:
+    """`config` with `image_mean` and `image_std` filled in where they are None, and where they came from.
+
+    Each one given (flag or config file) is kept. A missing one comes from `saved` (the train_config of the
+    checkpoint a run resumes: the run's own), else from the `--model` checkpoint's image processor (fine-tuning
+    keeps the normalisation it was pre-trained with, e.g. a SimMIM run's `--image-mean`), else ImageNet's.
+    The checkpoint's size and resampling are not taken: the training transforms resize to the model's
+    `image_size`, bicubic, and the export's processor says so.
+    """
+    if config.image_mean is not None and config.image_std is not None:
+        return config, "the settings"
+    found: tuple[Sequence[float], Sequence[float], str] | None = None
+    if saved is not None and saved.get("image_mean") is not None and saved.get("image_std") is not None:
+        found = saved["image_mean"], saved["image_std"], "the resumed run's settings"
+    elif config.model:
+        found = _checkpoint_normalisation(config.model)
+    if found is None:
+        found = IMAGENET_MEAN, IMAGENET_STD, "ImageNet's defaults (--model has no weights)"
+    mean, std, origin = found
+    resolved = dataclasses.replace(
+        config,
+        image_mean=config.image_mean if config.image_mean is not None else tuple(float(v) for v in mean),
+        image_std=config.image_std if config.image_std is not None else tuple(float(v) for v in std),
+    )
+    return resolved, origin
+
+
 def build_model(config: TrainConfig, class_names: Sequence[str] | None) -> tuple[Swinv2PreTrainedModel, str]:
     """The model `config.model` names, ready for `config.task`; returns it and a line saying what was loaded.
 
@@ -593,6 +655,34 @@ def _check_writable(folder: Path) -> None:
         raise TrainingError(
             f"cannot write to the output folder {folder} ({err.strerror or err}); choose another --output"
         ) from err
+
+
+# The temporary names of checkpoints.atomic_write: tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp") adds
+# eight characters of tempfile's alphabet. A SIGKILL (or power loss) between the write and the rename leaves
+# one behind, up to a whole checkpoint's size; nothing else writes names of this shape.
+_STALE_TEMPORARY = re.compile(r"\..+\.[a-z0-9_]{8}\.tmp")
+# Where a run writes through atomic_write: the run folder (metrics, settings, eval.json, plots), its
+# checkpoints and its two exports.
+_ATOMIC_FOLDERS = (".", CHECKPOINT_DIR, "best", "last")
+
+
+def remove_stale_temporaries(run: Path) -> list[Path]:
+    """Delete the temporary files that an interrupted atomic write left in the run folder `run` (only names
+    of atomic_write's pattern, in the folders a run writes, never anything else); returns them. Called when a
+    run starts or resumes there, before it writes: no write of its own is in flight."""
+    removed = []
+    for sub in _ATOMIC_FOLDERS:
+        folder = run / sub
+        if not folder.is_dir():
+            continue
+        for path in folder.iterdir():
+            if _STALE_TEMPORARY.fullmatch(path.name) and path.is_file() and not path.is_symlink():
+                try:
+                    path.unlink()
+                except FileNotFoundError:
+                    continue
+                removed.append(path)
+    return sorted(removed)
 
 
 def checkpoint_path(run: Path, step: int) -> Path:
@@ -727,16 +817,21 @@ def export_model(model: Swinv2PreTrainedModel, folder: Path, mean: Sequence[floa
 # ---------------------------------------------------------------------------------------------- evaluation
 @dataclass
 class EvalResult:
-    """Classification metrics; `confusion[i][j]` counts images of true class i predicted as j."""
+    """Classification metrics; `confusion[i][j]` counts images of true class i predicted as j.
+
+    `per_class` is the accuracy of each class over its images, None for a class with no image in the data
+    (a folder holding a subset of the model's classes): it has no accuracy, and 0.0 would claim every one of
+    its images was missed. `images_per_class` says how many each had."""
 
     loss: float
     top1: float
     top5: float
-    per_class: dict[str, float]
+    per_class: dict[str, float | None]
     confusion: list[list[int]]
     class_names: list[str]
     num_images: int
     images_per_second: float
+    images_per_class: dict[str, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -805,10 +900,11 @@ def _evaluate_loader(model: nn.Module, dataset: torch.utils.data.Dataset, num_cl
 
 def _eval_result(raw: Mapping[str, Any], class_names: Sequence[str]) -> EvalResult:
     confusion = raw["confusion"]
-    totals = confusion.sum(1).clamp(min=1)
-    per_class = {name: float(confusion[i, i] / totals[i]) for i, name in enumerate(class_names)}
+    totals = confusion.sum(1).tolist()
+    per_class = {name: (float(confusion[i, i]) / totals[i] if totals[i] else None)
+                 for i, name in enumerate(class_names)}
     return EvalResult(raw["loss"], raw["top1"], raw["top5"], per_class, confusion.tolist(), list(class_names),
-                      raw["count"], raw["img_per_s"])
+                      raw["count"], raw["img_per_s"], dict(zip(class_names, map(int, totals))))
 
 
 def _folder_name(label: str) -> str:
@@ -1091,6 +1187,11 @@ def _train(config: TrainConfig, dist: Distributed) -> TrainResult:
 
     run = Path(config.output).expanduser()
     _check_writable(run)
+    if dist.main:
+        removed = remove_stale_temporaries(run)
+        if removed:
+            logger.info("removed %d temporary file(s) left by an interrupted write: %s", len(removed),
+                        ", ".join(str(p.relative_to(run)) for p in removed))
     dist.barrier()
 
     # -- where we start from
@@ -1112,6 +1213,7 @@ def _train(config: TrainConfig, dist: Distributed) -> TrainResult:
                 )
             if not config.model:
                 config = dataclasses.replace(config, model=resume_state["train_config"]["model"])
+            config, normalisation = resolve_normalisation(config, resume_state["train_config"])
             changed = _changed_on_resume(resume_state["train_config"], config)
             if changed:
                 raise TrainingError(
@@ -1131,14 +1233,22 @@ def _train(config: TrainConfig, dist: Distributed) -> TrainResult:
                               else _load_source(config.model)[0])
     except ValueError as err:
         raise TrainingError(str(err)) from err
-    image_size = model_config_probe.image_hw
-    spec = DataSpec(config.data, image_size, model_config_probe.num_channels, config.image_mean, config.image_std,
-                    config.val_fraction, config.limit_train, config.limit_val, config.seed)
-    if len(config.image_mean) != model_config_probe.num_channels:
+    if resume_state is None:
+        config, normalisation = resolve_normalisation(config)
+    assert config.image_mean is not None and config.image_std is not None  # resolved above
+    channels = model_config_probe.num_channels
+    if len(config.image_mean) != channels or len(config.image_std) != channels:
         raise TrainingError(
-            f"image_mean/image_std have {len(config.image_mean)} values but the model reads "
-            f"{model_config_probe.num_channels} channels; give one value per channel"
+            f"image_mean/image_std ({normalisation}) have {len(config.image_mean)}/{len(config.image_std)} values "
+            f"but the model reads {channels} channel(s); pass --image-mean and --image-std with one value per "
+            "channel"
         )
+    if dist.main:
+        logger.info("normalising with mean %s and std %s, from %s", list(config.image_mean),
+                    list(config.image_std), normalisation)
+    image_size = model_config_probe.image_hw
+    spec = DataSpec(config.data, image_size, channels, config.image_mean, config.image_std,
+                    config.val_fraction, config.limit_train, config.limit_val, config.seed)
     val_set: AugmentedDataset | None = None
     class_names: list[str] | None = None
     try:
