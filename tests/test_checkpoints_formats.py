@@ -164,6 +164,36 @@ def test_timm_checkpoint_without_window_asks_for_it(tmp_path):
         swinv2.Swinv2ForImageClassification.from_pretrained(path)
 
 
+@pytest.mark.parametrize("suffix", [".safetensors", ".pth"])
+def test_timm_features_only_weights_give_timms_feature_maps(tmp_path, suffix):
+    """timm's `features_only=True` model (FeatureListNet) names its stages `layers_N` instead of `layers.N`;
+    Swinv2Backbone reads them, from a file and through load_state_dict, and its stage maps are timm's."""
+    import timm
+
+    torch.manual_seed(0)
+    kwargs = dict(img_size=64, embed_dim=32, depths=(2, 2, 2), num_heads=(2, 4, 8), window_size=4)
+    reference = perturb_(timm.create_model("swinv2_tiny_window8_256", features_only=True, **kwargs))
+    state = reference.state_dict()
+    assert any(k.startswith("layers_1.downsample.") for k in state) and not any(k.startswith("layers.") for k in state)
+    path = tmp_path / f"features{suffix}"
+    save_file(state, path) if suffix == ".safetensors" else torch.save(state, path)
+    stages = ["stage1", "stage2", "stage3"]
+    model = swinv2.Swinv2Backbone.from_pretrained(path, image_size=64, window_size=4, out_features=stages)
+    assert (model.config.embed_dim, model.config.depths, model.config.num_heads) == (32, [2, 2, 2], [2, 4, 8])
+    again = swinv2.Swinv2Backbone(model.config).eval()
+    loaded = again.load_state_dict(state)  # timm's keys through load_state_dict as well
+    assert not loaded.missing_keys and not loaded.unexpected_keys, loaded
+    x = images(64)
+    with torch.no_grad():
+        expected = [m.permute(0, 3, 1, 2) for m in reference(x)]  # timm's maps are NHWC
+        for ours_ in (model, again):
+            maps = ours_(x).feature_maps
+            assert [tuple(m.shape) for m in maps] == [tuple(e.shape) for e in expected]
+            diffs = [max_diff(m, e) for m, e in zip(maps, expected)]
+            assert max(diffs) < ATOL, f"timm features_only: max |feature map difference| per stage {diffs}"
+    assert min(e.abs().max().item() for e in expected) > 0.5  # the comparison means something
+
+
 # ---------------------------------------------------------------------------------------------- torchvision
 def test_torchvision_small_logits_match(tmp_path):
     reference = torchvision_small()

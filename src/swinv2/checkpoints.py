@@ -313,11 +313,16 @@ MICROSOFT_NAMES: list[tuple[str, str]] = [
     ("head.", "classifier."),
 ]
 # timm: Microsoft's names, but the patch merging opens the next stage and the classifier is `head.fc`.
+# A `features_only=True` model (timm's FeatureListNet, the weights kept for detection backbones) flattens
+# the stages into its own children, `layers_N` for `layers.N`, and has no final norm or head. Those rows come
+# after the plain ones, so that writing for timm gives the plain names.
 TIMM_NAMES: list[tuple[str, str]] = [
     ("patch_embed.proj.", "embeddings.proj."),
     ("patch_embed.norm.", "embeddings.norm."),
     ("layers.{i}.blocks.{j}.", "stages.{i}.blocks.{j}."),
     ("layers.{i+1}.downsample.", "stages.{i}.downsample."),
+    ("layers_{i}.blocks.{j}.", "stages.{i}.blocks.{j}."),
+    ("layers_{i+1}.downsample.", "stages.{i}.downsample."),
     ("norm.", "norm."),
     ("head.fc.", "classifier."),
 ]
@@ -631,12 +636,12 @@ def detect_format(state: dict[str, Tensor]) -> str:
         return "torchvision"
     if any(re.match(r"encoder\.(patch_embed\.|layers\.\d+\.blocks\.)", k) for k in keys):
         return "microsoft-simmim"
-    if any(re.match(r"(patch_embed\.|layers\.\d+\.blocks\.)", k) for k in keys):
+    if any(re.match(r"(patch_embed\.|layers[._]\d+\.blocks\.)", k) for k in keys):
         # timm's first stage has no patch merging, Microsoft's has; with one stage the layouts agree but
-        # for the head (`head.fc` in timm).
+        # for the head (`head.fc` in timm). `layers_N` is timm's features_only model.
         if "layers.0.downsample.reduction.weight" in state or "head.weight" in state:
             return "microsoft"
-        if "head.fc.weight" in state or any(re.match(r"layers\.\d+\.downsample\.", k) for k in keys):
+        if "head.fc.weight" in state or any(re.match(r"layers(\.\d+\.downsample\.|_\d+\.)", k) for k in keys):
             return "timm"
         # one stage and no head: Microsoft's code persists its position buffers, timm persists none
         return "microsoft" if any(k.endswith("relative_position_index") for k in keys) else "timm"
