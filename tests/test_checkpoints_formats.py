@@ -532,6 +532,55 @@ def test_averaged_weights_as_training_scripts_save_them_load(tmp_path, wrapper):
         assert max_diff(model(x).logits, reference(x)) < ATOL
 
 
+def test_timm_train_py_checkpoints_load_and_stay_safe(tmp_path):
+    """timm's train.py writes model_best.pth.tar / last.pth.tar through its CheckpointSaver: the weights under
+    `state_dict` (the EMA's under `state_dict_ema`) beside the optimizer, the epoch, `arch` and its options as
+    an argparse.Namespace (`args`). They load with weights_only=True, the model's own weights (not the EMA's),
+    and a file of that name is found in a folder; a Namespace still cannot smuggle in code."""
+    import argparse
+
+    from timm.utils import CheckpointSaver, ModelEmaV3
+
+    reference = timm_small()
+    ema = ModelEmaV3(reference, decay=0.5)
+    with torch.no_grad():
+        for p in reference.parameters():
+            p.add_(0.05 * torch.randn_like(p))  # the EMA lags behind the model
+    ema.update(reference)
+    args = argparse.Namespace(model="swinv2_small", img_size=64, lr=1e-3, input_size=None, mean=[0.5, 0.5, 0.5])
+    optimizer = torch.optim.AdamW(reference.parameters())
+    runs = tmp_path / "run"
+    runs.mkdir()
+    saver = CheckpointSaver(
+        reference, optimizer, args=args, model_ema=ema, checkpoint_dir=str(runs), recovery_dir=str(runs),
+        decreasing=False, max_history=1,
+    )
+    saver.save_checkpoint(epoch=0, metric=1.0)
+    saved = torch.load(runs / "last.pth.tar", weights_only=False)
+    assert {"state_dict", "state_dict_ema", "optimizer", "arch", "args", "epoch"} <= saved.keys()
+    assert isinstance(saved["args"], argparse.Namespace)
+    x = images(64)
+    with torch.no_grad():
+        expected, averaged = reference.eval()(x), ema.module.eval()(x)
+    assert max_diff(expected, averaged) > 1e-2  # which weights were loaded shows in the logits
+    single = tmp_path / "single"
+    single.mkdir()
+    (single / "model_best.pth.tar").write_bytes((runs / "model_best.pth.tar").read_bytes())
+    for source in (runs / "model_best.pth.tar", runs / "last.pth.tar", single):
+        model = swinv2.Swinv2ForImageClassification.from_pretrained(source, window_size=4, image_size=64)
+        with torch.no_grad():
+            diff = max_diff(model(x).logits, expected)
+        assert diff < ATOL, f"{source}: max |logits difference| from timm's model {diff:.2e}"
+    assert ck.find_weights(single) == single / "model_best.pth.tar"
+    # The Namespace is allowed, not what it holds: an attribute that runs code is still refused.
+    marker = tmp_path / "pwned.txt"
+    evil = runs / "evil.pth.tar"
+    torch.save({"state_dict": saved["state_dict"], "args": argparse.Namespace(hook=_WritesAFile(marker))}, evil)
+    with pytest.raises(ck.CheckpointError, match=r"Python objects besides tensors.*not loaded"):
+        swinv2.Swinv2ForImageClassification.from_pretrained(evil, window_size=4, image_size=64)
+    assert not marker.exists()
+
+
 def test_a_checkpoint_of_only_nested_mappings_names_them(tmp_path):
     torch.save({"weights": {"inner": {"a": torch.zeros(1)}}, "epoch": 1}, tmp_path / "nested.pth")
     with pytest.raises(ck.CheckpointError, match=r"holds no tensors \(but mappings under 'weights'"):

@@ -19,6 +19,7 @@ them; they also tell window and image size when a checkpoint comes without a con
 
 from __future__ import annotations
 
+import argparse
 import errno
 import functools
 import inspect
@@ -47,7 +48,13 @@ SAFE_WEIGHTS_NAME = "model.safetensors"
 SAFE_WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
 TORCH_WEIGHTS_NAME = "pytorch_model.bin"
 TORCH_WEIGHTS_INDEX_NAME = "pytorch_model.bin.index.json"
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pth", ".pt", ".ckpt")
+# `.pth.tar` is what timm's train.py names its checkpoints (model_best.pth.tar, last.pth.tar).
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pth", ".pt", ".ckpt", ".pth.tar")
+# Objects besides tensors that training scripts save next to the weights and that `torch.load(weights_only=
+# True)` may rebuild: timm's train.py keeps its options as an `argparse.Namespace` (`"args"`). A Namespace
+# is rebuilt from nothing but its attribute dict, whose values the safe unpickler checks like any other,
+# so allowing it lets no code run.
+SAFE_GLOBALS: tuple[type, ...] = (argparse.Namespace,)
 HEAD_PREFIXES = ("classifier.", "decoder.")
 # Buffers that are derived from the geometry: never loaded, regenerated where a format persists them.
 DERIVED_BUFFERS = ("relative_coords_table", "relative_position_index", "attn_mask")
@@ -126,10 +133,13 @@ _OTHER_FILES = [
 
 
 def load_checkpoint_file(path: str | os.PathLike) -> tuple[dict[str, Tensor], dict[str, Any] | None]:
-    """Tensors of a `.safetensors`, `.bin`, `.pth` or `.pt` file, and the config stored inside it, if any.
+    """Tensors of a `.safetensors`, `.bin`, `.pth`, `.pt` or `.pth.tar` file, and the config stored inside it,
+    if any.
 
-    Pickled files are read with `torch.load(weights_only=True)`, which refuses to run code. A training
-    checkpoint (`{"model": ...}`, `{"state_dict": ...}`, `{"model_state": ...}`) is unwrapped. The config is
+    Pickled files are read with `torch.load(weights_only=True)`, which refuses to run code (it rebuilds
+    tensors, containers, numbers and strings, and the `SAFE_GLOBALS`). A training checkpoint
+    (`{"model": ...}`, `{"state_dict": ...}`, `{"model_state": ...}`, timm's train.py's `{"state_dict": ...,
+    "args": Namespace(...), "optimizer": ...}`) is unwrapped. The config is
     the one `write_checkpoint` embeds (safetensors metadata or a `"swinv2_config"` entry beside `"model"`), so
     that formats without a config.json keep window and image size.
     """
@@ -145,7 +155,8 @@ def load_checkpoint_file(path: str | os.PathLike) -> tuple[dict[str, Tensor], di
         # neither torch.save's zip nor a pickle: name what it is instead of a pickle error
         kind = next((name for magic, name in _OTHER_FILES if head.startswith(magic)), "not a weights file")
         raise CheckpointError(
-            f"{path} is no checkpoint ({kind}): weights come as .safetensors, or .bin/.pth/.pt written by torch.save"
+            f"{path} is no checkpoint ({kind}): weights come as .safetensors, or .bin/.pth/.pt/.pth.tar written by "
+            "torch.save"
         )
     if path.suffix == ".safetensors" or looks_safetensors:
         from safetensors import SafetensorError, safe_open
@@ -163,7 +174,8 @@ def load_checkpoint_file(path: str | os.PathLike) -> tuple[dict[str, Tensor], di
             raise CheckpointError(f"{path} holds no tensors")
         return tensors, _parse_embedded_config(metadata.get(EMBEDDED_CONFIG_KEY), path)
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals(list(SAFE_GLOBALS)):
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises several unrelated types for a bad pickle
         text = str(err)
         if "Weights only load failed" in text or "Unsupported global" in text:
@@ -260,7 +272,7 @@ def find_weights(folder: Path, variant: str | None = None, use_safetensors: bool
             return folder / name
     if variant or use_safetensors is not None:
         return None
-    candidates = sorted(p for p in folder.iterdir() if p.suffix in WEIGHT_SUFFIXES and p.is_file())
+    candidates = sorted(p for p in folder.iterdir() if p.name.endswith(WEIGHT_SUFFIXES) and p.is_file())
     return candidates[0] if len(candidates) == 1 else None
 
 
@@ -1521,7 +1533,7 @@ def write_checkpoint(model: torch.nn.Module, path: str | os.PathLike, fmt: str) 
 
         metadata = {"format": "pt", EMBEDDED_CONFIG_KEY: config_text}
         atomic_write(path, lambda tmp: save_file(state, tmp, metadata=metadata))
-    elif path.suffix in (".pth", ".pt", ".bin"):
+    elif path.name.endswith((".pth", ".pt", ".bin", ".pth.tar")):
         payload: dict[str, Any] = (
             {"model": state, EMBEDDED_CONFIG_KEY: config_text} if fmt == "microsoft" else state
         )
