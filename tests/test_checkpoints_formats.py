@@ -155,6 +155,78 @@ def test_timm_real_architecture_from_timm_hub_layout(tmp_path):
     assert diff < ATOL, f"timm swinv2_tiny_window8_256: max |logits difference| {diff:.2e}"
 
 
+def timm_hub_folder(folder: Path, **kwargs) -> torch.nn.Module:
+    """swinv2_tiny_window8_256 built with `kwargs`, perturbed, saved as timm saves for the Hugging Face Hub
+    (config.json with architecture, model_args and pretrained_cfg, beside model.safetensors)."""
+    import timm
+    from timm.models._hub import save_for_hf
+
+    torch.manual_seed(0)
+    reference = perturb_(timm.create_model("swinv2_tiny_window8_256", **kwargs))
+    save_for_hf(reference, folder, safe_serialization=True)
+    return reference
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "expected"),
+    [
+        (dict(img_size=64), dict(image_size=64, window_size=8, num_channels=3, num_labels=1000)),
+        (dict(img_size=64, window_size=4), dict(image_size=64, window_size=4, num_channels=3, num_labels=1000)),
+        (
+            dict(img_size=64, in_chans=1, num_classes=7),
+            dict(image_size=64, window_size=8, num_channels=1, num_labels=7),
+        ),
+        (dict(img_size=128), dict(image_size=128, window_size=8, num_channels=3, num_labels=1000)),
+    ],
+    ids=["img64", "img64-window4", "one-channel-7-classes", "img128"],
+)
+def test_timm_hub_folder_follows_its_model_args(tmp_path, kwargs, expected):
+    """A timm Hub folder of a model created with other arguments than its name's (`img_size=64`, ...) builds
+    what timm built: the config follows model_args, not only the name, and the logits are timm's (atol 1e-4
+    in float32; measured 4e-7 to 1e-6). Read by the name alone (256 px, window 8) they differed by ~1."""
+    reference = timm_hub_folder(tmp_path, **kwargs)
+    model = swinv2.Swinv2ForImageClassification.from_pretrained(tmp_path)
+    assert {name: getattr(model.config, name) for name in expected} == expected
+    x = torch.randn(1, expected["num_channels"], expected["image_size"], expected["image_size"],
+                    generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        reference_logits = reference(x)
+        diff = max_diff(model(x).logits, reference_logits)
+    assert reference_logits.abs().max() > 0.5  # the comparison means something
+    assert diff < 1e-4, f"timm folder {kwargs}: max |logits difference| {diff:.2e}"
+
+
+def test_timm_hub_folder_settings_that_cannot_be_computed_are_refused(tmp_path):
+    """global_pool other than 'avg' (and timm's always_partition, a non-square window, an argument with no
+    counterpart) would give other numbers than timm's: an error naming the setting, not a silent 'avg'. An
+    older folder without model_args gives its size by pretrained_cfg.input_size, and keyword arguments of
+    from_pretrained win over the file."""
+    import json
+
+    timm_hub_folder(tmp_path / "max", img_size=64, global_pool="max")
+    config = json.loads((tmp_path / "max" / "config.json").read_text())
+    assert config["model_args"]["global_pool"] == "max"
+    with pytest.raises(ck.CheckpointError, match=r"timm's global_pool='max' is not the mean.*not loaded"):
+        swinv2.Swinv2ForImageClassification.from_pretrained(tmp_path / "max")
+    folder = tmp_path / "edited"
+    timm_hub_folder(folder, img_size=64)
+    original = json.loads((folder / "config.json").read_text())
+    for change, error in [
+        ({"always_partition": True}, r"always_partition=True keeps windows larger"),
+        ({"window_size": [8, 4]}, r"window_size=\[8, 4\] is not one square window"),
+        ({"norm_layer": "rmsnorm"}, r"model_args norm_layer have no counterpart"),
+    ]:
+        edited = {**original, "model_args": {**original["model_args"], **change}}
+        (folder / "config.json").write_text(json.dumps(edited))
+        with pytest.raises(ck.CheckpointError, match=error):
+            swinv2.Swinv2ForImageClassification.from_pretrained(folder)
+    del original["model_args"]  # timm before model_args: the size is pretrained_cfg's input_size
+    (folder / "config.json").write_text(json.dumps(original))
+    assert swinv2.Swinv2ForImageClassification.from_pretrained(folder).config.image_size == 64
+    overridden = swinv2.Swinv2ForImageClassification.from_pretrained(folder, image_size=128, window_size=4)
+    assert (overridden.config.image_size, overridden.config.window_size) == (128, 4)
+
+
 def test_timm_checkpoint_without_window_asks_for_it(tmp_path):
     path = tmp_path / "weights.safetensors"
     save_file(timm_small().state_dict(), path)

@@ -802,6 +802,93 @@ def _is_timm_config(data: dict[str, Any]) -> bool:
     return "architecture" in data and "model_type" not in data
 
 
+# timm's `model_args` (what `timm.models._hub.save_for_hf` records: the keyword arguments `create_model` was
+# given, and the model's current img_size, in_chans, num_classes and global_pool) -> our config fields.
+TIMM_MODEL_ARGS = {
+    "img_size": "image_size",
+    "patch_size": "patch_size",
+    "in_chans": "num_channels",
+    "num_classes": "num_labels",
+    "embed_dim": "embed_dim",
+    "depths": "depths",
+    "num_heads": "num_heads",
+    "window_size": "window_size",
+    "pretrained_window_sizes": "pretrained_window_sizes",
+    "mlp_ratio": "mlp_ratio",
+    "qkv_bias": "qkv_bias",
+    "drop_path_rate": "drop_path_rate",
+    "act_layer": "hidden_act",
+}
+# Arguments that change nothing timm computes at img_size: which input sizes it accepts (swinv2 runs any),
+# and the device and dtype it was built on.
+TIMM_INPUT_CHECKS = frozenset({"strict_img_size", "dynamic_img_size", "device", "dtype"})
+# timm's other dropouts sit elsewhere than transformers' two (the head; attention and MLP projections): no
+# field here means the same. They act in training only, and timm itself leaves them out of model_args.
+TIMM_DROPOUTS = frozenset({"drop_rate", "proj_drop_rate", "attn_drop_rate"})
+
+
+def _timm_config_fields(data: dict[str, Any], path: Path) -> dict[str, Any]:
+    """The config fields told by a timm config.json beyond its `architecture`: `model_args`, and the image
+    size of `pretrained_cfg.input_size` where model_args has no img_size (timm before model_args). Raises for
+    a setting whose numbers swinv2 cannot compute, instead of computing other ones."""
+    args = data.get("model_args") or {}
+    pretrained = data.get("pretrained_cfg") or {}
+    if not isinstance(args, dict) or not isinstance(pretrained, dict):
+        raise CheckpointError(f"{path}: timm's model_args and pretrained_cfg must be JSON objects; fix the file")
+
+    def refuse(setting: str, why: str) -> CheckpointError:
+        return CheckpointError(
+            f"{path}: timm's {setting} {why}, so its outputs cannot be reproduced here and the checkpoint was not "
+            "loaded. Re-create the timm model without it, or pass config=Swinv2Config(...) to load the weights "
+            "into swinv2's architecture knowingly"
+        )
+
+    for source in (data, args):  # timm writes global_pool at the top and, since model_args, in it too
+        pool = source.get("global_pool", "avg")
+        if pool != "avg":
+            raise refuse(
+                f"global_pool={pool!r}",
+                "is not the mean over the tokens that Swin V2's classifier (transformers', Microsoft's) reads",
+            )
+    if args.get("always_partition"):
+        raise refuse(
+            "always_partition=True", "keeps windows larger than a stage's grid, where transformers shrinks them"
+        )
+    known = set(TIMM_MODEL_ARGS) | TIMM_INPUT_CHECKS | TIMM_DROPOUTS | {"global_pool", "always_partition"}
+    unknown = sorted(set(args) - known)
+    if unknown:
+        raise refuse(f"model_args {', '.join(unknown)}", "have no counterpart in Swinv2Config")
+    dropouts = {k: args[k] for k in sorted(TIMM_DROPOUTS & set(args)) if args[k]}
+    if dropouts:
+        logger.warning(
+            "%s: timm's %s not taken (timm places these dropouts elsewhere than swinv2, and they act only in "
+            "training); set hidden_dropout_prob / attention_probs_dropout_prob to fine-tune with dropout",
+            path,
+            ", ".join(f"{k}={v}" for k, v in dropouts.items()),
+        )
+    fields = {ours: args[theirs] for theirs, ours in TIMM_MODEL_ARGS.items() if theirs in args}
+    input_size = pretrained.get("input_size")
+    if "image_size" not in fields and isinstance(input_size, (list, tuple)) and len(input_size) == 3:
+        fields["image_size"] = list(input_size[1:])  # (channels, height, width)
+    for name in ("image_size", "patch_size"):
+        if isinstance(fields.get(name), (list, tuple)):
+            height, width = fields[name]
+            fields[name] = height if height == width else [height, width]
+    if "window_size" in fields:
+        fields["window_size"] = _timm_square_window(fields["window_size"], refuse)
+    return fields
+
+
+def _timm_square_window(window: Any, refuse: Callable[[str, str], CheckpointError]) -> Any:
+    """timm's window_size (an int, a (height, width) pair, or one of either per stage) as our one square side:
+    every side it names must be the same."""
+    sides = window if isinstance(window, (list, tuple)) else [window]
+    flat = {side for stage in sides for side in (stage if isinstance(stage, (list, tuple)) else [stage])}
+    if len(flat) != 1:
+        raise refuse(f"window_size={window!r}", "is not one square window for every stage, as swinv2's windows are")
+    return flat.pop()
+
+
 def _read_json(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
@@ -824,12 +911,16 @@ def checkpoint_config(
     overrides: dict[str, Any],
 ) -> Swinv2Config:
     """The config of a checkpoint: its config.json, else the config embedded in the weights file, else one
-    inferred from the tensors and the names (timm's config.json `architecture`, the file, the folder)."""
+    inferred from the tensors and the names (timm's config.json `architecture`, the file, the folder), with
+    what a timm config.json records besides the name (`_timm_config_fields`) and then `overrides` on top."""
     names: list[str] = []
     if config_path is not None:
         data = _read_json(config_path)
         if _is_timm_config(data):
             names.append(str(data["architecture"]))
+            # timm's name gives the architecture it was created from; model_args what create_model changed
+            # (img_size=64, window_size=4, ...). Keyword arguments of from_pretrained still win.
+            overrides = {**_timm_config_fields(data, config_path), **overrides}
         else:
             return Swinv2Config.from_dict(data, **overrides)
     if embedded is not None:
