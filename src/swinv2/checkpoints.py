@@ -937,9 +937,10 @@ def infer_config(
 
     The tensors give embed_dim, patch size, channels, depths, heads (the CPB MLP's last layer), MLP ratio,
     qkv bias, absolute position embeddings, the number of labels (classifier) and encoder_stride (SimMIM
-    decoder). Window, image size and pretrained windows come from the buffers that Microsoft's and
-    torchvision's files persist, else from an official name among `names` (see `config.preset_kwargs`);
-    `overrides` win over everything. Raises when the window or the image size cannot be told.
+    decoder). Window and pretrained windows come from the buffers that Microsoft's and torchvision's files
+    persist, the image size from Microsoft's shift masks or absolute position embeddings, else both from an
+    official name among `names` (see `config.preset_kwargs`); `overrides` win over everything. Raises when the
+    window or the image size cannot be told (never a guess: it sizes each stage's window and shift).
     """
     canonical, fmt = to_canonical(state, fmt)
     proj = canonical.get("embeddings.proj.weight")
@@ -995,19 +996,26 @@ def infer_config(
         value = geometry.get(name, hint.get(name))
         if value is not None:
             fields[name] = value
-    if fmt == "torchvision" and "image_size" not in fields and "window_size" in fields:
-        # torchvision never shrinks a window to the feature map: the smallest image where ours does not.
-        fields["image_size"] = fields["window_size"] * patch_h * 2 ** (num_stages - 1)
     fields.setdefault("pretrained_window_sizes", [0] * num_stages)
     fields.update(overrides)
+    # The image size sizes each stage's window and shift (as in transformers), so a guess changes the numbers:
+    # a size nothing tells is asked for, in every format. timm and torchvision weights never depend on it, so
+    # their files never record it (torchvision persists the window, in its coordinate tables, but no size).
     unknown = [name for name in ("window_size", "image_size") if name not in fields]
     if unknown:
+        example = {"window_size": "window_size=8", "image_size": "image_size=256"}
+        pronoun = "them" if len(unknown) > 1 else "it"
+        why = {
+            "timm": f" (timm's weights do not depend on {pronoun})",
+            "torchvision": f" (torchvision's weights do not depend on {pronoun}; its swin_v2_t/s/b are trained at "
+            "256 px)",
+        }.get(fmt, "")
         raise CheckpointError(
-            f"this {fmt} checkpoint does not record its {' and '.join(unknown)} and its name does not tell "
-            "it. Pass them (from_pretrained(path, window_size=8, image_size=256)), or "
-            "config=Swinv2Config(...) or a preset name "
+            f"this {fmt} checkpoint does not record its {' and '.join(unknown)}{why} and its name does not tell "
+            f"{pronoun}. Pass {pronoun} (from_pretrained(path, "
+            f"{', '.join(example[name] for name in unknown)})), or config=Swinv2Config(...) or a preset name "
             "(Swinv2Config.from_pretrained('swinv2-tiny-patch4-window8-256')), or keep the official file "
-            "name (e.g. swinv2_tiny_patch4_window8_256.pth)"
+            "name (e.g. swinv2_tiny_patch4_window8_256.pth, swin_v2_t-b137f0e2.pth)"
         )
     return Swinv2Config(**fields)
 
