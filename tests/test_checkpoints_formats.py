@@ -155,6 +155,78 @@ def test_timm_real_architecture_from_timm_hub_layout(tmp_path):
     assert diff < ATOL, f"timm swinv2_tiny_window8_256: max |logits difference| {diff:.2e}"
 
 
+def timm_hub_folder(folder: Path, **kwargs) -> torch.nn.Module:
+    """swinv2_tiny_window8_256 built with `kwargs`, perturbed, saved as timm saves for the Hugging Face Hub
+    (config.json with architecture, model_args and pretrained_cfg, beside model.safetensors)."""
+    import timm
+    from timm.models._hub import save_for_hf
+
+    torch.manual_seed(0)
+    reference = perturb_(timm.create_model("swinv2_tiny_window8_256", **kwargs))
+    save_for_hf(reference, folder, safe_serialization=True)
+    return reference
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "expected"),
+    [
+        (dict(img_size=64), dict(image_size=64, window_size=8, num_channels=3, num_labels=1000)),
+        (dict(img_size=64, window_size=4), dict(image_size=64, window_size=4, num_channels=3, num_labels=1000)),
+        (
+            dict(img_size=64, in_chans=1, num_classes=7),
+            dict(image_size=64, window_size=8, num_channels=1, num_labels=7),
+        ),
+        (dict(img_size=128), dict(image_size=128, window_size=8, num_channels=3, num_labels=1000)),
+    ],
+    ids=["img64", "img64-window4", "one-channel-7-classes", "img128"],
+)
+def test_timm_hub_folder_follows_its_model_args(tmp_path, kwargs, expected):
+    """A timm Hub folder of a model created with other arguments than its name's (`img_size=64`, ...) builds
+    what timm built: the config follows model_args, not only the name, and the logits are timm's (atol 1e-4
+    in float32; measured 4e-7 to 1e-6). Read by the name alone (256 px, window 8) they differed by ~1."""
+    reference = timm_hub_folder(tmp_path, **kwargs)
+    model = swinv2.Swinv2ForImageClassification.from_pretrained(tmp_path)
+    assert {name: getattr(model.config, name) for name in expected} == expected
+    x = torch.randn(1, expected["num_channels"], expected["image_size"], expected["image_size"],
+                    generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        reference_logits = reference(x)
+        diff = max_diff(model(x).logits, reference_logits)
+    assert reference_logits.abs().max() > 0.5  # the comparison means something
+    assert diff < 1e-4, f"timm folder {kwargs}: max |logits difference| {diff:.2e}"
+
+
+def test_timm_hub_folder_settings_that_cannot_be_computed_are_refused(tmp_path):
+    """global_pool other than 'avg' (and timm's always_partition, a non-square window, an argument with no
+    counterpart) would give other numbers than timm's: an error naming the setting, not a silent 'avg'. An
+    older folder without model_args gives its size by pretrained_cfg.input_size, and keyword arguments of
+    from_pretrained win over the file."""
+    import json
+
+    timm_hub_folder(tmp_path / "max", img_size=64, global_pool="max")
+    config = json.loads((tmp_path / "max" / "config.json").read_text())
+    assert config["model_args"]["global_pool"] == "max"
+    with pytest.raises(ck.CheckpointError, match=r"timm's global_pool='max' is not the mean.*not loaded"):
+        swinv2.Swinv2ForImageClassification.from_pretrained(tmp_path / "max")
+    folder = tmp_path / "edited"
+    timm_hub_folder(folder, img_size=64)
+    original = json.loads((folder / "config.json").read_text())
+    for change, error in [
+        ({"always_partition": True}, r"always_partition=True keeps windows larger"),
+        ({"window_size": [8, 4]}, r"window_size=\[8, 4\] is not one square window"),
+        ({"norm_layer": "rmsnorm"}, r"model_args norm_layer have no counterpart"),
+    ]:
+        edited = {**original, "model_args": {**original["model_args"], **change}}
+        (folder / "config.json").write_text(json.dumps(edited))
+        with pytest.raises(ck.CheckpointError, match=error):
+            swinv2.Swinv2ForImageClassification.from_pretrained(folder)
+    del original["model_args"]  # timm before model_args: the size is pretrained_cfg's input_size
+    (folder / "config.json").write_text(json.dumps(original))
+    assert swinv2.Swinv2ForImageClassification.from_pretrained(folder).config.image_size == 64
+    overridden = swinv2.Swinv2ForImageClassification.from_pretrained(folder, image_size=128, window_size=4)
+    assert (overridden.config.image_size, overridden.config.window_size) == (128, 4)
+
+
 def test_timm_checkpoint_without_window_asks_for_it(tmp_path):
     path = tmp_path / "weights.safetensors"
     save_file(timm_small().state_dict(), path)
@@ -162,6 +234,36 @@ def test_timm_checkpoint_without_window_asks_for_it(tmp_path):
         ck.CheckpointError, match=r"window_size and image_size.*window_size=8, image_size=256"
     ):
         swinv2.Swinv2ForImageClassification.from_pretrained(path)
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".pth"])
+def test_timm_features_only_weights_give_timms_feature_maps(tmp_path, suffix):
+    """timm's `features_only=True` model (FeatureListNet) names its stages `layers_N` instead of `layers.N`;
+    Swinv2Backbone reads them, from a file and through load_state_dict, and its stage maps are timm's."""
+    import timm
+
+    torch.manual_seed(0)
+    kwargs = dict(img_size=64, embed_dim=32, depths=(2, 2, 2), num_heads=(2, 4, 8), window_size=4)
+    reference = perturb_(timm.create_model("swinv2_tiny_window8_256", features_only=True, **kwargs))
+    state = reference.state_dict()
+    assert any(k.startswith("layers_1.downsample.") for k in state) and not any(k.startswith("layers.") for k in state)
+    path = tmp_path / f"features{suffix}"
+    save_file(state, path) if suffix == ".safetensors" else torch.save(state, path)
+    stages = ["stage1", "stage2", "stage3"]
+    model = swinv2.Swinv2Backbone.from_pretrained(path, image_size=64, window_size=4, out_features=stages)
+    assert (model.config.embed_dim, model.config.depths, model.config.num_heads) == (32, [2, 2, 2], [2, 4, 8])
+    again = swinv2.Swinv2Backbone(model.config).eval()
+    loaded = again.load_state_dict(state)  # timm's keys through load_state_dict as well
+    assert not loaded.missing_keys and not loaded.unexpected_keys, loaded
+    x = images(64)
+    with torch.no_grad():
+        expected = [m.permute(0, 3, 1, 2) for m in reference(x)]  # timm's maps are NHWC
+        for ours_ in (model, again):
+            maps = ours_(x).feature_maps
+            assert [tuple(m.shape) for m in maps] == [tuple(e.shape) for e in expected]
+            diffs = [max_diff(m, e) for m, e in zip(maps, expected)]
+            assert max(diffs) < ATOL, f"timm features_only: max |feature map difference| per stage {diffs}"
+    assert min(e.abs().max().item() for e in expected) > 0.5  # the comparison means something
 
 
 # ---------------------------------------------------------------------------------------------- torchvision
@@ -500,6 +602,55 @@ def test_averaged_weights_as_training_scripts_save_them_load(tmp_path, wrapper):
     x = images(64)
     with torch.no_grad():
         assert max_diff(model(x).logits, reference(x)) < ATOL
+
+
+def test_timm_train_py_checkpoints_load_and_stay_safe(tmp_path):
+    """timm's train.py writes model_best.pth.tar / last.pth.tar through its CheckpointSaver: the weights under
+    `state_dict` (the EMA's under `state_dict_ema`) beside the optimizer, the epoch, `arch` and its options as
+    an argparse.Namespace (`args`). They load with weights_only=True, the model's own weights (not the EMA's),
+    and a file of that name is found in a folder; a Namespace still cannot smuggle in code."""
+    import argparse
+
+    from timm.utils import CheckpointSaver, ModelEmaV3
+
+    reference = timm_small()
+    ema = ModelEmaV3(reference, decay=0.5)
+    with torch.no_grad():
+        for p in reference.parameters():
+            p.add_(0.05 * torch.randn_like(p))  # the EMA lags behind the model
+    ema.update(reference)
+    args = argparse.Namespace(model="swinv2_small", img_size=64, lr=1e-3, input_size=None, mean=[0.5, 0.5, 0.5])
+    optimizer = torch.optim.AdamW(reference.parameters())
+    runs = tmp_path / "run"
+    runs.mkdir()
+    saver = CheckpointSaver(
+        reference, optimizer, args=args, model_ema=ema, checkpoint_dir=str(runs), recovery_dir=str(runs),
+        decreasing=False, max_history=1,
+    )
+    saver.save_checkpoint(epoch=0, metric=1.0)
+    saved = torch.load(runs / "last.pth.tar", weights_only=False)
+    assert {"state_dict", "state_dict_ema", "optimizer", "arch", "args", "epoch"} <= saved.keys()
+    assert isinstance(saved["args"], argparse.Namespace)
+    x = images(64)
+    with torch.no_grad():
+        expected, averaged = reference.eval()(x), ema.module.eval()(x)
+    assert max_diff(expected, averaged) > 1e-2  # which weights were loaded shows in the logits
+    single = tmp_path / "single"
+    single.mkdir()
+    (single / "model_best.pth.tar").write_bytes((runs / "model_best.pth.tar").read_bytes())
+    for source in (runs / "model_best.pth.tar", runs / "last.pth.tar", single):
+        model = swinv2.Swinv2ForImageClassification.from_pretrained(source, window_size=4, image_size=64)
+        with torch.no_grad():
+            diff = max_diff(model(x).logits, expected)
+        assert diff < ATOL, f"{source}: max |logits difference| from timm's model {diff:.2e}"
+    assert ck.find_weights(single) == single / "model_best.pth.tar"
+    # The Namespace is allowed, not what it holds: an attribute that runs code is still refused.
+    marker = tmp_path / "pwned.txt"
+    evil = runs / "evil.pth.tar"
+    torch.save({"state_dict": saved["state_dict"], "args": argparse.Namespace(hook=_WritesAFile(marker))}, evil)
+    with pytest.raises(ck.CheckpointError, match=r"Python objects besides tensors.*not loaded"):
+        swinv2.Swinv2ForImageClassification.from_pretrained(evil, window_size=4, image_size=64)
+    assert not marker.exists()
 
 
 def test_a_checkpoint_of_only_nested_mappings_names_them(tmp_path):

@@ -100,6 +100,44 @@ def test_outputs_load_in_their_libraries(tmp_path):
         assert (tv_model(x) - expected).abs().max() < 1e-5
 
 
+def test_torchvision_file_without_size_asks_for_it_instead_of_guessing(tmp_path, capsys):
+    """torchvision's weights do not depend on the image size, so its files do not record it; but the size sizes
+    each stage's window and shift here, so a guess changes the numbers (convert used to write image_size 32 for
+    this 64 px model, whose stage 2 then goes unshifted: its encoder output differs from torchvision's by 4e-3).
+    Without a telling name it is asked for, as for timm's files; given, the converted model computes as
+    torchvision (atol 1e-5 on the encoder output, ~6 in size, and the logits; measured ~1e-6)."""
+    torch.manual_seed(0)
+    reference = perturb_(torchvision_swinv2(num_classes=3, embed_dim=16, depths=(2, 2), num_heads=(2, 4), window=4))
+    weights = tmp_path / "tv.pth"
+    torch.save(reference.state_dict(), weights)
+    assert run(weights, tmp_path / "back", "--to", "hf") == 2
+    err = capsys.readouterr().err
+    assert "torchvision checkpoint does not record its image_size" in err and "trained at 256 px" in err
+    assert "image_size=256" in err and "--config PRESET_OR_CONFIG_JSON" in err
+    assert not (tmp_path / "back").exists()
+    with pytest.raises(ck.CheckpointError, match=r"does not record its image_size"):
+        swinv2.Swinv2ForImageClassification.from_pretrained(weights)
+
+    config = swinv2.Swinv2Config(image_size=64, embed_dim=16, depths=[2, 2], num_heads=[2, 4], window_size=4,
+                                 num_labels=3)
+    config.save_pretrained(tmp_path / "config")
+    assert run(weights, tmp_path / "back", "--to", "hf", "--config", tmp_path / "config" / "config.json") == 0
+    converted = swinv2.Swinv2ForImageClassification.from_pretrained(tmp_path / "back")
+    direct = swinv2.Swinv2ForImageClassification.from_pretrained(weights, image_size=64)
+    guessed = swinv2.Swinv2ForImageClassification.from_pretrained(weights, image_size=32)
+    assert converted.config.image_size == direct.config.image_size == 64
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        # the encoder's output (torchvision's normed last stage), where the windows show; then the logits
+        features = reference.norm(reference.features(x)).flatten(1, 2)
+        logits = reference(x)
+        for model in (converted, direct):
+            assert (model.swinv2(x).last_hidden_state - features).abs().max() < 1e-5
+            assert (model(x).logits - logits).abs().max() < 1e-5
+        # what the old guess gave: stage 2 unshifted, where torchvision shifts it
+        assert (guessed.swinv2(x).last_hidden_state - features).abs().max() > 1e-3
+
+
 def test_simmim_model_converts_to_microsofts_simmim_layout(tmp_path):
     model = small_model("Swinv2ForMaskedImageModeling", encoder_stride=8)
     source = hf_folder(model, tmp_path / "source")

@@ -19,6 +19,7 @@ them; they also tell window and image size when a checkpoint comes without a con
 
 from __future__ import annotations
 
+import argparse
 import errno
 import functools
 import inspect
@@ -47,7 +48,13 @@ SAFE_WEIGHTS_NAME = "model.safetensors"
 SAFE_WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
 TORCH_WEIGHTS_NAME = "pytorch_model.bin"
 TORCH_WEIGHTS_INDEX_NAME = "pytorch_model.bin.index.json"
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pth", ".pt", ".ckpt")
+# `.pth.tar` is what timm's train.py names its checkpoints (model_best.pth.tar, last.pth.tar).
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pth", ".pt", ".ckpt", ".pth.tar")
+# Objects besides tensors that training scripts save next to the weights and that `torch.load(weights_only=
+# True)` may rebuild: timm's train.py keeps its options as an `argparse.Namespace` (`"args"`). A Namespace
+# is rebuilt from nothing but its attribute dict, whose values the safe unpickler checks like any other,
+# so allowing it lets no code run.
+SAFE_GLOBALS: tuple[type, ...] = (argparse.Namespace,)
 HEAD_PREFIXES = ("classifier.", "decoder.")
 # Buffers that are derived from the geometry: never loaded, regenerated where a format persists them.
 DERIVED_BUFFERS = ("relative_coords_table", "relative_position_index", "attn_mask")
@@ -126,10 +133,13 @@ _OTHER_FILES = [
 
 
 def load_checkpoint_file(path: str | os.PathLike) -> tuple[dict[str, Tensor], dict[str, Any] | None]:
-    """Tensors of a `.safetensors`, `.bin`, `.pth` or `.pt` file, and the config stored inside it, if any.
+    """Tensors of a `.safetensors`, `.bin`, `.pth`, `.pt` or `.pth.tar` file, and the config stored inside it,
+    if any.
 
-    Pickled files are read with `torch.load(weights_only=True)`, which refuses to run code. A training
-    checkpoint (`{"model": ...}`, `{"state_dict": ...}`, `{"model_state": ...}`) is unwrapped. The config is
+    Pickled files are read with `torch.load(weights_only=True)`, which refuses to run code (it rebuilds
+    tensors, containers, numbers and strings, and the `SAFE_GLOBALS`). A training checkpoint
+    (`{"model": ...}`, `{"state_dict": ...}`, `{"model_state": ...}`, timm's train.py's `{"state_dict": ...,
+    "args": Namespace(...), "optimizer": ...}`) is unwrapped. The config is
     the one `write_checkpoint` embeds (safetensors metadata or a `"swinv2_config"` entry beside `"model"`), so
     that formats without a config.json keep window and image size.
     """
@@ -145,7 +155,8 @@ def load_checkpoint_file(path: str | os.PathLike) -> tuple[dict[str, Tensor], di
         # neither torch.save's zip nor a pickle: name what it is instead of a pickle error
         kind = next((name for magic, name in _OTHER_FILES if head.startswith(magic)), "not a weights file")
         raise CheckpointError(
-            f"{path} is no checkpoint ({kind}): weights come as .safetensors, or .bin/.pth/.pt written by torch.save"
+            f"{path} is no checkpoint ({kind}): weights come as .safetensors, or .bin/.pth/.pt/.pth.tar written by "
+            "torch.save"
         )
     if path.suffix == ".safetensors" or looks_safetensors:
         from safetensors import SafetensorError, safe_open
@@ -163,7 +174,8 @@ def load_checkpoint_file(path: str | os.PathLike) -> tuple[dict[str, Tensor], di
             raise CheckpointError(f"{path} holds no tensors")
         return tensors, _parse_embedded_config(metadata.get(EMBEDDED_CONFIG_KEY), path)
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals(list(SAFE_GLOBALS)):
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises several unrelated types for a bad pickle
         text = str(err)
         if "Weights only load failed" in text or "Unsupported global" in text:
@@ -260,7 +272,7 @@ def find_weights(folder: Path, variant: str | None = None, use_safetensors: bool
             return folder / name
     if variant or use_safetensors is not None:
         return None
-    candidates = sorted(p for p in folder.iterdir() if p.suffix in WEIGHT_SUFFIXES and p.is_file())
+    candidates = sorted(p for p in folder.iterdir() if p.name.endswith(WEIGHT_SUFFIXES) and p.is_file())
     return candidates[0] if len(candidates) == 1 else None
 
 
@@ -313,11 +325,16 @@ MICROSOFT_NAMES: list[tuple[str, str]] = [
     ("head.", "classifier."),
 ]
 # timm: Microsoft's names, but the patch merging opens the next stage and the classifier is `head.fc`.
+# A `features_only=True` model (timm's FeatureListNet, the weights kept for detection backbones) flattens
+# the stages into its own children, `layers_N` for `layers.N`, and has no final norm or head. Those rows come
+# after the plain ones, so that writing for timm gives the plain names.
 TIMM_NAMES: list[tuple[str, str]] = [
     ("patch_embed.proj.", "embeddings.proj."),
     ("patch_embed.norm.", "embeddings.norm."),
     ("layers.{i}.blocks.{j}.", "stages.{i}.blocks.{j}."),
     ("layers.{i+1}.downsample.", "stages.{i}.downsample."),
+    ("layers_{i}.blocks.{j}.", "stages.{i}.blocks.{j}."),
+    ("layers_{i+1}.downsample.", "stages.{i}.downsample."),
     ("norm.", "norm."),
     ("head.fc.", "classifier."),
 ]
@@ -631,12 +648,12 @@ def detect_format(state: dict[str, Tensor]) -> str:
         return "torchvision"
     if any(re.match(r"encoder\.(patch_embed\.|layers\.\d+\.blocks\.)", k) for k in keys):
         return "microsoft-simmim"
-    if any(re.match(r"(patch_embed\.|layers\.\d+\.blocks\.)", k) for k in keys):
+    if any(re.match(r"(patch_embed\.|layers[._]\d+\.blocks\.)", k) for k in keys):
         # timm's first stage has no patch merging, Microsoft's has; with one stage the layouts agree but
-        # for the head (`head.fc` in timm).
+        # for the head (`head.fc` in timm). `layers_N` is timm's features_only model.
         if "layers.0.downsample.reduction.weight" in state or "head.weight" in state:
             return "microsoft"
-        if "head.fc.weight" in state or any(re.match(r"layers\.\d+\.downsample\.", k) for k in keys):
+        if "head.fc.weight" in state or any(re.match(r"layers(\.\d+\.downsample\.|_\d+\.)", k) for k in keys):
             return "timm"
         # one stage and no head: Microsoft's code persists its position buffers, timm persists none
         return "microsoft" if any(k.endswith("relative_position_index") for k in keys) else "timm"
@@ -785,6 +802,93 @@ def _is_timm_config(data: dict[str, Any]) -> bool:
     return "architecture" in data and "model_type" not in data
 
 
+# timm's `model_args` (what `timm.models._hub.save_for_hf` records: the keyword arguments `create_model` was
+# given, and the model's current img_size, in_chans, num_classes and global_pool) -> our config fields.
+TIMM_MODEL_ARGS = {
+    "img_size": "image_size",
+    "patch_size": "patch_size",
+    "in_chans": "num_channels",
+    "num_classes": "num_labels",
+    "embed_dim": "embed_dim",
+    "depths": "depths",
+    "num_heads": "num_heads",
+    "window_size": "window_size",
+    "pretrained_window_sizes": "pretrained_window_sizes",
+    "mlp_ratio": "mlp_ratio",
+    "qkv_bias": "qkv_bias",
+    "drop_path_rate": "drop_path_rate",
+    "act_layer": "hidden_act",
+}
+# Arguments that change nothing timm computes at img_size: which input sizes it accepts (swinv2 runs any),
+# and the device and dtype it was built on.
+TIMM_INPUT_CHECKS = frozenset({"strict_img_size", "dynamic_img_size", "device", "dtype"})
+# timm's other dropouts sit elsewhere than transformers' two (the head; attention and MLP projections): no
+# field here means the same. They act in training only, and timm itself leaves them out of model_args.
+TIMM_DROPOUTS = frozenset({"drop_rate", "proj_drop_rate", "attn_drop_rate"})
+
+
+def _timm_config_fields(data: dict[str, Any], path: Path) -> dict[str, Any]:
+    """The config fields told by a timm config.json beyond its `architecture`: `model_args`, and the image
+    size of `pretrained_cfg.input_size` where model_args has no img_size (timm before model_args). Raises for
+    a setting whose numbers swinv2 cannot compute, instead of computing other ones."""
+    args = data.get("model_args") or {}
+    pretrained = data.get("pretrained_cfg") or {}
+    if not isinstance(args, dict) or not isinstance(pretrained, dict):
+        raise CheckpointError(f"{path}: timm's model_args and pretrained_cfg must be JSON objects; fix the file")
+
+    def refuse(setting: str, why: str) -> CheckpointError:
+        return CheckpointError(
+            f"{path}: timm's {setting} {why}, so its outputs cannot be reproduced here and the checkpoint was not "
+            "loaded. Re-create the timm model without it, or pass config=Swinv2Config(...) to load the weights "
+            "into swinv2's architecture knowingly"
+        )
+
+    for source in (data, args):  # timm writes global_pool at the top and, since model_args, in it too
+        pool = source.get("global_pool", "avg")
+        if pool != "avg":
+            raise refuse(
+                f"global_pool={pool!r}",
+                "is not the mean over the tokens that Swin V2's classifier (transformers', Microsoft's) reads",
+            )
+    if args.get("always_partition"):
+        raise refuse(
+            "always_partition=True", "keeps windows larger than a stage's grid, where transformers shrinks them"
+        )
+    known = set(TIMM_MODEL_ARGS) | TIMM_INPUT_CHECKS | TIMM_DROPOUTS | {"global_pool", "always_partition"}
+    unknown = sorted(set(args) - known)
+    if unknown:
+        raise refuse(f"model_args {', '.join(unknown)}", "have no counterpart in Swinv2Config")
+    dropouts = {k: args[k] for k in sorted(TIMM_DROPOUTS & set(args)) if args[k]}
+    if dropouts:
+        logger.warning(
+            "%s: timm's %s not taken (timm places these dropouts elsewhere than swinv2, and they act only in "
+            "training); set hidden_dropout_prob / attention_probs_dropout_prob to fine-tune with dropout",
+            path,
+            ", ".join(f"{k}={v}" for k, v in dropouts.items()),
+        )
+    fields = {ours: args[theirs] for theirs, ours in TIMM_MODEL_ARGS.items() if theirs in args}
+    input_size = pretrained.get("input_size")
+    if "image_size" not in fields and isinstance(input_size, (list, tuple)) and len(input_size) == 3:
+        fields["image_size"] = list(input_size[1:])  # (channels, height, width)
+    for name in ("image_size", "patch_size"):
+        if isinstance(fields.get(name), (list, tuple)):
+            height, width = fields[name]
+            fields[name] = height if height == width else [height, width]
+    if "window_size" in fields:
+        fields["window_size"] = _timm_square_window(fields["window_size"], refuse)
+    return fields
+
+
+def _timm_square_window(window: Any, refuse: Callable[[str, str], CheckpointError]) -> Any:
+    """timm's window_size (an int, a (height, width) pair, or one of either per stage) as our one square side:
+    every side it names must be the same."""
+    sides = window if isinstance(window, (list, tuple)) else [window]
+    flat = {side for stage in sides for side in (stage if isinstance(stage, (list, tuple)) else [stage])}
+    if len(flat) != 1:
+        raise refuse(f"window_size={window!r}", "is not one square window for every stage, as swinv2's windows are")
+    return flat.pop()
+
+
 def _read_json(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
@@ -807,12 +911,16 @@ def checkpoint_config(
     overrides: dict[str, Any],
 ) -> Swinv2Config:
     """The config of a checkpoint: its config.json, else the config embedded in the weights file, else one
-    inferred from the tensors and the names (timm's config.json `architecture`, the file, the folder)."""
+    inferred from the tensors and the names (timm's config.json `architecture`, the file, the folder), with
+    what a timm config.json records besides the name (`_timm_config_fields`) and then `overrides` on top."""
     names: list[str] = []
     if config_path is not None:
         data = _read_json(config_path)
         if _is_timm_config(data):
             names.append(str(data["architecture"]))
+            # timm's name gives the architecture it was created from; model_args what create_model changed
+            # (img_size=64, window_size=4, ...). Keyword arguments of from_pretrained still win.
+            overrides = {**_timm_config_fields(data, config_path), **overrides}
         else:
             return Swinv2Config.from_dict(data, **overrides)
     if embedded is not None:
@@ -829,9 +937,10 @@ def infer_config(
 
     The tensors give embed_dim, patch size, channels, depths, heads (the CPB MLP's last layer), MLP ratio,
     qkv bias, absolute position embeddings, the number of labels (classifier) and encoder_stride (SimMIM
-    decoder). Window, image size and pretrained windows come from the buffers that Microsoft's and
-    torchvision's files persist, else from an official name among `names` (see `config.preset_kwargs`);
-    `overrides` win over everything. Raises when the window or the image size cannot be told.
+    decoder). Window and pretrained windows come from the buffers that Microsoft's and torchvision's files
+    persist, the image size from Microsoft's shift masks or absolute position embeddings, else both from an
+    official name among `names` (see `config.preset_kwargs`); `overrides` win over everything. Raises when the
+    window or the image size cannot be told (never a guess: it sizes each stage's window and shift).
     """
     canonical, fmt = to_canonical(state, fmt)
     proj = canonical.get("embeddings.proj.weight")
@@ -887,19 +996,26 @@ def infer_config(
         value = geometry.get(name, hint.get(name))
         if value is not None:
             fields[name] = value
-    if fmt == "torchvision" and "image_size" not in fields and "window_size" in fields:
-        # torchvision never shrinks a window to the feature map: the smallest image where ours does not.
-        fields["image_size"] = fields["window_size"] * patch_h * 2 ** (num_stages - 1)
     fields.setdefault("pretrained_window_sizes", [0] * num_stages)
     fields.update(overrides)
+    # The image size sizes each stage's window and shift (as in transformers), so a guess changes the numbers:
+    # a size nothing tells is asked for, in every format. timm and torchvision weights never depend on it, so
+    # their files never record it (torchvision persists the window, in its coordinate tables, but no size).
     unknown = [name for name in ("window_size", "image_size") if name not in fields]
     if unknown:
+        example = {"window_size": "window_size=8", "image_size": "image_size=256"}
+        pronoun = "them" if len(unknown) > 1 else "it"
+        why = {
+            "timm": f" (timm's weights do not depend on {pronoun})",
+            "torchvision": f" (torchvision's weights do not depend on {pronoun}; its swin_v2_t/s/b are trained at "
+            "256 px)",
+        }.get(fmt, "")
         raise CheckpointError(
-            f"this {fmt} checkpoint does not record its {' and '.join(unknown)} and its name does not tell "
-            "it. Pass them (from_pretrained(path, window_size=8, image_size=256)), or "
-            "config=Swinv2Config(...) or a preset name "
+            f"this {fmt} checkpoint does not record its {' and '.join(unknown)}{why} and its name does not tell "
+            f"{pronoun}. Pass {pronoun} (from_pretrained(path, "
+            f"{', '.join(example[name] for name in unknown)})), or config=Swinv2Config(...) or a preset name "
             "(Swinv2Config.from_pretrained('swinv2-tiny-patch4-window8-256')), or keep the official file "
-            "name (e.g. swinv2_tiny_patch4_window8_256.pth)"
+            "name (e.g. swinv2_tiny_patch4_window8_256.pth, swin_v2_t-b137f0e2.pth)"
         )
     return Swinv2Config(**fields)
 
@@ -1516,7 +1632,7 @@ def write_checkpoint(model: torch.nn.Module, path: str | os.PathLike, fmt: str) 
 
         metadata = {"format": "pt", EMBEDDED_CONFIG_KEY: config_text}
         atomic_write(path, lambda tmp: save_file(state, tmp, metadata=metadata))
-    elif path.suffix in (".pth", ".pt", ".bin"):
+    elif path.name.endswith((".pth", ".pt", ".bin", ".pth.tar")):
         payload: dict[str, Any] = (
             {"model": state, EMBEDDED_CONFIG_KEY: config_text} if fmt == "microsoft" else state
         )
