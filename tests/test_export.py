@@ -148,6 +148,16 @@ def test_check_feeds_a_half_precision_graph_its_dtype_and_names_what_onnxruntime
         check_onnx(bf16, tmp_path / "bf16.onnx", x)
 
 
+@pytest.mark.parametrize("opset", [5, 99])
+def test_an_opset_no_exporter_writes_is_refused_before_exporting(tmp_path, capfd, opset):
+    """Checked before either exporter runs: the TorchScript exporter printed its whole graph, then failed."""
+    model = perturbed(swinv2.Swinv2ForImageClassification, num_labels=3)
+    with pytest.raises(ValueError, match=rf"opset {opset} is not one PyTorch's ONNX exporters write: use 7-\d+"):
+        export_onnx(model, tmp_path / "bad.onnx", opset=opset)
+    out, err = capfd.readouterr()
+    assert out == "" and len(err.splitlines()) < 3 and not (tmp_path / "bad.onnx").exists()
+
+
 def test_an_opset_older_than_the_dynamo_exporters_is_written_or_refused(tmp_path):
     """Below opset 18 the dynamo exporter writes 18 and converts down, keeping 18 where that fails: "auto" takes
     the TorchScript exporter, which writes the opset asked for; "dynamo" refuses; an opset too old for the

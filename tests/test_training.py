@@ -763,6 +763,48 @@ def test_evaluate_option_and_settings_errors_are_one_line(photos, tmp_path, caps
     assert "make 1-channel images" in err and "the model takes 3" in err and len(err.strip().splitlines()) == 1
 
 
+def test_under_torchrun_one_process_reports(photos, tmp_path, capsys, monkeypatch):
+    """Every torchrun process evaluates; rank 0 alone prints the result (two JSON documents on stdout were
+    unparseable). An error every process meets is said once per machine, in one line: by rank 0, and by the
+    first process of another node (LOCAL_RANK 0), which names its rank."""
+    from swinv2 import cli
+
+    model = _saved_classifier(tmp_path / "model")
+    good = ["evaluate", str(model), "--data", str(photos), "--num-workers", "0", "--json"]
+    monkeypatch.setenv("RANK", "1")  # (WORLD_SIZE unset: no process group to join)
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert cli.main(good) == 0
+    assert capsys.readouterr().out == ""
+    assert cli.main([*good, "--device", "bogus"]) == 2
+    assert capsys.readouterr().err == ""
+    monkeypatch.setenv("RANK", "2")
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    assert cli.main([*good, "--device", "bogus"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("swinv2 evaluate (rank 2): error: unknown device 'bogus'") and err.count("\n") == 1
+    monkeypatch.setenv("RANK", "0")
+    assert cli.main(good) == 0
+    assert json.loads(capsys.readouterr().out)["num_images"] > 0
+
+
+def test_training_checkpoints_load_with_their_config_and_labels(tiny_config, photos, tmp_path):
+    """A `step_*.pt` checkpoint of `swinv2 train` keeps the model's config beside the weights: from_pretrained
+    reads it (window, image size, class names) and gives the exported model's logits at that step."""
+    from swinv2 import Swinv2ForImageClassification
+
+    run = tmp_path / "run"
+    train(_config(tiny_config, photos, run, max_steps=2, checkpoint_every=1, new_head=True))
+    exported = Swinv2ForImageClassification.from_pretrained(run / "last")
+    loaded = Swinv2ForImageClassification.from_pretrained(run / "checkpoints" / "step_00000002.pt")
+    assert loaded.config.id2label == exported.config.id2label
+    assert sorted(loaded.config.id2label.values()) == sorted(p.name for p in (photos / "train").iterdir())
+    assert (loaded.config.window_size, loaded.config.image_size) == (exported.config.window_size,
+                                                                      exported.config.image_size)
+    x = torch.randn(2, 3, *loaded.config.image_hw)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x).logits, exported(x).logits, rtol=0, atol=1e-6)
+
+
 # ---------------------------------------------------------------------------------------------- labels and layouts
 def _relabel(folder, labels):
     config = Swinv2Config.from_pretrained(folder)

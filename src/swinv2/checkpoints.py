@@ -55,6 +55,8 @@ WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pth", ".pt", ".ckpt", ".pth.tar")
 # is rebuilt from nothing but its attribute dict, whose values the safe unpickler checks like any other,
 # so allowing it lets no code run.
 SAFE_GLOBALS: tuple[type, ...] = (argparse.Namespace,)
+# The model's config in the checkpoints `swinv2 train` writes (`training.save_checkpoint`), a dict.
+TRAINING_CONFIG_KEY = "model_config"
 HEAD_PREFIXES = ("classifier.", "decoder.")
 # Buffers that are derived from the geometry: never loaded, regenerated where a format persists them.
 DERIVED_BUFFERS = ("relative_coords_table", "relative_position_index", "attn_mask")
@@ -189,7 +191,10 @@ def load_checkpoint_file(path: str | os.PathLike) -> tuple[dict[str, Tensor], di
             f"{path} could not be read as a PyTorch checkpoint ({type(err).__name__}: {first_line}); "
             "it may be truncated or corrupt: download or save it again"
         ) from err
-    embedded = obj.get(EMBEDDED_CONFIG_KEY) if isinstance(obj, dict) else None
+    embedded = None
+    if isinstance(obj, dict):
+        # `swinv2 train`'s checkpoints keep the model's config as a dict beside the weights ("model_config")
+        embedded = obj.get(EMBEDDED_CONFIG_KEY, obj.get(TRAINING_CONFIG_KEY) if "model" in obj else None)
     return _unwrap_state_dict(obj, path), _parse_embedded_config(embedded, path)
 
 
@@ -197,7 +202,7 @@ def _parse_embedded_config(text: Any, path: Path) -> dict[str, Any] | None:
     if text is None:
         return None
     try:
-        data = json.loads(text) if isinstance(text, str) else None
+        data = text if isinstance(text, dict) else json.loads(text) if isinstance(text, str) else None
     except json.JSONDecodeError:
         data = None
     if not isinstance(data, dict):

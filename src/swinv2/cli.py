@@ -203,11 +203,15 @@ def _add_pretrain_parser(sub) -> None:
     parser.set_defaults(func=_run_train, task="simmim")
 
 
+def _main_rank() -> bool:
+    """Whether this process reports: rank 0 under torchrun, or a process of its own."""
+    return os.environ.get("RANK", "0") == "0"
+
+
 def _setup_logging() -> None:
     import logging
 
-    main_rank = os.environ.get("RANK", "0") == "0"
-    logging.basicConfig(level=logging.INFO if main_rank else logging.WARNING, format="%(message)s")
+    logging.basicConfig(level=logging.INFO if _main_rank() else logging.WARNING, format="%(message)s")
 
 
 def _run_train(args: argparse.Namespace) -> int:
@@ -224,7 +228,7 @@ def _run_train(args: argparse.Namespace) -> int:
     defaults = saved_settings(args.output) if args.resume is not None and args.output else {}
     config = resolve_config(args.config, overrides, **{**defaults, "task": args.task})
     result = train(config)
-    if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 reports
+    if not _main_rank():  # under torchrun, rank 0 reports
         return 0
     metrics = result.metrics
     summary = [f"{result.steps} steps", f"{result.images_per_second:.0f} img/s"]
@@ -266,6 +270,8 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     result = evaluate(args.model, args.data, batch_size=args.batch_size, num_workers=args.num_workers,
                       limit=args.limit, device=args.device, amp=args.amp, output=args.output,
                       progress=args.progress and not args.json and sys.stderr.isatty())
+    if not _main_rank():  # under torchrun, rank 0 reports
+        return 0
     if args.json:
         print(json.dumps(result.to_dict()))
         return 0
@@ -350,7 +356,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except Swinv2Error as err:
-        print(f"swinv2 {args.command}: error: {err}", file=sys.stderr)
+        # Under torchrun every process meets the same bad setting or data and raises the same error: one
+        # process per machine says it (rank 0, and the first of each other node, whose files may differ), in
+        # one write so that two processes' lines do not run together.
+        if _main_rank() or os.environ.get("LOCAL_RANK", "0") == "0":
+            rank = "" if _main_rank() else f" (rank {os.environ['RANK']})"
+            sys.stderr.write(f"swinv2 {args.command}{rank}: error: {err}\n")
         return 2
     except KeyboardInterrupt:
         # training keeps its atomic checkpoints: say how to go on instead of printing a traceback

@@ -47,6 +47,16 @@ from .modeling import (
 
 DEFAULT_OPSET = 18
 DYNAMO_MIN_OPSET = 18  # the oldest opset torch.onnx's dynamo exporter writes itself
+OLDEST_OPSET = 7  # the oldest torch.onnx's TorchScript exporter writes
+
+
+def newest_opset() -> int:
+    """The newest opset this PyTorch's ONNX exporters write (a private constant of torch.onnx: 23 in 2.9-2.14)."""
+    try:
+        from torch.onnx._constants import ONNX_MAX_OPSET
+    except ImportError:
+        return 23
+    return int(ONNX_MAX_OPSET)
 # A single ONNX file is one protobuf message, which cannot exceed 2 GiB.
 _PROTOBUF_LIMIT = 2**31
 
@@ -178,6 +188,12 @@ def export_onnx(
     example_batch = 2 if dynamic_batch else batch_size
     example = torch.zeros(example_batch, model.config.num_channels, height, width, device=model.device,
                           dtype=model.dtype)
+    if isinstance(opset, bool) or not isinstance(opset, int) or not OLDEST_OPSET <= opset <= newest_opset():
+        # (checked first: the exporters try an opset they do not know before they fail, printing the whole graph)
+        raise ValueError(
+            f"opset {opset!r} is not one PyTorch's ONNX exporters write: use {OLDEST_OPSET}-{newest_opset()} "
+            f"(default {DEFAULT_OPSET}; below {DYNAMO_MIN_OPSET} the TorchScript exporter writes it)"
+        )
     if opset < DYNAMO_MIN_OPSET:  # dynamo would export at its own opset and try, often in vain, to convert down
         if exporter == "dynamo":
             raise ValueError(

@@ -16,7 +16,9 @@ Reproducibility: items are augmented with seeds derived from `(seed, epoch, inde
 global RNG is re-seeded from `(seed, step, rank)` before every optimiser step (dropout, stochastic depth,
 Mixup), so a run killed and resumed from a checkpoint ends with the same weights as an uninterrupted one,
 and `torchrun --nproc-per-node N` with batch B/N per process follows one process with batch B, up to the
-random regularisers (stochastic depth, dropout, Mixup/CutMix), whose draws are each process's own.
+random regularisers (stochastic depth, dropout, Mixup/CutMix), whose draws are each process's own, and for
+`--amp fp16` the loss scaler: per-process gradients of a smaller batch overflow fp16 at other steps, so the
+skipped steps and the scale differ (bf16 and fp32 need no scaler).
 
 Needs torchvision, tqdm and matplotlib (the `train` extra); pyyaml for YAML config files.
 """
