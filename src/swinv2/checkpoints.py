@@ -193,8 +193,10 @@ def load_checkpoint_file(path: str | os.PathLike) -> tuple[dict[str, Tensor], di
         ) from err
     embedded = None
     if isinstance(obj, dict):
-        # `swinv2 train`'s checkpoints keep the model's config as a dict beside the weights ("model_config")
-        embedded = obj.get(EMBEDDED_CONFIG_KEY, obj.get(TRAINING_CONFIG_KEY) if "model" in obj else None)
+        embedded = obj.get(EMBEDDED_CONFIG_KEY)
+        trained = obj.get(TRAINING_CONFIG_KEY)  # `swinv2 train`'s checkpoints: a dict beside "model"
+        if embedded is None and isinstance(trained, dict) and trained.get("model_type") == "swinv2":
+            embedded = trained
     return _unwrap_state_dict(obj, path), _parse_embedded_config(embedded, path)
 
 
