@@ -48,6 +48,8 @@ from .modeling import (
 DEFAULT_OPSET = 18
 DYNAMO_MIN_OPSET = 18  # the oldest opset torch.onnx's dynamo exporter writes itself
 OLDEST_OPSET = 7  # the oldest torch.onnx's TorchScript exporter writes
+# A single ONNX file is one protobuf message, which cannot exceed 2 GiB.
+_PROTOBUF_LIMIT = 2**31
 
 
 def newest_opset() -> int:
@@ -57,8 +59,6 @@ def newest_opset() -> int:
     except ImportError:
         return 23
     return int(ONNX_MAX_OPSET)
-# A single ONNX file is one protobuf message, which cannot exceed 2 GiB.
-_PROTOBUF_LIMIT = 2**31
 
 
 class _ExportGraph(nn.Module):
@@ -178,6 +178,13 @@ def export_onnx(
         raise ValueError(f"exporter must be 'auto', 'dynamo' or 'torchscript', got {exporter!r}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    newest = newest_opset()
+    if isinstance(opset, bool) or not isinstance(opset, int) or not OLDEST_OPSET <= opset <= newest:
+        # (checked first: the exporters try an opset they do not know before they fail, printing the whole graph)
+        raise ValueError(
+            f"opset {opset!r} is not one PyTorch's ONNX exporters write: use {OLDEST_OPSET}-{newest} "
+            f"(default {DEFAULT_OPSET}; below {DYNAMO_MIN_OPSET} the TorchScript exporter writes it)"
+        )
     size = sum(p.numel() * p.element_size() for p in model.parameters())
     if size >= _PROTOBUF_LIMIT:
         raise ValueError(
@@ -188,12 +195,6 @@ def export_onnx(
     example_batch = 2 if dynamic_batch else batch_size
     example = torch.zeros(example_batch, model.config.num_channels, height, width, device=model.device,
                           dtype=model.dtype)
-    if isinstance(opset, bool) or not isinstance(opset, int) or not OLDEST_OPSET <= opset <= newest_opset():
-        # (checked first: the exporters try an opset they do not know before they fail, printing the whole graph)
-        raise ValueError(
-            f"opset {opset!r} is not one PyTorch's ONNX exporters write: use {OLDEST_OPSET}-{newest_opset()} "
-            f"(default {DEFAULT_OPSET}; below {DYNAMO_MIN_OPSET} the TorchScript exporter writes it)"
-        )
     if opset < DYNAMO_MIN_OPSET:  # dynamo would export at its own opset and try, often in vain, to convert down
         if exporter == "dynamo":
             raise ValueError(

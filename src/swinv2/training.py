@@ -50,7 +50,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .checkpoints import CheckpointError, atomic_write
+from .checkpoints import TRAINING_CONFIG_KEY, CheckpointError, atomic_write
 from .config import CONFIG_NAME, Swinv2Config
 from .data import (
     IMAGENET_MEAN,
@@ -1231,7 +1231,7 @@ def _train(config: TrainConfig, dist: Distributed) -> TrainResult:
 
     # -- data
     try:
-        model_config_probe = (Swinv2Config.from_dict(resume_state["model_config"]) if resume_state
+        model_config_probe = (Swinv2Config.from_dict(resume_state[TRAINING_CONFIG_KEY]) if resume_state
                               else _load_source(config.model)[0])
     except ValueError as err:
         raise TrainingError(str(err)) from err
@@ -1279,7 +1279,7 @@ def _train(config: TrainConfig, dist: Distributed) -> TrainResult:
 
     # -- model
     if resume_state is not None:
-        model_config = Swinv2Config.from_dict(resume_state["model_config"])
+        model_config = Swinv2Config.from_dict(resume_state[TRAINING_CONFIG_KEY])
         if config.model and resume_state["train_config"]["model"] != config.model:
             current = _load_source(config.model)[0]
             different = [f for f in ARCH_FIELDS if getattr(current, f) != getattr(model_config, f)]
@@ -1405,7 +1405,7 @@ def _train(config: TrainConfig, dist: Distributed) -> TrainResult:
             "model": model_state, "optimizer": optim_state, "scheduler": scheduler.state_dict(),
             "scaler": scaler.state_dict(), "ema": ema.state_dict() if ema is not None else None,
             "rng": _rng_state(), "best_top1": best_top1, "best_step": best_step,
-            "model_config": base.config.to_dict(), "train_config": config.to_dict(), "running_sums": running,
+            TRAINING_CONFIG_KEY: base.config.to_dict(), "train_config": config.to_dict(), "running_sums": running,
             "world_size": world,
         }
         path = checkpoint_path(run, step)
