@@ -10,6 +10,7 @@ import transformers
 from conftest import PARITY_CONFIGS, hf_model, ours_from_hf, perturb_
 
 import swinv2
+from swinv2 import Swinv2Backbone, Swinv2Config
 
 ATOL = 1e-5
 RTOL = 1e-5
@@ -190,6 +191,21 @@ def test_backbone_out_indices(tmp_path, rng):
             close(a, b, f"feature map after setting {attribute}")
     with pytest.raises(ValueError, match="unknown stage"):
         ours.out_features = ["stage9"]
+
+
+def test_backbone_stage_choice_is_its_own(tmp_path) -> None:
+    """Setting out_features on one backbone leaves another built from the same config alone (as in
+    transformers, where the choice is the module's), and save_pretrained keeps the choice."""
+    config = Swinv2Config(image_size=32, patch_size=4, embed_dim=8, depths=[1, 1], num_heads=[1, 2], window_size=4)
+    first, second = Swinv2Backbone(config), Swinv2Backbone(config)
+    first.out_features = ["stem", "stage1"]
+    assert first.out_indices == [0, 1]
+    assert second.out_features == config.out_features == ["stage2"]
+    second.out_indices = [1]
+    assert second.out_features == ["stage1"] and config.out_indices == [2]
+    assert first.out_features == ["stem", "stage1"]
+    first.save_pretrained(tmp_path)
+    assert Swinv2Backbone.from_pretrained(tmp_path).out_features == ["stem", "stage1"]
 
 
 def test_head_mask_matches_transformers(tmp_path, rng):

@@ -8,6 +8,7 @@ The forward arguments and the outputs are those of the documentation (and of tra
 
 from __future__ import annotations
 
+import copy
 import functools
 import math
 import os
@@ -967,8 +968,9 @@ class Swinv2Backbone(Swinv2PreTrainedModel):
     @out_features.setter
     def out_features(self, value: list[str]) -> None:
         """Choose other stages on a built backbone (as transformers' `BackboneMixin`); `out_indices` follows.
-        The choice is the config's, so `save_pretrained` keeps it."""
-        self.config.out_features = value
+        The choice is this model's config's, so `save_pretrained` keeps it; the config is copied first, so
+        that other models built from the same config keep theirs."""
+        self._own_config().out_features = value
 
     @property
     def out_indices(self) -> list[int]:
@@ -976,7 +978,11 @@ class Swinv2Backbone(Swinv2PreTrainedModel):
 
     @out_indices.setter
     def out_indices(self, value: list[int]) -> None:
-        self.config.out_indices = value
+        self._own_config().out_indices = value
+
+    def _own_config(self) -> Swinv2Config:
+        self.config = copy.deepcopy(self.config)
+        return self.config
 
     @property
     def channels(self) -> list[int]:
