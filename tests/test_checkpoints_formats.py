@@ -653,6 +653,32 @@ def test_timm_train_py_checkpoints_load_and_stay_safe(tmp_path):
     assert not marker.exists()
 
 
+def test_timm_train_py_checkpoints_tell_their_architecture(tmp_path):
+    """A train.py checkpoint records the name it gave create_model (`arch`) and, in `args`, what train.py adds
+    (`model_kwargs`, `in_chans`, `gp`): enough to build the model without a config, as timm's config.json
+    is. A pooling other than the mean is refused, as from timm's config.json."""
+    import argparse
+
+    import timm
+
+    kwargs = dict(img_size=48, window_size=4, embed_dim=16, depths=(1, 1), num_heads=(1, 2))
+    torch.manual_seed(0)
+    reference = perturb_(timm.create_model("swinv2_tiny_window8_256", num_classes=3, in_chans=1, **kwargs))
+    args = argparse.Namespace(model="swinv2_tiny_window8_256", model_kwargs=kwargs, in_chans=1, gp=None)
+    torch.save({"arch": args.model, "args": args, "state_dict": reference.state_dict(), "epoch": 3},
+               tmp_path / "model_best.pth.tar")
+    model = swinv2.Swinv2ForImageClassification.from_pretrained(tmp_path / "model_best.pth.tar")
+    assert (model.config.image_size, model.config.window_size, model.config.num_channels) == (48, 4, 1)
+    x = torch.randn(2, 1, 48, 48, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        diff = max_diff(model(x).logits, reference.eval()(x))
+    assert diff < ATOL, f"max |logits difference| from timm's model {diff:.2e}"
+    args.gp = "max"
+    torch.save({"arch": args.model, "args": args, "state_dict": reference.state_dict()}, tmp_path / "max.pth.tar")
+    with pytest.raises(ck.CheckpointError, match="global_pool='max'"):
+        swinv2.Swinv2ForImageClassification.from_pretrained(tmp_path / "max.pth.tar")
+
+
 def test_a_checkpoint_of_only_nested_mappings_names_them(tmp_path):
     torch.save({"weights": {"inner": {"a": torch.zeros(1)}}, "epoch": 1}, tmp_path / "nested.pth")
     with pytest.raises(ck.CheckpointError, match=r"holds no tensors \(but mappings under 'weights'"):

@@ -197,7 +197,26 @@ def load_checkpoint_file(path: str | os.PathLike) -> tuple[dict[str, Tensor], di
         trained = obj.get(TRAINING_CONFIG_KEY)  # `swinv2 train`'s checkpoints: a dict beside "model"
         if embedded is None and isinstance(trained, dict) and trained.get("model_type") == "swinv2":
             embedded = trained
+        if embedded is None:
+            embedded = _timm_train_config(obj)
     return _unwrap_state_dict(obj, path), _parse_embedded_config(embedded, path)
+
+
+def _timm_train_config(obj: dict[str, Any]) -> dict[str, Any] | None:
+    """What a checkpoint of timm's train.py tells of the model it trained, as a timm config.json would: the
+    name given to `create_model` (`arch`) and, from its options (`args`), the keyword arguments train.py adds
+    to it (`in_chans` or `input_size`'s channels, `gp` as global_pool, `model_kwargs`). None for other files."""
+    args = obj.get("args")
+    if not isinstance(obj.get("arch"), str) or not isinstance(args, argparse.Namespace):
+        return None
+    model_args = dict(getattr(args, "model_kwargs", None) or {})
+    input_size = getattr(args, "input_size", None)
+    channels = getattr(args, "in_chans", None) or (input_size[0] if input_size else None)
+    if channels:
+        model_args["in_chans"] = channels
+    if getattr(args, "gp", None):
+        model_args["global_pool"] = args.gp
+    return {"architecture": obj["arch"], "model_args": model_args}
 
 
 def _parse_embedded_config(text: Any, path: Path) -> dict[str, Any] | None:
@@ -918,8 +937,9 @@ def checkpoint_config(
     overrides: dict[str, Any],
 ) -> Swinv2Config:
     """The config of a checkpoint: its config.json, else the config embedded in the weights file, else one
-    inferred from the tensors and the names (timm's config.json `architecture`, the file, the folder), with
-    what a timm config.json records besides the name (`_timm_config_fields`) and then `overrides` on top."""
+    inferred from the tensors and the names (the `architecture` of timm's config.json or train.py checkpoint,
+    the file, the folder), with what timm records besides the name (`_timm_config_fields`) and then
+    `overrides` on top."""
     names: list[str] = []
     if config_path is not None:
         data = _read_json(config_path)
@@ -930,7 +950,10 @@ def checkpoint_config(
             overrides = {**_timm_config_fields(data, config_path), **overrides}
         else:
             return Swinv2Config.from_dict(data, **overrides)
-    if embedded is not None:
+    if embedded is not None and _is_timm_config(embedded):  # a checkpoint of timm's train.py
+        names.append(str(embedded["architecture"]))
+        overrides = {**_timm_config_fields(embedded, weights_path or Path(name)), **overrides}
+    elif embedded is not None:
         return Swinv2Config.from_dict(embedded, **overrides)
     if weights_path is not None:
         names += [weights_path.name, weights_path.parent.name]
