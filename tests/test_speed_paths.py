@@ -6,6 +6,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import warnings
+from collections import OrderedDict
 
 import pytest
 import torch
@@ -110,7 +111,35 @@ def test_cpu_inference_in_groups_matches_exact_path(
     assert sum(calls) == 2 * windows  # every window attended once, in the two blocks of each stage
     tokens = per_thread * torch.get_num_threads()
     assert all(n * 16 <= max(tokens, 16) for n in calls)  # a group is one window at least, else <= tokens
-    assert len(calls) == 4 if tokens >= 3 * 9 * 16 else len(calls) > 4
+    # one group per block when it holds everything, the shifted block's whole and border windows apart (stage
+    # 2 is not shifted: its 4x4 grid at image_size fits one window)
+    assert len(calls) == 4 + 1 if tokens >= 3 * 9 * 16 else len(calls) > 5
+
+
+@pytest.mark.parametrize("grid", [(12, 8), (11, 10), (8, 8), (4, 16), (5, 3)])
+def test_region_masks_are_the_folded_mask_of_their_windows(grid: tuple[int, int]) -> None:
+    """Grouped CPU inference keeps one mask for the windows the shift left whole and one per border window;
+    they are the folded mask's rows of those windows, and the layout takes every grid row there and back."""
+    block = layers.Swinv2Block(8, 2, window=4, shift=2).eval()
+    h, w = grid
+    hp, wp = block._padded(h, w)
+    whole, border = layers.window_regions(hp, wp, 4, 2)
+    per_row = wp // 4
+    expected_border = [i for i in range(hp // 4 * per_row) if i // per_row == hp // 4 - 1 or i % per_row == per_row - 1]
+    assert border.tolist() == expected_border and sorted(whole.tolist() + border.tolist()) == list(range(hp * wp // 16))
+    with torch.inference_mode():
+        folded = block.attention_mask(hp, wp, torch.float32, torch.device("cpu"))
+        whole_mask, border_mask = block.region_masks(hp, wp, torch.float32, torch.device("cpu"))
+    assert whole_mask.shape[0] == 1 and torch.equal(folded[whole], whole_mask.expand(len(whole), -1, -1, -1))
+    assert torch.equal(folded[border], border_mask)
+    layout = layers.region_layout(h, w, 4, 2)
+    x = torch.randn(3, h * w, 5)
+    regions = [x.index_select(1, rows.clamp(min=0)).masked_fill_((rows < 0)[:, None], 0) for rows in layout.to_windows]
+    assert [r.shape[1] for r in regions] == [16 * len(whole), 16 * len(border)]
+    region_major = torch.cat([r.reshape(-1, 5) for r in regions])
+    assert torch.equal(region_major[layout.from_windows(3)].view_as(x), x)
+    unshifted = layers.window_regions(hp, wp, 4, 0)
+    assert unshifted[0].tolist() == list(range(hp * wp // 16)) and unshifted[1].numel() == 0
 
 
 @pytest.mark.parametrize("variant", ["default", "float64", "relu", "wrapped-layers", "plain-norms"])
@@ -989,6 +1018,67 @@ def test_position_bias_cache_follows_hooks_buffers_and_the_tracer() -> None:
         model.swinv2.stages[1].blocks[0].attn.logit_scale.add_(0.3)
         model.config.torchscript = False
         torch.testing.assert_close(traced(x)[0], exact(), rtol=1e-5, atol=1e-5)
+
+
+def test_attention_hooks_see_the_exact_path_too() -> None:
+    """output_attentions and head_mask take the step-by-step attention; it runs as the attention module's call
+    as the fast path does, so a hook on it (forward, backward, global) fires on every path and an edit by it
+    gives the same model whichever path runs."""
+    model = _model(drop_path_rate=0.0)
+    attn = model.swinv2.stages[0].blocks[1].attn
+    calls = []
+    attn.register_forward_hook(lambda m, args, out: calls.append("forward") or (1.5 * out[0], out[1]))
+    attn.register_full_backward_hook(lambda m, grad_in, grad_out: calls.append("backward"))
+    x = torch.randn(2, 3, 32, 32)
+    outputs = []
+    for kwargs in ({}, {"output_attentions": True}, {"head_mask": [torch.ones(2), torch.ones(4)]}):
+        calls.clear()
+        logits = model(x, **kwargs).logits
+        logits.sum().backward()
+        assert calls == ["forward", "backward"], kwargs
+        outputs.append(logits.detach())
+    for other in outputs[1:]:
+        torch.testing.assert_close(other, outputs[0], rtol=1e-5, atol=1e-5)
+    seen = []
+    with torch.nn.modules.module.register_module_forward_hook(
+        lambda m, args, out: seen.append(type(m).__name__)
+    ), torch.no_grad():
+        model(x, output_attentions=True)
+    assert seen.count("WindowAttention") == sum(isinstance(m, layers.WindowAttention) for m in model.modules())
+
+
+def test_forward_mode_ad_matches_transformers(tmp_path) -> None:
+    """torch.func.jvp through the default path (SDPA's CPU kernel has no forward-mode AD; under torch.func
+    transforms the attention takes batched matmuls), against transformers' jvp on the same weights."""
+    import transformers
+
+    model = _model()
+    model.save_pretrained(tmp_path)
+    theirs = transformers.Swinv2ForImageClassification.from_pretrained(tmp_path).eval()
+    x, tangent = torch.randn(2, 3, 32, 32), torch.randn(2, 3, 32, 32)
+    _, ours = torch.func.jvp(lambda image: model(image).logits, (x,), (tangent,))
+    _, expected = torch.func.jvp(lambda image: theirs(pixel_values=image).logits, (x,), (tangent,))
+    torch.testing.assert_close(ours, expected, rtol=1e-4, atol=1e-4 * expected.abs().max().item())
+
+
+def test_block_caches_tolerate_entries_evicted_by_other_threads() -> None:
+    """Threads calling one model share its per-block caches: an entry another thread evicts between the
+    lookup and the reordering is a miss, not a KeyError (multi-scale inputs from several threads)."""
+
+    class EvictedMeanwhile(OrderedDict):
+        def get(self, key, default=None):
+            value = super().get(key, default)
+            self.clear()  # another thread's _remember ran between the two steps
+            return value
+
+    cache = EvictedMeanwhile({("a",): 1})
+    assert layers._recall(cache, ("a",)) == 1 and not cache
+    block = layers.Swinv2Block(8, 2, window=4, shift=2).eval()
+    block._mask_cache, block._layout_cache = EvictedMeanwhile(), EvictedMeanwhile()
+    x = torch.randn(1, 8, 8, 8)
+    with torch.inference_mode():
+        first, second = block(x)[0], block(x)[0]
+    torch.testing.assert_close(first, second)
 
 
 def test_channels_last_model_vmap_and_torchscript_outputs() -> None:

@@ -33,11 +33,13 @@ pattern (which stages pad their grid to the window), not one per input size.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import threading
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -342,11 +344,33 @@ def _is_plain_linear(module: nn.Module) -> bool:
     return _is_plain(module, nn.Linear)
 
 
+def _recall(cache: OrderedDict, key: tuple):
+    """The value kept under `key` in a least-recently-used cache (`_remember`), or None. Threads calling one
+    model share its caches: each step is one atomic dict operation, and an entry another thread evicted
+    between two of them is simply gone."""
+    value = cache.get(key)
+    if value is not None:
+        with contextlib.suppress(KeyError):
+            cache.move_to_end(key)
+    return value
+
+
 def _remember(cache: OrderedDict, key: tuple, value) -> None:
-    """Keep `value` in a least-recently-used cache of at most MASK_CACHE_SIZE entries."""
+    """Keep `value` in a least-recently-used cache of at most MASK_CACHE_SIZE entries (`_recall`)."""
     cache[key] = value
     while len(cache) > MASK_CACHE_SIZE:
-        cache.popitem(last=False)
+        with contextlib.suppress(KeyError):  # (emptied by another thread meanwhile)
+            cache.popitem(last=False)
+
+
+def _on_device(value, device: torch.device):
+    """`value` with its tensors, in (named) tuples too, on `device`."""
+    if isinstance(value, Tensor):
+        return value.to(device)
+    if isinstance(value, tuple):
+        parts = [_on_device(part, device) for part in value]
+        return value._make(parts) if hasattr(value, "_make") else tuple(parts)
+    return value
 
 
 def _caches_ok() -> bool:
@@ -513,6 +537,63 @@ def window_layout(height: int, width: int, window: int, shift: int) -> tuple[Ten
         where = torch.roll(where, shifts=(shift, shift), dims=(1, 2))
     from_windows = where[:, :height, :width].flatten().contiguous()  # flatten may keep the crop's strides
     return to_windows, from_windows
+
+
+def window_regions(height: int, width: int, window: int, shift: int) -> tuple[Tensor, Tensor]:
+    """The windows of a `(height, width)` grid padded to whole windows (in `window_partition`'s order) split
+    by their shift mask: those whose mask is 0 everywhere, which the shift left whole (all but the last row
+    and column of windows), and the border windows that mix regions of the rolled grid (none without a
+    shift). Indices, int64."""
+    count = (height // window) * (width // window)
+    if not shift:
+        return torch.arange(count), torch.arange(0)
+    mixed = shifted_window_mask(height, width, window, shift).flatten(1).ne(0).any(1)
+    return torch.nonzero(~mixed).flatten(), torch.nonzero(mixed).flatten()
+
+
+class RegionLayout(NamedTuple):
+    """`window_layout` of one grid with its windows reordered by `window_regions`, for a batch whose windows
+    are laid out region by region: region k holds every image's windows of that region, image after image.
+
+    `to_windows`: per region, the grid row (-1 for padding) of each row of one image's windows of that
+    region `(n_k * N,)`. `within`, `earlier`, `stride` `(height * width,)`: for each grid row, its row in
+    image 0's block of its region, the rows per image of the regions before it, and the rows per image of
+    its own region; in a batch of B, image i's grid row comes back from row
+    `within + B * earlier + i * stride`."""
+
+    to_windows: tuple[Tensor, ...]
+    counts: tuple[int, ...]  # windows per image in each region
+    within: Tensor
+    earlier: Tensor
+    stride: Tensor
+
+    def from_windows(self, batch: int) -> Tensor:
+        """The row of the region-major layout that each row of `(batch * height * width)` comes back from."""
+        images = torch.arange(batch, dtype=self.stride.dtype, device=self.stride.device).unsqueeze(1)
+        return torch.addcmul(self.within + batch * self.earlier, images, self.stride).flatten()
+
+
+def region_layout(height: int, width: int, window: int, shift: int) -> RegionLayout:
+    """The `RegionLayout` of a `(height, width)` grid (int32 indices)."""
+    to_windows, from_windows = window_layout(height, width, window, shift)
+    n = window * window
+    regions = window_regions(height + (-height) % window, width + (-width) % window, window, shift)
+    region_of = torch.empty(to_windows.numel() // n, dtype=torch.int32)
+    rank = torch.empty_like(region_of)
+    for k, windows in enumerate(regions):
+        region_of[windows] = k
+        rank[windows] = torch.arange(windows.numel(), dtype=torch.int32)
+    counts = [windows.numel() for windows in regions]
+    rows = torch.tensor(counts, dtype=torch.int32) * n
+    window_of, position = from_windows // n, from_windows % n
+    kind = region_of[window_of]
+    return RegionLayout(
+        to_windows=tuple(to_windows.view(-1, n)[windows].flatten() for windows in regions),
+        counts=tuple(counts),
+        within=rank[window_of] * n + position,
+        earlier=(torch.cumsum(rows, 0) - rows)[kind].to(torch.int32),
+        stride=rows[kind],
+    )
 
 
 def relative_coords_table(window: int, pretrained_window: int = 0) -> Tensor:
@@ -895,9 +976,10 @@ class WindowAttention(nn.Module):
         if not _caches_ok():
             return self.qkv_bias(), self.logit_scale_exp().view(-1)
         key = _versions(self.q_bias, self.v_bias, self.logit_scale)
-        if self._constants is None or self._constants[0] != key:
-            self._constants = (key, (self.qkv_bias(), self.logit_scale_exp().view(-1)))
-        return self._constants[1]
+        constants = self._constants  # (read once: another thread may replace it meanwhile)
+        if constants is None or constants[0] != key:
+            constants = self._constants = (key, (self.qkv_bias(), self.logit_scale_exp().view(-1)))
+        return constants[1]
 
     def project_qkv(self, x: Tensor, qkv_bias: Tensor | None) -> Tensor:
         """The fused projection `(..., 3C)` with the q and v biases (no k bias). A replaced or wrapped `qkv`
@@ -917,8 +999,18 @@ class WindowAttention(nn.Module):
         k = kernels.normalize(k.to(acc))
         return q.to(v.dtype), k.to(v.dtype), v
 
-    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
-        """Fast path. `x`: `(B * nW, N, C)`; `mask`: `(nW or 1, heads, N, N)`, bias and shift mask folded."""
+    def forward(
+        self, x: Tensor, mask: Tensor, head_mask: Tensor | None = None, output_attentions: bool = False
+    ) -> tuple[Tensor, Tensor | None]:
+        """`x`: `(B * nW, N, C)`; `mask`: `(nW or 1, heads, N, N)`, bias and shift mask folded -> the output
+        `(B * nW, N, C)`, and the attention probabilities `(B * nW, heads, N, N)` when asked for (the exact
+        path, `forward_explicit`, which also applies `head_mask`), else None (the fast path). Both paths run
+        as this module's call, so its hooks see every call."""
+        if output_attentions or head_mask is not None:
+            return self.forward_explicit(x, mask, head_mask)
+        return self._forward_fast(x, mask), None
+
+    def _forward_fast(self, x: Tensor, mask: Tensor) -> Tensor:
         b_, n, c = x.shape
         heads = self.num_heads
         dropout = self.attn_drop if self.training else 0.0
@@ -945,7 +1037,9 @@ class WindowAttention(nn.Module):
         # (not when traced: TorchScript's trace check runs the model again without grad, and wants one graph)
         training = torch.is_grad_enabled() and (qkv.requires_grad or mask.requires_grad) and not torch.jit.is_tracing()
         fp32_inference = not training and dropout == 0.0 and q.dtype == torch.float32 and _eager_or_compiled()
-        if x.device.type == "cpu" and (training or fp32_inference):
+        # torch.func transforms: SDPA's kernels lack forward-mode AD (jvp) and batching rules (vmap)
+        transformed = torch._C._are_functorch_transforms_active()
+        if transformed or (x.device.type == "cpu" and (training or fp32_inference)):
             # Batched matmuls and a softmax, the (windows, heads, N, N) mask broadcast over the images.
             # Training: SDPA has no fused kernel with a mask that needs a gradient and falls back to its math
             # path, which needs the mask expanded to every window and adds a NaN-safe softmax (this is ~25%
@@ -982,7 +1076,7 @@ class WindowAttention(nn.Module):
         if x.dtype != torch.float32 or torch.is_autocast_enabled("cpu") or (
             self.training and (self.attn_drop > 0 or self.proj_drop.p > 0)
         ):
-            return self(x, mask).view(-1, c)
+            return self(x, mask)[0].view(-1, c)
         qkv_bias, scale = self.bias_and_scale()
         rows = x.view(-1, c)
         if _is_plain_linear(self.qkv) and self.qkv.bias is None and _scratch_gemm_ok(rows, self.qkv.weight):
@@ -1123,40 +1217,63 @@ class Swinv2Block(nn.Module):
         It depends on the weights and the geometry only, so outside autograd it is computed once per
         (size, dtype, device) and kept until the position-bias weights change (their version counters).
         """
+        return self._folded_masks(height, width, dtype, device, regions=False)[0]
+
+    def region_masks(self, height: int, width: int, dtype: torch.dtype, device: torch.device) -> tuple[Tensor, ...]:
+        """`attention_mask` for the regions of `window_regions`, kept the same way: the position bias alone
+        `(1, heads, N, N)` for the windows the shift left whole, bias plus shift mask `(n_border, heads, N, N)`
+        for the border windows. The windows in the middle of a large grid share one mask: at 1024 px
+        swinv2-tiny's folded masks take 114 MiB in fp32, these ~7."""
+        return self._folded_masks(height, width, dtype, device, regions=True)
+
+    def _folded_masks(
+        self, height: int, width: int, dtype: torch.dtype, device: torch.device, regions: bool
+    ) -> tuple[Tensor, ...]:
         attn = self.attn
         cacheable = _caches_ok() and not any(_hooked(m) for m in attn.cpb_mlp.modules())
         if cacheable:
             tables = (attn.relative_coords_table, attn.relative_position_index)
-            key = (height, width, dtype, device, *_versions(*attn.cpb_mlp.parameters(), *tables))
-            cached = self._mask_cache.get(key)
+            key = (regions, height, width, dtype, device, *_versions(*attn.cpb_mlp.parameters(), *tables))
+            cached = _recall(self._mask_cache, key)
             if cached is not None:
-                self._mask_cache.move_to_end(key)
                 return cached
         bias = self.attn.position_bias().unsqueeze(0)  # (1, heads, N, N), in the weights' dtype
         if self.shift == 0:
-            mask = bias.to(dtype)
+            folded = bias.to(dtype)
         else:  # (0 and -100 are exact in every float dtype: the shift mask is made in `dtype` itself)
             shift_mask = shifted_window_mask(height, width, self.window, self.shift, device, dtype).unsqueeze(1)
+            if regions:
+                shift_mask = shift_mask[window_regions(height, width, self.window, self.shift)[1].to(device)]
             if cacheable:  # summed at the bias's precision, written once in `dtype`: no fp32 (nW, heads, N, N)
-                mask = bias.new_empty((shift_mask.shape[0], *bias.shape[1:]), dtype=dtype)
-                torch.add(bias, shift_mask, out=mask)
+                folded = bias.new_empty((shift_mask.shape[0], *bias.shape[1:]), dtype=dtype)
+                torch.add(bias, shift_mask, out=folded)
             else:  # (autograd and torch.compile take no out= tensor)
-                mask = (bias + shift_mask).to(dtype)
+                folded = (bias + shift_mask).to(dtype)
+        masks = (folded,)
+        if regions:  # (without a shift every window is whole: no border windows)
+            masks = (folded, folded[:0]) if self.shift == 0 else (bias.to(dtype), folded)
         if cacheable:
-            _remember(self._mask_cache, key, mask)
-        return mask
+            _remember(self._mask_cache, key, masks)
+        return masks
 
     def layout_rows(self, height: int, width: int, device: torch.device) -> tuple[Tensor, Tensor]:
         """`window_layout` of this block's window and shift for a `(height, width)` grid, on `device`: built
         once per grid size."""
-        key = (height, width, device)
-        rows = self._layout_cache.get(key)
-        if rows is None:
-            rows = tuple(t.to(device) for t in window_layout(height, width, self.window, self.shift))
-            _remember(self._layout_cache, key, rows)
-        else:
-            self._layout_cache.move_to_end(key)
-        return rows
+        return self._layout(False, height, width, device)
+
+    def regions(self, height: int, width: int, device: torch.device) -> RegionLayout:
+        """`region_layout` of this block's window and shift for a `(height, width)` grid, on `device`: built
+        once per grid size."""
+        return self._layout(True, height, width, device)
+
+    def _layout(self, regions: bool, height: int, width: int, device: torch.device):
+        key = (regions, height, width, device)
+        layout = _recall(self._layout_cache, key)
+        if layout is None:
+            layout = (region_layout if regions else window_layout)(height, width, self.window, self.shift)
+            layout = _on_device(layout, device)
+            _remember(self._layout_cache, key, layout)
+        return layout
 
     def clear_cache(self) -> None:
         self._mask_cache.clear()
@@ -1199,10 +1316,7 @@ class Swinv2Block(nn.Module):
             return self._forward_compiled_groups(x, dtype, low), None
         windows, mask = self._windows_and_mask(x, dtype, low, layout)
         probs = None
-        if exact:
-            windows, probs = self.attn.forward_explicit(windows, mask, head_mask)
-        else:
-            windows = self.attn(windows, mask)
+        windows, probs = self.attn(windows, mask, head_mask, output_attentions)
         y = self._from_windows(windows, h, w, layout)
         x = x + self.drop_path(self.norm1(y))
         x = x + self.drop_path(self.norm2(self.mlp(x)))
@@ -1212,34 +1326,41 @@ class Swinv2Block(nn.Module):
         """`forward` for CPU inference: attention on groups of windows and the MLP on groups of tokens,
         `CPU_GROUP_TOKENS_PER_THREAD` per thread at a time, so that qkv, the attention's temporaries and
         the MLP's hidden layer exist for one group at a time and stay in the caches. The shifted windows
-        are one gather by `layout_rows` into a scratch buffer (pad, roll and partition in one copy), each
-        group's attention output is normalised in place (LayerNorm is per token, so it commutes with the
-        layout), and one gather takes the windows back; only the block's output is a fresh tensor."""
+        are gathered into a scratch buffer (pad, roll and partition in one copy) region by region
+        (`window_regions`: the windows the shift left whole share one mask, the border windows have their
+        own), each group's attention output is normalised in place (LayerNorm is per token, so it commutes
+        with the layout), and one gather takes the windows back; only the block's output is a fresh tensor."""
         b, h, w, c = x.shape
         hp, wp = self._padded(h, w)
+        n = self.window**2
         tokens = CPU_GROUP_TOKENS_PER_THREAD * torch.get_num_threads()
-        to_windows, from_windows = self.layout_rows(h, w, x.device)
+        layout = self.regions(h, w, x.device)
+        masks = self.region_masks(hp, wp, dtype or (x.dtype if low is None else low), x.device)
         source = (x if low is None else x.to(low)).reshape(b, h * w, c)
-        # window-major row -> row of `source` in each image (padding reads row 0, zeroed below)
-        windows = _scratch(4, (b, hp * wp, c), source)
-        torch.index_select(source, 1, to_windows.clamp(min=0), out=windows)
-        if (hp, wp) != (h, w):
-            windows[:, to_windows < 0] = 0
-        windows = windows.view(b * hp * wp // self.window**2, self.window**2, c)
-        mask = self.attention_mask(hp, wp, dtype or windows.dtype, x.device)
+        windows = _scratch(4, (b * hp * wp // n, n, c), source)  # region after region, each image-major
         attended = None  # the normalised outputs: in `windows` itself unless the norm changes the dtype
-        for group, group_mask in _window_groups(windows.shape[0], windows.shape[1], mask, tokens):
-            y = self.attn.forward_rows(windows[group], group_mask)
-            into = attended is None or attended is windows  # (the norm keeps the dtype: same for every group)
-            if into and _layer_norm_into(self.norm1, y, windows[group].view(-1, c)):
-                attended = windows
+        start = 0
+        for count, to_windows, mask in zip(layout.counts, layout.to_windows, masks):
+            if count == 0:
                 continue
-            y = self.norm1(y)
-            if attended is None:
-                attended = windows if y.dtype == windows.dtype else _scratch(5, windows.shape, y)
-            attended[group] = y.view(-1, *windows.shape[1:])
-        y = _scratch(6, (b, h * w, c), attended)
-        torch.index_select(attended.view(b, hp * wp, c), 1, from_windows, out=y)
+            region = windows[start : start + b * count]
+            # the region's rows of each image; padding reads row 0, zeroed below
+            torch.index_select(source, 1, to_windows.clamp(min=0), out=region.view(b, count * n, c))
+            if (hp, wp) != (h, w):
+                region.view(b, count * n, c)[:, to_windows < 0] = 0
+            for group, group_mask in _window_groups(region.shape[0], n, mask, tokens):
+                y = self.attn.forward_rows(region[group], group_mask)
+                into = attended is None or attended is windows  # (the norm keeps the dtype: same for every group)
+                if into and _layer_norm_into(self.norm1, y, region[group].view(-1, c)):
+                    attended = windows
+                    continue
+                y = self.norm1(y)
+                if attended is None:
+                    attended = windows if y.dtype == windows.dtype else _scratch(5, windows.shape, y)
+                attended[start : start + b * count][group] = y.view(-1, n, c)
+            start += b * count
+        y = _scratch(6, (b * h * w, c), attended)
+        torch.index_select(attended.view(-1, c), 0, layout.from_windows(b), out=y)
         y = y.view(b, h, w, c)
         y = y.add_(x) if y.dtype == x.dtype else x + y  # x + norm1(attention)
         out = torch.empty(y.shape, dtype=y.dtype, device=y.device)
@@ -1260,7 +1381,7 @@ class Swinv2Block(nn.Module):
         tokens = self._compiled_group_tokens(x)
         windows, mask = self._windows_and_mask(x, dtype, low, None)
         groups = _window_groups(windows.shape[0], windows.shape[1], mask, tokens)
-        y = torch.cat([self.attn(windows[group], group_mask) for group, group_mask in groups])
+        y = torch.cat([self.attn(windows[group], group_mask)[0] for group, group_mask in groups])
         x = x + self.norm1(self._from_windows(y, h, w, None))
         rows = x.reshape(-1, c)
         return torch.cat([r + self.norm2(self.mlp(r)) for r in rows.split(tokens)]).view(b, h, w, c)
@@ -1358,7 +1479,7 @@ class Swinv2Block(nn.Module):
         windows (cast, pad, roll and partition in one), and each branch ends in `x + norm(y)`, the attention
         branch reading its output straight from the window-major layout (reverse, unshift and crop)."""
         windows, mask = self._windows_and_mask(x, dtype, low, layout)
-        y = self.attn(windows, mask)
+        y, _ = self.attn(windows, mask)
         x, mlp_input = kernels.residual_layer_norm(x, y, self.norm1, low, layout[1])
         x, _ = kernels.residual_layer_norm(x, self.mlp(x if mlp_input is None else mlp_input), self.norm2)
         return x
