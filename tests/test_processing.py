@@ -223,6 +223,16 @@ def test_channel_layout_of_arrays_is_transformers(shape, warns, kind):
         assert torch.equal(from_tensor, got)
 
 
+@pytest.mark.parametrize("resize", [False, True])
+def test_boolean_images_are_the_numbers_0_and_1(resize):
+    """transformers takes a boolean image as the integers 0/1 (then rescaled to 0 and 1/255), not as white."""
+    image = np.random.default_rng().random((12, 10, 3)) > 0.5
+    settings = dict(do_resize=resize, size={"height": 8, "width": 8}, resample=2, image_mean=[0.5] * 3,
+                    image_std=[0.5] * 3)
+    ref = transformers.ViTImageProcessor(**settings)(image, return_tensors="pt").pixel_values
+    assert max_diff(Swinv2ImageProcessor(**settings)(image).pixel_values, ref) <= TOL
+
+
 def test_four_channel_arrays_stay_readable_at_either_end():
     """RGBA (and LA) arrays, which transformers does not read, where only one end can hold the channels."""
     rgba = np.random.default_rng().integers(0, 256, (10, 12, 4)).astype(np.uint8)

@@ -277,8 +277,6 @@ def _to_hwc(image: Any, num_channels: int, layout: str | None = None) -> np.ndar
             f"an image array must be (H, W), (H, W, C) or, as a tensor, (C, H, W) with C in 1-4; got shape "
             f"{tuple(array.shape)}"
         )
-    if array.dtype == np.bool_:
-        array = array.astype(np.uint8) * 255
     return _convert_channels(array, num_channels)
 
 
