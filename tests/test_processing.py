@@ -257,6 +257,22 @@ def test_shortest_edge_with_crop_pct_matches_convnext_processor(photos):
     assert max_diff(got, ref) <= TOL
 
 
+@pytest.mark.parametrize("short", [224, 384, 400])
+def test_convnext_files_are_read_as_convnext_applies_them(tmp_path, short):
+    """ConvNeXt's processor crops by crop_pct below 384 only; from 384 up it warps the image to N x N, though
+    its file still holds crop_pct. Reading the file gives its pixels, and so does the file we write back."""
+    image = PIL.Image.fromarray(np.random.default_rng().integers(0, 256, (300, 500, 3)).astype(np.uint8))
+    theirs = transformers.ConvNextImageProcessor(size={"shortest_edge": short})
+    theirs.save_pretrained(tmp_path / "convnext")
+    ours = AutoImageProcessor.from_pretrained(tmp_path / "convnext")
+    ref = theirs(image, return_tensors="pt").pixel_values
+    assert ref.shape == (1, 3, short, short)
+    assert max_diff(ours(image).pixel_values, ref) <= TOL
+    ours.save_pretrained(tmp_path / "ours")
+    again = transformers.AutoImageProcessor.from_pretrained(tmp_path / "ours", use_fast=False)
+    assert max_diff(again(image, return_tensors="pt").pixel_values, ref) <= TOL
+
+
 def test_shortest_edge_with_center_crop_matches_clip_processor(photos):
     settings = dict(size={"shortest_edge": 200}, crop_size={"height": 180, "width": 190}, do_center_crop=True)
     ref = transformers.CLIPImageProcessor(

@@ -634,7 +634,17 @@ class Swinv2ImageProcessor:
 
     @classmethod
     def from_dict(cls, config: dict[str, Any], **overrides: Any) -> Swinv2ImageProcessor:
-        return cls(**{**config, **overrides})
+        """The processor of a preprocessor_config.json's entries, `overrides` applied; a file of ConvNeXt's
+        processor is read as that processor applies it."""
+        settings = {**config, **overrides}
+        kind = settings.get("image_processor_type") or settings.get("feature_extractor_type") or ""
+        size = settings.get("size")
+        short = size.get("shortest_edge") if isinstance(size, Mapping) else None
+        if str(kind).startswith("ConvNext") and isinstance(short, int) and short >= 384:
+            # ConvNeXt's processor warps to N x N from 384 up, without the crop_pct it still writes
+            settings["size"] = {"height": short, "width": short}
+            settings.pop("crop_pct", None)
+        return cls(**settings)
 
     @classmethod
     def from_json_file(cls, path: str | os.PathLike, **overrides: Any) -> Swinv2ImageProcessor:
