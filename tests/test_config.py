@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 
 import pytest
 import transformers
@@ -65,6 +66,39 @@ def test_unknown_keys_survive(tmp_path):
     saved = json.loads((tmp_path / "again" / "config.json").read_text())
     assert saved["my_custom_field"] == {"nested": [1, 2]} and saved["transformers_version"] == "4.57.6"
     assert saved["model_type"] == "swinv2" and saved["embed_dim"] == 48
+
+
+def test_attributes_as_transformers_reads_them(tmp_path):
+    """transformers' attribute_map names, unknown keys as attributes (set at construction, by `update` or
+    afterwards, and saved), and `to_dict` with int `id2label` keys, on fresh random settings."""
+    rng = random.Random()  # (num_labels from 3: transformers does not save the default 2's id2label)
+    stages = rng.randint(1, 4)
+    settings = dict(depths=[rng.randint(1, 3) for _ in range(stages)], embed_dim=8,
+                    num_heads=[rng.choice([1, 2]) * 2**i for i in range(stages)], num_labels=rng.randint(3, 5),
+                    my_flag=rng.random())
+    ours, theirs = Swinv2Config(**settings), transformers.Swinv2Config(**settings)
+    for name in ("num_hidden_layers", "num_attention_heads", "my_flag"):
+        assert getattr(ours, name) == getattr(theirs, name), name
+    change = {"window_size": rng.randint(2, 9), "my_flag": "changed", "my_other_flag": [1, 2]}
+    for config in (ours, theirs):
+        config.update(change)
+        config.set_later = 5
+    for name in [*change, "set_later"]:
+        assert getattr(ours, name) == getattr(theirs, name), name
+    assert ours.to_dict()["id2label"] == theirs.to_dict()["id2label"]
+    assert all(isinstance(k, int) for k in ours.to_dict()["id2label"])
+    ours.save_pretrained(tmp_path / "ours")
+    theirs.save_pretrained(tmp_path / "theirs")
+    for folder in ("ours", "theirs"):
+        saved = json.loads((tmp_path / folder / "config.json").read_text())
+        assert list(saved["id2label"]) == [str(i) for i in range(settings["num_labels"])]
+        for reader in (Swinv2Config, transformers.Swinv2Config):
+            back = reader.from_pretrained(tmp_path / folder)
+            assert back.id2label == theirs.id2label, (folder, reader)
+            for name in [*change, "set_later"]:
+                assert getattr(back, name) == getattr(theirs, name), (folder, reader, name)
+    with pytest.raises(AttributeError, match="no attribute 'never_set'"):
+        _ = ours.never_set
 
 
 def test_num_labels_and_label_maps():

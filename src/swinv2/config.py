@@ -12,7 +12,7 @@ import json
 import os
 import re
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -228,10 +228,43 @@ class Swinv2Config:
         self._validate_architecture()
         self._out_features, self._out_indices = self._align_outputs(out_features, out_indices)
 
+    # ------------------------------------------------------------------ keys we do not know
+    def __getattr__(self, name: str) -> Any:
+        """A key we do not know, read as an attribute (transformers sets every key as one)."""
+        extra = self.__dict__.get("extra", {})  # (not self.extra: unset while copy or pickle rebuild a config)
+        if name in extra:
+            return extra[name]
+        raise AttributeError(f"'{type(self).__name__}' object has no attribute {name!r}")
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        # After __init__, a name that is no field and no property is a key we do not know: it goes with the
+        # others in `extra`, so that to_dict and config.json keep it (as transformers keeps any attribute).
+        unknown = name not in self.__dict__ and not hasattr(type(self), name) and not name.startswith("_")
+        if unknown and "extra" in self.__dict__:
+            self.extra[name] = value
+        else:
+            super().__setattr__(name, value)
+
+    def update(self, config_dict: Mapping[str, Any]) -> None:
+        """Set each key of `config_dict` as an attribute, as transformers' `update` does."""
+        for key, value in config_dict.items():
+            setattr(self, key, value)
+
     # ------------------------------------------------------------------ derived values
     @property
     def num_layers(self) -> int:
         return len(self.depths)
+
+    # transformers' attribute_map names
+    @property
+    def num_hidden_layers(self) -> int:
+        """`num_layers`, the number of stages."""
+        return self.num_layers
+
+    @property
+    def num_attention_heads(self) -> list[int]:
+        """`num_heads`, the heads of each stage."""
+        return self.num_heads
 
     @property
     def hidden_size(self) -> int:
@@ -423,7 +456,7 @@ class Swinv2Config:
             "stage_names": self.stage_names,
             "out_features": self.out_features,
             "out_indices": self.out_indices,
-            "id2label": {str(k): v for k, v in self.id2label.items()},
+            "id2label": dict(self.id2label),  # int keys, as transformers' (JSON writes them as strings)
             "label2id": dict(self.label2id),
         }
         for name in _COMMON_DEFAULTS:
