@@ -8,6 +8,7 @@ import random
 import pytest
 import transformers
 
+import swinv2
 from swinv2 import Swinv2Config
 
 DOCUMENTED_DEFAULTS = dict(
@@ -127,7 +128,7 @@ def test_num_labels_and_label_maps():
         (dict(out_features=["stage1"], out_indices=[2]), "out_features"),
         (dict(patch_size=0), "patch_size"),
         (dict(image_size="big"), "image_size"),
-        (dict(image_size="32"), r"image_size must be an int or a pair of ints, got '32'"),
+        (dict(image_size="32"), r"image_size must be an int or a pair of ints \(height, width\), got '32'"),
         (dict(depths="2,2"), "depths"),
         (dict(mlp_ratio=-1.0), "mlp_ratio"),
         (dict(drop_path_rate=1.5), "drop_path_rate"),
@@ -142,6 +143,29 @@ def test_num_labels_and_label_maps():
 def test_invalid_values_name_the_field(kwargs, field):
     with pytest.raises(ValueError, match=field):
         Swinv2Config(**kwargs)
+
+
+NONSENSE = [
+    ("layer_norm_eps", float("nan")), ("layer_norm_eps", float("inf")), ("initializer_range", float("nan")),
+    ("initializer_range", float("inf")), ("initializer_range", -1.0), ("mlp_ratio", float("nan")),
+    ("mlp_ratio", float("inf")), ("mlp_ratio", -1.0), ("image_size", 32.5), ("window_size", 0), ("patch_size", 0),
+]
+
+
+@pytest.mark.parametrize("field, value", NONSENSE, ids=[f"{f}={v}" for f, v in NONSENSE])
+def test_nonsense_values_are_refused_naming_the_field_and_a_fix(field, value):
+    """At construction, and when set afterwards, at the latest by building a model (which gave NaN outputs,
+    or failed deep inside torch)."""
+    small = dict(image_size=32, patch_size=4, embed_dim=8, depths=[1, 1], num_heads=[2, 2], window_size=4)
+    message = rf"^{field} must .*got {value}; e\.g\. {field}=\S+ \(the default\)$"
+    with pytest.raises(ValueError, match=message):
+        Swinv2Config(**{**small, field: value})
+    for cls in (swinv2.Swinv2Model, swinv2.Swinv2ForImageClassification, swinv2.Swinv2ForMaskedImageModeling,
+                swinv2.Swinv2Backbone):
+        config = Swinv2Config(**small)
+        setattr(config, field, value)
+        with pytest.raises(ValueError, match=message):
+            cls(config)
 
 
 def test_wrong_types_in_config_json(tmp_path):

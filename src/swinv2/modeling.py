@@ -494,6 +494,7 @@ class Swinv2PreTrainedModel(nn.Module):
         super().__init__()
         if not isinstance(config, Swinv2Config):
             raise TypeError(f"config must be a Swinv2Config, got {type(config).__name__}")
+        config.validate()  # again: fields may have been set since the config was made (config.window_size = 0)
         self.config = config
 
     def post_init(self) -> None:
