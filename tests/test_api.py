@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import subprocess
 import sys
 
@@ -338,6 +339,28 @@ def test_new_head_warning_names_each_weight_once(classifier, tmp_path):
     message = str(caught[0].message)
     assert message.count("classifier.weight") == 1 and message.count("classifier.bias") == 1
     assert "classifier.weight (checkpoint (3, 32), model (5, 32))" in message
+
+
+def test_selu_is_torchs_selu(tmp_path):
+    """hidden_act="selu", which the documentation lists; transformers 4.57 has no such name (KeyError), so
+    the reference is its model built with relu, its activations then swapped for torch's SELU."""
+    settings = dict(PARITY_CONFIGS["two_stage"], num_labels=3)
+    hf = hf_model("Swinv2ForImageClassification", {**settings, "hidden_act": "relu"}, seed=random.randrange(2**31))
+    hf.save_pretrained(tmp_path / "relu")
+    relu = Swinv2ForImageClassification.from_pretrained(tmp_path / "relu").eval()
+    acts = [m for m in hf.modules() if hasattr(m, "intermediate_act_fn")]
+    assert len(acts) == sum(settings["depths"])
+    for module in acts:
+        module.intermediate_act_fn = torch.nn.SELU()
+    ours = Swinv2ForImageClassification.from_pretrained(tmp_path / "relu", hidden_act="selu").eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        expected = hf(x).logits
+        torch.testing.assert_close(ours(x).logits, expected, atol=1e-5, rtol=1e-5)
+        assert (relu(x).logits - expected).abs().max() > 1e-3  # the activation matters here
+        ours.save_pretrained(tmp_path / "selu")
+        again = Swinv2ForImageClassification.from_pretrained(tmp_path / "selu").eval()
+        assert again.config.hidden_act == "selu" and torch.equal(again(x).logits, ours(x).logits)
 
 
 @pytest.mark.parametrize(

@@ -17,11 +17,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-# transformers' names (ACT2FN), without its two with learnable parameters (prelu, xielu): no other, so that
-# every config written here loads in transformers
+# transformers' names (ACT2FN), without its two with learnable parameters (prelu, xielu), so that a config
+# written here loads in transformers; and "selu", which the documentation lists though transformers 4.57 has
+# no such name (a config with it loads here only)
 ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "gelu_fast", "gelu_accurate", "gelu_python",
                "gelu_python_tanh", "gelu_10", "quick_gelu", "laplace", "relu", "relu2", "relu6", "leaky_relu",
-               "linear", "silu", "swish", "mish", "tanh", "sigmoid")
+               "linear", "silu", "swish", "mish", "tanh", "sigmoid", "selu")
 LEARNABLE_ACTIVATIONS = ("prelu", "xielu")
 PROBLEM_TYPES = ("regression", "single_label_classification", "multi_label_classification")
 CONFIG_NAME = "config.json"
