@@ -309,6 +309,23 @@ def test_backbone_stage_override_replaces_the_stored_stages(tmp_path, rng, overr
             torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
 
 
+def test_backbone_out_feature_channels_are_transformers(rng):
+    """`out_feature_channels`: every stage's channels, selected or not, as transformers' BackboneMixin; the
+    maps have them. On a random architecture and a random choice of stages."""
+    stages = random.randint(1, 4)
+    names = ["stem"] + [f"stage{i}" for i in range(1, stages + 1)]
+    settings = dict(image_size=32, embed_dim=random.choice([8, 12]), depths=[1] * stages, num_heads=[2] * stages,
+                    window_size=2, out_features=sorted(random.sample(names, random.randint(1, len(names))),
+                                                       key=names.index))
+    theirs = transformers.Swinv2Backbone(transformers.Swinv2Config(**settings))
+    ours = swinv2.Swinv2Backbone(swinv2.Swinv2Config(**settings)).eval()
+    assert ours.out_feature_channels == theirs.out_feature_channels
+    assert ours.channels == theirs.channels
+    with torch.no_grad():
+        maps = ours(torch.randn(1, 3, 32, 32, generator=rng)).feature_maps
+    assert [m.shape[1] for m in maps] == [ours.out_feature_channels[name] for name in ours.out_features]
+
+
 def test_input_embeddings_are_the_patch_projection(classifier):
     assert classifier.get_input_embeddings() is classifier.swinv2.embeddings.proj
     assert classifier.swinv2.get_input_embeddings() is classifier.swinv2.embeddings.proj

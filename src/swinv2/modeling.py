@@ -988,8 +988,14 @@ class Swinv2Backbone(Swinv2PreTrainedModel):
         return self.config
 
     @property
+    def out_feature_channels(self) -> dict[str, int]:
+        """Channels of every stage's map, selected or not (as transformers' `BackboneMixin`)."""
+        return dict(zip(self.stage_names, self.num_features))
+
+    @property
     def channels(self) -> list[int]:
-        return [self.num_features[i % len(self.num_features)] for i in self.out_indices]
+        """Channels of the selected maps, in `out_features` order."""
+        return [self.out_feature_channels[name] for name in self.out_features]
 
     @native_precision
     def forward(
