@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import subprocess
 import sys
 
@@ -248,7 +249,7 @@ def test_bool_masked_pos_wrong_shape():
 
 
 def test_head_mask_wrong_shape(classifier):
-    with pytest.raises(ValueError, match="same number of heads in every stage"):
+    with pytest.raises(ValueError, match=r"head_mask has shape \(2,\); .*num_heads \[2, 4\] differ between stages"):
         classifier(torch.randn(1, 3, 32, 32), head_mask=torch.ones(2))
 
 
@@ -308,6 +309,23 @@ def test_backbone_stage_override_replaces_the_stored_stages(tmp_path, rng, overr
             torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
 
 
+def test_backbone_out_feature_channels_are_transformers(rng):
+    """`out_feature_channels`: every stage's channels, selected or not, as transformers' BackboneMixin; the
+    maps have them. On a random architecture and a random choice of stages."""
+    stages = random.randint(1, 4)
+    names = ["stem"] + [f"stage{i}" for i in range(1, stages + 1)]
+    settings = dict(image_size=32, embed_dim=random.choice([8, 12]), depths=[1] * stages, num_heads=[2] * stages,
+                    window_size=2, out_features=sorted(random.sample(names, random.randint(1, len(names))),
+                                                       key=names.index))
+    theirs = transformers.Swinv2Backbone(transformers.Swinv2Config(**settings))
+    ours = swinv2.Swinv2Backbone(swinv2.Swinv2Config(**settings)).eval()
+    assert ours.out_feature_channels == theirs.out_feature_channels
+    assert ours.channels == theirs.channels
+    with torch.no_grad():
+        maps = ours(torch.randn(1, 3, 32, 32, generator=rng)).feature_maps
+    assert [m.shape[1] for m in maps] == [ours.out_feature_channels[name] for name in ours.out_features]
+
+
 def test_input_embeddings_are_the_patch_projection(classifier):
     assert classifier.get_input_embeddings() is classifier.swinv2.embeddings.proj
     assert classifier.swinv2.get_input_embeddings() is classifier.swinv2.embeddings.proj
@@ -340,26 +358,58 @@ def test_new_head_warning_names_each_weight_once(classifier, tmp_path):
     assert "classifier.weight (checkpoint (3, 32), model (5, 32))" in message
 
 
+def test_selu_is_torchs_selu(tmp_path):
+    """hidden_act="selu", which the documentation lists; transformers 4.57 has no such name (KeyError), so
+    the reference is its model built with relu, its activations then swapped for torch's SELU."""
+    settings = dict(PARITY_CONFIGS["two_stage"], num_labels=3)
+    hf = hf_model("Swinv2ForImageClassification", {**settings, "hidden_act": "relu"}, seed=random.randrange(2**31))
+    hf.save_pretrained(tmp_path / "relu")
+    relu = Swinv2ForImageClassification.from_pretrained(tmp_path / "relu").eval()
+    acts = [m for m in hf.modules() if hasattr(m, "intermediate_act_fn")]
+    assert len(acts) == sum(settings["depths"])
+    for module in acts:
+        module.intermediate_act_fn = torch.nn.SELU()
+    ours = Swinv2ForImageClassification.from_pretrained(tmp_path / "relu", hidden_act="selu").eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        expected = hf(x).logits
+        torch.testing.assert_close(ours(x).logits, expected, atol=1e-5, rtol=1e-5)
+        assert (relu(x).logits - expected).abs().max() > 1e-3  # the activation matters here
+        ours.save_pretrained(tmp_path / "selu")
+        again = Swinv2ForImageClassification.from_pretrained(tmp_path / "selu").eval()
+        assert again.config.hidden_act == "selu" and torch.equal(again(x).logits, ours(x).logits)
+
+
 @pytest.mark.parametrize(
-    "cls, positional",
-    [
-        (Swinv2Model, ["pixel_values", "bool_masked_pos", "head_mask", "output_attentions", "output_hidden_states",
-                       "return_dict"]),
-        (Swinv2ForImageClassification, ["pixel_values", "head_mask", "labels", "output_attentions",
-                                         "output_hidden_states", "return_dict"]),
-        (swinv2.Swinv2ForMaskedImageModeling, ["pixel_values", "bool_masked_pos", "head_mask", "output_attentions",
-                                               "output_hidden_states", "return_dict"]),
-    ],
+    "name", ["Swinv2Model", "Swinv2ForMaskedImageModeling", "Swinv2ForImageClassification", "Swinv2Backbone"]
 )
-def test_positional_arguments_are_the_documented_ones(cls, positional):
-    """The documentation's order; transformers 4.57 put `interpolate_pos_encoding` before `return_dict`, so
-    here it is keyword-only: a call written for either cannot silently mean something else."""
+def test_positional_arguments_are_transformers(name, tmp_path):
+    """The order of transformers 4.57's forward, which put `interpolate_pos_encoding` before `return_dict`
+    (the documentation of 4.37 had `return_dict` sixth): a positional call means the same in both."""
     import inspect
 
-    params = inspect.signature(cls.forward).parameters
-    kinds = inspect.Parameter
-    assert [n for n, p in params.items() if p.kind == kinds.POSITIONAL_OR_KEYWORD][1:] == positional
-    assert params["interpolate_pos_encoding"].kind == kinds.KEYWORD_ONLY
+    def positional(cls) -> list[str]:
+        params = inspect.signature(cls.forward).parameters.values()
+        return [p.name for p in params if p.kind == inspect.Parameter.POSITIONAL_OR_KEYWORD][1:]
+
+    ours_cls, theirs_cls = getattr(swinv2, name), getattr(transformers, name)
+    theirs_order = positional(theirs_cls)
+    assert positional(ours_cls)[: len(theirs_order)] == theirs_order
+    settings = {**PARITY_CONFIGS["two_stage"], "encoder_stride": 8}  # (transformers: 8 reconstructs 32 x 32)
+    hf = hf_model(name, settings, seed=random.randrange(2**31))
+    hf.save_pretrained(tmp_path)
+    ours = ours_cls.from_pretrained(tmp_path).eval()
+    x = torch.randn(1, 3, 32, 32)
+    args = {"pixel_values": x, "output_attentions": True, "output_hidden_states": False,
+            "interpolate_pos_encoding": False}
+    with torch.no_grad():
+        for return_dict in (True, False):
+            given = [{**args, "return_dict": return_dict}.get(n) for n in theirs_order]
+            a, b = ours(*given), hf(*given)
+            assert isinstance(a, tuple) == isinstance(b, tuple) == (not return_dict)
+            a, b = (a, b) if not return_dict else (a.to_tuple(), b.to_tuple())
+            assert len(a) == len(b)
+            torch.testing.assert_close(a[0], b[0], atol=1e-5, rtol=1e-5)
 
 
 def test_config_may_be_a_path_or_a_preset(classifier, tmp_path):

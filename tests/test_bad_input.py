@@ -213,8 +213,9 @@ def test_integer_and_grid_shaped_masks_mean_the_same(mim, x):
 @pytest.mark.parametrize(
     ("head_mask", "error", "message"),
     [
-        (torch.ones(2, 2, 2, 2), ValueError, r"got shape \(2, 2, 2, 2\); for stages of different depths pass a list"),
-        (torch.ones(1, 2, 2), ValueError, r"one entry per stage \(2: .*got 1 entries"),
+        (torch.ones(2, 2, 2, 2), ValueError, r"head_mask has shape \(2, 2, 2, 2\); .* must be a list with one "
+         r"\(num_heads_i,\) or \(depth_i, num_heads_i\) tensor \(or None\) per stage \(num_heads \[2, 4\] differ"),
+        (torch.ones(1, 2, 2), ValueError, r"head_mask has shape \(1, 2, 2\); "),
         ([torch.ones(2)], ValueError, r"one entry per stage \(2: .*got 1 entries"),
         ([torch.ones(3), None], ValueError, r"stage 1 must have shape \(2,\) or \(2, 2\) \(stage 1 has 2 blocks of "
          r"2 heads\), got \(3,\)"),
@@ -226,6 +227,23 @@ def test_integer_and_grid_shaped_masks_mean_the_same(mim, x):
 def test_bad_head_mask(classifier, x, head_mask, error, message):
     with pytest.raises(error, match=message):
         classifier(x, head_mask=head_mask)
+
+
+@pytest.mark.parametrize("shape", [(3,), (5,), (1, 2), (2, 2, 3), (2, 2, 2, 1, 2)])
+def test_head_mask_error_names_the_shape_given_and_every_form(x, shape):
+    """The shape passed (a (3,) mask was reported as (2, 3), after its expansion to one row per stage), and
+    every form that fits this model, the per-block ones included; each of them runs."""
+    model = built(swinv2.Swinv2Model, num_heads=[2, 2])  # depths [2, 2]: every form fits
+    forms = [(2,), (2, 2), (2, 2, 2), (2, 2, 2, 1, 1)]
+    with pytest.raises(ValueError) as caught:
+        model(x, head_mask=torch.ones(shape))
+    message = str(caught.value)
+    assert message.startswith(f"head_mask has shape {shape};")
+    assert all(str(form) in message for form in forms) and "a list with one (num_heads_i,)" in message
+    with torch.no_grad():
+        plain = model(x).last_hidden_state
+        for form in forms:
+            torch.testing.assert_close(model(x, head_mask=torch.ones(form)).last_hidden_state, plain)
 
 
 def test_head_mask_per_stage_is_applied(classifier, x):

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import random
 
 import pytest
 import transformers
 
+import swinv2
 from swinv2 import Swinv2Config
 
 DOCUMENTED_DEFAULTS = dict(
@@ -67,6 +69,39 @@ def test_unknown_keys_survive(tmp_path):
     assert saved["model_type"] == "swinv2" and saved["embed_dim"] == 48
 
 
+def test_attributes_as_transformers_reads_them(tmp_path):
+    """transformers' attribute_map names, unknown keys as attributes (set at construction, by `update` or
+    afterwards, and saved), and `to_dict` with int `id2label` keys, on fresh random settings."""
+    rng = random.Random()  # (num_labels from 3: transformers does not save the default 2's id2label)
+    stages = rng.randint(1, 4)
+    settings = dict(depths=[rng.randint(1, 3) for _ in range(stages)], embed_dim=8,
+                    num_heads=[rng.choice([1, 2]) * 2**i for i in range(stages)], num_labels=rng.randint(3, 5),
+                    my_flag=rng.random())
+    ours, theirs = Swinv2Config(**settings), transformers.Swinv2Config(**settings)
+    for name in ("num_hidden_layers", "num_attention_heads", "my_flag"):
+        assert getattr(ours, name) == getattr(theirs, name), name
+    change = {"window_size": rng.randint(2, 9), "my_flag": "changed", "my_other_flag": [1, 2]}
+    for config in (ours, theirs):
+        config.update(change)
+        config.set_later = 5
+    for name in [*change, "set_later"]:
+        assert getattr(ours, name) == getattr(theirs, name), name
+    assert ours.to_dict()["id2label"] == theirs.to_dict()["id2label"]
+    assert all(isinstance(k, int) for k in ours.to_dict()["id2label"])
+    ours.save_pretrained(tmp_path / "ours")
+    theirs.save_pretrained(tmp_path / "theirs")
+    for folder in ("ours", "theirs"):
+        saved = json.loads((tmp_path / folder / "config.json").read_text())
+        assert list(saved["id2label"]) == [str(i) for i in range(settings["num_labels"])]
+        for reader in (Swinv2Config, transformers.Swinv2Config):
+            back = reader.from_pretrained(tmp_path / folder)
+            assert back.id2label == theirs.id2label, (folder, reader)
+            for name in [*change, "set_later"]:
+                assert getattr(back, name) == getattr(theirs, name), (folder, reader, name)
+    with pytest.raises(AttributeError, match="no attribute 'never_set'"):
+        _ = ours.never_set
+
+
 def test_num_labels_and_label_maps():
     config = Swinv2Config(num_labels=5)
     assert config.num_labels == 5 and config.id2label[4] == "LABEL_4"
@@ -93,7 +128,7 @@ def test_num_labels_and_label_maps():
         (dict(out_features=["stage1"], out_indices=[2]), "out_features"),
         (dict(patch_size=0), "patch_size"),
         (dict(image_size="big"), "image_size"),
-        (dict(image_size="32"), r"image_size must be an int or a pair of ints, got '32'"),
+        (dict(image_size="32"), r"image_size must be an int or a pair of ints \(height, width\), got '32'"),
         (dict(depths="2,2"), "depths"),
         (dict(mlp_ratio=-1.0), "mlp_ratio"),
         (dict(drop_path_rate=1.5), "drop_path_rate"),
@@ -108,6 +143,29 @@ def test_num_labels_and_label_maps():
 def test_invalid_values_name_the_field(kwargs, field):
     with pytest.raises(ValueError, match=field):
         Swinv2Config(**kwargs)
+
+
+NONSENSE = [
+    ("layer_norm_eps", float("nan")), ("layer_norm_eps", float("inf")), ("initializer_range", float("nan")),
+    ("initializer_range", float("inf")), ("initializer_range", -1.0), ("mlp_ratio", float("nan")),
+    ("mlp_ratio", float("inf")), ("mlp_ratio", -1.0), ("image_size", 32.5), ("window_size", 0), ("patch_size", 0),
+]
+
+
+@pytest.mark.parametrize("field, value", NONSENSE, ids=[f"{f}={v}" for f, v in NONSENSE])
+def test_nonsense_values_are_refused_naming_the_field_and_a_fix(field, value):
+    """At construction, and when set afterwards, at the latest by building a model (which gave NaN outputs,
+    or failed deep inside torch)."""
+    small = dict(image_size=32, patch_size=4, embed_dim=8, depths=[1, 1], num_heads=[2, 2], window_size=4)
+    message = rf"^{field} must .*got {value}; e\.g\. {field}=\S+ \(the default\)$"
+    with pytest.raises(ValueError, match=message):
+        Swinv2Config(**{**small, field: value})
+    for cls in (swinv2.Swinv2Model, swinv2.Swinv2ForImageClassification, swinv2.Swinv2ForMaskedImageModeling,
+                swinv2.Swinv2Backbone):
+        config = Swinv2Config(**small)
+        setattr(config, field, value)
+        with pytest.raises(ValueError, match=message):
+            cls(config)
 
 
 def test_wrong_types_in_config_json(tmp_path):

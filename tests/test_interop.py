@@ -6,6 +6,7 @@ itself does on the same files."""
 from __future__ import annotations
 
 import json
+import random
 import warnings
 
 import numpy as np
@@ -156,6 +157,29 @@ def test_load_state_dict_reads_other_libraries_layouts(tmp_path, x) -> None:
         torch.testing.assert_close(_logits(ours, x), timm_model(x), rtol=1e-5, atol=1e-5)
     with pytest.raises(RuntimeError, match="Missing key"):
         ours.load_state_dict({"foo": torch.zeros(1)})  # neither ours nor a layout we know: nn.Module's error
+
+
+@pytest.mark.parametrize("name", ["Swinv2ForImageClassification", "Swinv2Model"])
+def test_load_state_dict_reports_keys_as_given(name, x) -> None:
+    """Keys a transformers state dict holds beyond the model's are reported as the caller wrote them, as
+    transformers reports them (`foo.bar` was reported as `swinv2.foo.bar`), with strict=False and in
+    strict=True's error; the rest still loads."""
+    config = CONFIG if name != "Swinv2Model" else PARITY_CONFIGS["two_stage"]
+    hf = hf_model(name, config, seed=random.randrange(2**31))
+    state = dict(hf.state_dict())
+    prefix = "swinv2." if name != "Swinv2Model" else ""
+    extra = [f"foo{random.randrange(100)}.bar", f"{prefix}embeddings.extra", "classifier.extra"]
+    state.update({key: torch.randn(2) for key in extra})
+    reference = getattr(transformers, name)(transformers.Swinv2Config(**config))
+    ours = getattr(swinv2, name)(swinv2.Swinv2Config(**config)).eval()
+    expected = reference.load_state_dict(state, strict=False)
+    got = ours.load_state_dict(state, strict=False)
+    assert sorted(got.unexpected_keys) == sorted(expected.unexpected_keys) and not got.missing_keys
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x)[0], hf(x)[0], rtol=1e-5, atol=1e-5)
+    with pytest.raises(RuntimeError) as caught:
+        ours.load_state_dict(state)
+    assert all(f'"{key}"' in str(caught.value) for key in expected.unexpected_keys)
 
 
 def test_backbone_folder_into_model_and_mim_logits(tmp_path, x) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 
 import numpy as np
 import PIL.Image
@@ -195,6 +196,53 @@ def test_single_image_and_batched_tensor(photos):
     assert max_diff(single, hf_vit(size=32)(photos[2], return_tensors="pt").pixel_values) <= TOL
 
 
+@pytest.mark.parametrize(
+    "shape, warns",
+    [((3, 11, 4), False), ((3, 9, 2), False), ((1, 7, 5), False), ((3, 6, 3), True), ((4, 10, 3), False),
+     ((10, 4, 3), False)],
+    ids=["chw-narrow", "chw-two-wide", "chw-gray", "both-could-be", "hwc-four-rows", "hwc"],
+)
+@pytest.mark.parametrize("kind", ["uint8", "float"])
+def test_channel_layout_of_arrays_is_transformers(shape, warns, kind):
+    """A 3-D array is read as transformers reads it: a first dimension of 1 or 3 is channels, checked before
+    the last (a channels-first image 1-4 pixels wide was taken for an RGBA one); a tensor likewise."""
+    rng = np.random.default_rng()
+    image = rng.integers(0, 256, shape).astype(np.uint8) if kind == "uint8" else rng.random(shape)
+    settings = dict(size={"height": 8, "width": 8}, resample=2, image_mean=[0.5] * 3, image_std=[0.5] * 3)
+    if shape[0] == 1:  # transformers keeps one channel; ours makes three of it, as from a grayscale photo
+        settings.update(image_mean=0.5, image_std=0.5)
+    for call in (dict(), dict(do_resize=False)):
+        ref = transformers.ViTImageProcessor(**settings)(image, return_tensors="pt", **call).pixel_values
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            got = Swinv2ImageProcessor(**settings)(image, **call).pixel_values
+            from_tensor = Swinv2ImageProcessor(**settings)(torch.from_numpy(image), **call).pixel_values
+        assert any("channel dimension" in str(w.message) for w in caught) == warns
+        assert got.shape[-2:] == ref.shape[-2:]
+        assert max_diff(got, ref.expand_as(got)) <= TOL
+        assert torch.equal(from_tensor, got)
+
+
+@pytest.mark.parametrize("resize", [False, True])
+def test_boolean_images_are_the_numbers_0_and_1(resize):
+    """transformers takes a boolean image as the integers 0/1 (then rescaled to 0 and 1/255), not as white."""
+    image = np.random.default_rng().random((12, 10, 3)) > 0.5
+    settings = dict(do_resize=resize, size={"height": 8, "width": 8}, resample=2, image_mean=[0.5] * 3,
+                    image_std=[0.5] * 3)
+    ref = transformers.ViTImageProcessor(**settings)(image, return_tensors="pt").pixel_values
+    assert max_diff(Swinv2ImageProcessor(**settings)(image).pixel_values, ref) <= TOL
+
+
+def test_four_channel_arrays_stay_readable_at_either_end():
+    """RGBA (and LA) arrays, which transformers does not read, where only one end can hold the channels."""
+    rgba = np.random.default_rng().integers(0, 256, (10, 12, 4)).astype(np.uint8)
+    processor = Swinv2ImageProcessor(size=8)
+    expected = processor(PIL.Image.fromarray(rgba)).pixel_values
+    assert torch.equal(processor(rgba).pixel_values, expected)
+    assert torch.equal(processor(rgba.transpose(2, 0, 1)).pixel_values, expected)
+    assert torch.equal(processor(torch.from_numpy(rgba).permute(2, 0, 1)).pixel_values, expected)
+
+
 def test_shortest_edge_with_crop_pct_matches_convnext_processor(photos):
     ours = Swinv2ImageProcessor(size={"shortest_edge": 224}, crop_pct=0.875)
     ref = transformers.ConvNextImageProcessor(
@@ -207,6 +255,22 @@ def test_shortest_edge_with_crop_pct_matches_convnext_processor(photos):
     got = ours(photos).pixel_values
     assert got.shape == (len(photos), 3, 224, 224)
     assert max_diff(got, ref) <= TOL
+
+
+@pytest.mark.parametrize("short", [224, 384, 400])
+def test_convnext_files_are_read_as_convnext_applies_them(tmp_path, short):
+    """ConvNeXt's processor crops by crop_pct below 384 only; from 384 up it warps the image to N x N, though
+    its file still holds crop_pct. Reading the file gives its pixels, and so does the file we write back."""
+    image = PIL.Image.fromarray(np.random.default_rng().integers(0, 256, (300, 500, 3)).astype(np.uint8))
+    theirs = transformers.ConvNextImageProcessor(size={"shortest_edge": short})
+    theirs.save_pretrained(tmp_path / "convnext")
+    ours = AutoImageProcessor.from_pretrained(tmp_path / "convnext")
+    ref = theirs(image, return_tensors="pt").pixel_values
+    assert ref.shape == (1, 3, short, short)
+    assert max_diff(ours(image).pixel_values, ref) <= TOL
+    ours.save_pretrained(tmp_path / "ours")
+    again = transformers.AutoImageProcessor.from_pretrained(tmp_path / "ours", use_fast=False)
+    assert max_diff(again(image, return_tensors="pt").pixel_values, ref) <= TOL
 
 
 def test_shortest_edge_with_center_crop_matches_clip_processor(photos):

@@ -31,7 +31,7 @@ import re
 import shutil
 import tempfile
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -1318,7 +1318,24 @@ def in_model_keys(model: torch.nn.Module, state: Any) -> Any:
         if not str(err).startswith("unknown checkpoint format"):
             raise
         return state
-    return _fit_to_model(model, _READERS[fmt](dict(state))) if fmt in _READERS else state
+    if fmt not in _READERS:
+        return state
+    return _unknown_keys_as_given(_fit_to_model(model, _READERS[fmt](dict(state))), state, model.state_dict())
+
+
+def _unknown_keys_as_given(converted: dict[str, Any], given: Mapping[str, Any], own: Mapping[str, Any]) -> dict:
+    """`converted` with each key the model does not have back under the name it was given, so that
+    `load_state_dict` reports it as the caller wrote it (as transformers, which converts nothing, does). Such
+    tensors pass through the conversion as they are: found by identity, where exactly one key held them."""
+    names: dict[int, list[str]] = {}
+    for key, value in given.items():
+        names.setdefault(id(value), []).append(key)
+    out = {}
+    for key, value in converted.items():
+        if key not in own and len(names.get(id(value), ())) == 1:
+            key = names[id(value)][0]
+        out[key] = value
+    return out
 
 
 def _resize_positions(pos: Tensor, grid: tuple[int, int]) -> Tensor:

@@ -9,18 +9,20 @@ from __future__ import annotations
 import copy
 import inspect
 import json
+import math
 import os
 import re
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-# transformers' names (ACT2FN), without its two with learnable parameters (prelu, xielu): no other, so that
-# every config written here loads in transformers
+# transformers' names (ACT2FN), without its two with learnable parameters (prelu, xielu), so that a config
+# written here loads in transformers; and "selu", which the documentation lists though transformers 4.57 has
+# no such name (a config with it loads here only)
 ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "gelu_fast", "gelu_accurate", "gelu_python",
                "gelu_python_tanh", "gelu_10", "quick_gelu", "laplace", "relu", "relu2", "relu6", "leaky_relu",
-               "linear", "silu", "swish", "mish", "tanh", "sigmoid")
+               "linear", "silu", "swish", "mish", "tanh", "sigmoid", "selu")
 LEARNABLE_ACTIVATIONS = ("prelu", "xielu")
 PROBLEM_TYPES = ("regression", "single_label_classification", "multi_label_classification")
 CONFIG_NAME = "config.json"
@@ -57,16 +59,19 @@ def _dtype_name(dtype: Any) -> str | None:
     return str(dtype).replace("torch.", "") if dtype is not None else None
 
 
+def _fix(name: str) -> str:
+    """How to mend a bad value of field `name`, for its error: its default."""
+    return f"; e.g. {name}={_DEFAULTS[name]!r} (the default)" if name in _DEFAULTS else ""
+
+
 def _pair(value: int | Sequence[int], name: str) -> tuple[int, int]:
-    if isinstance(value, bool):
-        raise ValueError(f"{name} must be an int or a pair of ints, got {value!r}")
-    if isinstance(value, int):
+    if isinstance(value, int) and not isinstance(value, bool):
         return value, value
     if isinstance(value, Sequence) and len(value) == 2 and all(
         isinstance(v, int) and not isinstance(v, bool) for v in value
     ):
         return int(value[0]), int(value[1])
-    raise ValueError(f"{name} must be an int or a pair of ints, got {value!r}")
+    raise ValueError(f"{name} must be an int or a pair of ints (height, width), got {value!r}{_fix(name)}")
 
 
 def _int_list(value: Any, name: str) -> list[int]:
@@ -78,8 +83,8 @@ def _int_list(value: Any, name: str) -> list[int]:
 
 
 def _number(value: Any, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"{name} must be a number, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}{_fix(name)}")
     return float(value)
 
 
@@ -154,8 +159,8 @@ class Swinv2Config:
         **kwargs: Any,
     ) -> None:
         # a string would become a list of characters
-        self.image_size = image_size if isinstance(image_size, (int, str)) else list(image_size)
-        self.patch_size = patch_size if isinstance(patch_size, (int, str)) else list(patch_size)
+        self.image_size = list(image_size) if isinstance(image_size, (list, tuple)) else image_size
+        self.patch_size = list(patch_size) if isinstance(patch_size, (list, tuple)) else patch_size
         self.num_channels = num_channels
         self.embed_dim = embed_dim
         self.depths = list(depths) if isinstance(depths, (list, tuple)) else depths
@@ -225,13 +230,46 @@ class Swinv2Config:
             self.label2id = {v: k for k, v in self.id2label.items()}
 
         self.extra = kwargs  # unknown keys survive a round trip through config.json
-        self._validate_architecture()
+        self.validate()
         self._out_features, self._out_indices = self._align_outputs(out_features, out_indices)
+
+    # ------------------------------------------------------------------ keys we do not know
+    def __getattr__(self, name: str) -> Any:
+        """A key we do not know, read as an attribute (transformers sets every key as one)."""
+        extra = self.__dict__.get("extra", {})  # (not self.extra: unset while copy or pickle rebuild a config)
+        if name in extra:
+            return extra[name]
+        raise AttributeError(f"'{type(self).__name__}' object has no attribute {name!r}")
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        # After __init__, a name that is no field and no property is a key we do not know: it goes with the
+        # others in `extra`, so that to_dict and config.json keep it (as transformers keeps any attribute).
+        unknown = name not in self.__dict__ and not hasattr(type(self), name) and not name.startswith("_")
+        if unknown and "extra" in self.__dict__:
+            self.extra[name] = value
+        else:
+            super().__setattr__(name, value)
+
+    def update(self, config_dict: Mapping[str, Any]) -> None:
+        """Set each key of `config_dict` as an attribute, as transformers' `update` does."""
+        for key, value in config_dict.items():
+            setattr(self, key, value)
 
     # ------------------------------------------------------------------ derived values
     @property
     def num_layers(self) -> int:
         return len(self.depths)
+
+    # transformers' attribute_map names
+    @property
+    def num_hidden_layers(self) -> int:
+        """`num_layers`, the number of stages."""
+        return self.num_layers
+
+    @property
+    def num_attention_heads(self) -> list[int]:
+        """`num_heads`, the heads of each stage."""
+        return self.num_heads
 
     @property
     def hidden_size(self) -> int:
@@ -285,17 +323,19 @@ class Swinv2Config:
         return _pair(self.patch_size, "patch_size")
 
     # ------------------------------------------------------------------ validation
-    def _validate_architecture(self) -> None:
+    def validate(self) -> None:
+        """Raise a ValueError naming the field and a good value for any value that builds no model (also
+        for those set as attributes after construction: every model checks its config when built)."""
         image = _pair(self.image_size, "image_size")
         patch = _pair(self.patch_size, "patch_size")
         if min(image) < 1:
-            raise ValueError(f"image_size must be positive, got {self.image_size!r}")
+            raise ValueError(f"image_size must be positive, got {self.image_size!r}{_fix('image_size')}")
         if min(patch) < 1:
-            raise ValueError(f"patch_size must be positive, got {self.patch_size!r}")
+            raise ValueError(f"patch_size must be positive, got {self.patch_size!r}{_fix('patch_size')}")
         for name in ("num_channels", "embed_dim", "window_size", "encoder_stride"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
+                raise ValueError(f"{name} must be a positive int, got {value!r}{_fix(name)}")
         self.depths = _int_list(self.depths, "depths")
         self.num_heads = _int_list(self.num_heads, "num_heads")
         self.pretrained_window_sizes = _int_list(self.pretrained_window_sizes, "pretrained_window_sizes")
@@ -327,16 +367,20 @@ class Swinv2Config:
                 )
         self.mlp_ratio = _number(self.mlp_ratio, "mlp_ratio")
         if self.mlp_ratio <= 0:
-            raise ValueError(f"mlp_ratio must be > 0, got {self.mlp_ratio}")
+            raise ValueError(f"mlp_ratio must be > 0, got {self.mlp_ratio}{_fix('mlp_ratio')}")
         for name in ("hidden_dropout_prob", "attention_probs_dropout_prob", "drop_path_rate"):
             value = _number(getattr(self, name), name)
             if not 0.0 <= value < 1.0:
                 raise ValueError(f"{name} must be in [0, 1), got {value}")
             setattr(self, name, value)
         self.initializer_range = _number(self.initializer_range, "initializer_range")
+        if self.initializer_range < 0:  # a standard deviation
+            raise ValueError(
+                f"initializer_range must be >= 0, got {self.initializer_range}{_fix('initializer_range')}"
+            )
         self.layer_norm_eps = _number(self.layer_norm_eps, "layer_norm_eps")
         if self.layer_norm_eps <= 0:
-            raise ValueError(f"layer_norm_eps must be > 0, got {self.layer_norm_eps}")
+            raise ValueError(f"layer_norm_eps must be > 0, got {self.layer_norm_eps}{_fix('layer_norm_eps')}")
         for name in ("qkv_bias", "use_absolute_embeddings", "output_hidden_states", "output_attentions",
                      "return_dict", "use_gradient_checkpointing"):
             _flag(getattr(self, name), name)
@@ -423,7 +467,7 @@ class Swinv2Config:
             "stage_names": self.stage_names,
             "out_features": self.out_features,
             "out_indices": self.out_indices,
-            "id2label": {str(k): v for k, v in self.id2label.items()},
+            "id2label": dict(self.id2label),  # int keys, as transformers' (JSON writes them as strings)
             "label2id": dict(self.label2id),
         }
         for name in _COMMON_DEFAULTS:
@@ -501,6 +545,11 @@ class Swinv2Config:
         return f"Swinv2Config {self.to_json_string()}"
 
 
+# The constructor's defaults, which the errors offer as a fix.
+_DEFAULTS = {
+    name: parameter.default for name, parameter in inspect.signature(Swinv2Config.__init__).parameters.items()
+    if parameter.default is not inspect.Parameter.empty and parameter.default is not None
+}
 # Every keyword Swinv2Config gives a meaning to (the rest it keeps verbatim): what `from_pretrained` may
 # override.
 CONFIG_FIELDS = frozenset(

@@ -451,6 +451,7 @@ def activation(name: str) -> nn.Module:
         "relu2": lambda: _Lambda(lambda x: torch.relu(x).square()),
         "relu6": lambda: nn.ReLU6(),
         "leaky_relu": lambda: nn.LeakyReLU(),
+        "selu": lambda: nn.SELU(),
         "linear": lambda: nn.Identity(),
         "silu": lambda: nn.SiLU(),
         "swish": lambda: nn.SiLU(),

@@ -369,6 +369,19 @@ def _check_bool_masked_pos(bool_masked_pos: Tensor, batch: int, grid: tuple[int,
     return bool_masked_pos.expand(batch, num_patches)
 
 
+def _head_mask_forms(config: Swinv2Config) -> dict[tuple[int, ...], str]:
+    """The tensor shapes `head_mask` may have for this config, each with what it masks."""
+    heads, depths, stages = config.num_heads, config.depths, len(config.depths)
+    forms: dict[tuple[int, ...], str] = {}
+    if len(set(heads)) == 1:  # one row fits every stage only when they have the same heads
+        forms[(heads[0],)] = "every block"
+        forms[(stages, heads[0])] = "one row per stage, for each of its blocks"
+        if len(set(depths)) == 1:
+            forms[(stages, depths[0], heads[0])] = "one row per block"
+            forms[(stages, depths[0], heads[0], 1, 1)] = "one row per block, transformers' form"
+    return forms
+
+
 def _stage_head_masks(head_mask: Any, config: Swinv2Config) -> list[Tensor | None] | None:
     """Normalise `head_mask` to one `(depth_i, heads_i)` tensor (or None) per stage.
 
@@ -385,30 +398,22 @@ def _stage_head_masks(head_mask: Any, config: Swinv2Config) -> list[Tensor | Non
             f"head_mask must be a tensor (num_heads,) or (num_stages, num_heads), or a list with one entry per "
             f"stage, got {type(head_mask).__name__}"
         )
-    if isinstance(head_mask, Tensor) and (
-        head_mask.dim() == 3 or (head_mask.dim() == 5 and head_mask.shape[-2:] == (1, 1))
-    ):
-        head_mask = list(head_mask.reshape(head_mask.shape[:3]))  # one (depth, heads) per stage, checked below
     if isinstance(head_mask, Tensor):
-        if head_mask.dim() not in (1, 2):
-            raise ValueError(
-                f"head_mask must be (num_heads,), (num_stages, num_heads) or (num_stages, depth, num_heads), got "
-                f"shape {tuple(head_mask.shape)}; for stages of different depths pass a list with one "
-                "(depth_i, num_heads_i) tensor per stage"
+        forms = _head_mask_forms(config)
+        if tuple(head_mask.shape) not in forms:
+            per_stage = "a list with one (num_heads_i,) or (depth_i, num_heads_i) tensor (or None) per stage"
+            listed = "; ".join(f"{shape} for {what}" for shape, what in forms.items())
+            accepted = (
+                f"a tensor of shape {listed}; or {per_stage}" if forms
+                else f"{per_stage} (num_heads {heads} differ between stages, so no one tensor fits them all)"
             )
-        if len(set(heads)) != 1:
             raise ValueError(
-                f"head_mask as one tensor needs the same number of heads in every stage, but num_heads is "
-                f"{heads}; pass a list with one (num_heads_i,) tensor per stage instead"
+                f"head_mask has shape {tuple(head_mask.shape)}; for num_heads={heads} and depths={depths} it "
+                f"must be {accepted}"
             )
         if head_mask.dim() == 1:
             head_mask = head_mask.unsqueeze(0).expand(len(depths), -1)
-        if tuple(head_mask.shape) != (len(depths), heads[0]):
-            raise ValueError(
-                f"head_mask must have shape ({heads[0]},) or ({len(depths)}, {heads[0]}), got "
-                f"{tuple(head_mask.shape)}"
-            )
-        head_mask = list(head_mask)
+        head_mask = list(head_mask.reshape(head_mask.shape[:3]))  # one (heads,) or (depth, heads) per stage
     if len(head_mask) != len(depths):
         raise ValueError(
             f"head_mask needs one entry per stage ({len(depths)}: shapes (num_heads_i,) or (depth_i, num_heads_i), "
@@ -494,6 +499,7 @@ class Swinv2PreTrainedModel(nn.Module):
         super().__init__()
         if not isinstance(config, Swinv2Config):
             raise TypeError(f"config must be a Swinv2Config, got {type(config).__name__}")
+        config.validate()  # again: fields may have been set since the config was made (config.window_size = 0)
         self.config = config
 
     def post_init(self) -> None:
@@ -717,16 +723,15 @@ class Swinv2Model(Swinv2PreTrainedModel):
         head_mask: Tensor | Sequence[Tensor | None] | None = None,
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
-        *,
         interpolate_pos_encoding: bool = True,
+        return_dict: bool | None = None,
     ) -> Swinv2ModelOutput | tuple[Tensor, ...]:
         """`pixel_values` `(B, C, H, W)` -> `last_hidden_state` `(B, L, C_last)` and `pooler_output` `(B, C_last)`.
 
         `bool_masked_pos` `(B, num_patches)` replaces the masked patches by the mask token (needs
         `use_mask_token=True`). Absolute position embeddings, when used, are resized to the input's grid
-        whatever `interpolate_pos_encoding` says (keyword-only, for transformers' callers, whose own models
-        fail on another size without it; positionally, the sixth argument is `return_dict`, as documented).
+        whatever `interpolate_pos_encoding` says (transformers' models fail on another size without it). The
+        arguments come in transformers' order (4.57), which put `interpolate_pos_encoding` before `return_dict`.
         """
         config = self.config
         output_attentions = config.output_attentions if output_attentions is None else output_attentions
@@ -852,9 +857,8 @@ class Swinv2ForImageClassification(Swinv2PreTrainedModel):
         labels: Tensor | None = None,
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
-        *,
         interpolate_pos_encoding: bool = True,
+        return_dict: bool | None = None,
     ) -> Swinv2ImageClassifierOutput | tuple[Tensor, ...]:
         """`pixel_values` `(B, C, H, W)` -> `logits` `(B, num_labels)`; `labels` `(B,)` (or `(B, num_labels)`
         for multi-label) add the loss."""
@@ -894,9 +898,8 @@ class Swinv2ForMaskedImageModeling(Swinv2PreTrainedModel):
         head_mask: Tensor | Sequence[Tensor | None] | None = None,
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
-        *,
         interpolate_pos_encoding: bool = True,
+        return_dict: bool | None = None,
     ) -> Swinv2MaskedImageModelingOutput | tuple[Tensor, ...]:
         """`pixel_values` `(B, C, H, W)` -> `reconstruction` `(B, C, H, W)`; with `bool_masked_pos`
         `(B, num_patches)` the masked patches are hidden from the encoder and the loss is computed on them."""
@@ -985,8 +988,14 @@ class Swinv2Backbone(Swinv2PreTrainedModel):
         return self.config
 
     @property
+    def out_feature_channels(self) -> dict[str, int]:
+        """Channels of every stage's map, selected or not (as transformers' `BackboneMixin`)."""
+        return dict(zip(self.stage_names, self.num_features))
+
+    @property
     def channels(self) -> list[int]:
-        return [self.num_features[i % len(self.num_features)] for i in self.out_indices]
+        """Channels of the selected maps, in `out_features` order."""
+        return [self.out_feature_channels[name] for name in self.out_features]
 
     @native_precision
     def forward(

@@ -213,16 +213,43 @@ def _layout(value: Any, name: str) -> str | None:
     return text
 
 
+def _reads_channels_first(shape: tuple[int, ...], is_tensor: bool) -> bool:
+    """Whether a 3-D image of this shape, given without `input_data_format`, is (C, H, W).
+
+    transformers' rule (`infer_channel_dimension_format`) first, so that the same array gives the same
+    pixels: a first dimension of 1 or 3 means channels first, checked before the last one (and a warning when
+    both could be). Then 2 or 4 channels, which transformers does not read, at whichever end alone can hold
+    them; where both can, tensors are channels-first (as torchvision makes them), arrays channels-last.
+    """
+    first, last = shape[0], shape[-1]
+    if first in (1, 3) or last in (1, 3):
+        choice = first in (1, 3)
+        ambiguous = first in (1, 3) and last in (1, 3)
+    else:
+        ambiguous = first in (2, 4) and last in (2, 4)
+        choice = is_tensor if ambiguous else first in (2, 4)
+    if ambiguous:
+        warnings.warn(
+            f"the channel dimension of an image of shape {shape} is ambiguous: channels are taken to be the "
+            f"{'first' if choice else 'last'} dimension; pass input_data_format='channels_first' or "
+            "'channels_last' to say which",
+            stacklevel=5,  # the caller of preprocess
+        )
+    return choice
+
+
 def _to_hwc(image: Any, num_channels: int, layout: str | None = None) -> np.ndarray:
     """One image as a (height, width, num_channels) array, uint8 when it came as 8-bit, float otherwise.
-    A 3-D array or tensor is read by `layout` ("channels_first"/"channels_last") when given, else guessed
-    from its shape (tensors channels-first, arrays channels-last, unless that cannot be)."""
-    if layout is not None and isinstance(image, (np.ndarray, Tensor)) and image.ndim == 3:
+    A 3-D array or tensor is read by `layout` ("channels_first"/"channels_last") when given, else by its
+    shape (`_reads_channels_first`)."""
+    if isinstance(image, (np.ndarray, Tensor)) and image.ndim == 3:
+        if layout is None:
+            first = _reads_channels_first(tuple(image.shape), isinstance(image, Tensor))
+            layout = "channels_first" if first else "channels_last"
         if isinstance(image, Tensor):
             image = image.detach().cpu()
             image = (image.float() if image.is_floating_point() and image.dtype != torch.float64 else image).numpy()
         image = image.transpose(1, 2, 0) if layout == "channels_first" else image
-        layout = "channels_last"  # as it is now
     if isinstance(image, PIL.Image.Image):
         mode = "L" if num_channels == 1 else "RGB"
         if image.mode in _WIDE_MODES:  # scaled to 8 bits as `load_image` scales them
@@ -234,16 +261,11 @@ def _to_hwc(image: Any, num_channels: int, layout: str | None = None) -> np.ndar
         array = np.asarray(image)
         return array[:, :, None] if array.ndim == 2 else array
     if isinstance(image, Tensor):
-        if image.ndim == 3 and image.shape[0] in (1, 2, 3, 4):
-            image = image.permute(1, 2, 0)  # tensors are channels-first, as torchvision makes them
         if image.is_floating_point() and image.dtype != torch.float64:
             image = image.float()  # numpy has no bfloat16
         array = image.detach().cpu().numpy()
     elif isinstance(image, np.ndarray):
         array = image
-        guess = layout is None and array.ndim == 3
-        if guess and array.shape[-1] not in (1, 2, 3, 4) and array.shape[0] in (1, 2, 3, 4):
-            array = array.transpose(1, 2, 0)  # arrays are channels-last, unless that cannot be
     else:
         raise TypeError(
             f"images must be PIL images, numpy arrays (H, W, C) or torch tensors (C, H, W), got {type(image).__name__}"
@@ -255,8 +277,6 @@ def _to_hwc(image: Any, num_channels: int, layout: str | None = None) -> np.ndar
             f"an image array must be (H, W), (H, W, C) or, as a tensor, (C, H, W) with C in 1-4; got shape "
             f"{tuple(array.shape)}"
         )
-    if array.dtype == np.bool_:
-        array = array.astype(np.uint8) * 255
     return _convert_channels(array, num_channels)
 
 
@@ -499,8 +519,8 @@ class Swinv2ImageProcessor:
             return_tensors: "pt" (a float32 torch tensor), "np" (a numpy array) or None (a list of
                 (C, H, W) numpy arrays, which may differ in size).
             input_data_format: "channels_first" or "channels_last": how to read the arrays and tensors
-                (for a shape such as (3, 50, 4), which both could be); default: tensors channels-first,
-                arrays channels-last unless their shape says otherwise.
+                (for a shape such as (3, 50, 3), which both could be); default: by the shape, as
+                transformers reads it (a first dimension of 1 or 3 is channels; then 2 or 4 at either end).
             data_format: "channels_first" (the model's input, default) or "channels_last" for the output.
             **overrides: settings for this call only (e.g. `size=384`, `do_normalize=False`).
         """
@@ -614,7 +634,17 @@ class Swinv2ImageProcessor:
 
     @classmethod
     def from_dict(cls, config: dict[str, Any], **overrides: Any) -> Swinv2ImageProcessor:
-        return cls(**{**config, **overrides})
+        """The processor of a preprocessor_config.json's entries, `overrides` applied; a file of ConvNeXt's
+        processor is read as that processor applies it."""
+        settings = {**config, **overrides}
+        kind = settings.get("image_processor_type") or settings.get("feature_extractor_type") or ""
+        size = settings.get("size")
+        short = size.get("shortest_edge") if isinstance(size, Mapping) else None
+        if str(kind).startswith("ConvNext") and isinstance(short, int) and short >= 384:
+            # ConvNeXt's processor warps to N x N from 384 up, without the crop_pct it still writes
+            settings["size"] = {"height": short, "width": short}
+            settings.pop("crop_pct", None)
+        return cls(**settings)
 
     @classmethod
     def from_json_file(cls, path: str | os.PathLike, **overrides: Any) -> Swinv2ImageProcessor:
