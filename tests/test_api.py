@@ -381,35 +381,25 @@ def test_selu_is_torchs_selu(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "name", ["Swinv2Model", "Swinv2ForMaskedImageModeling", "Swinv2ForImageClassification", "Swinv2Backbone"]
+    "cls, positional",
+    [
+        (Swinv2Model, ["pixel_values", "bool_masked_pos", "head_mask", "output_attentions", "output_hidden_states",
+                       "return_dict"]),
+        (Swinv2ForImageClassification, ["pixel_values", "head_mask", "labels", "output_attentions",
+                                         "output_hidden_states", "return_dict"]),
+        (swinv2.Swinv2ForMaskedImageModeling, ["pixel_values", "bool_masked_pos", "head_mask", "output_attentions",
+                                               "output_hidden_states", "return_dict"]),
+    ],
 )
-def test_positional_arguments_are_transformers(name, tmp_path):
-    """The order of transformers 4.57's forward, which put `interpolate_pos_encoding` before `return_dict`
-    (the documentation of 4.37 had `return_dict` sixth): a positional call means the same in both."""
+def test_positional_arguments_are_the_documented_ones(cls, positional):
+    """The documentation's order; transformers 4.57 put `interpolate_pos_encoding` before `return_dict`, so
+    here it is keyword-only: a call written for either cannot silently mean something else."""
     import inspect
 
-    def positional(cls) -> list[str]:
-        params = inspect.signature(cls.forward).parameters.values()
-        return [p.name for p in params if p.kind == inspect.Parameter.POSITIONAL_OR_KEYWORD][1:]
-
-    ours_cls, theirs_cls = getattr(swinv2, name), getattr(transformers, name)
-    theirs_order = positional(theirs_cls)
-    assert positional(ours_cls)[: len(theirs_order)] == theirs_order
-    settings = {**PARITY_CONFIGS["two_stage"], "encoder_stride": 8}  # (transformers: 8 reconstructs 32 x 32)
-    hf = hf_model(name, settings, seed=random.randrange(2**31))
-    hf.save_pretrained(tmp_path)
-    ours = ours_cls.from_pretrained(tmp_path).eval()
-    x = torch.randn(1, 3, 32, 32)
-    args = {"pixel_values": x, "output_attentions": True, "output_hidden_states": False,
-            "interpolate_pos_encoding": False}
-    with torch.no_grad():
-        for return_dict in (True, False):
-            given = [{**args, "return_dict": return_dict}.get(n) for n in theirs_order]
-            a, b = ours(*given), hf(*given)
-            assert isinstance(a, tuple) == isinstance(b, tuple) == (not return_dict)
-            a, b = (a, b) if not return_dict else (a.to_tuple(), b.to_tuple())
-            assert len(a) == len(b)
-            torch.testing.assert_close(a[0], b[0], atol=1e-5, rtol=1e-5)
+    params = inspect.signature(cls.forward).parameters
+    kinds = inspect.Parameter
+    assert [n for n, p in params.items() if p.kind == kinds.POSITIONAL_OR_KEYWORD][1:] == positional
+    assert params["interpolate_pos_encoding"].kind == kinds.KEYWORD_ONLY
 
 
 def test_config_may_be_a_path_or_a_preset(classifier, tmp_path):

@@ -723,15 +723,16 @@ class Swinv2Model(Swinv2PreTrainedModel):
         head_mask: Tensor | Sequence[Tensor | None] | None = None,
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
-        interpolate_pos_encoding: bool = True,
         return_dict: bool | None = None,
+        *,
+        interpolate_pos_encoding: bool = True,
     ) -> Swinv2ModelOutput | tuple[Tensor, ...]:
         """`pixel_values` `(B, C, H, W)` -> `last_hidden_state` `(B, L, C_last)` and `pooler_output` `(B, C_last)`.
 
         `bool_masked_pos` `(B, num_patches)` replaces the masked patches by the mask token (needs
         `use_mask_token=True`). Absolute position embeddings, when used, are resized to the input's grid
-        whatever `interpolate_pos_encoding` says (transformers' models fail on another size without it). The
-        arguments come in transformers' order (4.57), which put `interpolate_pos_encoding` before `return_dict`.
+        whatever `interpolate_pos_encoding` says (keyword-only, for transformers' callers, whose own models
+        fail on another size without it; positionally, the sixth argument is `return_dict`, as documented).
         """
         config = self.config
         output_attentions = config.output_attentions if output_attentions is None else output_attentions
@@ -857,8 +858,9 @@ class Swinv2ForImageClassification(Swinv2PreTrainedModel):
         labels: Tensor | None = None,
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
-        interpolate_pos_encoding: bool = True,
         return_dict: bool | None = None,
+        *,
+        interpolate_pos_encoding: bool = True,
     ) -> Swinv2ImageClassifierOutput | tuple[Tensor, ...]:
         """`pixel_values` `(B, C, H, W)` -> `logits` `(B, num_labels)`; `labels` `(B,)` (or `(B, num_labels)`
         for multi-label) add the loss."""
@@ -898,8 +900,9 @@ class Swinv2ForMaskedImageModeling(Swinv2PreTrainedModel):
         head_mask: Tensor | Sequence[Tensor | None] | None = None,
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
-        interpolate_pos_encoding: bool = True,
         return_dict: bool | None = None,
+        *,
+        interpolate_pos_encoding: bool = True,
     ) -> Swinv2MaskedImageModelingOutput | tuple[Tensor, ...]:
         """`pixel_values` `(B, C, H, W)` -> `reconstruction` `(B, C, H, W)`; with `bool_masked_pos`
         `(B, num_patches)` the masked patches are hidden from the encoder and the loss is computed on them."""
