@@ -10,6 +10,7 @@ import itertools
 import json
 import logging
 import math
+import re
 
 import numpy as np
 import pytest
@@ -942,3 +943,43 @@ def test_resuming_a_longer_run_says_the_schedule_changes(tiny_config, photos, tm
         result = train(_config(tiny_config, photos, run, resume="latest", max_steps=2))
     assert result.steps == 2
     assert "the run's length changed (epochs 10, max_steps 1 there; 10, 2 now)" in caplog.text
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--clip-grad", "-1"], r"clip_grad is a gradient norm and must be >= 0 \(0: off\), got -1.0"),
+    (["--lr", "inf"], "lr must be a finite number, got inf"),
+    (["--weight-decay", "inf"], "weight_decay must be a finite number, got inf"),
+    (["--drop-path-rate", "1.5"], r"drop_path_rate must be in \[0, 1\), got 1.5"),
+    (["--num-workers", "-1"], r"num_workers must be >= 0 \(0: load in this process\), got -1"),
+    (["--randaugment", "100"], r"randaugment is a magnitude in \[0, 30\] \(0: off\), got 100"),
+    (["--randaugment", "-2"], r"randaugment is a magnitude in \[0, 30\] \(0: off\), got -2"),
+    (["--image-mean", "nan", "0", "0"], r"image_mean must be a finite number, got \[nan, 0.0, 0.0\]"),
+    (["--image-std", "0", "1", "1"], r"image_std must be > 0 for every channel"),
+])
+def test_out_of_range_training_flags_are_argument_errors(tiny_config, photos, tmp_path, capsys, flags, message):
+    """Each is refused before any work, in one line with status 2 (not a traceback from torch, nor a run)."""
+    from swinv2 import cli
+
+    run = tmp_path / "run"
+    status = cli.main(["train", "--data", str(photos), "--model", str(tiny_config), "--output", str(run),
+                       "--max-steps", "1", "--batch-size", "6", "--num-workers", "0", "--no-progress", *flags])
+    err = capsys.readouterr().err.strip()
+    assert status == 2 and len(err.splitlines()) == 1, err
+    assert re.search(message, err), err
+    assert not run.exists()
+
+
+def test_clip_grad_zero_turns_clipping_off(monkeypatch):
+    """--clip-grad 0 reaches the run as 0 (off), not as "not given", which was the default of 5."""
+    from swinv2 import cli
+    from swinv2 import training as training_module
+
+    seen = []
+
+    def fake_train(config):
+        seen.append(config)
+        raise TrainingError("stop")
+
+    monkeypatch.setattr(training_module, "train", fake_train)
+    assert cli.main(["train", "--data", "d", "--model", "m", "--output", "o", "--clip-grad", "0"]) == 2
+    assert seen[0].clip_grad == 0

@@ -219,9 +219,7 @@ def _run_train(args: argparse.Namespace) -> int:
 
     _setup_logging()
     overrides = {name: getattr(args, name, None) for name, _ in _TRAIN_FLAGS}  # None: not given (or not offered)
-    overrides["resume"] = args.resume
-    if overrides["clip_grad"] == 0:
-        overrides["clip_grad"] = None
+    overrides["resume"] = args.resume  # --clip-grad 0 stays 0 (off): None here would mean "not given", 5
     if overrides["progress"] is None:  # a bar redrawn with \r only makes sense on a terminal, not in a log file
         overrides["progress"] = sys.stderr.isatty()
     # resuming: the run's own settings first, so that `--output DIR --resume` is enough

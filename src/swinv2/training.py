@@ -80,6 +80,7 @@ CHECKPOINT_DIR = "checkpoints"
 METRICS_FILE = "metrics.jsonl"
 RUN_CONFIG_FILE = "train_config.json"
 EVAL_FILE = "eval.json"
+RANDAUGMENT_MAX = 30  # torchvision's RandAugment has 31 magnitude bins, 0 to 30
 
 
 class TrainingError(Swinv2Error):
@@ -157,6 +158,11 @@ class TrainConfig:
                 raise TrainingError(message)
 
         need(self.task in TASKS, f"task must be one of {TASKS}, got {self.task!r}")
+        # inf passes every range check below (`lr > 0`) and trains a model of NaN: no setting may be NaN or inf
+        for name, value in self.to_dict().items():
+            numbers = value if isinstance(value, list) else [value]
+            need(all(not isinstance(v, float) or math.isfinite(v) for v in numbers),
+                 f"{name} must be a finite number, got {value}")
         need(bool(self.data) or self.resume in (None, "auto"),
              f"--resume: {self.output} holds no run to continue (its {RUN_CONFIG_FILE} would give the data); "
              "check --output, or start a run there with --data DIR" if self.resume == "latest" else
@@ -173,6 +179,15 @@ class TrainConfig:
         need(self.lr > 0 and self.min_lr >= 0, f"lr must be > 0 and min_lr >= 0, got {self.lr}, {self.min_lr}")
         need(self.min_lr <= self.lr, f"min_lr ({self.min_lr}) must not exceed lr ({self.lr})")
         need(0 < self.layer_decay <= 1, f"layer_decay must be in (0, 1], got {self.layer_decay}")
+        need(self.clip_grad is None or self.clip_grad >= 0,
+             f"clip_grad is a gradient norm and must be >= 0 (0: off), got {self.clip_grad}")
+        need(self.drop_path_rate is None or 0 <= self.drop_path_rate < 1,
+             f"drop_path_rate must be in [0, 1), got {self.drop_path_rate}")
+        need(0 <= self.randaugment <= RANDAUGMENT_MAX,
+             f"randaugment is a magnitude in [0, {RANDAUGMENT_MAX}] (0: off), got {self.randaugment}")
+        need(self.num_workers >= 0, f"num_workers must be >= 0 (0: load in this process), got {self.num_workers}")
+        need(self.image_std is None or min(self.image_std, default=1) > 0,
+             f"image_std must be > 0 for every channel, got {self.image_std}")
         need(self.amp in AMP_MODES, f"amp must be one of {AMP_MODES}, got {self.amp!r}")
         need(self.ema_decay is None or 0 < self.ema_decay < 1, f"ema_decay must be in (0, 1), got {self.ema_decay}")
         need(0 <= self.label_smoothing < 1, f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
