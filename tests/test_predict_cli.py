@@ -413,3 +413,15 @@ def test_info_windows_are_the_models_where_the_grid_shrinks_below_the_window(tmp
 def test_info_on_a_missing_model(tmp_path):
     proc = swinv2_cli("info", tmp_path / "nothing-here")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr and "nothing-here" in proc.stderr
+
+
+def test_a_model_that_gives_nan_is_refused(workdir, tmp_path):
+    """NaN probabilities are no ranking: the model is named with the reason instead (a diverged training run)."""
+    model = swinv2.Swinv2ForImageClassification.from_pretrained(workdir / "named")
+    with torch.no_grad():
+        model.classifier.bias[3] = float("nan")
+    model.save_pretrained(tmp_path / "nan")
+    proc = swinv2_cli("predict", tmp_path / "nan", workdir / "photos" / "astronaut.png", "--json")
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert "gives NaN or infinite outputs: its weights hold NaN or infinite values" in proc.stderr
+    assert "Traceback" not in proc.stderr

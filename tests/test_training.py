@@ -983,3 +983,38 @@ def test_clip_grad_zero_turns_clipping_off(monkeypatch):
     monkeypatch.setattr(training_module, "train", fake_train)
     assert cli.main(["train", "--data", "d", "--model", "m", "--output", "o", "--clip-grad", "0"]) == 2
     assert seen[0].clip_grad == 0
+
+
+@pytest.mark.parametrize("amp", ["none", "fp16"])
+def test_a_diverging_run_stops_before_saving_nan_weights(tiny_config, photos, tmp_path, amp):
+    """An lr of 1e9 turns the weights into NaN (fp32) or into weights that give NaN, whose fp16 steps the loss
+    scaler skips: the run stops with the step and the fixes, and writes no checkpoint and no model."""
+    run = tmp_path / "run"
+    with pytest.raises(TrainingError, match=r"training diverged (at|by) step \d+: .*stopped without saving the "
+                                            r"weights.*a lower --lr \(this run's is 1e\+09\),? (or )?--clip-grad 1"):
+        train(_config(tiny_config, photos, run, lr=1e9, epochs=1, max_steps=None, amp=amp))
+    assert not (run / "best").exists() and not (run / "last").exists() and not list(run.glob("checkpoints/*"))
+    if (run / "metrics.jsonl").exists():  # strict JSON: no bare NaN or Infinity
+        for line in (run / "metrics.jsonl").read_text().splitlines():
+            json.loads(line, parse_constant=lambda token: pytest.fail(f"{token} in metrics.jsonl"))
+
+
+def test_json_files_write_nan_and_infinity_as_null():
+    from swinv2.training import json_text
+
+    text = json_text({"loss": float("nan"), "lr": [float("inf"), 1.0], "n": 2})
+    assert text == '{"loss": null, "lr": [null, 1.0], "n": 2}'
+
+
+def test_evaluate_refuses_a_model_that_gives_nan(photos, tmp_path, capsys):
+    from swinv2 import cli
+
+    folder = _saved_classifier(tmp_path / "model")
+    model = Swinv2ForImageClassification.from_pretrained(folder)
+    with torch.no_grad():
+        model.classifier.weight[0, 0] = float("nan")
+    model.save_pretrained(folder)
+    assert cli.main(["evaluate", str(folder), "--data", str(photos / "val"), "--num-workers", "0", "--json"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert "gives NaN or infinite outputs: its weights hold NaN or infinite values" in captured.err

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .errors import Swinv2Error
+from .errors import Swinv2Error, nonfinite_outputs
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -260,9 +260,7 @@ def _add_evaluate_parser(sub) -> None:
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:
-    import json
-
-    from .training import evaluate
+    from .training import evaluate, json_text
 
     _setup_logging()
     result = evaluate(args.model, args.data, batch_size=args.batch_size, num_workers=args.num_workers,
@@ -271,7 +269,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     if not _main_rank():  # under torchrun, rank 0 reports
         return 0
     if args.json:
-        print(json.dumps(result.to_dict()))
+        print(json_text(result.to_dict()))
         return 0
     print(f"{result.num_images} images: top-1 {result.top1:.4f}, top-5 {result.top5:.4f}, loss {result.loss:.4f} "
           f"({result.images_per_second:.0f} img/s)")
@@ -559,8 +557,11 @@ def _predict(args: argparse.Namespace) -> int:
             same = [i for i, a in enumerate(arrays) if a.shape == shape]
             pixel_values = torch.from_numpy(np.stack([arrays[i] for i in same])).to(device, model.dtype)
             with torch.inference_mode():
-                for i, p in zip(same, model(pixel_values).logits.float().softmax(-1)):
-                    probs[i] = p
+                logits = model(pixel_values).logits.float()
+            if not bool(logits.isfinite().all()):  # NaN probabilities would be printed as a ranking
+                raise Swinv2Error(nonfinite_outputs(model, repr(args.model)))
+            for i, p in zip(same, logits.softmax(-1)):
+                probs[i] = p
         top = torch.stack(probs).topk(k, dim=-1)
         for name, values, indices in zip(names, top.values.tolist(), top.indices.tolist()):
             results.append(
