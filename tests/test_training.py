@@ -1018,3 +1018,21 @@ def test_evaluate_refuses_a_model_that_gives_nan(photos, tmp_path, capsys):
     captured = capsys.readouterr()
     assert captured.out == ""
     assert "gives NaN or infinite outputs: its weights hold NaN or infinite values" in captured.err
+
+
+def test_labels_in_other_scripts_are_matched_by_their_own_letters(photos, tmp_path):
+    """"犬" and "猫" once both spelled "" and were paired; case still does not matter, in any script."""
+    import shutil
+
+    from swinv2.training import evaluate, match_labels
+
+    assert match_labels(["猫", "sneaker", "trouser"], ["犬", "sneaker"]) is None
+    assert match_labels(["Straße", "Кот", "?"], ["кот", "STRASSE", "!"]) is None  # "!" and "?" spell nothing
+    assert match_labels(["Straße", "Кот"], ["кот", "STRASSE"]) == [1, 0]
+    model = _saved_classifier(tmp_path / "model")
+    _relabel(model, ["猫", "coffee", "rocket"])
+    data = tmp_path / "data"
+    for folder, name in (("犬", "cat"), ("coffee", "coffee")):
+        shutil.copytree(photos / "val" / name, data / folder)
+    with pytest.raises(TrainingError, match=r"the data's classes 犬 are not labels of"):
+        evaluate(str(model), str(data), num_workers=0, progress=False)

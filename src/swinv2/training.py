@@ -940,8 +940,9 @@ def _eval_result(raw: Mapping[str, Any], class_names: Sequence[str]) -> EvalResu
 
 
 def _folder_name(label: str) -> str:
-    """A label as a class folder can spell it: case and punctuation aside ("T-shirt/top" ~ "t-shirt_top")."""
-    return re.sub(r"[^0-9a-z]+", "_", label.lower()).strip("_")
+    """A label as a class folder can spell it: case and punctuation aside ("T-shirt/top" ~ "t-shirt_top").
+    Letters and digits of every script are kept ("犬" and "猫" stay apart); "" for a label of punctuation only."""
+    return re.sub(r"[\W_]+", "_", label.casefold()).strip("_")
 
 
 def match_labels(labels: Sequence[str], class_names: Sequence[str]) -> list[int] | None:
@@ -954,7 +955,7 @@ def match_labels(labels: Sequence[str], class_names: Sequence[str]) -> list[int]
     for name in class_names:
         if name in labels:
             index.append(list(labels).index(name))
-        elif len(spelled.get(_folder_name(name), [])) == 1:
+        elif _folder_name(name) and len(spelled.get(_folder_name(name), [])) == 1:  # "" would pair "?" and "!"
             index.append(spelled[_folder_name(name)][0])
         else:
             return None
