@@ -1036,3 +1036,18 @@ def test_labels_in_other_scripts_are_matched_by_their_own_letters(photos, tmp_pa
         shutil.copytree(photos / "val" / name, data / folder)
     with pytest.raises(TrainingError, match=r"the data's classes 犬 are not labels of"):
         evaluate(str(model), str(data), num_workers=0, progress=False)
+
+
+def test_a_data_error_in_a_dataloader_worker_is_one_line(tiny_config, tmp_path, capsys):
+    """torch re-raises a worker's error with the worker's whole traceback in its message: only ours is shown."""
+    from swinv2 import cli
+
+    for split, name, i in itertools.product(("train", "val"), ("a", "b"), range(4)):
+        (tmp_path / "data" / split / name).mkdir(parents=True, exist_ok=True)
+        (tmp_path / "data" / split / name / f"{i}.jpg").write_text("not a JPEG but a text file")
+    status = cli.main(["train", "--data", str(tmp_path / "data"), "--model", str(tiny_config), "--output",
+                       str(tmp_path / "run"), "--max-steps", "1", "--batch-size", "4", "--num-workers", "2",
+                       "--no-progress", "--no-tensorboard"])
+    err = capsys.readouterr().err
+    assert status == 2 and "Traceback" not in err and "DataLoader worker" not in err, err
+    assert err.splitlines()[-1] == "swinv2 train: error: no image of the dataset could be read; check the data folder"

@@ -357,7 +357,7 @@ def main(argv: list[str] | None = None) -> int:
         # one write so that two processes' lines do not run together.
         if _main_rank() or os.environ.get("LOCAL_RANK", "0") == "0":
             rank = "" if _main_rank() else f" (rank {os.environ['RANK']})"
-            sys.stderr.write(f"swinv2 {args.command}{rank}: error: {err}\n")
+            sys.stderr.write(f"swinv2 {args.command}{rank}: error: {_own_message(err)}\n")
         return 2
     except KeyboardInterrupt:
         # training keeps its atomic checkpoints: say how to go on instead of printing a traceback
@@ -369,6 +369,17 @@ def main(argv: list[str] | None = None) -> int:
 
 
 # ---------------------------------------------------------------------------------------------- shared helpers
+def _own_message(err: Exception) -> str:
+    """The message of `err`, without the worker's traceback that a DataLoader worker's error carries: torch
+    re-raises it in this process as `type(text)`, text being "Caught DataError in DataLoader worker process 0.
+    Original Traceback (most recent call last): ... swinv2.data.DataError: <the message>"."""
+    text = str(err)
+    if "\nOriginal Traceback" not in text:
+        return text
+    marker = f"\n{type(err).__module__}.{type(err).__qualname__}: "
+    return text.rpartition(marker)[2].strip() if marker in text else text
+
+
 _DEVICES = ("auto", "cpu", "cuda", "mps")
 
 
