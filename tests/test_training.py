@@ -1051,3 +1051,24 @@ def test_a_data_error_in_a_dataloader_worker_is_one_line(tiny_config, tmp_path, 
     err = capsys.readouterr().err
     assert status == 2 and "Traceback" not in err and "DataLoader worker" not in err, err
     assert err.splitlines()[-1] == "swinv2 train: error: no image of the dataset could be read; check the data folder"
+
+
+def test_evaluate_with_workers_reports_each_unreadable_image_once(photos, tmp_path):
+    """tqdm.auto iterated the DataLoader twice, so its workers started twice and each said so again."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    import swinv2
+
+    model = _saved_classifier(tmp_path / "model")
+    data = tmp_path / "data"
+    shutil.copytree(photos / "val", data)
+    (data / "cat" / "broken.png").write_text("not a PNG")
+    src = os.path.dirname(os.path.dirname(swinv2.__file__))
+    proc = subprocess.run([sys.executable, "-m", "swinv2", "evaluate", str(model), "--data", str(data),
+                           "--num-workers", "1", "--batch-size", "4"], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": src})
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.count("skipping an unreadable image") == 1, proc.stderr

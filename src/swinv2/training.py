@@ -908,7 +908,11 @@ def _evaluate_loader(model: nn.Module, dataset: torch.utils.data.Dataset, num_cl
     top5_hits = torch.zeros((), dtype=torch.float64, device=device)
     confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
     start = time.perf_counter()
-    for pixels, labels in tqdm(loader, desc="evaluate", leave=False, disable=not (progress and dist.main)):
+    # an iterator, not the loader: tqdm.auto's asyncio base calls iter() on what it gets and its __iter__ then
+    # iterates it again, which started the workers twice (each reporting every unreadable image)
+    batches = iter(loader)
+    for pixels, labels in tqdm(batches, total=len(loader), desc="evaluate", leave=False,
+                               disable=not (progress and dist.main)):
         pixels, labels = pixels.to(device, non_blocking=True), labels.to(device, non_blocking=True)
         with _autocast(device, amp):
             logits = model(pixel_values=pixels).logits.float()
