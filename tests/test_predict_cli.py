@@ -425,3 +425,16 @@ def test_a_model_that_gives_nan_is_refused(workdir, tmp_path):
     assert proc.returncode == 2 and proc.stdout == ""
     assert "gives NaN or infinite outputs: its weights hold NaN or infinite values" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("command", [["info"], ["predict", "--json"]])
+def test_a_reader_that_goes_away_ends_the_command_quietly(workdir, command):
+    """`swinv2 info MODEL | head -1`: no BrokenPipeError traceback; the status of a command ended by SIGPIPE."""
+    name, *flags = command
+    inputs = [str(workdir / "photos")] if name == "predict" else []
+    env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    proc = subprocess.Popen([sys.executable, "-m", "swinv2", name, str(workdir / "named"), *inputs, *flags],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    proc.stdout.close()  # the reader is gone before the first line
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=300) == 141 and err == "", err

@@ -350,7 +350,14 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return args.func(args)
+        status = args.func(args)
+        sys.stdout.flush()  # here, so that a reader that went away is met below and not at the exit's flush
+        return status
+    except BrokenPipeError:
+        # `swinv2 predict ... | head -1`: the reader has what it wanted. Stop quietly with the status of a
+        # command that SIGPIPE ends (128 + 13), and point stdout at /dev/null for the interpreter's last flush.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except Swinv2Error as err:
         # Under torchrun every process meets the same bad setting or data and raises the same error: one
         # process per machine says it (rank 0, and the first of each other node, whose files may differ), in
