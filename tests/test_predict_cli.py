@@ -438,3 +438,13 @@ def test_a_reader_that_goes_away_ends_the_command_quietly(workdir, command):
     proc.stdout.close()  # the reader is gone before the first line
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=300) == 141 and err == "", err
+
+
+def test_a_pattern_that_matches_folders_searches_them(workdir):
+    """'photos/m*' names the folder more/: its images are classified, as with the folder itself."""
+    from swinv2.cli import _collect_inputs
+
+    files, missing = _collect_inputs([str(workdir / "photos" / "m*")])
+    assert missing == [] and [f.name for f in files] == ["chelsea.jpg", "flower_rgba.png"]
+    files, missing = _collect_inputs([str(workdir / "photos" / "*")])
+    assert missing == [] and sorted(files) == photo_files(workdir)

@@ -488,17 +488,22 @@ def _collect_inputs(inputs: list[str]) -> tuple[list[Path], list[tuple[str, str]
     def visible(path: Path, root: Path) -> bool:
         return not any(part.startswith(".") for part in path.relative_to(root).parts)
 
+    def in_folder(folder: Path) -> list[Path]:
+        return sorted(f for f in folder.rglob("*") if f.is_file() and visible(f, folder))
+
     for text in inputs:
         path = Path(text).expanduser()
         if path.is_dir():
-            found = sorted(f for f in path.rglob("*") if f.is_file() and visible(f, path))
+            found = in_folder(path)
             if not found:
                 missing.append((text, "folder holds no files"))
             files.extend(found)
         elif path.is_file():
             files.append(path)
         elif _GLOB_CHARS & set(text):
-            found = sorted(Path(f) for f in glob.glob(str(path), recursive=True) if Path(f).is_file())
+            # a folder that the pattern matches ('photos/*' over class folders) is searched as a folder argument is
+            matches = sorted(Path(f) for f in glob.glob(str(path), recursive=True))
+            found = [f for m in matches for f in (in_folder(m) if m.is_dir() else [m] if m.is_file() else [])]
             if not found:
                 missing.append((text, "no files match this pattern"))
             files.extend(found)
