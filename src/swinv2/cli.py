@@ -71,7 +71,9 @@ def _run_convert(args: argparse.Namespace) -> int:
         config = None if args.config is None else Swinv2Config.from_pretrained(args.config)
         source_format, model = convert(args.source, args.destination, args.to, config=config)
     except CheckpointError as err:
-        if args.config is None and "config" in str(err):  # advice in Python arguments: what the command takes
+        # advice in Python arguments ("pass config=..."): what the command takes; not for every message that
+        # says "config" ("a folder with config.json")
+        if args.config is None and "config=" in str(err):
             raise CheckpointError(f"{err}. On the command line: --config PRESET_OR_CONFIG_JSON") from err
         raise
     except Swinv2Error:
