@@ -212,7 +212,7 @@ def test_atomic_write_keeps_the_old_file_when_the_writer_fails(tmp_path):
     def denied(tmp):
         raise OSError(errno.EACCES, "Permission denied")
 
-    with pytest.raises(OSError, match=r"\(\[Errno 13\] Permission denied\): write elsewhere\. Nothing"):
+    with pytest.raises(OSError, match=r"state.pt \(Permission denied\): write elsewhere\. Nothing"):
         atomic_write(path, denied)  # not a full disk: no advice to free space
 
 

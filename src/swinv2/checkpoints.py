@@ -78,10 +78,12 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
     path = Path(path)
     if path.is_dir():
         raise WriteError(f"{path} is a folder: name the file to write (e.g. {path / 'model.safetensors'})")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    tmp = None
     try:
+        # inside the try: a read-only or full folder fails here already, and gets the same message
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
         write(tmp)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
@@ -91,15 +93,20 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
         os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     except BaseException as err:
-        free = shutil.disk_usage(path.parent).free / 2**20  # before the partial file goes
-        if os.path.exists(tmp):
+        try:
+            free = shutil.disk_usage(path.parent).free / 2**20  # before the partial file goes
+        except OSError:  # no such folder: it could not be made
+            free = 0.0
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
         # The writers' own errors for a full disk or a failed device say little (torch.save: a RuntimeError
         # from its stream writer, safetensors: SafetensorError): name the file, the free space and the fix.
         # Other errors of a writer (an exporter's, say) are its own business and pass unchanged.
         torch_write = isinstance(err, RuntimeError) and ("inline_container" in str(err) or "StreamWriter" in str(err))
         if isinstance(err, OSError) or torch_write or type(err).__name__ == "SafetensorError":
-            reason = (str(err).strip().splitlines() or [type(err).__name__])[-1]
+            # an OSError's own text names the temporary file, which the user never asked for
+            reason = (err.strerror if isinstance(err, OSError) and err.strerror
+                      else (str(err).strip().splitlines() or [type(err).__name__])[-1])
             full = not isinstance(err, OSError) or err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO)
             fix = f"; {free:.0f} MiB free there): free space or write elsewhere" if full else "): write elsewhere"
             raise WriteError(f"could not write {path} ({reason}{fix}. Nothing was left half-written") from err
@@ -1713,5 +1720,25 @@ def convert(
         except UserWarning as err:
             raise CheckpointError(f"{source} does not fill a {cls.__name__}: {err}") from err
     model.to(dtype=_target_dtype("auto", state)).eval()
-    write_checkpoint(model, destination, fmt)
+    if fmt != "hf":
+        write_checkpoint(model, destination, fmt)
+        return source_fmt, model
+    from .processing import PREPROCESSOR_CONFIG_NAME, Swinv2ImageProcessor
+
+    # The source's image settings go along: without them the folder's processor would be rebuilt from
+    # config.json (ImageNet's mean and std), and predictions change. Looked up where the processor looks.
+    own = [f for f in (p.parent / PREPROCESSOR_CONFIG_NAME for p in (weights_path, config_path) if p) if f.is_file()]
+    try:
+        processor = Swinv2ImageProcessor.from_json_file(own[0]) if own else None
+    except (ValueError, TypeError) as err:
+        raise CheckpointError(f"cannot read the image settings of {source} ({own[0]}): {err}") from err
+    created = [p for p in (target, *target.parents) if not p.exists()]
+    try:
+        write_checkpoint(model, target, fmt)
+        if processor is not None:
+            processor.save_pretrained(target)
+    except BaseException:
+        if created:  # a failed write leaves no folder behind (only what this call made: never the user's)
+            shutil.rmtree(created[-1], ignore_errors=True)
+        raise
     return source_fmt, model

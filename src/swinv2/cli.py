@@ -869,15 +869,21 @@ def _run_export(args: argparse.Namespace) -> int:
         return fail(f"OUTPUT {args.output!r} is a folder; give a file name such as model.onnx", 2)
     import torch
 
-    from swinv2.export import DEFAULT_OPSET, check_onnx, export_onnx
+    from swinv2.checkpoints import WriteError
+    from swinv2.export import DEFAULT_OPSET, check_onnx, check_opset, export_onnx
 
+    opset = DEFAULT_OPSET if args.opset is None else args.opset
+    try:
+        check_opset(opset, args.exporter)  # an argument: checked before the model is loaded
+    except ValueError as err:
+        return fail(f"--opset {opset}: {err}", 2)
     cls_name = _export_model_class(args.model, args.model_class)
     model = _load_model(args.model, cls_name)
     image_size = tuple(args.image_size) if args.image_size else model.config.image_hw
     try:
         used = export_onnx(model, args.output, image_size=image_size, dynamic_batch=args.dynamic_batch,
-                           opset=args.opset or DEFAULT_OPSET, exporter=args.exporter)
-    except ImportError as err:
+                           opset=opset, exporter=args.exporter)
+    except (ImportError, WriteError) as err:  # a write failure is the file's: no exporter would do better
         return fail(str(err), 1)
     except Exception as err:  # exporter failures come in many types; report them in one line
         return fail(f"the {args.exporter} export failed: {type(err).__name__}: {str(err).splitlines()[0]}", 1)
