@@ -448,3 +448,14 @@ def test_a_pattern_that_matches_folders_searches_them(workdir):
     assert missing == [] and [f.name for f in files] == ["chelsea.jpg", "flower_rgba.png"]
     files, missing = _collect_inputs([str(workdir / "photos" / "*")])
     assert missing == [] and sorted(files) == photo_files(workdir)
+
+
+def test_info_labels_zero_shows_only_their_number_and_negative_is_refused(workdir, capsys):
+    from swinv2.cli import main
+
+    assert main(["info", str(workdir / "named"), "--labels", "0"]) == 0
+    line = next(li for li in capsys.readouterr().out.splitlines() if li.startswith("labels"))
+    assert line == "labels         10 (from config)"
+    with pytest.raises(SystemExit) as info:
+        main(["info", str(workdir / "named"), "--labels", "-3"])
+    assert info.value.code == 2 and "--labels: expected an integer >= 0, got -3" in capsys.readouterr().err

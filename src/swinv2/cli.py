@@ -680,7 +680,8 @@ def _add_info_parser(sub: Any) -> None:
         "input size (counted with torch.utils.flop_counter.FlopCounterMode) and its class names.",
     )
     p.add_argument("model", metavar="MODEL", help="folder, weights file or hub id")
-    p.add_argument("--labels", type=int, default=5, metavar="N", help="class names to list (default 5)")
+    p.add_argument("--labels", type=_non_negative_int, default=5, metavar="N",
+                   help="class names to list (default 5; 0: only their number)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=_info)
 
@@ -772,7 +773,7 @@ def _info(args: argparse.Namespace) -> int:
         id2label, source = resolve_id2label(config)
         info["num_labels"] = len(id2label)
         info["labels_from"] = source
-        info["labels"] = [id2label[i] for i in sorted(id2label)[: max(args.labels, 0)]]
+        info["labels"] = [id2label[i] for i in sorted(id2label)[: args.labels]]
     if args.json:
         import json
 
@@ -807,8 +808,8 @@ def _info_text(info: dict[str, Any]) -> str:
         shown = "; ".join(info["labels"])
         more = info["num_labels"] - len(info["labels"])
         lines.append(
-            f"labels         {info['num_labels']} (from {info['labels_from']}): {shown}"
-            + (f"; ... ({more} more)" if more > 0 else "")
+            f"labels         {info['num_labels']} (from {info['labels_from']})"
+            + (f": {shown}" + (f"; ... ({more} more)" if more > 0 else "") if shown else "")
         )
     return "\n".join(lines)
 
