@@ -228,6 +228,19 @@ def test_latest_checkpoint_skips_a_damaged_one(tmp_path, caplog):
     assert latest_checkpoint(tmp_path / "nothing-here") is None
 
 
+@pytest.mark.parametrize("damage", ["text", "truncated"])
+def test_a_damaged_checkpoint_is_called_truncated_or_corrupt(tmp_path, caplog, damage):
+    """Not torch's advice to re-run torch.load with weights_only=False, which it gives for any bytes its
+    unpickler refuses."""
+    path = checkpoint_path(tmp_path, 2)
+    atomic_write(path, lambda tmp: torch.save({"model": {"w": torch.zeros(1000)}, "step": 2}, tmp))
+    path.write_bytes(b"garbage\n" if damage == "text" else path.read_bytes()[:2000])
+    with caplog.at_level(logging.WARNING, logger="swinv2"):
+        assert latest_checkpoint(tmp_path) is None
+    assert "truncated or corrupt" in caplog.text and "weights_only" not in caplog.text, caplog.text
+    assert caplog.text.count("step_00000002.pt") == 1
+
+
 # ---------------------------------------------------------------------------------------------- configuration
 def test_config_file_then_flags(tmp_path):
     yaml_file = tmp_path / "run.yaml"

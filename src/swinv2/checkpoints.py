@@ -182,9 +182,29 @@ def load_checkpoint_file(path: str | os.PathLike) -> tuple[dict[str, Tensor], di
         if not tensors:
             raise CheckpointError(f"{path} holds no tensors")
         return tensors, _parse_embedded_config(metadata.get(EMBEDDED_CONFIG_KEY), path)
+    obj = torch_load(path)
+    embedded = None
+    if isinstance(obj, dict):
+        embedded = obj.get(EMBEDDED_CONFIG_KEY)
+        trained = obj.get(TRAINING_CONFIG_KEY)  # `swinv2 train`'s checkpoints: a dict beside "model"
+        if embedded is None and isinstance(trained, dict) and trained.get("model_type") == "swinv2":
+            embedded = trained
+        if embedded is None:
+            embedded = _timm_train_config(obj)
+    return _unwrap_state_dict(obj, path), _parse_embedded_config(embedded, path)
+
+
+def torch_load(path: Path) -> Any:
+    """What `torch.save` wrote to `path`, read with `weights_only=True` (tensors, containers, numbers, strings
+    and the `SAFE_GLOBALS`); a CheckpointError that says why not, in one line, instead of torch's advice to
+    unpickle without weights_only (which it gives for any bytes its unpickler refuses, a damaged file's too)."""
+    with path.open("rb") as f:
+        head = f.read(4)
+    if not head.startswith((b"PK\x03\x04", b"\x80")):  # neither torch.save's zip nor a pickle
+        raise CheckpointError(f"{path} is truncated or corrupt: it is not a file torch.save wrote")
     try:
         with torch.serialization.safe_globals(list(SAFE_GLOBALS)):
-            obj = torch.load(path, map_location="cpu", weights_only=True)
+            return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises several unrelated types for a bad pickle
         text = str(err)
         if "Weights only load failed" in text or "Unsupported global" in text:
@@ -198,15 +218,6 @@ def load_checkpoint_file(path: str | os.PathLike) -> tuple[dict[str, Tensor], di
             f"{path} could not be read as a PyTorch checkpoint ({type(err).__name__}: {first_line}); "
             "it may be truncated or corrupt: download or save it again"
         ) from err
-    embedded = None
-    if isinstance(obj, dict):
-        embedded = obj.get(EMBEDDED_CONFIG_KEY)
-        trained = obj.get(TRAINING_CONFIG_KEY)  # `swinv2 train`'s checkpoints: a dict beside "model"
-        if embedded is None and isinstance(trained, dict) and trained.get("model_type") == "swinv2":
-            embedded = trained
-        if embedded is None:
-            embedded = _timm_train_config(obj)
-    return _unwrap_state_dict(obj, path), _parse_embedded_config(embedded, path)
 
 
 def _timm_train_config(obj: dict[str, Any]) -> dict[str, Any] | None:

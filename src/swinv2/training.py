@@ -716,7 +716,9 @@ def list_checkpoints(run: Path) -> list[Path]:
 
 def read_checkpoint(path: Path) -> dict[str, Any]:
     """A training checkpoint (tensors and plain values only: `weights_only=True`)."""
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    from .checkpoints import torch_load
+
+    state = torch_load(path)  # a damaged file is named as such, not with torch's unpickling advice
     if not isinstance(state, dict) or "model" not in state or "step" not in state:
         raise CheckpointError(f"{path} is not a swinv2 training checkpoint (no model/step entries)")
     return state
@@ -730,7 +732,7 @@ def latest_checkpoint(target: Path) -> tuple[Path, dict[str, Any]] | None:
         try:
             return path, read_checkpoint(path)
         except Exception as err:  # a damaged file: take the one before it
-            logger.warning("skipping the unreadable checkpoint %s: %s", path, err)
+            logger.warning("skipping an unreadable checkpoint: %s", err)  # CheckpointError's message names it
     return None
 
 
