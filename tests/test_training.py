@@ -1085,3 +1085,25 @@ def test_evaluate_with_workers_reports_each_unreadable_image_once(photos, tmp_pa
                           env={**os.environ, "PYTHONPATH": src})
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr.count("skipping an unreadable image") == 1, proc.stderr
+
+
+def test_resuming_another_run_into_a_new_output_takes_that_runs_settings(tiny_config, photos, tmp_path, capsys):
+    """`--output NEW --resume RUN`: the flags not given are RUN's (its batch size, lr, data), as when resuming
+    in place; before, the built-in defaults were compared with them and the resume refused."""
+    import shutil
+
+    from swinv2 import cli
+
+    run = tmp_path / "run"
+    train(_config(tiny_config, photos, run, new_head=True, max_steps=2, lr=1e-3))
+    new = tmp_path / "new"
+    for resume in (run, sorted((run / "checkpoints").glob("*.pt"))[-1]):
+        status = cli.main(["train", "--output", str(new), "--resume", str(resume), "--max-steps", "3",
+                           "--no-progress", "--keep-checkpoints", "1"])
+        captured = capsys.readouterr()
+        assert status == 0, captured.err
+        assert "done: 3 steps" in captured.out
+        saved = json.loads((new / "train_config.json").read_text())
+        assert (saved["batch_size"], saved["lr"], saved["output"]) == (6, 1e-3, str(new))
+        assert not list((run / "checkpoints").glob("step_00000003.pt"))  # RUN itself is left as it was
+        shutil.rmtree(new)

@@ -216,6 +216,17 @@ def _setup_logging() -> None:
     logging.basicConfig(level=logging.INFO if _main_rank() else logging.WARNING, format="%(message)s")
 
 
+def _resumed_run(args: argparse.Namespace) -> str | None:
+    """The run folder that --resume continues: --output's for 'latest' and 'auto', else PATH's (the folder of
+    a checkpoint file, RUN/checkpoints/step_N.pt); None when not resuming."""
+    if args.resume is None:
+        return None
+    if args.resume in ("latest", "auto"):
+        return args.output
+    path = Path(args.resume).expanduser()
+    return str(path.parent.parent if path.is_file() else path)
+
+
 def _run_train(args: argparse.Namespace) -> int:
     from .training import resolve_config, saved_settings, train
 
@@ -224,8 +235,12 @@ def _run_train(args: argparse.Namespace) -> int:
     overrides["resume"] = args.resume  # --clip-grad 0 stays 0 (off): None here would mean "not given", 5
     if overrides["progress"] is None:  # a bar redrawn with \r only makes sense on a terminal, not in a log file
         overrides["progress"] = sys.stderr.isatty()
-    # resuming: the run's own settings first, so that `--output DIR --resume` is enough
-    defaults = saved_settings(args.output) if args.resume is not None and args.output else {}
+    # resuming: the settings of the run resumed come first, so that `--output DIR --resume` is enough and
+    # `--output NEW --resume RUN` compares with RUN's settings, not with the built-in defaults
+    run = _resumed_run(args)
+    defaults = saved_settings(run) if run else {}
+    if run and run != args.output:
+        defaults.pop("output", None)  # the copy goes where --output says, never back into RUN unasked
     config = resolve_config(args.config, overrides, **{**defaults, "task": args.task})
     result = train(config)
     if not _main_rank():  # under torchrun, rank 0 reports
