@@ -1031,15 +1031,14 @@ def infer_config(
         fields["num_labels"] = canonical["classifier.weight"].shape[0]
     if "decoder.0.weight" in canonical:
         fields["encoder_stride"] = math.isqrt(canonical["decoder.0.weight"].shape[0] // num_channels)
-    hint = next((kwargs for kwargs in map(preset_kwargs, names) if kwargs), {})
-    geometry = _geometry(_with_buffers_renamed(state, fmt), canonical, fmt, patch_h, fields["depths"], hint)
+    named, hint = next(((name, kwargs) for name in names if (kwargs := preset_kwargs(name))), ("", {}))
+    contradicted = ""
     if hint and (hint["embed_dim"], hint["depths"]) != (embed_dim, fields["depths"]):
-        logger.warning(
-            "the checkpoint's name says %s, its tensors say embed_dim %d, depths %s: the tensors win",
-            names,
-            embed_dim,
-            fields["depths"],
-        )
+        # a name of another architecture (a renamed file): its window and image size are not this model's either
+        contradicted = (f" (its name {named} is that of another architecture: embed_dim {hint['embed_dim']}, depths "
+                        f"{hint['depths']}, where its tensors have {embed_dim}, {fields['depths']})")
+        hint = {}
+    geometry = _geometry(_with_buffers_renamed(state, fmt), canonical, fmt, patch_h, fields["depths"], hint)
     for name in ("window_size", "image_size", "pretrained_window_sizes"):
         value = geometry.get(name, hint.get(name))
         if value is not None:
@@ -1060,10 +1059,11 @@ def infer_config(
         }.get(fmt, "")
         raise CheckpointError(
             f"this {fmt} checkpoint does not record its {' and '.join(unknown)}{why} and its name does not tell "
-            f"{pronoun}. Pass {pronoun} (from_pretrained(path, "
+            f"{pronoun}{contradicted}. Pass {pronoun} (from_pretrained(path, "
             f"{', '.join(example[name] for name in unknown)})), or config=Swinv2Config(...) or a preset name "
-            "(Swinv2Config.from_pretrained('swinv2-tiny-patch4-window8-256')), or keep the official file "
-            "name (e.g. swinv2_tiny_patch4_window8_256.pth, swin_v2_t-b137f0e2.pth)"
+            "(Swinv2Config.from_pretrained('swinv2-tiny-patch4-window8-256'))"
+            + ("" if contradicted else ", or keep the official file name (e.g. swinv2_tiny_patch4_window8_256.pth, "
+               "swin_v2_t-b137f0e2.pth)")
         )
     return Swinv2Config(**fields)
 
