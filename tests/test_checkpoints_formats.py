@@ -8,6 +8,7 @@ reference. Tolerance: atol 1e-5 on float32 logits (the same math in another orde
 
 from __future__ import annotations
 
+import logging
 import re
 import warnings
 from pathlib import Path
@@ -471,6 +472,25 @@ def test_official_file_name_gives_the_config(tmp_path):
     torch.save({"model": state}, path)
     model = swinv2.Swinv2ForImageClassification.from_pretrained(path)
     assert model.config.to_dict() == reference.config.to_dict()
+
+
+def test_an_official_name_on_another_architecture_gives_no_window_nor_size(tmp_path, caplog):
+    """A small timm model saved as swinv2_tiny_window8_256.pth: the name's window 8 and size 256 belong to the
+    tiny architecture that the tensors contradict, so they are asked for, with the name once (no warning
+    listing it with duplicates); given, the file loads."""
+    reference = timm_small()
+    path = tmp_path / "swinv2_tiny_window8_256.pth"
+    torch.save(reference.state_dict(), path)
+    with caplog.at_level(logging.WARNING, logger="swinv2"), pytest.raises(ck.CheckpointError) as info:
+        swinv2.Swinv2ForImageClassification.from_pretrained(path)
+    message = str(info.value)
+    assert "does not record its window_size and image_size" in message
+    assert ("its name swinv2_tiny_window8_256.pth is that of another architecture: embed_dim 96, depths "
+            "[2, 2, 6, 2], where its tensors have 32, [2, 2]") in message
+    assert message.count("swinv2_tiny_window8_256.pth") == 1 and "keep the official file name" not in message
+    assert caplog.text == ""
+    model = swinv2.Swinv2ForImageClassification.from_pretrained(path, window_size=4, image_size=64)
+    assert (model.config.window_size, model.config.image_size) == (4, 64)
 
 
 def test_simmim_checkpoint_round_trip_and_fine_tuning(tmp_path):

@@ -158,7 +158,8 @@ def test_dtype_is_kept(tmp_path):
 
 def test_errors_are_one_clear_line(tmp_path, capsys):
     assert run(tmp_path / "missing.pth", tmp_path / "out.pth", "--to", "timm") == 2
-    assert "swinv2 convert: error:" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "swinv2 convert: error:" in err and "--config" not in err  # a missing file needs no config
 
     with_positions = hf_folder(small_model(use_absolute_embeddings=True), tmp_path / "positions")
     assert run(with_positions, tmp_path / "out.pth", "--to", "timm") == 2
@@ -194,3 +195,45 @@ def test_console_script_entry_point(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "(hf, Swinv2ForImageClassification" in result.stdout
     assert ck.detect_format(torch.load(out, weights_only=True)["model"]) == "microsoft"
+
+
+def test_hf_output_keeps_the_image_settings(tmp_path):
+    """A model normalised with mean and std 0.5: without its preprocessor_config.json the converted folder's
+    processor would be rebuilt with ImageNet's, and its predictions would change silently."""
+    source = hf_folder(small_model(), tmp_path / "source")
+    processor = swinv2.Swinv2ImageProcessor(size=64, image_mean=[0.5] * 3, image_std=[0.5] * 3)
+    processor.save_pretrained(source)
+    assert run(source, tmp_path / "out", "--to", "hf") == 0
+    carried = swinv2.AutoImageProcessor.from_pretrained(tmp_path / "out")
+    assert carried.to_dict() == swinv2.AutoImageProcessor.from_pretrained(source).to_dict()
+    assert list(carried.image_mean) == [0.5] * 3
+
+
+def test_a_failed_write_leaves_no_file_nor_folder(tmp_path, capsys, monkeypatch):
+    """A read-only folder is named without the temporary file's name; an hf folder that a full disk stopped
+    half-way is removed when this convert made it (and an existing one is kept)."""
+    import errno
+    import tempfile
+
+    source = hf_folder(small_model(), tmp_path / "source")
+
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system", str(tmp_path / "ro" / ".x.pth.abcdefgh.tmp"))
+
+    with monkeypatch.context() as patch:
+        patch.setattr(tempfile, "mkstemp", read_only)
+        assert run(source, tmp_path / "ro" / "x.pth", "--to", "timm") == 2
+    err = capsys.readouterr().err
+    assert f"could not write {tmp_path / 'ro' / 'x.pth'} (Read-only file system): write elsewhere" in err
+    assert ".tmp" not in err and not (tmp_path / "ro" / "x.pth").exists()
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr("safetensors.torch.save_file", full)
+    assert run(source, tmp_path / "new" / "hf", "--to", "hf") == 2
+    assert "No space left on device" in capsys.readouterr().err
+    assert not (tmp_path / "new").exists()
+    (tmp_path / "existing").mkdir()
+    assert run(source, tmp_path / "existing", "--to", "hf") == 2
+    assert (tmp_path / "existing").is_dir()

@@ -174,3 +174,53 @@ def test_an_opset_older_than_the_dynamo_exporters_is_written_or_refused(tmp_path
     with pytest.raises(ValueError, match=r"cannot write this model at opset 9 .*use a newer opset"):
         export_onnx(model, tmp_path / "opset9.onnx", opset=9)
     assert sorted(os.listdir(tmp_path)) == ["opset17.onnx"]
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--opset", "99"], r"--opset 99: opset 99 is not one PyTorch's ONNX exporters write: use 7-\d+"),
+    (["--opset", "-1"], r"--opset -1: opset -1 is not one"),
+    (["--opset", "17", "--exporter", "dynamo"], r"--opset 17: the dynamo ONNX exporter writes opset 18 and newer"),
+])
+def test_a_bad_opset_is_an_argument_error_found_before_the_model_is_loaded(tmp_path, capsys, flags, message):
+    import re
+
+    # the model does not exist: the opset is what is reported, with the status of bad arguments
+    assert cli.main(["export", str(tmp_path / "no-model"), str(tmp_path / "a.onnx"), *flags]) == 2
+    err = capsys.readouterr().err
+    assert re.search(message, err) and "no-model" not in err, err
+
+
+@pytest.mark.parametrize("failure", ["read-only", "full"])
+def test_a_write_failure_is_named_and_does_not_fall_back_to_the_other_exporter(tmp_path, capsys, monkeypatch,
+                                                                               failure):
+    """The TorchScript exporter would fail the same way (read-only), or write silently what was not asked for
+    (a disk that dynamo filled, then freed): the write error is reported, exit 1, and nothing is left."""
+    import errno
+    import tempfile
+    import warnings
+
+    model = tmp_path / "model"
+    perturbed(swinv2.Swinv2ForImageClassification, num_labels=3).save_pretrained(model)
+    if failure == "read-only":
+        def refuse(*args, **kwargs):
+            raise OSError(errno.EROFS, "Read-only file system", str(tmp_path / "out" / ".a.onnx.x.tmp"))
+
+        monkeypatch.setattr(tempfile, "mkstemp", refuse)
+    else:
+        def full(*args, **kwargs):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        monkeypatch.setattr("swinv2.export._export_dynamo", full)
+
+    def not_expected(*args, **kwargs):
+        raise AssertionError("fell back to the TorchScript exporter")
+
+    monkeypatch.setattr("swinv2.export._export_torchscript", not_expected)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "falling back" warning either
+        assert cli.main(["export", str(model), str(tmp_path / "out" / "a.onnx")]) == 1
+    err = capsys.readouterr().err
+    reason = "Read-only file system): write elsewhere" if failure == "read-only" else "No space left on device"
+    assert f"swinv2 export: could not write {tmp_path / 'out' / 'a.onnx'} ({reason}" in err, err
+    assert ".tmp" not in err and "Nothing was left half-written" in err
+    assert list((tmp_path / "out").glob("*")) == []

@@ -413,3 +413,49 @@ def test_info_windows_are_the_models_where_the_grid_shrinks_below_the_window(tmp
 def test_info_on_a_missing_model(tmp_path):
     proc = swinv2_cli("info", tmp_path / "nothing-here")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr and "nothing-here" in proc.stderr
+
+
+def test_a_model_that_gives_nan_is_refused(workdir, tmp_path):
+    """NaN probabilities are no ranking: the model is named with the reason instead (a diverged training run)."""
+    model = swinv2.Swinv2ForImageClassification.from_pretrained(workdir / "named")
+    with torch.no_grad():
+        model.classifier.bias[3] = float("nan")
+    model.save_pretrained(tmp_path / "nan")
+    proc = swinv2_cli("predict", tmp_path / "nan", workdir / "photos" / "astronaut.png", "--json")
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert "gives NaN or infinite outputs: its weights hold NaN or infinite values" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("command", [["info"], ["predict", "--json"]])
+def test_a_reader_that_goes_away_ends_the_command_quietly(workdir, command):
+    """`swinv2 info MODEL | head -1`: no BrokenPipeError traceback; the status of a command ended by SIGPIPE."""
+    name, *flags = command
+    inputs = [str(workdir / "photos")] if name == "predict" else []
+    env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    proc = subprocess.Popen([sys.executable, "-m", "swinv2", name, str(workdir / "named"), *inputs, *flags],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    proc.stdout.close()  # the reader is gone before the first line
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=300) == 141 and err == "", err
+
+
+def test_a_pattern_that_matches_folders_searches_them(workdir):
+    """'photos/m*' names the folder more/: its images are classified, as with the folder itself."""
+    from swinv2.cli import _collect_inputs
+
+    files, missing = _collect_inputs([str(workdir / "photos" / "m*")])
+    assert missing == [] and [f.name for f in files] == ["chelsea.jpg", "flower_rgba.png"]
+    files, missing = _collect_inputs([str(workdir / "photos" / "*")])
+    assert missing == [] and sorted(files) == photo_files(workdir)
+
+
+def test_info_labels_zero_shows_only_their_number_and_negative_is_refused(workdir, capsys):
+    from swinv2.cli import main
+
+    assert main(["info", str(workdir / "named"), "--labels", "0"]) == 0
+    line = next(li for li in capsys.readouterr().out.splitlines() if li.startswith("labels"))
+    assert line == "labels         10 (from config)"
+    with pytest.raises(SystemExit) as info:
+        main(["info", str(workdir / "named"), "--labels", "-3"])
+    assert info.value.code == 2 and "--labels: expected an integer >= 0, got -3" in capsys.readouterr().err

@@ -426,6 +426,13 @@ def test_bad_images_are_explained():
         ours(np.zeros((8, 8, 3), dtype=np.uint8), return_tensors="tf")
 
 
+@pytest.mark.parametrize("image", [np.zeros((0, 0, 3), np.float32), torch.zeros(3, 0, 0), np.zeros((0, 5, 3), np.uint8),
+                                   torch.zeros(3, 4, 0)], ids=["float-array", "tensor", "uint8-array", "no-width"])
+def test_an_empty_image_is_refused_with_its_shape(image):
+    with pytest.raises(ValueError, match=r"an image is empty: \d+x\d+ pixels .*at least 1x1 pixel"):
+        Swinv2ImageProcessor(size=16)(image)
+
+
 # ---------------------------------------------------------------------------------------------- load_image
 @pytest.fixture
 def image_files(tmp_path, photos):

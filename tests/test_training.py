@@ -10,6 +10,7 @@ import itertools
 import json
 import logging
 import math
+import re
 
 import numpy as np
 import pytest
@@ -211,7 +212,7 @@ def test_atomic_write_keeps_the_old_file_when_the_writer_fails(tmp_path):
     def denied(tmp):
         raise OSError(errno.EACCES, "Permission denied")
 
-    with pytest.raises(OSError, match=r"\(\[Errno 13\] Permission denied\): write elsewhere\. Nothing"):
+    with pytest.raises(OSError, match=r"state.pt \(Permission denied\): write elsewhere\. Nothing"):
         atomic_write(path, denied)  # not a full disk: no advice to free space
 
 
@@ -225,6 +226,19 @@ def test_latest_checkpoint_skips_a_damaged_one(tmp_path, caplog):
     assert path == checkpoint_path(tmp_path, 2) and state["step"] == 2
     assert "step_00000004.pt" in caplog.text
     assert latest_checkpoint(tmp_path / "nothing-here") is None
+
+
+@pytest.mark.parametrize("damage", ["text", "truncated"])
+def test_a_damaged_checkpoint_is_called_truncated_or_corrupt(tmp_path, caplog, damage):
+    """Not torch's advice to re-run torch.load with weights_only=False, which it gives for any bytes its
+    unpickler refuses."""
+    path = checkpoint_path(tmp_path, 2)
+    atomic_write(path, lambda tmp: torch.save({"model": {"w": torch.zeros(1000)}, "step": 2}, tmp))
+    path.write_bytes(b"garbage\n" if damage == "text" else path.read_bytes()[:2000])
+    with caplog.at_level(logging.WARNING, logger="swinv2"):
+        assert latest_checkpoint(tmp_path) is None
+    assert "truncated or corrupt" in caplog.text and "weights_only" not in caplog.text, caplog.text
+    assert caplog.text.count("step_00000002.pt") == 1
 
 
 # ---------------------------------------------------------------------------------------------- configuration
@@ -942,3 +956,154 @@ def test_resuming_a_longer_run_says_the_schedule_changes(tiny_config, photos, tm
         result = train(_config(tiny_config, photos, run, resume="latest", max_steps=2))
     assert result.steps == 2
     assert "the run's length changed (epochs 10, max_steps 1 there; 10, 2 now)" in caplog.text
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--clip-grad", "-1"], r"clip_grad is a gradient norm and must be >= 0 \(0: off\), got -1.0"),
+    (["--lr", "inf"], "lr must be a finite number, got inf"),
+    (["--weight-decay", "inf"], "weight_decay must be a finite number, got inf"),
+    (["--drop-path-rate", "1.5"], r"drop_path_rate must be in \[0, 1\), got 1.5"),
+    (["--num-workers", "-1"], r"num_workers must be >= 0 \(0: load in this process\), got -1"),
+    (["--randaugment", "100"], r"randaugment is a magnitude in \[0, 30\] \(0: off\), got 100"),
+    (["--randaugment", "-2"], r"randaugment is a magnitude in \[0, 30\] \(0: off\), got -2"),
+    (["--image-mean", "nan", "0", "0"], r"image_mean must be a finite number, got \[nan, 0.0, 0.0\]"),
+    (["--image-std", "0", "1", "1"], r"image_std must be > 0 for every channel"),
+])
+def test_out_of_range_training_flags_are_argument_errors(tiny_config, photos, tmp_path, capsys, flags, message):
+    """Each is refused before any work, in one line with status 2 (not a traceback from torch, nor a run)."""
+    from swinv2 import cli
+
+    run = tmp_path / "run"
+    status = cli.main(["train", "--data", str(photos), "--model", str(tiny_config), "--output", str(run),
+                       "--max-steps", "1", "--batch-size", "6", "--num-workers", "0", "--no-progress", *flags])
+    err = capsys.readouterr().err.strip()
+    assert status == 2 and len(err.splitlines()) == 1, err
+    assert re.search(message, err), err
+    assert not run.exists()
+
+
+def test_clip_grad_zero_turns_clipping_off(monkeypatch):
+    """--clip-grad 0 reaches the run as 0 (off), not as "not given", which was the default of 5."""
+    from swinv2 import cli
+    from swinv2 import training as training_module
+
+    seen = []
+
+    def fake_train(config):
+        seen.append(config)
+        raise TrainingError("stop")
+
+    monkeypatch.setattr(training_module, "train", fake_train)
+    assert cli.main(["train", "--data", "d", "--model", "m", "--output", "o", "--clip-grad", "0"]) == 2
+    assert seen[0].clip_grad == 0
+
+
+@pytest.mark.parametrize("amp", ["none", "fp16"])
+def test_a_diverging_run_stops_before_saving_nan_weights(tiny_config, photos, tmp_path, amp):
+    """An lr of 1e9 turns the weights into NaN (fp32) or into weights that give NaN, whose fp16 steps the loss
+    scaler skips: the run stops with the step and the fixes, and writes no checkpoint and no model."""
+    run = tmp_path / "run"
+    with pytest.raises(TrainingError, match=r"training diverged (at|by) step \d+: .*stopped without saving the "
+                                            r"weights.*a lower --lr \(this run's is 1e\+09\),? (or )?--clip-grad 1"):
+        train(_config(tiny_config, photos, run, lr=1e9, epochs=1, max_steps=None, amp=amp))
+    assert not (run / "best").exists() and not (run / "last").exists() and not list(run.glob("checkpoints/*"))
+    if (run / "metrics.jsonl").exists():  # strict JSON: no bare NaN or Infinity
+        for line in (run / "metrics.jsonl").read_text().splitlines():
+            json.loads(line, parse_constant=lambda token: pytest.fail(f"{token} in metrics.jsonl"))
+
+
+def test_json_files_write_nan_and_infinity_as_null():
+    from swinv2.training import json_text
+
+    text = json_text({"loss": float("nan"), "lr": [float("inf"), 1.0], "n": 2})
+    assert text == '{"loss": null, "lr": [null, 1.0], "n": 2}'
+
+
+def test_evaluate_refuses_a_model_that_gives_nan(photos, tmp_path, capsys):
+    from swinv2 import cli
+
+    folder = _saved_classifier(tmp_path / "model")
+    model = Swinv2ForImageClassification.from_pretrained(folder)
+    with torch.no_grad():
+        model.classifier.weight[0, 0] = float("nan")
+    model.save_pretrained(folder)
+    assert cli.main(["evaluate", str(folder), "--data", str(photos / "val"), "--num-workers", "0", "--json"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert "gives NaN or infinite outputs: its weights hold NaN or infinite values" in captured.err
+
+
+def test_labels_in_other_scripts_are_matched_by_their_own_letters(photos, tmp_path):
+    """"犬" and "猫" once both spelled "" and were paired; case still does not matter, in any script."""
+    import shutil
+
+    from swinv2.training import evaluate, match_labels
+
+    assert match_labels(["猫", "sneaker", "trouser"], ["犬", "sneaker"]) is None
+    assert match_labels(["Straße", "Кот", "?"], ["кот", "STRASSE", "!"]) is None  # "!" and "?" spell nothing
+    assert match_labels(["Straße", "Кот"], ["кот", "STRASSE"]) == [1, 0]
+    model = _saved_classifier(tmp_path / "model")
+    _relabel(model, ["猫", "coffee", "rocket"])
+    data = tmp_path / "data"
+    for folder, name in (("犬", "cat"), ("coffee", "coffee")):
+        shutil.copytree(photos / "val" / name, data / folder)
+    with pytest.raises(TrainingError, match=r"the data's classes 犬 are not labels of"):
+        evaluate(str(model), str(data), num_workers=0, progress=False)
+
+
+def test_a_data_error_in_a_dataloader_worker_is_one_line(tiny_config, tmp_path, capsys):
+    """torch re-raises a worker's error with the worker's whole traceback in its message: only ours is shown."""
+    from swinv2 import cli
+
+    for split, name, i in itertools.product(("train", "val"), ("a", "b"), range(4)):
+        (tmp_path / "data" / split / name).mkdir(parents=True, exist_ok=True)
+        (tmp_path / "data" / split / name / f"{i}.jpg").write_text("not a JPEG but a text file")
+    status = cli.main(["train", "--data", str(tmp_path / "data"), "--model", str(tiny_config), "--output",
+                       str(tmp_path / "run"), "--max-steps", "1", "--batch-size", "4", "--num-workers", "2",
+                       "--no-progress", "--no-tensorboard"])
+    err = capsys.readouterr().err
+    assert status == 2 and "Traceback" not in err and "DataLoader worker" not in err, err
+    assert err.splitlines()[-1] == "swinv2 train: error: no image of the dataset could be read; check the data folder"
+
+
+def test_evaluate_with_workers_reports_each_unreadable_image_once(photos, tmp_path):
+    """tqdm.auto iterated the DataLoader twice, so its workers started twice and each said so again."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    import swinv2
+
+    model = _saved_classifier(tmp_path / "model")
+    data = tmp_path / "data"
+    shutil.copytree(photos / "val", data)
+    (data / "cat" / "broken.png").write_text("not a PNG")
+    src = os.path.dirname(os.path.dirname(swinv2.__file__))
+    proc = subprocess.run([sys.executable, "-m", "swinv2", "evaluate", str(model), "--data", str(data),
+                           "--num-workers", "1", "--batch-size", "4"], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": src})
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.count("skipping an unreadable image") == 1, proc.stderr
+
+
+def test_resuming_another_run_into_a_new_output_takes_that_runs_settings(tiny_config, photos, tmp_path, capsys):
+    """`--output NEW --resume RUN`: the flags not given are RUN's (its batch size, lr, data), as when resuming
+    in place; before, the built-in defaults were compared with them and the resume refused."""
+    import shutil
+
+    from swinv2 import cli
+
+    run = tmp_path / "run"
+    train(_config(tiny_config, photos, run, new_head=True, max_steps=2, lr=1e-3))
+    new = tmp_path / "new"
+    for resume in (run, sorted((run / "checkpoints").glob("*.pt"))[-1]):
+        status = cli.main(["train", "--output", str(new), "--resume", str(resume), "--max-steps", "3",
+                           "--no-progress", "--keep-checkpoints", "1"])
+        captured = capsys.readouterr()
+        assert status == 0, captured.err
+        assert "done: 3 steps" in captured.out
+        saved = json.loads((new / "train_config.json").read_text())
+        assert (saved["batch_size"], saved["lr"], saved["output"]) == (6, 1e-3, str(new))
+        assert not list((run / "checkpoints").glob("step_00000003.pt"))  # RUN itself is left as it was
+        shutil.rmtree(new)

@@ -78,10 +78,12 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
     path = Path(path)
     if path.is_dir():
         raise WriteError(f"{path} is a folder: name the file to write (e.g. {path / 'model.safetensors'})")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    tmp = None
     try:
+        # inside the try: a read-only or full folder fails here already, and gets the same message
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
         write(tmp)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
@@ -91,15 +93,20 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
         os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     except BaseException as err:
-        free = shutil.disk_usage(path.parent).free / 2**20  # before the partial file goes
-        if os.path.exists(tmp):
+        try:
+            free = shutil.disk_usage(path.parent).free / 2**20  # before the partial file goes
+        except OSError:  # no such folder: it could not be made
+            free = 0.0
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
         # The writers' own errors for a full disk or a failed device say little (torch.save: a RuntimeError
         # from its stream writer, safetensors: SafetensorError): name the file, the free space and the fix.
         # Other errors of a writer (an exporter's, say) are its own business and pass unchanged.
         torch_write = isinstance(err, RuntimeError) and ("inline_container" in str(err) or "StreamWriter" in str(err))
         if isinstance(err, OSError) or torch_write or type(err).__name__ == "SafetensorError":
-            reason = (str(err).strip().splitlines() or [type(err).__name__])[-1]
+            # an OSError's own text names the temporary file, which the user never asked for
+            reason = (err.strerror if isinstance(err, OSError) and err.strerror
+                      else (str(err).strip().splitlines() or [type(err).__name__])[-1])
             full = not isinstance(err, OSError) or err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO)
             fix = f"; {free:.0f} MiB free there): free space or write elsewhere" if full else "): write elsewhere"
             raise WriteError(f"could not write {path} ({reason}{fix}. Nothing was left half-written") from err
@@ -175,9 +182,29 @@ def load_checkpoint_file(path: str | os.PathLike) -> tuple[dict[str, Tensor], di
         if not tensors:
             raise CheckpointError(f"{path} holds no tensors")
         return tensors, _parse_embedded_config(metadata.get(EMBEDDED_CONFIG_KEY), path)
+    obj = torch_load(path)
+    embedded = None
+    if isinstance(obj, dict):
+        embedded = obj.get(EMBEDDED_CONFIG_KEY)
+        trained = obj.get(TRAINING_CONFIG_KEY)  # `swinv2 train`'s checkpoints: a dict beside "model"
+        if embedded is None and isinstance(trained, dict) and trained.get("model_type") == "swinv2":
+            embedded = trained
+        if embedded is None:
+            embedded = _timm_train_config(obj)
+    return _unwrap_state_dict(obj, path), _parse_embedded_config(embedded, path)
+
+
+def torch_load(path: Path) -> Any:
+    """What `torch.save` wrote to `path`, read with `weights_only=True` (tensors, containers, numbers, strings
+    and the `SAFE_GLOBALS`); a CheckpointError that says why not, in one line, instead of torch's advice to
+    unpickle without weights_only (which it gives for any bytes its unpickler refuses, a damaged file's too)."""
+    with path.open("rb") as f:
+        head = f.read(4)
+    if not head.startswith((b"PK\x03\x04", b"\x80")):  # neither torch.save's zip nor a pickle
+        raise CheckpointError(f"{path} is truncated or corrupt: it is not a file torch.save wrote")
     try:
         with torch.serialization.safe_globals(list(SAFE_GLOBALS)):
-            obj = torch.load(path, map_location="cpu", weights_only=True)
+            return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises several unrelated types for a bad pickle
         text = str(err)
         if "Weights only load failed" in text or "Unsupported global" in text:
@@ -191,15 +218,6 @@ def load_checkpoint_file(path: str | os.PathLike) -> tuple[dict[str, Tensor], di
             f"{path} could not be read as a PyTorch checkpoint ({type(err).__name__}: {first_line}); "
             "it may be truncated or corrupt: download or save it again"
         ) from err
-    embedded = None
-    if isinstance(obj, dict):
-        embedded = obj.get(EMBEDDED_CONFIG_KEY)
-        trained = obj.get(TRAINING_CONFIG_KEY)  # `swinv2 train`'s checkpoints: a dict beside "model"
-        if embedded is None and isinstance(trained, dict) and trained.get("model_type") == "swinv2":
-            embedded = trained
-        if embedded is None:
-            embedded = _timm_train_config(obj)
-    return _unwrap_state_dict(obj, path), _parse_embedded_config(embedded, path)
 
 
 def _timm_train_config(obj: dict[str, Any]) -> dict[str, Any] | None:
@@ -1013,15 +1031,14 @@ def infer_config(
         fields["num_labels"] = canonical["classifier.weight"].shape[0]
     if "decoder.0.weight" in canonical:
         fields["encoder_stride"] = math.isqrt(canonical["decoder.0.weight"].shape[0] // num_channels)
-    hint = next((kwargs for kwargs in map(preset_kwargs, names) if kwargs), {})
-    geometry = _geometry(_with_buffers_renamed(state, fmt), canonical, fmt, patch_h, fields["depths"], hint)
+    named, hint = next(((name, kwargs) for name in names if (kwargs := preset_kwargs(name))), ("", {}))
+    contradicted = ""
     if hint and (hint["embed_dim"], hint["depths"]) != (embed_dim, fields["depths"]):
-        logger.warning(
-            "the checkpoint's name says %s, its tensors say embed_dim %d, depths %s: the tensors win",
-            names,
-            embed_dim,
-            fields["depths"],
-        )
+        # a name of another architecture (a renamed file): its window and image size are not this model's either
+        contradicted = (f" (its name {named} is that of another architecture: embed_dim {hint['embed_dim']}, depths "
+                        f"{hint['depths']}, where its tensors have {embed_dim}, {fields['depths']})")
+        hint = {}
+    geometry = _geometry(_with_buffers_renamed(state, fmt), canonical, fmt, patch_h, fields["depths"], hint)
     for name in ("window_size", "image_size", "pretrained_window_sizes"):
         value = geometry.get(name, hint.get(name))
         if value is not None:
@@ -1042,10 +1059,11 @@ def infer_config(
         }.get(fmt, "")
         raise CheckpointError(
             f"this {fmt} checkpoint does not record its {' and '.join(unknown)}{why} and its name does not tell "
-            f"{pronoun}. Pass {pronoun} (from_pretrained(path, "
+            f"{pronoun}{contradicted}. Pass {pronoun} (from_pretrained(path, "
             f"{', '.join(example[name] for name in unknown)})), or config=Swinv2Config(...) or a preset name "
-            "(Swinv2Config.from_pretrained('swinv2-tiny-patch4-window8-256')), or keep the official file "
-            "name (e.g. swinv2_tiny_patch4_window8_256.pth, swin_v2_t-b137f0e2.pth)"
+            "(Swinv2Config.from_pretrained('swinv2-tiny-patch4-window8-256'))"
+            + ("" if contradicted else ", or keep the official file name (e.g. swinv2_tiny_patch4_window8_256.pth, "
+               "swin_v2_t-b137f0e2.pth)")
         )
     return Swinv2Config(**fields)
 
@@ -1730,5 +1748,25 @@ def convert(
         except UserWarning as err:
             raise CheckpointError(f"{source} does not fill a {cls.__name__}: {err}") from err
     model.to(dtype=_target_dtype("auto", state)).eval()
-    write_checkpoint(model, destination, fmt)
+    if fmt != "hf":
+        write_checkpoint(model, destination, fmt)
+        return source_fmt, model
+    from .processing import PREPROCESSOR_CONFIG_NAME, Swinv2ImageProcessor
+
+    # The source's image settings go along: without them the folder's processor would be rebuilt from
+    # config.json (ImageNet's mean and std), and predictions change. Looked up where the processor looks.
+    own = [f for f in (p.parent / PREPROCESSOR_CONFIG_NAME for p in (weights_path, config_path) if p) if f.is_file()]
+    try:
+        processor = Swinv2ImageProcessor.from_json_file(own[0]) if own else None
+    except (ValueError, TypeError) as err:
+        raise CheckpointError(f"cannot read the image settings of {source} ({own[0]}): {err}") from err
+    created = [p for p in (target, *target.parents) if not p.exists()]
+    try:
+        write_checkpoint(model, target, fmt)
+        if processor is not None:
+            processor.save_pretrained(target)
+    except BaseException:
+        if created:  # a failed write leaves no folder behind (only what this call made: never the user's)
+            shutil.rmtree(created[-1], ignore_errors=True)
+        raise
     return source_fmt, model

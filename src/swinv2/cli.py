@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .errors import Swinv2Error
+from .errors import Swinv2Error, nonfinite_outputs
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -71,7 +71,9 @@ def _run_convert(args: argparse.Namespace) -> int:
         config = None if args.config is None else Swinv2Config.from_pretrained(args.config)
         source_format, model = convert(args.source, args.destination, args.to, config=config)
     except CheckpointError as err:
-        if args.config is None and "config" in str(err):  # advice in Python arguments: what the command takes
+        # advice in Python arguments ("pass config=..."): what the command takes; not for every message that
+        # says "config" ("a folder with config.json")
+        if args.config is None and "config=" in str(err):
             raise CheckpointError(f"{err}. On the command line: --config PRESET_OR_CONFIG_JSON") from err
         raise
     except Swinv2Error:
@@ -214,18 +216,31 @@ def _setup_logging() -> None:
     logging.basicConfig(level=logging.INFO if _main_rank() else logging.WARNING, format="%(message)s")
 
 
+def _resumed_run(args: argparse.Namespace) -> str | None:
+    """The run folder that --resume continues: --output's for 'latest' and 'auto', else PATH's (the folder of
+    a checkpoint file, RUN/checkpoints/step_N.pt); None when not resuming."""
+    if args.resume is None:
+        return None
+    if args.resume in ("latest", "auto"):
+        return args.output
+    path = Path(args.resume).expanduser()
+    return str(path.parent.parent if path.is_file() else path)
+
+
 def _run_train(args: argparse.Namespace) -> int:
     from .training import resolve_config, saved_settings, train
 
     _setup_logging()
     overrides = {name: getattr(args, name, None) for name, _ in _TRAIN_FLAGS}  # None: not given (or not offered)
-    overrides["resume"] = args.resume
-    if overrides["clip_grad"] == 0:
-        overrides["clip_grad"] = None
+    overrides["resume"] = args.resume  # --clip-grad 0 stays 0 (off): None here would mean "not given", 5
     if overrides["progress"] is None:  # a bar redrawn with \r only makes sense on a terminal, not in a log file
         overrides["progress"] = sys.stderr.isatty()
-    # resuming: the run's own settings first, so that `--output DIR --resume` is enough
-    defaults = saved_settings(args.output) if args.resume is not None and args.output else {}
+    # resuming: the settings of the run resumed come first, so that `--output DIR --resume` is enough and
+    # `--output NEW --resume RUN` compares with RUN's settings, not with the built-in defaults
+    run = _resumed_run(args)
+    defaults = saved_settings(run) if run else {}
+    if run and run != args.output:
+        defaults.pop("output", None)  # the copy goes where --output says, never back into RUN unasked
     config = resolve_config(args.config, overrides, **{**defaults, "task": args.task})
     result = train(config)
     if not _main_rank():  # under torchrun, rank 0 reports
@@ -262,9 +277,7 @@ def _add_evaluate_parser(sub) -> None:
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:
-    import json
-
-    from .training import evaluate
+    from .training import evaluate, json_text
 
     _setup_logging()
     result = evaluate(args.model, args.data, batch_size=args.batch_size, num_workers=args.num_workers,
@@ -273,7 +286,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     if not _main_rank():  # under torchrun, rank 0 reports
         return 0
     if args.json:
-        print(json.dumps(result.to_dict()))
+        print(json_text(result.to_dict()))
         return 0
     print(f"{result.num_images} images: top-1 {result.top1:.4f}, top-5 {result.top5:.4f}, loss {result.loss:.4f} "
           f"({result.images_per_second:.0f} img/s)")
@@ -354,14 +367,21 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return args.func(args)
+        status = args.func(args)
+        sys.stdout.flush()  # here, so that a reader that went away is met below and not at the exit's flush
+        return status
+    except BrokenPipeError:
+        # `swinv2 predict ... | head -1`: the reader has what it wanted. Stop quietly with the status of a
+        # command that SIGPIPE ends (128 + 13), and point stdout at /dev/null for the interpreter's last flush.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except Swinv2Error as err:
         # Under torchrun every process meets the same bad setting or data and raises the same error: one
         # process per machine says it (rank 0, and the first of each other node, whose files may differ), in
         # one write so that two processes' lines do not run together.
         if _main_rank() or os.environ.get("LOCAL_RANK", "0") == "0":
             rank = "" if _main_rank() else f" (rank {os.environ['RANK']})"
-            sys.stderr.write(f"swinv2 {args.command}{rank}: error: {err}\n")
+            sys.stderr.write(f"swinv2 {args.command}{rank}: error: {_own_message(err)}\n")
         return 2
     except KeyboardInterrupt:
         # training keeps its atomic checkpoints: say how to go on instead of printing a traceback
@@ -373,6 +393,17 @@ def main(argv: list[str] | None = None) -> int:
 
 
 # ---------------------------------------------------------------------------------------------- shared helpers
+def _own_message(err: Exception) -> str:
+    """The message of `err`, without the worker's traceback that a DataLoader worker's error carries: torch
+    re-raises it in this process as `type(text)`, text being "Caught DataError in DataLoader worker process 0.
+    Original Traceback (most recent call last): ... swinv2.data.DataError: <the message>"."""
+    text = str(err)
+    if "\nOriginal Traceback" not in text:
+        return text
+    marker = f"\n{type(err).__module__}.{type(err).__qualname__}: "
+    return text.rpartition(marker)[2].strip() if marker in text else text
+
+
 _DEVICES = ("auto", "cpu", "cuda", "mps")
 
 
@@ -474,17 +505,22 @@ def _collect_inputs(inputs: list[str]) -> tuple[list[Path], list[tuple[str, str]
     def visible(path: Path, root: Path) -> bool:
         return not any(part.startswith(".") for part in path.relative_to(root).parts)
 
+    def in_folder(folder: Path) -> list[Path]:
+        return sorted(f for f in folder.rglob("*") if f.is_file() and visible(f, folder))
+
     for text in inputs:
         path = Path(text).expanduser()
         if path.is_dir():
-            found = sorted(f for f in path.rglob("*") if f.is_file() and visible(f, path))
+            found = in_folder(path)
             if not found:
                 missing.append((text, "folder holds no files"))
             files.extend(found)
         elif path.is_file():
             files.append(path)
         elif _GLOB_CHARS & set(text):
-            found = sorted(Path(f) for f in glob.glob(str(path), recursive=True) if Path(f).is_file())
+            # a folder that the pattern matches ('photos/*' over class folders) is searched as a folder argument is
+            matches = sorted(Path(f) for f in glob.glob(str(path), recursive=True))
+            found = [f for m in matches for f in (in_folder(m) if m.is_dir() else [m] if m.is_file() else [])]
             if not found:
                 missing.append((text, "no files match this pattern"))
             files.extend(found)
@@ -561,8 +597,11 @@ def _predict(args: argparse.Namespace) -> int:
             same = [i for i, a in enumerate(arrays) if a.shape == shape]
             pixel_values = torch.from_numpy(np.stack([arrays[i] for i in same])).to(device, model.dtype)
             with torch.inference_mode():
-                for i, p in zip(same, model(pixel_values).logits.float().softmax(-1)):
-                    probs[i] = p
+                logits = model(pixel_values).logits.float()
+            if not bool(logits.isfinite().all()):  # NaN probabilities would be printed as a ranking
+                raise Swinv2Error(nonfinite_outputs(model, repr(args.model)))
+            for i, p in zip(same, logits.softmax(-1)):
+                probs[i] = p
         top = torch.stack(probs).topk(k, dim=-1)
         for name, values, indices in zip(names, top.values.tolist(), top.indices.tolist()):
             results.append(
@@ -656,7 +695,8 @@ def _add_info_parser(sub: Any) -> None:
         "input size (counted with torch.utils.flop_counter.FlopCounterMode) and its class names.",
     )
     p.add_argument("model", metavar="MODEL", help="folder, weights file or hub id")
-    p.add_argument("--labels", type=int, default=5, metavar="N", help="class names to list (default 5)")
+    p.add_argument("--labels", type=_non_negative_int, default=5, metavar="N",
+                   help="class names to list (default 5; 0: only their number)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=_info)
 
@@ -748,7 +788,7 @@ def _info(args: argparse.Namespace) -> int:
         id2label, source = resolve_id2label(config)
         info["num_labels"] = len(id2label)
         info["labels_from"] = source
-        info["labels"] = [id2label[i] for i in sorted(id2label)[: max(args.labels, 0)]]
+        info["labels"] = [id2label[i] for i in sorted(id2label)[: args.labels]]
     if args.json:
         import json
 
@@ -783,8 +823,8 @@ def _info_text(info: dict[str, Any]) -> str:
         shown = "; ".join(info["labels"])
         more = info["num_labels"] - len(info["labels"])
         lines.append(
-            f"labels         {info['num_labels']} (from {info['labels_from']}): {shown}"
-            + (f"; ... ({more} more)" if more > 0 else "")
+            f"labels         {info['num_labels']} (from {info['labels_from']})"
+            + (f": {shown}" + (f"; ... ({more} more)" if more > 0 else "") if shown else "")
         )
     return "\n".join(lines)
 
@@ -845,15 +885,21 @@ def _run_export(args: argparse.Namespace) -> int:
         return fail(f"OUTPUT {args.output!r} is a folder; give a file name such as model.onnx", 2)
     import torch
 
-    from swinv2.export import DEFAULT_OPSET, check_onnx, export_onnx
+    from swinv2.checkpoints import WriteError
+    from swinv2.export import DEFAULT_OPSET, check_onnx, check_opset, export_onnx
 
+    opset = DEFAULT_OPSET if args.opset is None else args.opset
+    try:
+        check_opset(opset, args.exporter)  # an argument: checked before the model is loaded
+    except ValueError as err:
+        return fail(f"--opset {opset}: {err}", 2)
     cls_name = _export_model_class(args.model, args.model_class)
     model = _load_model(args.model, cls_name)
     image_size = tuple(args.image_size) if args.image_size else model.config.image_hw
     try:
         used = export_onnx(model, args.output, image_size=image_size, dynamic_batch=args.dynamic_batch,
-                           opset=args.opset or DEFAULT_OPSET, exporter=args.exporter)
-    except ImportError as err:
+                           opset=opset, exporter=args.exporter)
+    except (ImportError, WriteError) as err:  # a write failure is the file's: no exporter would do better
         return fail(str(err), 1)
     except Exception as err:  # exporter failures come in many types; report them in one line
         return fail(f"the {args.exporter} export failed: {type(err).__name__}: {str(err).splitlines()[0]}", 1)

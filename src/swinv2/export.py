@@ -36,7 +36,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from .checkpoints import atomic_write
+from .checkpoints import WriteError, atomic_write
 from .modeling import (
     Swinv2Backbone,
     Swinv2ForImageClassification,
@@ -147,6 +147,24 @@ def _export_torchscript(graph: nn.Module, example: Tensor, path: str, names: lis
         )
 
 
+def check_opset(opset: int, exporter: str = "auto") -> None:
+    """Raise a ValueError naming the range when no exporter (or not the one asked for) writes `opset`.
+
+    Checked before anything else: the exporters try an opset they do not know before they fail, printing the
+    whole graph; and the command checks its arguments before it loads the model."""
+    newest = newest_opset()
+    if isinstance(opset, bool) or not isinstance(opset, int) or not OLDEST_OPSET <= opset <= newest:
+        raise ValueError(
+            f"opset {opset!r} is not one PyTorch's ONNX exporters write: use {OLDEST_OPSET}-{newest} "
+            f"(default {DEFAULT_OPSET}; below {DYNAMO_MIN_OPSET} the TorchScript exporter writes it)"
+        )
+    if opset < DYNAMO_MIN_OPSET and exporter == "dynamo":
+        raise ValueError(
+            f"the dynamo ONNX exporter writes opset {DYNAMO_MIN_OPSET} and newer, not {opset}: use "
+            "exporter='torchscript' (swinv2 export --exporter torchscript) for an older opset"
+        )
+
+
 def export_onnx(
     model: Swinv2PreTrainedModel,
     path: str | os.PathLike,
@@ -178,13 +196,7 @@ def export_onnx(
         raise ValueError(f"exporter must be 'auto', 'dynamo' or 'torchscript', got {exporter!r}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-    newest = newest_opset()
-    if isinstance(opset, bool) or not isinstance(opset, int) or not OLDEST_OPSET <= opset <= newest:
-        # (checked first: the exporters try an opset they do not know before they fail, printing the whole graph)
-        raise ValueError(
-            f"opset {opset!r} is not one PyTorch's ONNX exporters write: use {OLDEST_OPSET}-{newest} "
-            f"(default {DEFAULT_OPSET}; below {DYNAMO_MIN_OPSET} the TorchScript exporter writes it)"
-        )
+    check_opset(opset, exporter)
     size = sum(p.numel() * p.element_size() for p in model.parameters())
     if size >= _PROTOBUF_LIMIT:
         raise ValueError(
@@ -196,11 +208,6 @@ def export_onnx(
     example = torch.zeros(example_batch, model.config.num_channels, height, width, device=model.device,
                           dtype=model.dtype)
     if opset < DYNAMO_MIN_OPSET:  # dynamo would export at its own opset and try, often in vain, to convert down
-        if exporter == "dynamo":
-            raise ValueError(
-                f"the dynamo ONNX exporter writes opset {DYNAMO_MIN_OPSET} and newer, not {opset}: use "
-                "exporter='torchscript' (swinv2 export --exporter torchscript) for an older opset"
-            )
         exporter = "torchscript"
     modes = {module: module.training for module in model.modules()}
     graph = _ExportGraph(model).eval()
@@ -216,6 +223,8 @@ def export_onnx(
                         "pip install 'swinv2[export]'"
                     ) from err
                 reason = f"{type(err).__name__}: {err}"
+            except WriteError:  # the file, not the exporter, failed: the other exporter would fail the same way
+                raise
             except Exception as err:  # the exporter raises many error types; all mean "this route failed"
                 if exporter == "dynamo":
                     raise

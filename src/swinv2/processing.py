@@ -277,6 +277,9 @@ def _to_hwc(image: Any, num_channels: int, layout: str | None = None) -> np.ndar
             f"an image array must be (H, W), (H, W, C) or, as a tensor, (C, H, W) with C in 1-4; got shape "
             f"{tuple(array.shape)}"
         )
+    if 0 in array.shape[:2]:  # numpy's own error would come from deep inside ("zero-size array to reduction")
+        raise ValueError(f"an image is empty: {array.shape[0]}x{array.shape[1]} pixels (shape {tuple(array.shape)} "
+                         "as height, width, channels); give images of at least 1x1 pixel")
     return _convert_channels(array, num_channels)
 
 

@@ -69,7 +69,7 @@ from .data import (
     processor_transform,
     simmim_transform,
 )
-from .errors import Swinv2Error
+from .errors import Swinv2Error, nonfinite_outputs
 from .modeling import Swinv2ForImageClassification, Swinv2ForMaskedImageModeling, Swinv2PreTrainedModel
 
 logger = logging.getLogger("swinv2")
@@ -80,6 +80,7 @@ CHECKPOINT_DIR = "checkpoints"
 METRICS_FILE = "metrics.jsonl"
 RUN_CONFIG_FILE = "train_config.json"
 EVAL_FILE = "eval.json"
+RANDAUGMENT_MAX = 30  # torchvision's RandAugment has 31 magnitude bins, 0 to 30
 
 
 class TrainingError(Swinv2Error):
@@ -157,6 +158,11 @@ class TrainConfig:
                 raise TrainingError(message)
 
         need(self.task in TASKS, f"task must be one of {TASKS}, got {self.task!r}")
+        # inf passes every range check below (`lr > 0`) and trains a model of NaN: no setting may be NaN or inf
+        for name, value in self.to_dict().items():
+            numbers = value if isinstance(value, list) else [value]
+            need(all(not isinstance(v, float) or math.isfinite(v) for v in numbers),
+                 f"{name} must be a finite number, got {value}")
         need(bool(self.data) or self.resume in (None, "auto"),
              f"--resume: {self.output} holds no run to continue (its {RUN_CONFIG_FILE} would give the data); "
              "check --output, or start a run there with --data DIR" if self.resume == "latest" else
@@ -173,6 +179,15 @@ class TrainConfig:
         need(self.lr > 0 and self.min_lr >= 0, f"lr must be > 0 and min_lr >= 0, got {self.lr}, {self.min_lr}")
         need(self.min_lr <= self.lr, f"min_lr ({self.min_lr}) must not exceed lr ({self.lr})")
         need(0 < self.layer_decay <= 1, f"layer_decay must be in (0, 1], got {self.layer_decay}")
+        need(self.clip_grad is None or self.clip_grad >= 0,
+             f"clip_grad is a gradient norm and must be >= 0 (0: off), got {self.clip_grad}")
+        need(self.drop_path_rate is None or 0 <= self.drop_path_rate < 1,
+             f"drop_path_rate must be in [0, 1), got {self.drop_path_rate}")
+        need(0 <= self.randaugment <= RANDAUGMENT_MAX,
+             f"randaugment is a magnitude in [0, {RANDAUGMENT_MAX}] (0: off), got {self.randaugment}")
+        need(self.num_workers >= 0, f"num_workers must be >= 0 (0: load in this process), got {self.num_workers}")
+        need(self.image_std is None or min(self.image_std, default=1) > 0,
+             f"image_std must be > 0 for every channel, got {self.image_std}")
         need(self.amp in AMP_MODES, f"amp must be one of {AMP_MODES}, got {self.amp!r}")
         need(self.ema_decay is None or 0 < self.ema_decay < 1, f"ema_decay must be in (0, 1), got {self.ema_decay}")
         need(0 <= self.label_smoothing < 1, f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
@@ -701,7 +716,9 @@ def list_checkpoints(run: Path) -> list[Path]:
 
 def read_checkpoint(path: Path) -> dict[str, Any]:
     """A training checkpoint (tensors and plain values only: `weights_only=True`)."""
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    from .checkpoints import torch_load
+
+    state = torch_load(path)  # a damaged file is named as such, not with torch's unpickling advice
     if not isinstance(state, dict) or "model" not in state or "step" not in state:
         raise CheckpointError(f"{path} is not a swinv2 training checkpoint (no model/step entries)")
     return state
@@ -715,7 +732,7 @@ def latest_checkpoint(target: Path) -> tuple[Path, dict[str, Any]] | None:
         try:
             return path, read_checkpoint(path)
         except Exception as err:  # a damaged file: take the one before it
-            logger.warning("skipping the unreadable checkpoint %s: %s", path, err)
+            logger.warning("skipping an unreadable checkpoint: %s", err)  # CheckpointError's message names it
     return None
 
 
@@ -772,15 +789,30 @@ def read_metrics(run: str | os.PathLike) -> list[dict[str, Any]]:
     return records
 
 
+def json_text(value: Any, **kwargs: Any) -> str:
+    """`json.dumps` with NaN and infinities written as null: Python writes them as bare NaN/Infinity, which is
+    not JSON and which other readers (jq, browsers, pandas' strict mode) refuse."""
+    def clean(v: Any) -> Any:
+        if isinstance(v, float) and not math.isfinite(v):
+            return None
+        if isinstance(v, Mapping):
+            return {k: clean(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [clean(x) for x in v]
+        return v
+
+    return json.dumps(clean(value), allow_nan=False, **kwargs)
+
+
 def _append_metrics(run: Path, record: Mapping[str, Any]) -> None:
     with open(run / METRICS_FILE, "a", encoding="utf-8") as f:
-        f.write(json.dumps(record) + "\n")
+        f.write(json_text(record) + "\n")
 
 
 def _truncate_metrics(run: Path, step: int) -> None:
     """Drop the records written after `step`: a resumed run writes them again."""
     kept = [r for r in read_metrics(run) if r.get("step", 0) <= step]
-    text = "".join(json.dumps(r) + "\n" for r in kept)
+    text = "".join(json_text(r) + "\n" for r in kept)
     atomic_write(run / METRICS_FILE, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
 
@@ -878,7 +910,11 @@ def _evaluate_loader(model: nn.Module, dataset: torch.utils.data.Dataset, num_cl
     top5_hits = torch.zeros((), dtype=torch.float64, device=device)
     confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
     start = time.perf_counter()
-    for pixels, labels in tqdm(loader, desc="evaluate", leave=False, disable=not (progress and dist.main)):
+    # an iterator, not the loader: tqdm.auto's asyncio base calls iter() on what it gets and its __iter__ then
+    # iterates it again, which started the workers twice (each reporting every unreadable image)
+    batches = iter(loader)
+    for pixels, labels in tqdm(batches, total=len(loader), desc="evaluate", leave=False,
+                               disable=not (progress and dist.main)):
         pixels, labels = pixels.to(device, non_blocking=True), labels.to(device, non_blocking=True)
         with _autocast(device, amp):
             logits = model(pixel_values=pixels).logits.float()
@@ -910,8 +946,9 @@ def _eval_result(raw: Mapping[str, Any], class_names: Sequence[str]) -> EvalResu
 
 
 def _folder_name(label: str) -> str:
-    """A label as a class folder can spell it: case and punctuation aside ("T-shirt/top" ~ "t-shirt_top")."""
-    return re.sub(r"[^0-9a-z]+", "_", label.lower()).strip("_")
+    """A label as a class folder can spell it: case and punctuation aside ("T-shirt/top" ~ "t-shirt_top").
+    Letters and digits of every script are kept ("犬" and "猫" stay apart); "" for a label of punctuation only."""
+    return re.sub(r"[\W_]+", "_", label.casefold()).strip("_")
 
 
 def match_labels(labels: Sequence[str], class_names: Sequence[str]) -> list[int] | None:
@@ -924,7 +961,7 @@ def match_labels(labels: Sequence[str], class_names: Sequence[str]) -> list[int]
     for name in class_names:
         if name in labels:
             index.append(list(labels).index(name))
-        elif len(spelled.get(_folder_name(name), [])) == 1:
+        elif _folder_name(name) and len(spelled.get(_folder_name(name), [])) == 1:  # "" would pair "?" and "!"
             index.append(spelled[_folder_name(name)][0])
         else:
             return None
@@ -1026,10 +1063,12 @@ def evaluate(
     raw = _evaluate_loader(model, dataset, config.num_labels, dist, batch_size, num_workers, amp, progress)
     if raw["count"] == 0:
         raise TrainingError(f"none of the images in {data} could be read; see the warnings above")
+    if not math.isfinite(raw["loss"]):  # NaN logits: their argmax, class 0, would be scored as predictions
+        raise TrainingError(nonfinite_outputs(model, source))
     result = _eval_result(raw, names)
     if output is not None and dist.main:
         out = Path(output)
-        text = json.dumps(result.to_dict(), indent=2) + "\n"
+        text = json_text(result.to_dict(), indent=2) + "\n"
         atomic_write(out / EVAL_FILE, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
         plot_confusion(result.confusion, result.class_names, out / "confusion_matrix.png")
     return result
@@ -1389,7 +1428,7 @@ def _train(config: TrainConfig, dist: Distributed) -> TrainResult:
             "model_config": base.config.to_dict(),
             "classes": class_names,
         }}
-        text = json.dumps(resolved, indent=2) + "\n"
+        text = json_text(resolved, indent=2) + "\n"
         atomic_write(run / RUN_CONFIG_FILE, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
         tensorboard = _TensorBoard(run, config.tensorboard)
         logger.info("%s; %d images, %d steps of %d images (%d per epoch), %s, %d process(es)", described,
@@ -1412,6 +1451,25 @@ def _train(config: TrainConfig, dist: Distributed) -> TrainResult:
         atomic_write(path, lambda tmp: torch.save(state, tmp))
         for old in list_checkpoints(run)[config.keep_checkpoints:]:
             old.unlink(missing_ok=True)
+
+    def diverged(what: str) -> None:
+        bar.close()
+        fixes = [f"a lower --lr (this run's is {config.lr:g})", "--clip-grad 1"]
+        if config.amp != "none":
+            fixes.append("fp32 (--amp none)")
+        raise TrainingError(f"training diverged {what}; stopped without saving the weights. Start a new run with "
+                            f"{', '.join(fixes[:-1])} or {fixes[-1]}")
+
+    def check_finite(diverged_at: Tensor) -> None:
+        """Stop before anything is written from weights that a non-finite gradient has turned into NaN."""
+        first = int(diverged_at)
+        if first >= 0:
+            diverged(f"at step {first}: the loss or its gradients became NaN or infinite")
+        # fp16: the scaler skips such steps and halves its scale each time; below 1 even unscaled gradients
+        # overflow, or the loss itself is NaN: no step would be taken again (get_scale() is 1 without fp16)
+        if scaler.get_scale() < 1:
+            diverged(f"by step {step}: under --amp fp16 the loss or its gradients stayed NaN or infinite, and "
+                     f"loss scaling skipped those steps until its scale fell to {scaler.get_scale():.2g}")
 
     def eval_model() -> nn.Module:
         return ema.module if ema is not None else model
@@ -1441,6 +1499,7 @@ def _train(config: TrainConfig, dist: Distributed) -> TrainResult:
     last_val: dict[str, Any] = {}
     start_epoch = step // steps_per_epoch
     windows: list[tuple[float, float]] = []  # (images, seconds) of each log window, for the run's throughput
+    diverged_at = torch.full((), -1, dtype=torch.int64, device=device)  # the first step with a non-finite gradient
 
     for epoch in range(start_epoch, num_epochs):
         if step >= total_steps:
@@ -1485,9 +1544,17 @@ def _train(config: TrainConfig, dist: Distributed) -> TrainResult:
                                      torch.tensor(float(n), device=device, dtype=torch.float64)])
                 window += stats
                 epoch_sums += stats
+            grad_norm = None
             if config.clip_grad:
                 scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip_grad)
+                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip_grad)
+            if not scaler.is_enabled():  # fp16's scaler skips a step whose gradients are not finite: no failure
+                if grad_norm is None:
+                    grads = [p.grad for p in model.parameters() if p.grad is not None]
+                    grad_norm = torch.nn.utils.get_total_norm(grads)
+                # the same on every process (the gradients are all-reduced); read at the next log or checkpoint,
+                # so that watching it costs no synchronisation per step
+                diverged_at = torch.where((diverged_at < 0) & ~grad_norm.isfinite(), step + 1, diverged_at)
             scaler.step(optimizer)
             scaler.update()
             optimizer.zero_grad(set_to_none=True)
@@ -1501,6 +1568,7 @@ def _train(config: TrainConfig, dist: Distributed) -> TrainResult:
             step += 1
             bar.update(1)
             if step % config.log_every == 0 or step == total_steps:
+                check_finite(diverged_at)
                 reduced = dist.all_reduce(window.clone())
                 elapsed = time.perf_counter() - window_start
                 images = float(reduced[2])
@@ -1516,8 +1584,10 @@ def _train(config: TrainConfig, dist: Distributed) -> TrainResult:
                 window.zero_()
                 window_start = time.perf_counter()
             if step % config.checkpoint_every == 0 and step < total_steps and step % steps_per_epoch != 0:
+                check_finite(diverged_at)
                 save_checkpoint()
         bar.close()
+        check_finite(diverged_at)  # before the epoch's evaluation, export and checkpoint
 
         # -- epoch end (or the last step)
         reduced = dist.all_reduce(epoch_sums.clone())
@@ -1530,6 +1600,8 @@ def _train(config: TrainConfig, dist: Distributed) -> TrainResult:
         if val_set is not None:
             raw = _evaluate_loader(_unwrap(eval_model()), val_set, len(class_names), dist, batch, config.num_workers,
                                    config.amp)
+            if not math.isfinite(raw["loss"]):  # weights that an fp16 run kept finite can still give NaN
+                diverged(f"by step {step}: the model gives NaN or infinite outputs on the validation images")
             last_val = {"loss": raw["loss"], "top1": raw["top1"], "top5": raw["top5"], "raw": raw}
             record.update(val_loss=raw["loss"], val_top1=raw["top1"], val_top5=raw["top5"])
             if raw["top1"] > best_top1:
@@ -1555,7 +1627,7 @@ def _train(config: TrainConfig, dist: Distributed) -> TrainResult:
             result = _eval_result(last_val["raw"], class_names)
             metrics.update(top1=result.top1, top5=result.top5, val_loss=result.loss, best_top1=best_top1,
                            best_step=best_step, per_class=result.per_class)
-            text = json.dumps(result.to_dict(), indent=2) + "\n"
+            text = json_text(result.to_dict(), indent=2) + "\n"
             atomic_write(run / EVAL_FILE, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
             plot_confusion(result.confusion, result.class_names, run / "confusion_matrix.png")
         plot_run(run)
