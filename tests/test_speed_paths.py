@@ -88,12 +88,14 @@ def test_fast_path_matches_exact_path() -> None:
     torch.testing.assert_close(fast, exact, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("split", [False, True])  # the shifted windows in one run, or whole and border apart
 @pytest.mark.parametrize("per_thread", [1, 5, 24, 4096])  # one window, runs of windows, whole images, all
 def test_cpu_inference_in_groups_matches_exact_path(
-    per_thread: int, fp32_gemms: bool, monkeypatch: pytest.MonkeyPatch
+    per_thread: int, split: bool, fp32_gemms: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """CPU inference runs each block's attention on groups of windows and its MLP on groups of tokens; the
-    numbers are the exact path's, for padded, shifted grids and groups that split images unevenly."""
+    numbers are the exact path's, for padded, shifted grids and groups that split images unevenly, with the
+    shifted windows in one run or split by region."""
     model = _model()
     x = torch.randn(3, 3, 44, 40)  # grids of 11x10 and 6x5 patches: padded to the window 4 in both stages
     with torch.no_grad():
@@ -104,6 +106,8 @@ def test_cpu_inference_in_groups_matches_exact_path(
         layers.WindowAttention, "forward_rows", lambda self, *a: calls.append(a[0].shape[0]) or forward(self, *a)
     )
     monkeypatch.setattr(layers, "CPU_GROUP_TOKENS_PER_THREAD", per_thread)
+    if split:
+        monkeypatch.setattr(layers, "REGION_MASK_BYTES", 0)
     with torch.inference_mode():
         grouped = model(x).logits
     torch.testing.assert_close(grouped, exact, rtol=1e-5, atol=1e-5)
@@ -111,18 +115,30 @@ def test_cpu_inference_in_groups_matches_exact_path(
     assert sum(calls) == 2 * windows  # every window attended once, in the two blocks of each stage
     tokens = per_thread * torch.get_num_threads()
     assert all(n * 16 <= max(tokens, 16) for n in calls)  # a group is one window at least, else <= tokens
-    # one group per block when it holds everything, the shifted block's whole and border windows apart (stage
-    # 2 is not shifted: its 4x4 grid at image_size fits one window)
-    assert len(calls) == 4 + 1 if tokens >= 3 * 9 * 16 else len(calls) > 5
+    # one group per block when it holds everything, split: the shifted block's whole and border windows apart
+    # (stage 2 is not shifted: its 4x4 grid at image_size fits one window)
+    assert len(calls) == 4 + split if tokens >= 3 * 9 * 16 else len(calls) > 4 + split
 
 
 @pytest.mark.parametrize("grid", [(12, 8), (11, 10), (8, 8), (4, 16), (5, 3)])
-def test_region_masks_are_the_folded_mask_of_their_windows(grid: tuple[int, int]) -> None:
-    """Grouped CPU inference keeps one mask for the windows the shift left whole and one per border window;
-    they are the folded mask's rows of those windows, and the layout takes every grid row there and back."""
+def test_region_masks_are_the_folded_mask_of_their_windows(
+    grid: tuple[int, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Grouped CPU inference keeps one mask for the windows the shift left whole and one per border window
+    where the folded mask would be large; they are the folded mask's rows of those windows, and the layout
+    takes every grid row there and back. Where it would be small, every window is in one run."""
     block = layers.Swinv2Block(8, 2, window=4, shift=2).eval()
     h, w = grid
     hp, wp = block._padded(h, w)
+    with torch.inference_mode():
+        folded = block.attention_mask(hp, wp, torch.float32, torch.device("cpu"))
+        assert not block.splits_regions(hp, wp)
+        one_run, nothing = block.region_masks(hp, wp, torch.float32, torch.device("cpu"))
+        assert torch.equal(one_run, folded) and nothing.shape[0] == 0
+        assert block.regions(h, w, torch.device("cpu")).counts == (hp * wp // 16, 0)
+    monkeypatch.setattr(layers, "REGION_MASK_BYTES", folded.numel() * 4 - 1)  # just over the limit
+    block.clear_cache()
+    assert block.splits_regions(hp, wp)
     whole, border = layers.window_regions(hp, wp, 4, 2)
     per_row = wp // 4
     expected_border = [i for i in range(hp // 4 * per_row) if i // per_row == hp // 4 - 1 or i % per_row == per_row - 1]
@@ -132,7 +148,7 @@ def test_region_masks_are_the_folded_mask_of_their_windows(grid: tuple[int, int]
         whole_mask, border_mask = block.region_masks(hp, wp, torch.float32, torch.device("cpu"))
     assert whole_mask.shape[0] == 1 and torch.equal(folded[whole], whole_mask.expand(len(whole), -1, -1, -1))
     assert torch.equal(folded[border], border_mask)
-    layout = layers.region_layout(h, w, 4, 2)
+    layout = block.regions(h, w, torch.device("cpu"))
     x = torch.randn(3, h * w, 5)
     regions = [x.index_select(1, rows.clamp(min=0)).masked_fill_((rows < 0)[:, None], 0) for rows in layout.to_windows]
     assert [r.shape[1] for r in regions] == [16 * len(whole), 16 * len(border)]

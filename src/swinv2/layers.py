@@ -58,6 +58,11 @@ MASK_CACHE_SIZE = 4
 # 32768 x 96 tokens: 24 -> 12 ms, the MLP 46 -> 32 ms on a 2-core Zen 4); swinv2-tiny at batch 8: peak RSS
 # 950 -> 800 MiB.
 CPU_GROUP_TOKENS_PER_THREAD = 1024
+# A shifted block's folded mask holds a (heads, N, N) mask per window. Where it would take more than this in
+# fp32, CPU inference keeps one mask for the windows the shift left whole and folded masks for the border
+# windows only (`window_regions`): swinv2-tiny at 1024 px, 109.5 -> 16.5 MiB of masks (peak RSS 1037 -> 896
+# MiB at batch 1). Below, one run of every window is 3% faster at 256 px (fewer, larger groups).
+REGION_MASK_BYTES = 4 << 20
 # Under torch.compile, CPU inference runs a block on groups of tokens too, for another reason: inductor's code
 # allocates its temporaries afresh on every call, and glibc maps those above its largest mmap threshold (32 MiB)
 # straight from the kernel, which zero-fills them page by page on first touch. Groups whose largest temporary
@@ -574,11 +579,13 @@ class RegionLayout(NamedTuple):
         return torch.addcmul(self.within + batch * self.earlier, images, self.stride).flatten()
 
 
-def region_layout(height: int, width: int, window: int, shift: int) -> RegionLayout:
-    """The `RegionLayout` of a `(height, width)` grid (int32 indices)."""
+def region_layout(height: int, width: int, window: int, shift: int, split: bool) -> RegionLayout:
+    """The `RegionLayout` of a `(height, width)` grid (int32 indices): the regions of `window_regions` when
+    `split`, else one region of every window (and an empty one)."""
     to_windows, from_windows = window_layout(height, width, window, shift)
     n = window * window
-    regions = window_regions(height + (-height) % window, width + (-width) % window, window, shift)
+    padded = (height + (-height) % window, width + (-width) % window)
+    regions = window_regions(*padded, window, shift if split else 0)
     region_of = torch.empty(to_windows.numel() // n, dtype=torch.int32)
     rank = torch.empty_like(region_of)
     for k, windows in enumerate(regions):
@@ -1221,11 +1228,17 @@ class Swinv2Block(nn.Module):
         return self._folded_masks(height, width, dtype, device, regions=False)[0]
 
     def region_masks(self, height: int, width: int, dtype: torch.dtype, device: torch.device) -> tuple[Tensor, ...]:
-        """`attention_mask` for the regions of `window_regions`, kept the same way: the position bias alone
-        `(1, heads, N, N)` for the windows the shift left whole, bias plus shift mask `(n_border, heads, N, N)`
-        for the border windows. The windows in the middle of a large grid share one mask: at 1024 px
-        swinv2-tiny's folded masks take 114 MiB in fp32, these ~7."""
+        """`attention_mask` for the two regions of `regions`, kept the same way. Where the block splits its
+        windows (`splits_regions`): the position bias alone `(1, heads, N, N)` for the windows the shift left
+        whole, bias plus shift mask `(n_border, heads, N, N)` for the border windows. Else the folded mask of
+        every window, and an empty one."""
         return self._folded_masks(height, width, dtype, device, regions=True)
+
+    def splits_regions(self, height: int, width: int) -> bool:
+        """Whether CPU inference splits a padded grid's windows into `window_regions`: a shifted block whose
+        folded mask would take more than REGION_MASK_BYTES in fp32."""
+        windows = (height // self.window) * (width // self.window)
+        return self.shift > 0 and windows * self.attn.num_heads * self.window**4 * 4 > REGION_MASK_BYTES
 
     def _folded_masks(
         self, height: int, width: int, dtype: torch.dtype, device: torch.device, regions: bool
@@ -1238,12 +1251,13 @@ class Swinv2Block(nn.Module):
             cached = _recall(self._mask_cache, key)
             if cached is not None:
                 return cached
+        split = regions and self.splits_regions(height, width)
         bias = self.attn.position_bias().unsqueeze(0)  # (1, heads, N, N), in the weights' dtype
         if self.shift == 0:
             folded = bias.to(dtype)
         else:  # (0 and -100 are exact in every float dtype: the shift mask is made in `dtype` itself)
             shift_mask = shifted_window_mask(height, width, self.window, self.shift, device, dtype).unsqueeze(1)
-            if regions:
+            if split:
                 shift_mask = shift_mask[window_regions(height, width, self.window, self.shift)[1].to(device)]
             if cacheable:  # summed at the bias's precision, written once in `dtype`: no fp32 (nW, heads, N, N)
                 folded = bias.new_empty((shift_mask.shape[0], *bias.shape[1:]), dtype=dtype)
@@ -1251,8 +1265,8 @@ class Swinv2Block(nn.Module):
             else:  # (autograd and torch.compile take no out= tensor)
                 folded = (bias + shift_mask).to(dtype)
         masks = (folded,)
-        if regions:  # (without a shift every window is whole: no border windows)
-            masks = (folded, folded[:0]) if self.shift == 0 else (bias.to(dtype), folded)
+        if regions:  # the whole windows' and the border windows' masks, or every window's and none
+            masks = (bias.to(dtype), folded) if split else (folded, folded[:0])
         if cacheable:
             _remember(self._mask_cache, key, masks)
         return masks
@@ -1263,15 +1277,19 @@ class Swinv2Block(nn.Module):
         return self._layout(False, height, width, device)
 
     def regions(self, height: int, width: int, device: torch.device) -> RegionLayout:
-        """`region_layout` of this block's window and shift for a `(height, width)` grid, on `device`: built
-        once per grid size."""
+        """`region_layout` of this block's window and shift for a `(height, width)` grid, on `device`, split
+        as `splits_regions` says: built once per grid size."""
         return self._layout(True, height, width, device)
 
     def _layout(self, regions: bool, height: int, width: int, device: torch.device):
         key = (regions, height, width, device)
         layout = _recall(self._layout_cache, key)
         if layout is None:
-            layout = (region_layout if regions else window_layout)(height, width, self.window, self.shift)
+            if regions:
+                split = self.splits_regions(*self._padded(height, width))
+                layout = region_layout(height, width, self.window, self.shift, split)
+            else:
+                layout = window_layout(height, width, self.window, self.shift)
             layout = _on_device(layout, device)
             _remember(self._layout_cache, key, layout)
         return layout
