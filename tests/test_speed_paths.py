@@ -1077,6 +1077,23 @@ def test_forward_mode_ad_matches_transformers(tmp_path) -> None:
     torch.testing.assert_close(ours, expected, rtol=1e-4, atol=1e-4 * expected.abs().max().item())
 
 
+def test_a_model_built_or_loaded_in_inference_mode_runs(tmp_path) -> None:
+    """Parameters made under torch.inference_mode have no version counter, which the caches key on: such a
+    model computes its masks and constants on every call instead of failing, with the same outputs."""
+    model = _model()
+    model.save_pretrained(tmp_path)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        expected = model(x).logits
+    with torch.inference_mode():
+        loaded = Swinv2ForImageClassification.from_pretrained(tmp_path)
+        assert loaded.classifier.weight.is_inference()
+        for _ in range(2):
+            torch.testing.assert_close(loaded(x).logits, expected, rtol=1e-5, atol=1e-5)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert torch.isfinite(loaded(x).logits).all()
+
+
 def test_block_caches_tolerate_entries_evicted_by_other_threads() -> None:
     """Threads calling one model share its per-block caches: an entry another thread evicts between the
     lookup and the reordering is a miss, not a KeyError (multi-scale inputs from several threads)."""

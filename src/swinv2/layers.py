@@ -154,7 +154,7 @@ def _cast_cached(t: Tensor | None, dtype: torch.dtype) -> Tensor | None:
     if t is None or t.dtype == dtype:
         return t
     # not for tensors computed in this call (the qkv bias), nor inside a compiled graph (inductor fuses casts)
-    if not isinstance(t, nn.Parameter) or torch.compiler.is_compiling():
+    if not isinstance(t, nn.Parameter) or torch.compiler.is_compiling() or t.is_inference():
         return t.to(dtype)
     key = (dtype, t.data_ptr(), t._version)
     entry = _CAST_CACHE.get(t)
@@ -385,10 +385,14 @@ def _caches_ok() -> bool:
     return not torch.is_grad_enabled() and not torch.compiler.is_compiling() and not torch.jit.is_tracing()
 
 
-def _versions(*tensors: Tensor | None) -> tuple:
+def _versions(*tensors: Tensor | None) -> tuple | None:
     """What identifies these tensors' current values: storage and version counter (an in-place update,
-    an optimiser step included, bumps the counter)."""
-    return tuple((t.data_ptr(), t._version) for t in tensors if t is not None)
+    an optimiser step included, bumps the counter). None when one has no counter (an inference tensor: a
+    model built or loaded under torch.inference_mode), whose values then cannot be kept."""
+    tensors = tuple(t for t in tensors if t is not None)
+    if any(t.is_inference() for t in tensors):
+        return None
+    return tuple((t.data_ptr(), t._version) for t in tensors)
 
 
 def apply_linear(module: nn.Module, x: Tensor, gelu: str | None = None) -> Tensor:
@@ -981,9 +985,9 @@ class WindowAttention(nn.Module):
         """The fused qkv bias `(3C,)` and the logit scale `(heads,)`. Outside autograd they are computed once
         and kept while their parameters are unchanged (version counters): four fewer kernel launches per
         block, which is what batch-1 latency on a GPU is made of."""
-        if not _caches_ok():
+        key = _versions(self.q_bias, self.v_bias, self.logit_scale) if _caches_ok() else None
+        if key is None:
             return self.qkv_bias(), self.logit_scale_exp().view(-1)
-        key = _versions(self.q_bias, self.v_bias, self.logit_scale)
         constants = self._constants  # (read once: another thread may replace it meanwhile)
         if constants is None or constants[0] != key:
             constants = self._constants = (key, (self.qkv_bias(), self.logit_scale_exp().view(-1)))
@@ -1244,10 +1248,12 @@ class Swinv2Block(nn.Module):
         self, height: int, width: int, dtype: torch.dtype, device: torch.device, regions: bool
     ) -> tuple[Tensor, ...]:
         attn = self.attn
+        tables = (attn.relative_coords_table, attn.relative_position_index)
         cacheable = _caches_ok() and not any(_hooked(m) for m in attn.cpb_mlp.modules())
+        versions = _versions(*attn.cpb_mlp.parameters(), *tables) if cacheable else None
+        cacheable = versions is not None
         if cacheable:
-            tables = (attn.relative_coords_table, attn.relative_position_index)
-            key = (regions, height, width, dtype, device, *_versions(*attn.cpb_mlp.parameters(), *tables))
+            key = (regions, height, width, dtype, device, *versions)
             cached = _recall(self._mask_cache, key)
             if cached is not None:
                 return cached
