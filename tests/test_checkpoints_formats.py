@@ -989,3 +989,60 @@ def test_one_stage_headless_timm_checkpoint_is_told_from_microsofts(tmp_path):
     mine = ours(kind="Swinv2Model", embed_dim=32, depths=[2], num_heads=[2], image_size=52, window_size=5)
     assert ck.detect_format(ck.export_state_dict(mine, "microsoft")) == "microsoft"
     assert model.config.depths == [2]
+
+
+def test_a_file_with_its_own_config_is_built_by_it_beside_another_models_config(tmp_path):
+    """Files of several models in one folder: a weights file that records its config (as write_checkpoint
+    writes them) is built by that config, not by the config.json of another model beside it."""
+    torch.manual_seed(0)
+    config = swinv2.Swinv2Config(image_size=[48, 64], patch_size=4, embed_dim=16, depths=[2, 2], num_heads=[2, 4],
+                                 window_size=4, pretrained_window_sizes=[3, 5], num_labels=3)
+    model = perturb_(swinv2.Swinv2ForImageClassification(config)).eval()
+    other = swinv2.Swinv2Config(**{**config.to_dict(), "image_size": 96, "window_size": 8,
+                                   "pretrained_window_sizes": [0, 0]})
+    other.save_pretrained(tmp_path)
+    x = torch.randn(2, 3, 48, 64, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected = model(x).logits
+    for fmt, name in (("microsoft", "m.pth"), ("timm", "t.safetensors"), ("torchvision", "v.safetensors")):
+        path = ck.write_checkpoint(model, tmp_path / name, fmt)
+        loaded = swinv2.Swinv2ForImageClassification.from_pretrained(path)
+        assert (loaded.config.window_size, loaded.config.image_size) == (4, [48, 64]), fmt
+        with torch.no_grad():
+            assert max_diff(loaded(x).logits, expected) < ATOL, fmt
+
+
+def test_torchvision_files_of_other_channel_counts_are_refused(tmp_path):
+    """torchvision's Swin V2 stem takes RGB: a 4-channel model written for it would not load there."""
+    config = swinv2.Swinv2Config(image_size=32, patch_size=4, embed_dim=8, depths=[1, 1], num_heads=[1, 2],
+                                 window_size=4, num_channels=4)
+    with pytest.raises(ck.CheckpointError, match="3-channel images, and this model has 4"):
+        ck.write_checkpoint(swinv2.Swinv2ForImageClassification(config), tmp_path / "v.pth", "torchvision")
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("name", ["swinv2_base_window12_192", "swinv2_large_window12_192"])
+def test_untagged_192_px_timm_names_are_the_imagenet_22k_models(name):
+    """timm's swinv2_*_window12_192 default to their ms_in22k weights: 21841 classes, as create_model builds."""
+    import timm
+
+    assert swinv2.Swinv2Config.from_pretrained(name).num_labels == timm.create_model(name).num_classes == 21841
+
+
+def test_a_non_square_microsoft_file_takes_the_given_size_quietly(tmp_path, caplog):
+    """Shift masks tell square sizes only: a non-square Microsoft file without a config asks for its size,
+    and once it is given loads without a warning."""
+    torch.manual_seed(0)
+    config = swinv2.Swinv2Config(image_size=[48, 64], patch_size=4, embed_dim=16, depths=[2, 2], num_heads=[2, 4],
+                                 window_size=4, num_labels=3)
+    model = perturb_(swinv2.Swinv2ForImageClassification(config)).eval()
+    torch.save({"model": ck.export_state_dict(model, "microsoft")}, tmp_path / "ms.pth")
+    with pytest.raises(ck.CheckpointError, match="square sizes only"):
+        swinv2.Swinv2ForImageClassification.from_pretrained(tmp_path / "ms.pth")
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="swinv2"):
+        loaded = swinv2.Swinv2ForImageClassification.from_pretrained(tmp_path / "ms.pth", image_size=[48, 64])
+    assert not [r for r in caplog.records if "square" in r.getMessage()]
+    x = torch.randn(1, 3, 48, 64, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        assert max_diff(loaded(x).logits, model(x).logits) < ATOL

@@ -642,6 +642,11 @@ def ours_to_torchvision(model: torch.nn.Module) -> dict[str, Tensor]:
     """A model's weights in torchvision's `SwinTransformer` (V2 blocks) layout, with its persistent buffers
     (warned where torchvision lays the windows out otherwise, `_peer_geometry`)."""
     config = model.config
+    if config.num_channels != 3:  # its stem's convolution is built for RGB: the weights would not load
+        raise CheckpointError(
+            f"torchvision's Swin V2 takes 3-channel images, and this model has {config.num_channels}; convert to "
+            "hf, microsoft or timm (in_chans), which keep the channel count"
+        )
     state = model_state_canonical(model)
     _refuse_extras(state, "torchvision")
     fused: dict[str, Tensor] = {}
@@ -959,7 +964,10 @@ def checkpoint_config(
     the file, the folder), with what timm records besides the name (`_timm_config_fields`) and then
     `overrides` on top."""
     names: list[str] = []
-    if config_path is not None:
+    # A weights file given by its path that records its own config is built by it: a config.json beside it
+    # may be another model's (files of several models in one folder).
+    given_file = weights_path is not None and Path(name).expanduser().resolve() == weights_path.resolve()
+    if config_path is not None and not (given_file and embedded is not None and not _is_timm_config(embedded)):
         data = _read_json(config_path)
         if _is_timm_config(data):
             names.append(str(data["architecture"]))
@@ -1053,6 +1061,8 @@ def infer_config(
         example = {"window_size": "window_size=8", "image_size": "image_size=256"}
         pronoun = "them" if len(unknown) > 1 else "it"
         why = {
+            "microsoft": " (its shift masks tell square sizes only)",
+            "microsoft-simmim": " (its shift masks tell square sizes only)",
             "timm": f" (timm's weights do not depend on {pronoun})",
             "torchvision": f" (torchvision's weights do not depend on {pronoun}; its swin_v2_t/s/b are trained at "
             "256 px)",
@@ -1179,12 +1189,7 @@ def _microsoft_image_size(
     limit = 4096
     grids = [grid for grid in range(1, limit + 1) if fits(grid, window)]
     if not grids or grids[-1] == limit:  # nothing fits (not a square image), or nothing bounds the size
-        if grids:
-            return {}
-        logger.warning(
-            "this Microsoft checkpoint's windows and shift masks fit no square image size; pass image_size"
-        )
-        return {}
+        return {}  # (infer_config asks for the size, unless it was given)
     whole = [g for g in grids if all((g // 2**i) % stage_window(g // 2**i, window)[0] == 0 for i in range(len(depths)))]
     return {"image_size": max(whole or grids) * patch}
 

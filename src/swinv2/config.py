@@ -622,7 +622,10 @@ def preset_kwargs(name: str | os.PathLike) -> dict[str, Any] | None:
         window = int(match["window"] or match["window0"])
         image = int(match["image"] or match["image0"])
         rest = match["rest"]
-        in22k = ("22k" in rest and "1k" not in rest) or rest.endswith("in22k")
+        # (the 192 px models were trained on ImageNet-22k only: timm's swinv2_base_window12_192 has no tag)
+        in22k = ("22k" in rest and "1k" not in rest) or rest.endswith("in22k") or (
+            int(match["image0"]) == 192 and not match["image"] and "1k" not in rest
+        )
         pretrained = [0, 0, 0, 0]
         if match["window"]:
             pretrain_window, pretrain_grid = int(match["window0"]), int(match["image0"]) // patch
