@@ -183,3 +183,15 @@ def test_other_model_type_is_refused(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "vit", "hidden_size": 768}))
     with pytest.raises(ValueError, match="'vit'"):
         Swinv2Config.from_pretrained(tmp_path)
+
+
+def test_update_takes_to_dict_and_changes_nothing_when_invalid():
+    """update() skips what to_dict derives (num_layers, hidden_size, stage_names), as transformers' update of its
+    own to_dict works, and leaves the config as it was when the result would not be valid."""
+    config = Swinv2Config(depths=[1, 1], num_heads=[1, 2], embed_dim=8)
+    config.update(config.to_dict())
+    config.update({"depths": [2, 2], "num_labels": 3})
+    assert config.depths == [2, 2] and config.num_labels == 3
+    with pytest.raises(ValueError):
+        config.update({"depths": [2, 2, 6, 2]})  # num_heads still has two stages
+    assert config.depths == [2, 2] and Swinv2Config.from_dict(config.to_dict()).depths == [2, 2]

@@ -558,3 +558,28 @@ def test_a_transformers_pipeline_runs_our_model_and_processor(photos, tmp_path):
         expected, got = theirs(photo), ours(photo)
         assert [r["label"] for r in got] == [r["label"] for r in expected]
         assert max(abs(a["score"] - b["score"]) for a, b in zip(got, expected)) < 1e-5
+
+
+def test_a_batch_is_read_in_its_first_images_layout_as_transformers():
+    """transformers infers the channel layout once, from the first image: a (1, 37, 3) strip after a
+    (24, 22, 3) photo is RGB, not a 37x3 grey image read on its own."""
+    photo = load_sample_images().images[0]
+    first, strip = np.ascontiguousarray(photo[:24, :22]), np.ascontiguousarray(photo[100:101, :37])
+    settings = dict(size={"height": 16, "width": 16}, image_mean=[0.5] * 3, image_std=[0.5] * 3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        expected = transformers.ViTImageProcessor(**settings)([first, strip], return_tensors="np").pixel_values
+    ours = Swinv2ImageProcessor(**settings)([first, strip], return_tensors="np")["pixel_values"]
+    # (a 1-pixel-high strip resized 16x: a few pixels round one 8-bit step apart; read as grey it was ~1 off)
+    np.testing.assert_allclose(ours, expected, atol=2.5 / 255)
+
+
+@pytest.mark.parametrize("size, crop_pct", [(224, 0.875), ({"shortest_edge": 224}, None), (224, None)])
+def test_convnext_files_with_an_int_size_or_no_crop_pct(tmp_path, size, crop_pct):
+    """ConvNeXt's older files give an int size (its short side), and a null crop_pct means its 224/256."""
+    config = {"feature_extractor_type": "ConvNextFeatureExtractor", "crop_pct": crop_pct, "size": size, "resample": 3}
+    (tmp_path / "preprocessor_config.json").write_text(json.dumps(config))
+    image = load_sample_images().images[1]
+    expected = transformers.ConvNextImageProcessor.from_pretrained(tmp_path)(image, return_tensors="np").pixel_values
+    ours = Swinv2ImageProcessor.from_pretrained(tmp_path)(image, return_tensors="np")["pixel_values"]
+    np.testing.assert_allclose(ours, expected, atol=1e-5)

@@ -1077,6 +1077,21 @@ def test_forward_mode_ad_matches_transformers(tmp_path) -> None:
     torch.testing.assert_close(ours, expected, rtol=1e-4, atol=1e-4 * expected.abs().max().item())
 
 
+def test_region_caches_follow_the_split_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two grids that pad to the same size, one run with the windows split and one without: each gets its own
+    layout and masks (a cached split mask with an unsplit layout was 5.3 off)."""
+    model = _model()
+    x_split, x_whole = torch.randn(1, 3, 26, 30), torch.randn(1, 3, 28, 30)  # 13x15 and 14x15 patches: 16x16
+    with torch.no_grad():
+        expected = model(x_whole, output_attentions=True).logits
+    with torch.inference_mode():
+        monkeypatch.setattr(layers, "REGION_MASK_BYTES", 0)
+        model(x_split)
+        monkeypatch.setattr(layers, "REGION_MASK_BYTES", 1 << 40)
+        got = model(x_whole).logits
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
 def test_a_model_built_or_loaded_in_inference_mode_runs(tmp_path) -> None:
     """Parameters made under torch.inference_mode have no version counter, which the caches key on: such a
     model computes its masks and constants on every call instead of failing, with the same outputs."""

@@ -251,9 +251,17 @@ class Swinv2Config:
             super().__setattr__(name, value)
 
     def update(self, config_dict: Mapping[str, Any]) -> None:
-        """Set each key of `config_dict` as an attribute, as transformers' `update` does."""
+        """Set each key of `config_dict` as an attribute, as transformers' `update` does; the values derived
+        from others that `to_dict` writes (num_layers, hidden_size, ...) are skipped, and nothing is changed
+        when the result is not a valid config."""
+        derived = {name for name in config_dict if isinstance(getattr(type(self), name, None), property)
+                   and getattr(type(self), name).fset is None}
+        updated = copy.deepcopy(self)
         for key, value in config_dict.items():
-            setattr(self, key, value)
+            if key not in derived:
+                setattr(updated, key, value)
+        updated.validate()
+        self.__dict__.update(updated.__dict__)
 
     # ------------------------------------------------------------------ derived values
     @property

@@ -1252,12 +1252,12 @@ class Swinv2Block(nn.Module):
         cacheable = _caches_ok() and not any(_hooked(m) for m in attn.cpb_mlp.modules())
         versions = _versions(*attn.cpb_mlp.parameters(), *tables) if cacheable else None
         cacheable = versions is not None
-        if cacheable:
-            key = (regions, height, width, dtype, device, *versions)
+        split = regions and self.splits_regions(height, width)
+        if cacheable:  # (split: REGION_MASK_BYTES may change between calls)
+            key = (regions, split, height, width, dtype, device, *versions)
             cached = _recall(self._mask_cache, key)
             if cached is not None:
                 return cached
-        split = regions and self.splits_regions(height, width)
         bias = self.attn.position_bias().unsqueeze(0)  # (1, heads, N, N), in the weights' dtype
         if self.shift == 0:
             folded = bias.to(dtype)
@@ -1288,11 +1288,11 @@ class Swinv2Block(nn.Module):
         return self._layout(True, height, width, device)
 
     def _layout(self, regions: bool, height: int, width: int, device: torch.device):
-        key = (regions, height, width, device)
+        split = regions and self.splits_regions(*self._padded(height, width))
+        key = (regions, split, height, width, device)
         layout = _recall(self._layout_cache, key)
         if layout is None:
             if regions:
-                split = self.splits_regions(*self._padded(height, width))
                 layout = region_layout(height, width, self.window, self.shift, split)
             else:
                 layout = window_layout(height, width, self.window, self.shift)

@@ -541,7 +541,14 @@ class Swinv2ImageProcessor:
             )
         if return_tensors not in ("pt", "np", None):
             raise ValueError(f"return_tensors must be 'pt', 'np' or None, got {return_tensors!r}")
-        arrays = [self._geometry(_to_hwc(image, self.channels, layout)) for image in _flatten(images)]
+        flat = _flatten(images)
+        first = flat[0] if flat else None
+        if layout is None and isinstance(first, (np.ndarray, Tensor)) and first.ndim == 3:
+            # as transformers: the first image's layout is the batch's (a (1, 37, 3) strip after a (24, 22, 3)
+            # image is RGB, not a 37x3 grey image read on its own)
+            channels_first = _reads_channels_first(tuple(first.shape), isinstance(first, Tensor))
+            layout = "channels_first" if channels_first else "channels_last"
+        arrays = [self._geometry(_to_hwc(image, self.channels, layout)) for image in flat]
         shapes = {a.shape for a in arrays}
         if len(shapes) > 1 and return_tensors is not None:
             raise ValueError(
@@ -641,6 +648,11 @@ class Swinv2ImageProcessor:
         processor is read as that processor applies it."""
         settings = {**config, **overrides}
         kind = settings.get("image_processor_type") or settings.get("feature_extractor_type") or ""
+        if str(kind).startswith("ConvNext"):  # read as ConvNextImageProcessor reads its file
+            if isinstance(settings.get("size"), int):  # (its older files: an int is the short side)
+                settings["size"] = {"shortest_edge": settings["size"]}
+            if settings.get("crop_pct") is None:
+                settings["crop_pct"] = 224 / 256  # its default for a missing or null crop_pct
         size = settings.get("size")
         short = size.get("shortest_edge") if isinstance(size, Mapping) else None
         if str(kind).startswith("ConvNext") and isinstance(short, int) and short >= 384:
