@@ -184,6 +184,25 @@ def test_layer_decay_scales_follow_depth():
 
 
 # ---------------------------------------------------------------------------------------------- checkpoint files
+def test_atomic_write_writes_through_links_and_refuses_devices(tmp_path):
+    """A symlink is written through (the link stays, its file changes); a device or pipe is never replaced
+    by a regular file (as root, `swinv2 export ... /dev/full` replaced the device)."""
+    import os
+    from pathlib import Path
+
+    target = tmp_path / "model.onnx"
+    target.write_text("old")
+    link = tmp_path / "link.onnx"
+    link.symlink_to(target)
+    atomic_write(link, lambda tmp: Path(tmp).write_text("new"))
+    assert link.is_symlink() and target.read_text() == "new"
+    pipe = tmp_path / "pipe"
+    os.mkfifo(pipe)
+    with pytest.raises(WriteError, match="not a regular file"):
+        atomic_write(pipe, lambda tmp: Path(tmp).write_text("new"))
+    assert not pipe.is_file()
+
+
 def test_atomic_write_keeps_the_old_file_when_the_writer_fails(tmp_path):
     path = tmp_path / "checkpoints" / "state.pt"
     atomic_write(path, lambda tmp: torch.save({"step": 1}, tmp))
@@ -968,6 +987,8 @@ def test_resuming_a_longer_run_says_the_schedule_changes(tiny_config, photos, tm
     (["--randaugment", "-2"], r"randaugment is a magnitude in \[0, 30\] \(0: off\), got -2"),
     (["--image-mean", "nan", "0", "0"], r"image_mean must be a finite number, got \[nan, 0.0, 0.0\]"),
     (["--image-std", "0", "1", "1"], r"image_std must be > 0 for every channel"),
+    (["--image-std", "1e-50", "1", "1"], r"image_std must be at least 1e-6"),  # 0 or inf in fp32
+    (["--image-mean", "1e300", "0", "0"], r"image_mean must lie within \+-1e6"),
 ])
 def test_out_of_range_training_flags_are_argument_errors(tiny_config, photos, tmp_path, capsys, flags, message):
     """Each is refused before any work, in one line with status 2 (not a traceback from torch, nor a run)."""
@@ -1012,6 +1033,15 @@ def test_a_diverging_run_stops_before_saving_nan_weights(tiny_config, photos, tm
             json.loads(line, parse_constant=lambda token: pytest.fail(f"{token} in metrics.jsonl"))
 
 
+def test_an_update_that_overflows_the_weights_stops_the_run(tiny_config, photos, tmp_path):
+    """Finite gradients times an lr of 3e38 overflow the weights in one step: the run stops before writing
+    them, though no gradient was ever non-finite."""
+    run = tmp_path / "run"
+    with pytest.raises(TrainingError, match="an update made the weights NaN or infinite"):
+        train(_config(tiny_config, photos, run, lr=3e38, max_steps=1, warmup_steps=0))
+    assert not (run / "last").exists() and not list(run.glob("checkpoints/*"))
+
+
 def test_json_files_write_nan_and_infinity_as_null():
     from swinv2.training import json_text
 
@@ -1042,6 +1072,8 @@ def test_labels_in_other_scripts_are_matched_by_their_own_letters(photos, tmp_pa
     assert match_labels(["猫", "sneaker", "trouser"], ["犬", "sneaker"]) is None
     assert match_labels(["Straße", "Кот", "?"], ["кот", "STRASSE", "!"]) is None  # "!" and "?" spell nothing
     assert match_labels(["Straße", "Кот"], ["кот", "STRASSE"]) == [1, 0]
+    assert match_labels(["काल", "x"], ["किल"]) is None  # the vowel sign is a mark, not punctuation
+    assert match_labels(["Cafe", "Caf\u00e9"], ["Cafe\u0301"]) == [1]  # NFD, as macOS writes folder names
     model = _saved_classifier(tmp_path / "model")
     _relabel(model, ["猫", "coffee", "rocket"])
     data = tmp_path / "data"
@@ -1107,3 +1139,9 @@ def test_resuming_another_run_into_a_new_output_takes_that_runs_settings(tiny_co
         assert (saved["batch_size"], saved["lr"], saved["output"]) == (6, 1e-3, str(new))
         assert not list((run / "checkpoints").glob("step_00000003.pt"))  # RUN itself is left as it was
         shutil.rmtree(new)
+    other = tmp_path / "other"  # a folder that holds a run of its own is never written over
+    train(_config(tiny_config, photos, other, new_head=True, max_steps=1, lr=1e-3))
+    before = sorted(p.name for p in (other / "checkpoints").iterdir())
+    assert cli.main(["train", "--output", str(other), "--resume", str(run), "--max-steps", "3", "--no-progress"]) == 2
+    assert "already holds a run" in capsys.readouterr().err
+    assert sorted(p.name for p in (other / "checkpoints").iterdir()) == before

@@ -75,9 +75,11 @@ class WriteError(Swinv2Error, OSError):
 # ---------------------------------------------------------------------------------------------- files
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
     """Call `write(tmp_path)`, fsync, then rename over `path`: a crash never leaves half a file behind."""
-    path = Path(path)
+    path = Path(os.path.realpath(path))  # a symlink is written through, to the file it names, not replaced
     if path.is_dir():
         raise WriteError(f"{path} is a folder: name the file to write (e.g. {path / 'model.safetensors'})")
+    if path.exists() and not path.is_file():  # a device or pipe would be replaced by a regular file
+        raise WriteError(f"{path} is not a regular file (a device, pipe or socket); name a file to write")
     tmp = None
     try:
         # inside the try: a read-only or full folder fails here already, and gets the same message

@@ -250,7 +250,7 @@ def _run_train(args: argparse.Namespace) -> int:
     if "top1" in metrics:
         summary += [f"val top-1 {metrics['top1']:.4f}", f"top-5 {metrics['top5']:.4f}",
                     f"best top-1 {metrics['best_top1']:.4f}"]
-    elif "train_loss" in metrics:
+    elif metrics.get("train_loss") is not None:
         summary.append(f"loss {metrics['train_loss']:.4f}")
     print(f"done: {', '.join(summary)}; model in {result.best or result.last}")
     return 0

@@ -39,6 +39,7 @@ import sys
 import time
 import types
 import typing
+import unicodedata
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -188,6 +189,11 @@ class TrainConfig:
         need(self.num_workers >= 0, f"num_workers must be >= 0 (0: load in this process), got {self.num_workers}")
         need(self.image_std is None or min(self.image_std, default=1) > 0,
              f"image_std must be > 0 for every channel, got {self.image_std}")
+        # (pixels are normalised in fp32: a std of 1e-50 or a mean of 1e300 make every value infinite there)
+        need(self.image_std is None or min(self.image_std, default=1) >= 1e-6,
+             f"image_std must be at least 1e-6 (pixels lie in [0, 1]), got {self.image_std}")
+        need(self.image_mean is None or max(map(abs, self.image_mean), default=0) <= 1e6,
+             f"image_mean must lie within +-1e6 (pixels lie in [0, 1]), got {self.image_mean}")
         need(self.amp in AMP_MODES, f"amp must be one of {AMP_MODES}, got {self.amp!r}")
         need(self.ema_decay is None or 0 < self.ema_decay < 1, f"ema_decay must be in (0, 1), got {self.ema_decay}")
         need(0 <= self.label_smoothing < 1, f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
@@ -947,8 +953,11 @@ def _eval_result(raw: Mapping[str, Any], class_names: Sequence[str]) -> EvalResu
 
 def _folder_name(label: str) -> str:
     """A label as a class folder can spell it: case and punctuation aside ("T-shirt/top" ~ "t-shirt_top").
-    Letters and digits of every script are kept ("犬" and "猫" stay apart); "" for a label of punctuation only."""
-    return re.sub(r"[\W_]+", "_", label.casefold()).strip("_")
+    Letters, marks and digits of every script are kept ("犬" and "猫", "काल" and "किल" stay apart), in one
+    Unicode form (macOS writes "é" in folder names as "e" and a combining accent); "" for punctuation only."""
+    text = unicodedata.normalize("NFKC", label).casefold()
+    kept = "".join(c if unicodedata.category(c)[0] in "LMN" else " " for c in text)
+    return "_".join(kept.split())
 
 
 def match_labels(labels: Sequence[str], class_names: Sequence[str]) -> list[int] | None:
@@ -1240,6 +1249,12 @@ def _train(config: TrainConfig, dist: Distributed) -> TrainResult:
     if config.resume is not None:
         target = run if config.resume in ("latest", "auto") else Path(config.resume).expanduser()
         found = latest_checkpoint(target)
+        elsewhere = found is not None and run.resolve() not in found[0].resolve().parents
+        if elsewhere and list_checkpoints(run):  # --output OTHER_RUN --resume RUN would write over OTHER_RUN
+            raise TrainingError(
+                f"{run} already holds a run (checkpoints in {run / CHECKPOINT_DIR}); resuming {target} there would "
+                "overwrite it: choose another --output"
+            )
         if found is None and config.resume != "auto":
             raise TrainingError(
                 f"--resume: no readable checkpoint in {target / CHECKPOINT_DIR if target.is_dir() else target}; "
@@ -1454,17 +1469,24 @@ def _train(config: TrainConfig, dist: Distributed) -> TrainResult:
 
     def diverged(what: str) -> None:
         bar.close()
-        fixes = [f"a lower --lr (this run's is {config.lr:g})", "--clip-grad 1"]
+        fixes = [f"a lower --lr (this run's is {config.lr:g})"]
+        if not config.clip_grad or config.clip_grad > 1:
+            fixes.append("--clip-grad 1")
         if config.amp != "none":
             fixes.append("fp32 (--amp none)")
+        options = fixes[0] if len(fixes) == 1 else f"{', '.join(fixes[:-1])} or {fixes[-1]}"
         raise TrainingError(f"training diverged {what}; stopped without saving the weights. Start a new run with "
-                            f"{', '.join(fixes[:-1])} or {fixes[-1]}")
+                            f"{options}")
 
     def check_finite(diverged_at: Tensor) -> None:
         """Stop before anything is written from weights that a non-finite gradient has turned into NaN."""
         first = int(diverged_at)
         if first >= 0:
             diverged(f"at step {first}: the loss or its gradients became NaN or infinite")
+        # an update can overflow finite gradients into the weights (a huge lr), and SimMIM has no validation
+        # to show it: the weights themselves, read with the log's synchronisation
+        if not bool(torch.stack([p.detach().isfinite().all() for p in model.parameters()]).all()):
+            diverged(f"by step {step}: an update made the weights NaN or infinite")
         # fp16: the scaler skips such steps and halves its scale each time; below 1 even unscaled gradients
         # overflow, or the loss itself is NaN: no step would be taken again (get_scale() is 1 without fp16)
         if scaler.get_scale() < 1:
