@@ -213,8 +213,9 @@ def _layout(value: Any, name: str) -> str | None:
     return text
 
 
-def _reads_channels_first(shape: tuple[int, ...], is_tensor: bool) -> bool:
-    """Whether a 3-D image of this shape, given without `input_data_format`, is (C, H, W).
+def _channel_layout(shape: tuple[int, ...], is_tensor: bool) -> str:
+    """"channels_first" or "channels_last": how to read a 3-D image of this shape given without
+    `input_data_format`.
 
     transformers' rule (`infer_channel_dimension_format`) first, so that the same array gives the same
     pixels: a first dimension of 1 or 3 means channels first, checked before the last one (and a warning when
@@ -235,17 +236,15 @@ def _reads_channels_first(shape: tuple[int, ...], is_tensor: bool) -> bool:
             "'channels_last' to say which",
             stacklevel=5,  # the caller of preprocess
         )
-    return choice
+    return "channels_first" if choice else "channels_last"
 
 
 def _to_hwc(image: Any, num_channels: int, layout: str | None = None) -> np.ndarray:
     """One image as a (height, width, num_channels) array, uint8 when it came as 8-bit, float otherwise.
     A 3-D array or tensor is read by `layout` ("channels_first"/"channels_last") when given, else by its
-    shape (`_reads_channels_first`)."""
+    shape (`_channel_layout`)."""
     if isinstance(image, (np.ndarray, Tensor)) and image.ndim == 3:
-        if layout is None:
-            first = _reads_channels_first(tuple(image.shape), isinstance(image, Tensor))
-            layout = "channels_first" if first else "channels_last"
+        layout = layout or _channel_layout(tuple(image.shape), isinstance(image, Tensor))
         if isinstance(image, Tensor):
             image = image.detach().cpu()
             image = (image.float() if image.is_floating_point() and image.dtype != torch.float64 else image).numpy()
@@ -546,8 +545,7 @@ class Swinv2ImageProcessor:
         if layout is None and isinstance(first, (np.ndarray, Tensor)) and first.ndim == 3:
             # as transformers: the first image's layout is the batch's (a (1, 37, 3) strip after a (24, 22, 3)
             # image is RGB, not a 37x3 grey image read on its own)
-            channels_first = _reads_channels_first(tuple(first.shape), isinstance(first, Tensor))
-            layout = "channels_first" if channels_first else "channels_last"
+            layout = _channel_layout(tuple(first.shape), isinstance(first, Tensor))
         arrays = [self._geometry(_to_hwc(image, self.channels, layout)) for image in flat]
         shapes = {a.shape for a in arrays}
         if len(shapes) > 1 and return_tensors is not None:
