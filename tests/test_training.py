@@ -1138,6 +1138,8 @@ def test_resuming_another_run_into_a_new_output_takes_that_runs_settings(tiny_co
         saved = json.loads((new / "train_config.json").read_text())
         assert (saved["batch_size"], saved["lr"], saved["output"]) == (6, 1e-3, str(new))
         assert not list((run / "checkpoints").glob("step_00000003.pt"))  # RUN itself is left as it was
+        history, records = read_metrics(run), read_metrics(new)  # NEW's plots start at RUN's step 1, not at 3
+        assert history and records[: len(history)] == history and records[-1]["step"] == 3
         shutil.rmtree(new)
     other = tmp_path / "other"  # a folder that holds a run of its own is never written over
     train(_config(tiny_config, photos, other, new_head=True, max_steps=1, lr=1e-3))

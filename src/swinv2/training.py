@@ -815,9 +815,11 @@ def _append_metrics(run: Path, record: Mapping[str, Any]) -> None:
         f.write(json_text(record) + "\n")
 
 
-def _truncate_metrics(run: Path, step: int) -> None:
-    """Drop the records written after `step`: a resumed run writes them again."""
-    kept = [r for r in read_metrics(run) if r.get("step", 0) <= step]
+def _resumed_metrics(run: Path, step: int, history: Path) -> None:
+    """`run`'s metrics.jsonl for a run resumed at `step`: `history`'s records up to that step (the run's own, or
+    those of the run a checkpoint came from, so that plots of a copy start at step 0); the records after it
+    go, since the resumed run writes them again."""
+    kept = [r for r in read_metrics(history) if r.get("step", 0) <= step]
     text = "".join(json_text(r) + "\n" for r in kept)
     atomic_write(run / METRICS_FILE, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
@@ -1246,6 +1248,7 @@ def _train(config: TrainConfig, dist: Distributed) -> TrainResult:
 
     # -- where we start from
     resume_state: dict[str, Any] | None = None
+    history: Path | None = None  # the run folder whose metrics.jsonl this run continues
     if config.resume is not None:
         target = run if config.resume in ("latest", "auto") else Path(config.resume).expanduser()
         found = latest_checkpoint(target)
@@ -1262,6 +1265,8 @@ def _train(config: TrainConfig, dist: Distributed) -> TrainResult:
             )
         if found is not None:
             ckpt_path, resume_state = found
+            # RUN/checkpoints/step_N.pt: RUN's metrics are this run's history; a checkpoint file elsewhere has none
+            history = ckpt_path.parent.parent if ckpt_path.parent.name == CHECKPOINT_DIR else None
             if resume_state.get("task") != config.task:
                 raise TrainingError(
                     f"{ckpt_path} is a {resume_state.get('task')} checkpoint, not {config.task}: resume it with "
@@ -1434,7 +1439,7 @@ def _train(config: TrainConfig, dist: Distributed) -> TrainResult:
     tensorboard = None
     if dist.main:
         if resume_state is not None:
-            _truncate_metrics(run, step)
+            _resumed_metrics(run, step, history or run)
         elif (run / METRICS_FILE).exists():
             (run / METRICS_FILE).unlink()
         resolved = {**config.to_dict(), "resolved": {
