@@ -271,7 +271,7 @@ def test_missing_and_unexpected_keys_are_listed(classifier, tmp_path):
     with pytest.raises(CheckpointError) as err:
         Swinv2ForImageClassification.from_pretrained(tmp_path)
     message = str(err.value)
-    assert "1 missing: swinv2.stages.1.blocks.0.norm2.weight" in message
+    assert "1 missing: swinv2.encoder.layers.1.blocks.0.layernorm_after.weight" in message  # the file's names
     assert "1 unexpected: swinv2.encoder.layers.0.blocks.0.extra_thing.weight" in message
     assert "detected format: hf" in message
 

@@ -176,9 +176,29 @@ def test_errors_are_one_clear_line(tmp_path, capsys):
     assert run(hf_folder(small_model(), tmp_path / "t"), tmp_path / "out.npz", "--to", "timm") == 2
     assert ".safetensors or .pth" in capsys.readouterr().err
 
+    # Microsoft's code reads torch.load(path)["model"]: a .safetensors file would have no "model" entry
+    assert run(hf_folder(small_model(), tmp_path / "u"), tmp_path / "ms.safetensors", "--to", "microsoft") == 2
+    assert "give the microsoft file a .pth suffix" in capsys.readouterr().err
+    assert not (tmp_path / "ms.safetensors").exists()
+
     with pytest.raises(SystemExit) as info:
         run(with_positions, tmp_path / "x", "--to", "keras")
     assert info.value.code == 2
+
+
+def test_a_weight_that_does_not_fit_is_named_as_the_file_names_it(tmp_path, capsys):
+    """The error names the timm key that is in the file (not our name for it) and a fix the command has."""
+    from safetensors.torch import save_file
+
+    model = small_model()
+    state = ck.export_state_dict(model, "timm")
+    state["layers.1.blocks.0.mlp.fc1.weight"] = torch.randn(64, 16)
+    save_file(state, tmp_path / "bad.safetensors")
+    config = hf_folder(model, tmp_path / "hf") / "config.json"
+    assert run(tmp_path / "bad.safetensors", tmp_path / "out.pth", "--to", "torchvision", "--config", config) == 2
+    err = capsys.readouterr().err
+    assert "weight layers.1.blocks.0.mlp.fc1.weight has shape (64, 16)" in err and "(convert --config)" in err
+    assert "ignore_mismatched_sizes" not in err and "swinv2.stages" not in err
 
 
 def test_console_script_entry_point(tmp_path):

@@ -513,9 +513,13 @@ def hf_to_ours(state: dict[str, Tensor]) -> dict[str, Tensor]:
             out[prefix + "qkv.weight"] = torch.cat(
                 [parts["query.weight"], parts["key.weight"], parts["value.weight"]]
             )
-        else:  # keep what is there so that the error names it
+        else:  # kept under their names: `load_into_model` fills what they have of qkv (`_fill_partial_qkv`)
             out.update(
-                {f"encoder.layers.{stage}.blocks.{block}.attention.self.{k}": v for k, v in parts.items()}
+                {
+                    f"encoder.layers.{stage}.blocks.{block}.attention.self.{k}": v
+                    for k, v in parts.items()
+                    if k.endswith(".weight")
+                }
             )
         if "query.bias" in parts:
             out[prefix + "q_bias"] = parts["query.bias"]
@@ -1248,6 +1252,73 @@ def _fit_to_model(model: torch.nn.Module, state: dict[str, Tensor]) -> dict[str,
     return out
 
 
+_ANY_TENSOR = torch.empty(3, 1, 1)  # stands for a weight where only its names are wanted (`_names_in_format`)
+_HF_QKV_LEFT = re.compile(
+    r"^(swinv2\.)?encoder\.layers\.(\d+)\.blocks\.(\d+)\.attention\.self\.(query|key|value)\.weight$"
+)
+
+
+def _names_in_format(keys: Sequence[str], fmt: str, prefix: str) -> list[str]:
+    """Keys of a model whose encoder sits under `prefix`, under the names the checkpoint's format gives them, for
+    errors and loading info: a transformers user looks for `swinv2.layernorm.weight`, a timm user for
+    `layers.1.blocks.0.mlp.fc1.weight`, not for our names of them. Keys a format has no name for stay as they
+    are (a checkpoint's unknown keys pass through the conversion unrenamed)."""
+    out: list[str] = []
+    for key in keys:
+        canonical = key if key.startswith(HEAD_PREFIXES) else key.removeprefix(prefix)
+        state = {canonical: _ANY_TENSOR}
+        if fmt == "hf":
+            names = list(ours_to_hf(state, with_prefix=bool(prefix)))
+        elif fmt in ("microsoft", "microsoft-simmim"):
+            names = list(_rename_all(state, MICROSOFT_NAMES, reverse=True))
+            if fmt == "microsoft-simmim":
+                names = [n if n.startswith("decoder.") else "encoder." + n for n in names]
+        elif fmt == "timm":
+            names = list(_rename_all(state, TIMM_NAMES, reverse=True))
+        elif fmt == "torchvision":
+            fused = _OURS_QV_BIAS.sub(r"stages.\1.blocks.\2.attn.qkv.bias", canonical)
+            names = list(_rename_all({fused: _ANY_TENSOR}, TORCHVISION_NAMES, reverse=True))
+        else:
+            names = [key]
+        out += [name for name in names if name not in out]
+    return out
+
+
+def _fill_partial_qkv(state: dict[str, Tensor], own: Mapping[str, Tensor], prefix: str) -> list[str]:
+    """A transformers checkpoint that lacks some of a block's query, key and value weights, which `hf_to_ours`
+    kept under their names: the ones there fill their thirds of our fused `qkv.weight`, and the missing ones
+    keep the model's initial values, as transformers initialises just the missing keys. Returns the names of
+    the missing ones. Parts of another shape, or of a block the model has not, stay unexpected."""
+    parts: dict[tuple[str, str], dict[str, str]] = {}
+    for key in state:
+        match = _HF_QKV_LEFT.match(key)
+        if match:
+            parts.setdefault((match[2], match[3]), {})[match[4]] = key
+    missing = []
+    for (stage, block), present in parts.items():
+        target = f"{prefix}stages.{stage}.blocks.{block}.attn.qkv.weight"
+        if target not in own or target in state:
+            continue
+        fused = own[target].detach().clone()
+        thirds = dict(zip(("query", "key", "value"), fused.chunk(3)))
+        if any(state[key].shape != thirds[name].shape for name, key in present.items()):
+            continue
+        for name, third in thirds.items():
+            if name in present:
+                third.copy_(state.pop(present[name]))
+            else:
+                missing.append(f"{prefix}encoder.layers.{stage}.blocks.{block}.attention.self.{name}.weight")
+        state[target] = fused
+    return missing
+
+
+# How a caller of `load_into_model` loads a checkpoint that does not fit anyway, appended to its errors.
+PYTHON_RELAX = {
+    "mismatched": ", or pass ignore_mismatched_sizes=True to re-initialise these weights",
+    "missing": ", or pass strict=False to load what fits",
+}
+
+
 def _describe(keys: list[str], limit: int = 8) -> str:
     shown = ", ".join(keys[:limit])
     return shown + (f" ... (+{len(keys) - limit} more)" if len(keys) > limit else "")
@@ -1260,14 +1331,22 @@ def load_into_model(
     strict: bool = True,
     ignore_mismatched_sizes: bool = False,
     source: str = "",
+    relax: Mapping[str, str] = PYTHON_RELAX,
 ) -> dict[str, list]:
     """Copy a canonical state dict into `model`. Heads that do not fit (and the encoder's final norm, which a
     backbone checkpoint has not) are initialised afresh with a warning; any other missing, unexpected or
     mis-shaped weight is an error listing them. Returns what transformers' `output_loading_info` gives:
-    the model's `missing_keys`, the checkpoint's `unexpected_keys` (canonical names), `mismatched_keys` as
-    `(key, checkpoint shape, model shape)` and `error_msgs`."""
+    the model's `missing_keys`, the checkpoint's `unexpected_keys`, `mismatched_keys` as `(key, checkpoint
+    shape, model shape)` and `error_msgs`, every key named as the checkpoint's format names it (a missing
+    weight: as that format would name it). `relax` says how to load anyway, for the error messages."""
     state = _fit_to_model(model, state)
     own = model.state_dict()
+    prefix = "swinv2." if any(k.startswith("swinv2.") for k in own) else ""
+
+    def named(keys: Sequence[str]) -> list[str]:
+        return _names_in_format(keys, fmt, prefix)
+
+    partial = _fill_partial_qkv(state, own, prefix) if fmt == "hf" else []
     head_like = (
         "classifier.", "decoder.", "swinv2.embeddings.mask_token", "embeddings.mask_token", "norm.", "swinv2.norm."
     )
@@ -1290,20 +1369,23 @@ def load_into_model(
         if key.endswith("position_embeddings") and state[key].dim() == 3:
             state[key] = _resize_positions(state[key], _encoder(model).embeddings.grid_size)
         elif key.startswith(head_like) or ignore_mismatched_sizes:
-            fresh[key] = f"{key} (checkpoint {tuple(state[key].shape)}, model {tuple(own[key].shape)})"
+            fresh[key] = f"{named([key])[0]} (checkpoint {tuple(state[key].shape)}, model {tuple(own[key].shape)})"
         else:
             raise CheckpointError(
-                f"{source}: weight {key} has shape {tuple(state[key].shape)} in the checkpoint but "
+                f"{source}: weight {named([key])[0]} has shape {tuple(state[key].shape)} in the checkpoint but "
                 f"{tuple(own[key].shape)} in the model (detected format: {fmt}); the config does not match "
-                "the weights. Use the checkpoint's own config.json, or pass ignore_mismatched_sizes=True to "
-                "re-initialise these weights"
+                f"the weights. Use the checkpoint's own config.json{relax['mismatched']}"
             )
-    mismatched_keys = [(k, tuple(state[k].shape), tuple(own[k].shape)) for k in fresh]
+    mismatched_keys = [(named([k])[0], tuple(state[k].shape), tuple(own[k].shape)) for k in fresh]
     for key in fresh:
         del state[key]
     missing = [k for k in own if k not in state and k not in fresh]
-    missing_heads = [k for k in missing if k.startswith(head_like)]
-    missing = [k for k in missing if k not in missing_heads]
+    # new heads keep the model's names (a timm or SimMIM file has no name for a classifier it never had)
+    missing_heads = [
+        k if k.startswith(HEAD_PREFIXES) else named([k])[0] for k in missing if k.startswith(head_like)
+    ]
+    missing = named([k for k in missing if not k.startswith(head_like)]) + partial
+    unexpected = named(unexpected)
     if strict and (missing or unexpected):
         parts = []
         if missing:
@@ -1313,7 +1395,7 @@ def load_into_model(
         raise CheckpointError(
             f"{source}: the checkpoint does not fit {type(model).__name__} (detected format: {fmt}); "
             + "; ".join(parts)
-            + ". Check that the config matches the weights, or pass strict=False to load what fits"
+            + f". Check that the config matches the weights{relax['missing']}"
         )
     model.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
     not_loaded = list(fresh.values()) + missing_heads + ([] if strict else missing)
@@ -1323,6 +1405,7 @@ def load_into_model(
             f"are newly initialised; train them before use: {_describe(not_loaded)}",
             stacklevel=3,
         )
+    ignored_heads = named(ignored_heads)
     if ignored_heads or (unexpected and not strict):
         logger.info("unused weights from %s: %s", source, _describe(ignored_heads + unexpected))
     return {
@@ -1699,6 +1782,11 @@ def write_checkpoint(model: torch.nn.Module, path: str | os.PathLike, fmt: str) 
         return path
     state = {k: v.detach().to("cpu").contiguous().clone() for k, v in export_state_dict(model, fmt).items()}
     config_text = json.dumps(model.config.to_dict(), sort_keys=True)
+    if path.suffix == ".safetensors" and fmt == "microsoft":
+        raise CheckpointError(
+            f"{path}: Microsoft's code reads a .pth file that holds {{'model': state_dict}} "
+            "(torch.load(path)['model']); give the microsoft file a .pth suffix"
+        )
     if path.suffix == ".safetensors":
         from safetensors.torch import save_file
 
@@ -1751,7 +1839,8 @@ def convert(
         # A warning about re-initialised weights would mean invented weights in the output: an error here.
         warnings.simplefilter("error", UserWarning)
         try:
-            load_into_model(model, canonical, source_fmt, strict=True, source=str(weights_path))
+            load_into_model(model, canonical, source_fmt, strict=True, source=str(weights_path),
+                            relax={"mismatched": " (convert --config)", "missing": " (convert --config)"})
         except UserWarning as err:
             raise CheckpointError(f"{source} does not fill a {cls.__name__}: {err}") from err
     model.to(dtype=_target_dtype("auto", state)).eval()
