@@ -6,6 +6,7 @@ import json
 import random
 
 import pytest
+import torch
 import transformers
 
 import swinv2
@@ -195,3 +196,31 @@ def test_update_takes_to_dict_and_changes_nothing_when_invalid():
     with pytest.raises(ValueError):
         config.update({"depths": [2, 2, 6, 2]})  # num_heads still has two stages
     assert config.depths == [2, 2] and Swinv2Config.from_dict(config.to_dict()).depths == [2, 2]
+
+
+def test_json_takes_use_diff_as_transformers(tmp_path) -> None:
+    """`to_json_string`/`to_json_file` take transformers' `use_diff`: by default the generic fields that hold
+    their defaults are left out (as transformers writes config.json), with use_diff=False every field."""
+    import transformers
+
+    fields = dict(image_size=32, embed_dim=16, depths=[2, 2], num_heads=[2, 4], window_size=4, output_attentions=True)
+    ours, theirs = Swinv2Config(**fields), transformers.Swinv2Config(**fields)
+    diff, full = json.loads(ours.to_json_string()), json.loads(ours.to_json_string(use_diff=False))
+    assert diff["output_attentions"] is True and "return_dict" not in diff and full["return_dict"] is True
+    their_diff = json.loads(theirs.to_json_string())
+    assert {k: v for k, v in their_diff.items() if k in diff} == {k: v for k, v in diff.items() if k in their_diff}
+    assert set(theirs.to_dict()) - set(full) <= set(transformers.PretrainedConfig().to_dict())  # only generic ones
+    ours.to_json_file(tmp_path / "config.json", use_diff=False)
+    assert Swinv2Config.from_json_file(tmp_path / "config.json").to_dict() == ours.to_dict()
+
+
+def test_from_pretrained_records_the_dtype_it_loaded(tmp_path) -> None:
+    """config.json says bfloat16, the model loads in float32 (the default): config.torch_dtype says float32, as
+    in transformers (it kept 'bfloat16')."""
+    from swinv2 import Swinv2Model
+
+    config = Swinv2Config(image_size=32, embed_dim=16, depths=[2], num_heads=[2], window_size=4)
+    config.torch_dtype = "bfloat16"
+    Swinv2Model(config).to(torch.bfloat16).save_pretrained(tmp_path)
+    assert Swinv2Model.from_pretrained(tmp_path).config.torch_dtype == "float32"
+    assert Swinv2Model.from_pretrained(tmp_path, dtype="auto").config.torch_dtype == "bfloat16"

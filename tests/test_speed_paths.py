@@ -1075,6 +1075,14 @@ def test_forward_mode_ad_matches_transformers(tmp_path) -> None:
     _, ours = torch.func.jvp(lambda image: model(image).logits, (x,), (tangent,))
     _, expected = torch.func.jvp(lambda image: theirs(pixel_values=image).logits, (x,), (tangent,))
     torch.testing.assert_close(ours, expected, rtol=1e-4, atol=1e-4 * expected.abs().max().item())
+    # torch.autograd.forward_ad, with and without grad: it used to reach the training Function (no jvp) and,
+    # without grad, the grouped inference's out= kernels
+    import torch.autograd.forward_ad as fwAD
+
+    for grad in (False, True):
+        with torch.set_grad_enabled(grad), fwAD.dual_level():
+            ours = fwAD.unpack_dual(model(fwAD.make_dual(x, tangent)).logits).tangent
+        torch.testing.assert_close(ours, expected, rtol=1e-4, atol=1e-4 * expected.abs().max().item())
 
 
 def test_region_caches_follow_the_split_setting(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1593,6 +1593,7 @@ def load_pretrained(
     model = cls(config, **model_kwargs)
     info = load_into_model(model, canonical, fmt, strict, ignore_mismatched_sizes, str(weights_path))
     model.to(device=device, dtype=dtype)
+    model.config.torch_dtype = str(model.dtype).removeprefix("torch.")  # what it holds now, as in transformers
     model.eval()
     return model, info
 

@@ -518,11 +518,17 @@ class Swinv2Config:
             )
         return cls(**data)
 
-    def to_json_string(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
+    def to_diff_dict(self) -> dict[str, Any]:
+        """`to_dict` without transformers' generic fields that hold their defaults, as transformers writes
+        config.json; every Swin V2 field stays."""
+        return {k: v for k, v in self.to_dict().items() if k not in _COMMON_DEFAULTS or v != _COMMON_DEFAULTS[k]}
 
-    def to_json_file(self, path: str | os.PathLike) -> None:
-        Path(path).write_text(self.to_json_string(), encoding="utf-8")
+    def to_json_string(self, use_diff: bool = True) -> str:
+        """JSON of `to_diff_dict()`, or of every field with `use_diff=False` (transformers' arguments)."""
+        return json.dumps(self.to_diff_dict() if use_diff else self.to_dict(), indent=2, sort_keys=True) + "\n"
+
+    def to_json_file(self, path: str | os.PathLike, use_diff: bool = True) -> None:
+        Path(path).write_text(self.to_json_string(use_diff), encoding="utf-8")
 
     @classmethod
     def from_json_file(cls, path: str | os.PathLike, **overrides: Any) -> Swinv2Config:

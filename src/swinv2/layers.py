@@ -170,14 +170,22 @@ def forget_casts(parameters: Iterable[Tensor]) -> None:
         _CAST_CACHE.pop(p, None)
 
 
+def _differentiated_forward() -> bool:
+    """Under torch.func transforms (jvp, vmap, grad) or forward-mode AD (`torch.autograd.forward_ad.dual_level`):
+    where only ops with forward-mode and batching rules may run (no autograd Functions without a jvp, no
+    out= kernels, no SDPA)."""
+    return torch._C._are_functorch_transforms_active() or torch.autograd.forward_ad._current_level >= 0
+
+
 def _plain_eager() -> bool:
     """Eager code on plain tensors: not under torch.compile or torch.export (which fuse the ordinary ops
-    themselves), the TorchScript tracer, torch.func transforms or a dispatch mode such as a FLOP counter or
-    fake tensors. Only then may a layer run code those cannot see into (autograd Functions, raw kernels)."""
+    themselves), the TorchScript tracer, torch.func transforms or forward-mode AD, or a dispatch mode such as a
+    FLOP counter or fake tensors. Only then may a layer run code those cannot see into (autograd Functions, raw
+    kernels)."""
     return (
         not torch.compiler.is_compiling()
         and not torch.jit.is_tracing()
-        and not torch._C._are_functorch_transforms_active()
+        and not _differentiated_forward()
         and torch._C._len_torch_dispatch_stack() == 0
     )
 
@@ -1049,8 +1057,8 @@ class WindowAttention(nn.Module):
         # (not when traced: TorchScript's trace check runs the model again without grad, and wants one graph)
         training = torch.is_grad_enabled() and (qkv.requires_grad or mask.requires_grad) and not torch.jit.is_tracing()
         fp32_inference = not training and dropout == 0.0 and q.dtype == torch.float32 and _eager_or_compiled()
-        # torch.func transforms: SDPA's kernels lack forward-mode AD (jvp) and batching rules (vmap)
-        transformed = torch._C._are_functorch_transforms_active()
+        # torch.func transforms and forward-mode AD: SDPA's kernels lack forward-mode AD and batching rules
+        transformed = _differentiated_forward()
         if transformed or (x.device.type == "cpu" and (training or fp32_inference)):
             # Batched matmuls and a softmax, the (windows, heads, N, N) mask broadcast over the images.
             # Training: SDPA has no fused kernel with a mask that needs a gradient and falls back to its math
