@@ -151,6 +151,21 @@ def test_numpy_float_and_tensor_inputs(photos):
     assert max_diff(ours([a.astype(np.float64) for a in arrays]).pixel_values, ref_255) <= TOL
 
 
+@pytest.mark.parametrize(
+    "mean, std",
+    [(np.float32(0.5), np.float32(0.25)), (np.array(0.4), np.float64(0.3)),
+     (np.array([0.485, 0.456, 0.406], np.float32), np.array([0.229, 0.224, 0.225]))],
+    ids=["float32-scalars", "0-d-array", "arrays"],
+)
+def test_numpy_scalars_and_arrays_as_mean_and_std(photos, mean, std):
+    """transformers takes numpy scalars and arrays for image_mean / image_std: so do we (and a 0-d array, which
+    transformers fails on, as its number)."""
+    settings = dict(size={"height": 32, "width": 32}, resample=3, image_mean=mean, image_std=std)
+    theirs = {k: v.item() if isinstance(v, np.ndarray) and v.ndim == 0 else v for k, v in settings.items()}
+    ref = transformers.ViTImageProcessor(**theirs)(photos[:2], return_tensors="pt").pixel_values
+    assert max_diff(Swinv2ImageProcessor(**settings)(photos[:2]).pixel_values, ref) <= TOL
+
+
 def test_float_images_from_img_as_float_round_as_transformers(photos):
     """skimage's img_as_float gives k * (1 / 255) in float64; times 255 that can fall just below k, and transformers
     rounds it to float32 (back to k) before truncating to 8 bits for the resize: so do we."""
@@ -364,6 +379,103 @@ def test_keys_a_file_leaves_out_take_the_vit_processors_defaults(tmp_path, photo
     ref = transformers.AutoImageProcessor.from_pretrained(tmp_path, use_fast=False)
     a, b = ours(photos[:2]).pixel_values, ref(photos[:2], return_tensors="pt").pixel_values
     assert a.shape == b.shape and max_diff(a, b) <= TOL
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        {"image_processor_type": "BitImageProcessor"},
+        {"image_processor_type": "BitImageProcessor", "size": {"shortest_edge": 256}},
+        {"image_processor_type": "BitImageProcessor", "size": 256, "crop_size": 200},
+        {"image_processor_type": "CLIPImageProcessor", "size": {"shortest_edge": 224}, "do_center_crop": False},
+        {"image_processor_type": "CLIPImageProcessor", "size": {"shortest_edge": 160}, "crop_pct": 0.5},
+        {"image_processor_type": "ConvNextImageProcessor"},
+        {"image_processor_type": "ConvNextImageProcessor", "size": 384, "do_center_crop": True, "crop_size": 100},
+    ],
+    ids=["bit-empty", "bit-short-side", "bit-int-size", "clip-no-crop", "clip-crop-pct", "convnext-empty",
+         "convnext-crop-keys"],
+)
+def test_files_of_bit_clip_and_convnext_take_their_classes_defaults(tmp_path, photos, config):
+    """A Bit, CLIP or ConvNeXt file that leaves keys out means that class's defaults (Bit and CLIP: short side
+    224, 224 crop, CLIP's mean and std, bicubic; ConvNeXt: 384, mean and std 0.5, bilinear), not ViT's, and
+    settings the class does not have (CLIP's crop_pct, ConvNeXt's crop_size) are not applied."""
+    (tmp_path / PREPROCESSOR_CONFIG_NAME).write_text(json.dumps(config))
+    ours = AutoImageProcessor.from_pretrained(tmp_path)
+    ref = transformers.AutoImageProcessor.from_pretrained(tmp_path, use_fast=False)
+    assert type(ref).__name__ == config["image_processor_type"]
+    for photo in photos[:2]:
+        a, b = ours(photo).pixel_values, ref(photo, return_tensors="pt").pixel_values
+        assert a.shape == b.shape and max_diff(a, b) <= TOL
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        {"size": 64, "image_mean": None, "image_std": None},
+        {"size": None},
+        {"size": None, "crop_size": None, "do_center_crop": True},
+        {"size": 192, "do_center_crop": True, "crop_size": 100},
+        {"size": 48, "do_rescale": None, "do_normalize": None, "rescale_factor": None},
+    ],
+    ids=["null-mean-std", "null-size", "null-crop-size", "crop-keys", "null-flags"],
+)
+def test_null_values_and_crop_keys_in_a_vit_file_mean_what_they_mean_to_transformers(tmp_path, photos, config):
+    """In a ViTImageProcessor file a null size, image_mean or image_std is ViT's default (224 x 224, 0.5), a null
+    flag is off, and do_center_crop / crop_size are not ViT's settings: it keeps them but never crops."""
+    config = {"image_processor_type": "ViTImageProcessor", **config}
+    (tmp_path / PREPROCESSOR_CONFIG_NAME).write_text(json.dumps(config))
+    ours = AutoImageProcessor.from_pretrained(tmp_path)
+    ref = transformers.AutoImageProcessor.from_pretrained(tmp_path, use_fast=False)
+    a, b = ours(photos[:2]).pixel_values, ref(photos[:2], return_tensors="pt").pixel_values
+    assert a.shape == b.shape and max_diff(a, b) <= TOL
+    ours.save_pretrained(tmp_path / "again")  # and what we write back is read by transformers as we apply it
+    again = transformers.AutoImageProcessor.from_pretrained(tmp_path / "again", use_fast=False)
+    assert max_diff(again(photos[:2], return_tensors="pt").pixel_values, a) <= TOL
+
+
+def test_a_null_resample_is_explained_where_transformers_refuses_it(tmp_path, photos):
+    """transformers refuses to resize with a null resample (and to rescale with a null rescale_factor), and
+    takes them where they are not used."""
+    path = tmp_path / PREPROCESSOR_CONFIG_NAME
+    for key, flag in (("resample", "do_resize"), ("rescale_factor", "do_rescale")):
+        path.write_text(json.dumps({"image_processor_type": "ViTImageProcessor", "size": 64, key: None}))
+        with pytest.raises(ValueError, match=f"sets {key} to null while {flag} is on; give {key} .* or set {flag}"):
+            AutoImageProcessor.from_pretrained(tmp_path)
+        path.write_text(json.dumps({"image_processor_type": "ViTImageProcessor", key: None, flag: False}))
+        ours = AutoImageProcessor.from_pretrained(tmp_path)
+        ref = transformers.AutoImageProcessor.from_pretrained(tmp_path, use_fast=False)
+        a, b = ours(photos[1]).pixel_values, ref(photos[1], return_tensors="pt").pixel_values
+        assert a.shape == b.shape and max_diff(a, b) <= TOL
+
+
+def test_center_crop_without_crop_size_crops_224_as_transformers(tmp_path, photos):
+    """do_center_crop=True with no crop_size crops 224 x 224, as Bit and CLIP do; it cropped nothing, while the
+    BitImageProcessor file it wrote was applied by transformers with that crop."""
+    ours = Swinv2ImageProcessor(size={"shortest_edge": 240}, do_center_crop=True)
+    expected = transformers.BitImageProcessor(
+        size={"shortest_edge": 240}, resample=3, image_mean=list(IMAGENET_DEFAULT_MEAN),
+        image_std=list(IMAGENET_DEFAULT_STD),
+    )(photos, return_tensors="pt").pixel_values
+    got = ours(photos).pixel_values
+    assert got.shape == (len(photos), 3, 224, 224) and max_diff(got, expected) <= TOL
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ours.save_pretrained(tmp_path)
+    theirs = transformers.AutoImageProcessor.from_pretrained(tmp_path, use_fast=False)
+    assert max_diff(theirs(photos, return_tensors="pt").pixel_values, got) <= TOL
+    assert max_diff(AutoImageProcessor.from_pretrained(tmp_path)(photos).pixel_values, got) <= TOL
+
+
+@pytest.mark.parametrize("mode", ["L", "RGBA", "P"])
+def test_bit_files_we_write_convert_images_in_transformers_too(tmp_path, photos, mode):
+    """We convert every image to RGB: the BitImageProcessor file says do_convert_rgb true (a null turns
+    transformers' conversion off, and it then fails on grayscale, RGBA and palette images)."""
+    ours = Swinv2ImageProcessor(size={"shortest_edge": 100}, do_center_crop=True, crop_size=96)
+    ours.save_pretrained(tmp_path)
+    theirs = transformers.AutoImageProcessor.from_pretrained(tmp_path, use_fast=False)
+    assert type(theirs).__name__ == "BitImageProcessor"
+    images = [p.convert(mode) for p in photos[:3]]
+    assert max_diff(theirs(images, return_tensors="pt").pixel_values, ours(images).pixel_values) <= TOL
 
 
 def test_unknown_keys_survive_a_round_trip(tmp_path):

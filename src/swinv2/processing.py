@@ -34,6 +34,37 @@ IMAGENET_DEFAULT_STD = (0.229, 0.224, 0.225)
 # ViTImageProcessor, the class the Swin V2 checkpoints on the Hub are published with.
 HF_PROCESSOR_TYPE = "ViTImageProcessor"
 
+# What transformers' processors take for the keys a preprocessor_config.json leaves out (their constructors'
+# defaults), by class name less "ImageProcessor"/"FeatureExtractor". A null size, crop_size, image_mean,
+# image_std or crop_pct also means the default (their constructors replace None); a class whose default size is a
+# short side (Bit, CLIP, ConvNeXt) reads an int size as the short side, ViT as a square.
+HF_DEFAULTS: dict[str, dict[str, Any]] = {
+    "ViT": {
+        "size": {"height": 224, "width": 224},
+        "resample": int(PIL.Image.Resampling.BILINEAR),
+        "image_mean": [0.5, 0.5, 0.5],
+        "image_std": [0.5, 0.5, 0.5],
+    },
+    "Bit": {
+        "size": {"shortest_edge": 224},
+        "resample": int(PIL.Image.Resampling.BICUBIC),
+        "do_center_crop": True,
+        "crop_size": {"height": 224, "width": 224},
+        "image_mean": [0.48145466, 0.4578275, 0.40821073],  # OpenAI's CLIP statistics
+        "image_std": [0.26862954, 0.26130258, 0.27577711],
+        "do_convert_rgb": True,
+    },
+    "ConvNext": {
+        "size": {"shortest_edge": 384},
+        "resample": int(PIL.Image.Resampling.BILINEAR),
+        "crop_pct": 224 / 256,
+        "image_mean": [0.5, 0.5, 0.5],
+        "image_std": [0.5, 0.5, 0.5],
+    },
+}
+HF_DEFAULTS["CLIP"] = HF_DEFAULTS["Bit"]  # (Bit's processor is CLIP's, copied)
+_NULL_MEANS_DEFAULT = ("size", "crop_size", "image_mean", "image_std", "crop_pct")
+
 # Pillow's resampling filters by name; config files store the integer.
 RESAMPLE = {
     "nearest": PIL.Image.Resampling.NEAREST,
@@ -183,6 +214,8 @@ def _size_dict(size: Any, name: str) -> dict[str, int]:
 
 
 def _resample(value: Any) -> int:
+    if value is None:
+        raise ValueError(f"resample must be a Pillow filter number 0-5 or a name in {sorted(RESAMPLE)}, got None")
     if isinstance(value, str):
         if value.lower() not in RESAMPLE:
             raise ValueError(f"resample must be one of {sorted(RESAMPLE)} (or Pillow's number), got {value!r}")
@@ -192,12 +225,20 @@ def _resample(value: Any) -> int:
     return int(value)
 
 
-def _channel_stats(values: float | Sequence[float], name: str) -> list[float] | float:
-    if isinstance(values, (int, float)) and not isinstance(values, bool):
-        return float(values)
-    values = [float(v) for v in values]
+def _channel_stats(values: Any, name: str) -> list[float] | float:
+    """One number, or a list of one per channel; numpy scalars, arrays and tensors are taken as transformers
+    takes them (np.float32(0.5) is 0.5)."""
+    problem = ValueError(f"{name} must be a number or a list with one number per channel, got {values!r}")
+    if isinstance(values, (bool, np.bool_, str, bytes)):
+        raise problem
+    try:
+        if np.ndim(values) == 0:
+            return float(values)
+        values = [float(v) for v in values]
+    except (TypeError, ValueError):
+        raise problem from None
     if not values:
-        raise ValueError(f"{name} must be a number or a list with one number per channel, got []")
+        raise problem
     return values
 
 
@@ -407,7 +448,8 @@ class Swinv2ImageProcessor:
         image_mean / image_std: one value, or one per channel.
         do_convert_rgb: kept for transformers' config files; images are always converted to the model's
             channels (`num_channels`): RGBA, palette, CMYK and grayscale become RGB, or luma for 1 channel.
-        do_center_crop / crop_size: crop the centre `crop_size` after resizing.
+        do_center_crop / crop_size: crop the centre `crop_size` after resizing (zero-padded where the image is
+            smaller); 224 x 224 when no crop_size is given, as transformers' processors that crop (Bit, CLIP).
         crop_pct: with `size={"shortest_edge": N}`: resize the short side to `int(N / crop_pct)` and crop
             the centre N x N, as transformers' ConvNextImageProcessor (identical pixels). timm's evaluation
             transform rounds the crop offset half to even where this floors it, as every transformers crop
@@ -442,6 +484,8 @@ class Swinv2ImageProcessor:
         self.size = _size_dict(size if size is not None else {"height": 256, "width": 256}, "size")
         self.resample = _resample(resample)
         self.do_rescale = bool(do_rescale)
+        if rescale_factor is None:
+            raise ValueError("rescale_factor must be a number (1/255 maps 8-bit values to [0, 1]), got None")
         self.rescale_factor = float(rescale_factor)
         self.do_normalize = bool(do_normalize)
         self.image_mean = _channel_stats(
@@ -456,6 +500,11 @@ class Swinv2ImageProcessor:
         self.crop_size = _size_dict(crop_size, "crop_size") if crop_size is not None else None
         if self.crop_size is not None and set(self.crop_size) != {"height", "width"}:
             raise ValueError(f"crop_size must be {{'height': H, 'width': W}} or an int, got {crop_size!r}")
+        if self.do_center_crop and self.crop_size is None:
+            # what a transformers user gets from do_center_crop=True (Bit's and CLIP's default, which is also what
+            # transformers reads from the BitImageProcessor file we write for it); cropping nothing wrote a file
+            # that transformers applied with this crop
+            self.crop_size = {"height": 224, "width": 224}
         if crop_pct is not None and not 0 < float(crop_pct) <= 1:
             raise ValueError(f"crop_pct must be in (0, 1], got {crop_pct!r}")
         self.crop_pct = float(crop_pct) if crop_pct is not None else None
@@ -596,6 +645,8 @@ class Swinv2ImageProcessor:
                 out[key] = getattr(self, key)
         if out["image_processor_type"] == "BitImageProcessor":
             out["do_center_crop"] = bool(self.do_center_crop)  # Bit's default crops (224)
+            # images are always converted (see do_convert_rgb); Bit converts by default, but not for a null
+            out["do_convert_rgb"] = True
         out.update(self.extra)
         return out
 
@@ -642,18 +693,38 @@ class Swinv2ImageProcessor:
 
     @classmethod
     def from_dict(cls, config: dict[str, Any], **overrides: Any) -> Swinv2ImageProcessor:
-        """The processor of a preprocessor_config.json's entries, `overrides` applied; a file of ConvNeXt's
-        processor is read as that processor applies it."""
+        """The processor of a preprocessor_config.json's entries, `overrides` applied, read as the transformers
+        processor the file names (`image_processor_type`) reads it: that class's defaults for the keys left out
+        or null (`HF_DEFAULTS`; ViT's for other or no names), and only the settings that class applies."""
         settings = {**config, **overrides}
-        kind = settings.get("image_processor_type") or settings.get("feature_extractor_type") or ""
-        if str(kind).startswith("ConvNext"):  # read as ConvNextImageProcessor reads its file
-            if isinstance(settings.get("size"), int):  # (its older files: an int is the short side)
-                settings["size"] = {"shortest_edge": settings["size"]}
-            if settings.get("crop_pct") is None:
-                settings["crop_pct"] = 224 / 256  # its default for a missing or null crop_pct
-        size = settings.get("size")
+        kind = str(settings.get("image_processor_type") or settings.get("feature_extractor_type") or "")
+        name = kind.removesuffix("Fast").removesuffix("ImageProcessor").removesuffix("FeatureExtractor")
+        defaults = HF_DEFAULTS.get(name, HF_DEFAULTS["ViT"])
+        channels = int(settings.get("num_channels") or 3)
+        for key, value in defaults.items():
+            if key not in settings or (settings[key] is None and key in _NULL_MEANS_DEFAULT):
+                if key in ("image_mean", "image_std") and channels != 3:
+                    value = [round(sum(value) / 3, 8)] * channels
+                settings[key] = value
+        if isinstance(settings["size"], int) and "shortest_edge" in defaults["size"]:
+            settings["size"] = {"shortest_edge": settings["size"]}  # (the files of Bit, CLIP, ConvNeXt)
+        for key, flag in (("resample", "do_resize"), ("rescale_factor", "do_rescale")):
+            if key in settings and settings[key] is None:  # transformers refuses a null one only when it is used
+                if settings.get(flag, True):
+                    example = "a Pillow filter number (2 bilinear, 3 bicubic)" if key == "resample" else "1/255"
+                    raise ValueError(
+                        f"the image processor config sets {key} to null while {flag} is on; give {key} "
+                        f"{example}, or set {flag} to false"
+                    )
+                del settings[key]
+        size = settings["size"]
         short = size.get("shortest_edge") if isinstance(size, Mapping) else None
-        if str(kind).startswith("ConvNext") and isinstance(short, int) and short >= 384:
+        if channels == 3:  # (files of other channel counts are our own: no transformers class applies them)
+            if name in ("ViT", "ConvNext") and settings.get("do_center_crop"):
+                settings["do_center_crop"] = False  # these classes keep the key in their file but never crop by it
+            if name in ("Bit", "CLIP") and short is not None:
+                settings.pop("crop_pct", None)  # Bit and CLIP do not crop by crop_pct
+        if name == "ConvNext" and isinstance(short, int) and short >= 384:
             # ConvNeXt's processor warps to N x N from 384 up, without the crop_pct it still writes
             settings["size"] = {"height": short, "width": short}
             settings.pop("crop_pct", None)
@@ -667,15 +738,7 @@ class Swinv2ImageProcessor:
             raise ValueError(f"cannot read the image processor config {path}: {err}") from err
         if not isinstance(config, dict):
             raise ValueError(f"{path} must hold a JSON object, got {type(config).__name__}")
-        # Keys the file leaves out mean what they mean to transformers' ViTImageProcessor, which reads it
-        channels = int(config.get("num_channels") or 3)
-        defaults = {
-            "size": {"height": 224, "width": 224},
-            "resample": PIL.Image.Resampling.BILINEAR,
-            "image_mean": [0.5] * channels,
-            "image_std": [0.5] * channels,
-        }
-        return cls.from_dict({**defaults, **config}, **overrides)
+        return cls.from_dict(config, **overrides)
 
     @classmethod
     def from_model_config(cls, config: Any, **overrides: Any) -> Swinv2ImageProcessor:
