@@ -10,6 +10,7 @@ import itertools
 import json
 import logging
 import math
+import os
 import re
 
 import numpy as np
@@ -380,13 +381,21 @@ def test_a_corrupt_image_is_reported_and_skipped(photos, tmp_path, caplog):
     files = sorted((photos / "train" / "cat").glob("*.png"))[:3]
     broken = tmp_path / "broken.png"
     broken.write_bytes(files[0].read_bytes()[:100])  # a truncated PNG
-    dataset = ImageFileDataset([files[0], broken, files[2]], [0, 1, 2], eval_transform((32, 32), (0.5,) * 3,
-                                                                                       (0.5,) * 3), 3)
+    transform = eval_transform((32, 32), (0.5,) * 3, (0.5,) * 3)
+    dataset = ImageFileDataset([files[0], broken, files[2]], [0, 0, 2], transform, 3)
     with caplog.at_level(logging.WARNING, logger="swinv2"):
         pixels, label = dataset[1]
     assert label == 2  # the next readable item stands in
     torch.testing.assert_close(pixels, dataset[2][0])
     assert "broken.png" in caplog.text
+    # a class none of whose images can be read would train as a class without examples: an error naming it
+    (tmp_path / "dog").mkdir()
+    dogs = [tmp_path / "dog" / f"{i}.png" for i in range(2)]
+    for dog in dogs:
+        dog.write_bytes(files[1].read_bytes()[:100])
+    dataset = ImageFileDataset([files[0], *dogs, files[2]], [0, 1, 1, 2], transform, 3)
+    with pytest.raises(DataError, match=r"none of the 2 image\(s\) of the class in .*dog can be read"):
+        dataset[1]
 
 
 def _idx(array: np.ndarray) -> bytes:
@@ -892,6 +901,14 @@ def test_fine_tuning_keeps_each_classes_classifier_row_by_name(photos, tmp_path)
         build_model(config, ["a", "b", "c"])
     fresh, described = build_model(TrainConfig(data="d", model=str(model), output="o", new_head=True), ["a", "b", "c"])
     assert "new classifier" in described and fresh.config.id2label == {0: "a", 1: "b", 2: "c"}
+    # some of its classes: the head keeps their rows (it was refused: "its labels would be out of range")
+    subset, described = build_model(config, ["coffee", "rocket"])
+    assert "the rows of the data's 2 of its 3 classes" in described
+    assert subset.config.id2label == {0: "coffee", 1: "rocket"} and subset.num_labels == 2
+    for key in ("classifier.weight", "classifier.bias"):
+        torch.testing.assert_close(subset.state_dict()[key], before[key][[2, 0]], rtol=0, atol=0)
+    with torch.no_grad():
+        assert subset(torch.randn(2, 3, 32, 32)).logits.shape == (2, 2)
 
 
 def test_data_layouts_that_would_mislead_are_refused(photos, tmp_path):
@@ -1095,7 +1112,9 @@ def test_a_data_error_in_a_dataloader_worker_is_one_line(tiny_config, tmp_path, 
                        "--no-progress", "--no-tensorboard"])
     err = capsys.readouterr().err
     assert status == 2 and "Traceback" not in err and "DataLoader worker" not in err, err
-    assert err.splitlines()[-1] == "swinv2 train: error: no image of the dataset could be read; check the data folder"
+    # (the first class whose images all fail is named; it used to be "no image of the dataset could be read")
+    assert re.fullmatch(r"swinv2 train: error: none of the 4 image\(s\) of the class in \S+/train/[ab] can be read "
+                        r"\(the last: .*\); replace them, or remove the class folder", err.splitlines()[-1]), err
 
 
 def test_evaluate_with_workers_reports_each_unreadable_image_once(photos, tmp_path):
@@ -1147,3 +1166,30 @@ def test_resuming_another_run_into_a_new_output_takes_that_runs_settings(tiny_co
     assert cli.main(["train", "--output", str(other), "--resume", str(run), "--max-steps", "3", "--no-progress"]) == 2
     assert "already holds a run" in capsys.readouterr().err
     assert sorted(p.name for p in (other / "checkpoints").iterdir()) == before
+
+
+def test_a_second_run_into_a_folder_in_use_is_refused(tiny_config, photos, tmp_path):
+    """Two runs with one --output used to both train, interleaving their metrics (steps 10, 15, 20, 10, ...) and
+    overwriting each other's checkpoints. The folder is locked while a run writes; the lock ends with the run."""
+    from swinv2.training import _run_lock
+
+    run = tmp_path / "run"
+    run.mkdir()
+    with _run_lock(run):  # another process's run, as far as flock is concerned (a second open file)
+        with pytest.raises(TrainingError, match=rf"in use by another training run \(process {os.getpid()}\)"):
+            train(_config(tiny_config, photos, run, new_head=True))
+        assert not (run / "checkpoints").exists() and not (run / "metrics.jsonl").exists()
+    assert train(_config(tiny_config, photos, run, new_head=True)).steps == 2  # free again
+
+
+def test_pretraining_sets_the_decoders_stride_from_the_model(tmp_path):
+    """A config.json without encoder_stride gets transformers' default 32, which only four stages of patch 4
+    give; pre-training such a two-stage model used to stop asking for "encoder_stride": 8."""
+    from swinv2.training import build_model
+
+    path = tmp_path / "two_stages.json"
+    Swinv2Config(image_size=32, embed_dim=16, depths=[2, 2], num_heads=[2, 4], window_size=4).to_json_file(path)
+    model, _ = build_model(TrainConfig(data="d", model=str(path), output="o", task="simmim"), None)
+    assert model.config.encoder_stride == 8
+    x, mask = torch.randn(2, 3, 32, 32), torch.rand(2, 64) < 0.5
+    assert model(x, bool_masked_pos=mask).reconstruction.shape == x.shape

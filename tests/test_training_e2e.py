@@ -117,6 +117,8 @@ def test_train_sigkill_resume_evaluate_and_load_in_transformers(photos, tiny_con
     assert [r["step"] for r in val_records] == [7, 14, 16]
     best_top1 = max(r["val_top1"] for r in val_records)
     assert best_top1 > 0.5  # three classes of real photos; chance is 1/3
+    scored = json.loads((whole / "eval.json").read_text())  # says which weights it scored: last/, at the end
+    assert (scored["weights"], scored["step"], scored["top1"]) == ("last", 16, val_records[-1]["val_top1"])
 
     # `swinv2 evaluate` on the best export reproduces the validation accuracy it was chosen for.
     done = _run(_swinv2("evaluate", str(whole / "best"), "--data", str(photos), "--json", "--num-workers", "0"))

@@ -9,6 +9,7 @@ Needs torchvision (the `train` extra).
 
 from __future__ import annotations
 
+import collections
 import gzip
 import hashlib
 import logging
@@ -357,6 +358,8 @@ class ImageFileDataset(AugmentedDataset):
         self.files = [Path(f) for f in files]
         self.labels = None if labels is None else list(labels)
         self._reported: set[int] = set()
+        self._class_sizes = collections.Counter(self.labels or ())
+        self._unreadable: collections.Counter[int] = collections.Counter()  # reported images, by label
 
     def __len__(self) -> int:
         return len(self.files)
@@ -373,9 +376,21 @@ class ImageFileDataset(AugmentedDataset):
         return -1 if self.labels is None else self.labels[index]
 
     def _report_unreadable(self, index: int, err: Exception) -> None:
-        if index not in self._reported:  # once per worker process
-            self._reported.add(index)
-            logger.warning("skipping an unreadable image: %s", err)
+        if index in self._reported:  # once per worker process
+            return
+        self._reported.add(index)
+        logger.warning("skipping an unreadable image: %s", err)
+        if self.labels is not None:
+            # A class none of whose images can be read would train (and score) as a class without examples.
+            # A training item's replacement search tries the images after it, and a class's images lie
+            # together, so the one worker that meets such a class tries all of its images in a row.
+            label = self.labels[index]
+            self._unreadable[label] += 1
+            if self._unreadable[label] == self._class_sizes[label]:
+                raise DataError(
+                    f"none of the {self._class_sizes[label]} image(s) of the class in {self.files[index].parent} "
+                    f"can be read (the last: {err}); replace them, or remove the class folder"
+                )
 
 
 # ---------------------------------------------------------------------------------------------- Fashion-MNIST

@@ -25,6 +25,8 @@ Needs torchvision, tqdm and matplotlib (the `train` extra); pyyaml for YAML conf
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import dataclasses
 import functools
 import importlib
@@ -603,9 +605,10 @@ def resolve_normalisation(config: TrainConfig, saved: Mapping[str, Any] | None =
 def build_model(config: TrainConfig, class_names: Sequence[str] | None) -> tuple[Swinv2PreTrainedModel, str]:
     """The model `config.model` names, ready for `config.task`; returns it and a line saying what was loaded.
 
-    Classification: a checkpoint's classifier is kept when its classes are the data's, each class's row
-    matched by name (`match_labels`; by position for placeholder labels LABEL_i); otherwise it is an error
-    unless `new_head` (a checkpoint without a classifier, e.g. a SimMIM one, always gets a new head).
+    Classification: a checkpoint's classifier is kept when the data's classes are its classes or some of them,
+    each class's row matched by name (`match_labels`; by position for placeholder labels LABEL_i, which must
+    be as many); otherwise it is an error unless `new_head` (a checkpoint without a classifier, e.g. a SimMIM
+    one, always gets a new head).
     """
     from .processing import has_placeholder_labels
 
@@ -616,15 +619,16 @@ def build_model(config: TrainConfig, class_names: Sequence[str] | None) -> tuple
     if config.task == "classification":
         assert class_names is not None
         has_head = weights is not None and "Swinv2ForImageClassification" in _architectures(model_config)
-        if has_head and model_config.num_labels != len(class_names) and not config.new_head:
+        replace = not has_head or config.new_head
+        placeholders = has_placeholder_labels(model_config.id2label)
+        if not replace and placeholders and model_config.num_labels != len(class_names):
             raise TrainingError(
                 f"the data has {len(class_names)} classes but the classifier of {config.model} has "
-                f"{model_config.num_labels}: its labels would be out of range. Pass --new-head to replace the "
-                "classifier, or train on data with the checkpoint's classes"
+                f"{model_config.num_labels} without names (LABEL_0, ...), so its rows cannot be matched to the data's "
+                "classes. Pass --new-head to replace the classifier, or train on data with the checkpoint's classes"
             )
-        replace = not has_head or config.new_head
         rows = None  # the checkpoint's classifier row of each data class
-        if has_head and not replace and not has_placeholder_labels(model_config.id2label):
+        if not replace and not placeholders:
             labels = [model_config.id2label[i] for i in range(model_config.num_labels)]
             rows = match_labels(labels, class_names)
             if rows is None:
@@ -633,6 +637,7 @@ def build_model(config: TrainConfig, class_names: Sequence[str] | None) -> tuple
                     f"{', '.join(class_names)}. Pass --new-head to replace the classifier, or name the class "
                     "folders after its labels (a '/' in a label may be written '_')"
                 )
+        load_config = copy.deepcopy(model_config)  # the checkpoint's own head, before it shrinks to a subset
         _set_labels(model_config, class_names)
         model_config.problem_type = "single_label_classification"
         cls: type[Swinv2PreTrainedModel] = Swinv2ForImageClassification
@@ -641,10 +646,10 @@ def build_model(config: TrainConfig, class_names: Sequence[str] | None) -> tuple
         cls = Swinv2ForMaskedImageModeling
         stride = model_config.patch_hw[0] * 2 ** (model_config.num_layers - 1)
         if model_config.encoder_stride != stride:
-            raise TrainingError(
-                f"SimMIM needs encoder_stride = patch_size * 2**(stages - 1) = {stride}, the model config has "
-                f"{model_config.encoder_stride}; set \"encoder_stride\": {stride} in the config.json"
-            )
+            # transformers' default (32) fits four stages of patch 4 only; the decoder must undo the whole stride
+            logger.info("encoder_stride set to %d (patch %d x 2**(%d stages - 1)) for the SimMIM decoder, from %d",
+                        stride, model_config.patch_hw[0], model_config.num_layers, model_config.encoder_stride)
+            model_config.encoder_stride = stride
     if weights is None:
         torch.manual_seed(config.seed)  # the same initial weights in every process and every run
         return cls(model_config), f"new {cls.__name__} from {config.model}"
@@ -653,15 +658,27 @@ def build_model(config: TrainConfig, class_names: Sequence[str] | None) -> tuple
             warnings.simplefilter("ignore")
         torch.manual_seed(config.seed)
         try:
-            model = cls.from_pretrained(weights, config=model_config, ignore_mismatched_sizes=replace)
+            model = cls.from_pretrained(
+                weights, config=model_config if rows is None else load_config, ignore_mismatched_sizes=replace
+            )
         except CheckpointError as err:
             raise TrainingError(f"--model {config.model} cannot be loaded as a Swin V2 model: {err}") from err
     described = f"{cls.__name__} from the weights of {weights}" + (" with a new classifier" if replace else "")
-    if rows is not None and rows != list(range(len(rows))):  # the same classes in another order: rows follow
+    if rows is not None and rows != list(range(load_config.num_labels)):
+        # the data's classes in another order, or some of them: the head keeps their rows, in the data's order
+        old = model.classifier
+        head = nn.Linear(old.in_features, len(rows), device=old.weight.device, dtype=old.weight.dtype)
         with torch.no_grad():
-            for tensor in (model.classifier.weight, model.classifier.bias):
-                tensor.copy_(tensor[rows].clone())
-        described += " (its rows reordered to the data's classes)"
+            head.weight.copy_(old.weight[rows])
+            head.bias.copy_(old.bias[rows])
+        model.classifier, model.num_labels = head, len(rows)
+        described += (
+            " (its rows reordered to the data's classes)" if len(rows) == load_config.num_labels
+            else f" (the rows of the data's {len(rows)} of its {load_config.num_labels} classes)"
+        )
+    if rows is not None:  # loaded with the checkpoint's labels: the data's from here on, as for a new head
+        _set_labels(model.config, class_names)
+        model.config.problem_type = "single_label_classification"
     return model, described
 
 
@@ -678,6 +695,37 @@ def _check_writable(folder: Path) -> None:
         raise TrainingError(
             f"cannot write to the output folder {folder} ({err.strerror or err}); choose another --output"
         ) from err
+
+
+LOCK_FILE = ".lock"
+
+
+@contextlib.contextmanager
+def _run_lock(folder: Path) -> Iterator[None]:
+    """Hold `folder/.lock` while a run writes there: a second run with the same --output (by mistake, or a
+    re-run while an interrupted demo's processes still train) is refused instead of interleaving its
+    checkpoints, metrics and exports with the first's. An advisory lock (flock) that the kernel releases when the
+    process ends, however it ends; none where the platform has no flock."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    with open(folder / LOCK_FILE, "a+", encoding="utf-8") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.seek(0)
+            holder = lock.read().strip()
+            raise TrainingError(
+                f"{folder} is in use by another training run{f' (process {holder})' if holder else ''}; wait for it "
+                "to finish (or stop it), or choose another --output"
+            ) from None
+        lock.seek(0)
+        lock.truncate()
+        lock.write(f"{os.getpid()}\n")
+        lock.flush()
+        yield
 
 
 # The temporary names of checkpoints.atomic_write: tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp") adds
@@ -1223,7 +1271,10 @@ def train(config: TrainConfig) -> TrainResult:
     config.validate()
     dist = setup_distributed(config.device)
     try:
-        return _train(config, dist)
+        run = Path(config.output).expanduser()
+        _check_writable(run)
+        with _run_lock(run) if dist.main else contextlib.nullcontext():
+            return _train(config, dist)
     finally:
         if dist.enabled and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
@@ -1238,7 +1289,6 @@ def _train(config: TrainConfig, dist: Distributed) -> TrainResult:
     from tqdm.auto import tqdm
 
     run = Path(config.output).expanduser()
-    _check_writable(run)
     if dist.main:
         removed = remove_stale_temporaries(run)
         if removed:
@@ -1654,9 +1704,12 @@ def _train(config: TrainConfig, dist: Distributed) -> TrainResult:
             result = _eval_result(last_val["raw"], class_names)
             metrics.update(top1=result.top1, top5=result.top5, val_loss=result.loss, best_top1=best_top1,
                            best_step=best_step, per_class=result.per_class)
-            text = json_text(result.to_dict(), indent=2) + "\n"
+            # the final weights' scores (last/), which best/ need not be: say which, and when
+            scored = {**result.to_dict(), "weights": "last", "step": step}
+            text = json_text(scored, indent=2) + "\n"
             atomic_write(run / EVAL_FILE, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
-            plot_confusion(result.confusion, result.class_names, run / "confusion_matrix.png")
+            plot_confusion(result.confusion, result.class_names, run / "confusion_matrix.png",
+                           title=f"last/ (step {step})")
         plot_run(run)
         if config.task == "simmim":
             plot_reconstructions(_unwrap(eval_model()), train_set, run / "reconstructions.png",
@@ -1754,8 +1807,11 @@ def plot_run(run: str | os.PathLike) -> list[Path]:
     return written
 
 
-def plot_confusion(confusion: Sequence[Sequence[int]], class_names: Sequence[str], path: str | os.PathLike) -> None:
-    """The confusion matrix, rows = true class, normalised per row, with the counts written in the cells."""
+def plot_confusion(
+    confusion: Sequence[Sequence[int]], class_names: Sequence[str], path: str | os.PathLike, title: str | None = None
+) -> None:
+    """The confusion matrix, rows = true class, normalised per row, with the counts written in the cells;
+    `title` names the weights scored."""
     plt = _pyplot()
     matrix = np.asarray(confusion, dtype=np.float64)
     rates = matrix / np.maximum(matrix.sum(1, keepdims=True), 1)
@@ -1766,6 +1822,8 @@ def plot_confusion(confusion: Sequence[Sequence[int]], class_names: Sequence[str
     ax.set_yticks(range(n), class_names)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
+    if title:
+        ax.set_title(title, fontsize=9)
     if n <= 30:
         for i in range(n):
             for j in range(n):
