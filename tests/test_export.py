@@ -224,3 +224,75 @@ def test_a_write_failure_is_named_and_does_not_fall_back_to_the_other_exporter(t
     assert f"swinv2 export: could not write {tmp_path / 'out' / 'a.onnx'} ({reason}" in err, err
     assert ".tmp" not in err and "Nothing was left half-written" in err
     assert list((tmp_path / "out").glob("*")) == []
+
+
+# ---------------------------------------------------------------------------------------------- deployment paths
+def test_torch_onnx_torchscript_exporter_takes_the_model_as_it_is(tmp_path):
+    """`torch.onnx.export(model, (x,), dynamo=False)` passes every forward parameter positionally: a keyword-only
+    `interpolate_pos_encoding` made it fail (8 arguments for 7)."""
+    model = perturbed(swinv2.Swinv2ForImageClassification)
+    x = photo_batch(["astronaut", "coffee"], 32, 32)
+    torch.onnx.export(model, (x,), tmp_path / "m.onnx", input_names=["pixel_values"], dynamo=False)
+    with torch.no_grad():
+        expected = model(x).logits
+    np.testing.assert_allclose(run(tmp_path / "m.onnx", x)[0], expected.numpy(), rtol=1e-4, atol=1e-4)
+
+
+def test_export_and_forward_mode_ad_keep_to_plain_ops_where_onednn_would_run(monkeypatch):
+    """On AVX-512 CPUs fp32 inference takes a fused oneDNN op of the package's own; torch.export's graph (read
+    by other runtimes) and forward-mode AD must not (the graph held swinv2.onednn_linear, the tangent was
+    None). Forced on here, whatever this CPU is."""
+    import torch.autograd.forward_ad as fwAD
+
+    from swinv2 import layers
+
+    monkeypatch.setattr(layers, "_ONEDNN_FP32", True)
+    model = perturbed(swinv2.Swinv2ForImageClassification)
+    x, tangent = torch.randn(2, 3, 32, 32), torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        program = torch.export.export(model, (x,))
+        assert "onednn" not in str(program.graph)
+        torch.testing.assert_close(program.module()(x).logits, model(x).logits, rtol=1e-5, atol=1e-5)
+        with fwAD.dual_level():
+            assert fwAD.unpack_dual(model(fwAD.make_dual(x, tangent)).logits).tangent is not None
+
+
+def test_bf16_autocast_on_a_cpu_without_bf16_compiles_and_exports(monkeypatch):
+    """The fp32 fallback's one-time warning broke torch.compile(fullgraph=True) on its first call (dynamo cannot
+    trace warnings.warn); torch.export under bf16 autocast gave a program that failed when run (an fp32 graph
+    with bf16 expectations): exported graphs keep the bf16 they were asked for, as transformers'."""
+    from swinv2 import modeling
+
+    monkeypatch.setattr(modeling, "CPU_NATIVE_BF16", False)
+    monkeypatch.setattr(modeling, "_warned_bf16", False)
+    model = perturbed(swinv2.Swinv2ForImageClassification)
+    x = torch.randn(2, 3, 32, 32)
+    compiled = torch.compile(model, backend="eager", fullgraph=True)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert compiled(x).logits.dtype == torch.float32  # the fallback
+        program = torch.export.export(model, (x,), strict=True)
+        logits = program.module()(x).logits
+    assert logits.dtype == torch.bfloat16
+    with torch.no_grad():
+        torch.testing.assert_close(logits.float(), model(x).logits, rtol=0.1, atol=0.1)
+
+
+def test_meta_device_dynamic_quantisation_and_fake_tensors():
+    """Three ways deployment tools run a model: built on the meta device (big-model loading), Linear layers
+    quantised dynamically (the position-bias MLP's quantised weight is a method), and a forward under
+    FakeTensorMode (the finite-input check looked at values fake tensors do not have). Each used to fail."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with torch.device("meta"):
+        empty = swinv2.Swinv2ForImageClassification(swinv2.Swinv2Config(**SMALL))
+    assert all(p.device.type == "meta" for p in empty.parameters())
+
+    model = perturbed(swinv2.Swinv2ForImageClassification)
+    x = photo_batch(["astronaut", "coffee"], 32, 32)
+    quantised = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+    with torch.no_grad():
+        expected, got = model(x).logits, quantised(x).logits
+    assert (got - expected).abs().max() <= 0.1 * expected.abs().max()  # transformers': 1.3e-2 relative
+
+    with torch.no_grad(), FakeTensorMode(allow_non_fake_inputs=True) as mode:
+        assert model(mode.from_tensor(x)).logits.shape == (2, model.config.num_labels)

@@ -119,7 +119,15 @@ def _onednn_ok(x: Tensor) -> bool:
     # knows: FLOP counters then count the GEMMs, and torch.utils.flop_counter is not imported (it imports
     # Triton, ~80 MiB of resident memory) just to teach it our op. The TorchScript tracer cannot record
     # the op's list arguments.
-    if _ONEDNN_LINEAR is None or x.device.type != "cpu" or torch.is_grad_enabled() or torch.jit.is_tracing():
+    # torch.export's graphs are read by other runtimes, and forward-mode AD has no formula for the op.
+    if (
+        _ONEDNN_LINEAR is None
+        or x.device.type != "cpu"
+        or torch.is_grad_enabled()
+        or torch.jit.is_tracing()
+        or torch.compiler.is_exporting()
+        or _differentiated_forward()
+    ):
         return False
     return torch.compiler.is_compiling() or torch._C._len_torch_dispatch_stack() == 0
 
@@ -976,7 +984,9 @@ class WindowAttention(nn.Module):
 
     def position_bias(self) -> Tensor:
         """`16 * sigmoid(cpb_mlp(T))` gathered for every pair of tokens: `(heads, N, N)`."""
-        table = self.cpb_mlp(self.relative_coords_table.to(self.cpb_mlp[0].weight.dtype))
+        weight = self.cpb_mlp[0].weight  # (a dynamically quantised Linear's is a method, and takes fp32)
+        dtype = weight.dtype if isinstance(weight, Tensor) else torch.float32
+        table = self.cpb_mlp(self.relative_coords_table.to(dtype))
         n = self.window * self.window
         bias = table.view(-1, self.num_heads)[self.relative_position_index.view(-1)].view(n, n, self.num_heads)
         return 16.0 * torch.sigmoid(bias.permute(2, 0, 1))

@@ -182,10 +182,11 @@ def native_precision(forward: Callable) -> Callable:
     @functools.wraps(forward)
     def wrapper(self, *args, **kwargs):
         # a model whose weights are already low precision is run as asked: in fp32 its input would not match
-        if not cpu_bf16_is_emulated() or self.dtype != torch.float32:
+        # torch.export's graph is for other runtimes: it keeps the bf16 it was asked for
+        if not cpu_bf16_is_emulated() or self.dtype != torch.float32 or torch.compiler.is_exporting():
             return forward(self, *args, **kwargs)
         global _warned_bf16
-        if not _warned_bf16:
+        if not _warned_bf16 and not torch.compiler.is_compiling():  # (dynamo cannot trace warnings.warn)
             _warned_bf16 = True
             warnings.warn(
                 "this CPU has no native bf16 (no avx512_bf16/amx_bf16 flag): bf16 autocast would be several "
@@ -208,7 +209,8 @@ def _window_and_shift(config: Swinv2Config, stage: int) -> tuple[int, int]:
 
 
 def build_stages(config: Swinv2Config) -> nn.ModuleList:
-    drop_paths = torch.linspace(0, config.drop_path_rate, sum(config.depths)).tolist()
+    # (on the CPU whatever the default device: a model built under torch.device("meta") needs numbers here)
+    drop_paths = torch.linspace(0, config.drop_path_rate, sum(config.depths), device="cpu").tolist()
     stages = []
     for i, (depth, heads) in enumerate(zip(config.depths, config.num_heads)):
         window, shift = _window_and_shift(config, i)
@@ -291,8 +293,8 @@ def _check_finite(pixel_values: Tensor, policy: bool | None) -> None:
         return
     if torch.jit.is_tracing() or torch.compiler.is_compiling() or _in_onnx_export():
         return
-    if torch._C._are_functorch_transforms_active():
-        return
+    if torch._C._are_functorch_transforms_active() or torch._C._len_torch_dispatch_stack() > 0:
+        return  # (fake tensors and other dispatch modes have no values to look at)
     # One sum first (NaN and Inf carry through it): ~40x faster than isfinite().all() on CPU. Only a sum that
     # is not finite (a bad value, or finite values overflowing) pays for the exact check.
     if bool(torch.isfinite(pixel_values.sum(dtype=torch.promote_types(pixel_values.dtype, torch.float32)))):
@@ -724,15 +726,16 @@ class Swinv2Model(Swinv2PreTrainedModel):
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
-        *,
         interpolate_pos_encoding: bool = True,
     ) -> Swinv2ModelOutput | tuple[Tensor, ...]:
         """`pixel_values` `(B, C, H, W)` -> `last_hidden_state` `(B, L, C_last)` and `pooler_output` `(B, C_last)`.
 
         `bool_masked_pos` `(B, num_patches)` replaces the masked patches by the mask token (needs
         `use_mask_token=True`). Absolute position embeddings, when used, are resized to the input's grid
-        whatever `interpolate_pos_encoding` says (keyword-only, for transformers' callers, whose own models
-        fail on another size without it; positionally, the sixth argument is `return_dict`, as documented).
+        whatever `interpolate_pos_encoding` says (accepted for transformers' callers, whose own models fail on
+        another size without it). Positionally the sixth argument is `return_dict`, as documented, and
+        `interpolate_pos_encoding` the seventh (not keyword-only: torch.onnx's TorchScript exporter passes every
+        parameter positionally).
         """
         config = self.config
         output_attentions = config.output_attentions if output_attentions is None else output_attentions
@@ -859,7 +862,6 @@ class Swinv2ForImageClassification(Swinv2PreTrainedModel):
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
-        *,
         interpolate_pos_encoding: bool = True,
     ) -> Swinv2ImageClassifierOutput | tuple[Tensor, ...]:
         """`pixel_values` `(B, C, H, W)` -> `logits` `(B, num_labels)`; `labels` `(B,)` (or `(B, num_labels)`
@@ -901,7 +903,6 @@ class Swinv2ForMaskedImageModeling(Swinv2PreTrainedModel):
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
-        *,
         interpolate_pos_encoding: bool = True,
     ) -> Swinv2MaskedImageModelingOutput | tuple[Tensor, ...]:
         """`pixel_values` `(B, C, H, W)` -> `reconstruction` `(B, C, H, W)`; with `bool_masked_pos`
