@@ -83,3 +83,19 @@ def test_a_path_that_is_no_model_fails_clearly(tmp_path, capsys) -> None:
     assert main(["benchmark", str(tmp_path / "nothing-here"), "--device", "cpu"]) == 2
     err = capsys.readouterr().err
     assert "cannot load" in err and "nothing-here" in err
+
+
+@pytest.mark.parametrize("native_bf16", [False, True])
+def test_a_bf16_row_that_ran_in_fp32_says_so(folders, monkeypatch, capsys, native_bf16) -> None:
+    """Without native bf16 a CPU model falls back to fp32: the row's note records it, in the JSON and the table
+    (it said dtype bf16 with an empty note: the check ran outside autocast, where it is always false)."""
+    import swinv2.modeling
+
+    monkeypatch.setattr(swinv2.modeling, "CPU_NATIVE_BF16", native_bf16)
+    args = [str(folders / "classifier"), "--dtype", "fp32,bf16", "--batch", "1", "--repeats", "1", "--warmup", "0"]
+    rows = {r["dtype"]: r for r in _run_json(capsys, *args)["rows"]}
+    assert rows["fp32"]["note"] == ""
+    assert rows["bf16"]["note"] == ("" if native_bf16 else "ran in fp32: no native bf16 on this CPU")
+    assert main(["benchmark", *args, "--device", "cpu", "--no-progress"]) == 0
+    table = capsys.readouterr().out
+    assert ("| bf16 (ran in fp32: no native bf16 on this CPU) | 1 |" in table) is not native_bf16

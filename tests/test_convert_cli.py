@@ -257,3 +257,17 @@ def test_a_failed_write_leaves_no_file_nor_folder(tmp_path, capsys, monkeypatch)
     (tmp_path / "existing").mkdir()
     assert run(source, tmp_path / "existing", "--to", "hf") == 2
     assert (tmp_path / "existing").is_dir()
+
+
+@pytest.mark.parametrize("name", ["hf.pth", "hf.safetensors", "hf.bin", "hf.PT"])
+def test_to_hf_with_a_file_name_is_refused(tmp_path, capsys, name):
+    """--to hf writes a folder: a DST named like a weights file would become a folder called `hf.pth`."""
+    source = tmp_path / "ms.pth"
+    ck.convert(hf_folder(small_model(), tmp_path / "source"), source, "microsoft")
+    assert run(source, tmp_path / name, "--to", "hf") == 2
+    err = capsys.readouterr().err
+    assert err.startswith("swinv2 convert: error: --to hf writes a folder") and "give a folder name" in err
+    assert err.count("\n") == 1 and not (tmp_path / name).exists()
+    (tmp_path / "existing.pth").mkdir()  # a folder of that name already: the user's choice
+    assert run(source, tmp_path / "existing.pth", "--to", "hf") == 0
+    assert (tmp_path / "existing.pth" / "config.json").is_file()

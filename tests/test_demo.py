@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 
 import pytest
 import torch
@@ -127,3 +128,77 @@ def test_ctrl_c_ends_with_a_resume_hint_not_a_traceback(monkeypatch, tmp_path, c
     monkeypatch.setattr(swinv2.demo, "run_demo", interrupted)
     assert cli.main(["demo", "--tiny", "--output", str(tmp_path / "run"), "--no-progress"]) == 130
     assert "swinv2 demo: interrupted; run it again to resume" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("scale", ["-1", "0", "nan", "x"])
+def test_a_scale_that_is_not_positive_is_an_argument_error(tmp_path, capsys, scale):
+    with pytest.raises(SystemExit) as info:
+        cli.main(["demo", "--tiny", "--scale", scale, "--output", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and "swinv2 demo: error: argument --scale: expected a number > 0" in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_scale_multiplies_the_tiny_budget_too():
+    from swinv2.demo import DemoOptions, choose_budget
+
+    budget, why = choose_budget(DemoOptions(tiny=True, scale=5))
+    assert budget.pretrain_epochs == 5 * TINY_BUDGET.pretrain_epochs
+    assert budget.finetune_epochs == 5 * TINY_BUDGET.finetune_epochs
+    assert budget.limit_train == TINY_BUDGET.limit_train and "x5" in why
+    assert choose_budget(DemoOptions(tiny=True))[0] == TINY_BUDGET  # the settings of earlier tiny runs
+    assert choose_budget(DemoOptions(tiny=True, scale=1))[0] == TINY_BUDGET
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+@pytest.mark.parametrize("how", ["prctl", "watching thread"])
+def test_a_side_by_side_phase_dies_with_the_demo_even_killed(tmp_path, how):
+    """SIGKILL of the demo leaves its phases no chance to be stopped: they end by themselves (they trained on,
+    re-parented to PID 1). The demo's process is stood for by a small parent that starts one child, which
+    calls what each phase process calls first; off Linux (here: told it is not Linux) a thread watches."""
+    import os
+    import signal
+    import subprocess
+    import time
+    from pathlib import Path
+
+    import swinv2
+
+    src = str(Path(swinv2.__file__).resolve().parents[1])
+    ready = tmp_path / "ready"
+    child = ("import os, sys, time\n"
+             "from swinv2.demo import die_with_parent\n"
+             + ("sys.platform = 'darwin'\n" if how != "prctl" else "")
+             + "die_with_parent(int(sys.argv[1]))\n"
+             "open(sys.argv[2], 'w').close()\n"
+             "time.sleep(120)\n")
+    parent = ("import os, subprocess, sys, time\n"
+              f"p = subprocess.Popen([sys.executable, '-c', {child!r}, str(os.getpid()), {str(ready)!r}])\n"
+              "print(p.pid, flush=True)\n"
+              "time.sleep(120)\n")
+    env = {**os.environ, "PYTHONPATH": src + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    demo = subprocess.Popen([sys.executable, "-c", parent], stdout=subprocess.PIPE, text=True, env=env)
+    phase = int(demo.stdout.readline())
+
+    def alive(pid: int) -> bool:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+        except OSError:
+            return False
+        return state not in ("Z", "X")  # a zombie has ended
+
+    try:
+        deadline = time.monotonic() + 60
+        while not ready.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert ready.exists() and alive(phase)
+        demo.kill()
+        demo.wait()
+        deadline = time.monotonic() + 10
+        while alive(phase) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not alive(phase), "the phase process outlived the demo"
+    finally:
+        demo.kill()
+        if alive(phase):
+            os.kill(phase, signal.SIGKILL)

@@ -135,6 +135,19 @@ def test_bad_export_arguments(tmp_path, capsys):
     assert not (tmp_path / "a.onnx").exists()
 
 
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--image-size", "0", "0"], "--image-size must be two positive integers, got [0, 0]"),
+    (["--opset", "99"], "--opset 99: opset 99 is not one"),
+    ([], "OUTPUT {out!r} is a folder"),
+])
+def test_export_errors_say_error_as_every_command(tmp_path, capsys, flags, message):
+    """`swinv2 export: error: ...`, one line, as `swinv2 <command>: error: ...` everywhere (it lacked 'error:')."""
+    out = str(tmp_path) if not flags else str(tmp_path / "a.onnx")
+    assert cli.main(["export", str(tmp_path / "no-model"), out, *flags]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("swinv2 export: error: " + message.format(out=out)) and err.count("\n") == 1, err
+
+
 def test_check_feeds_a_half_precision_graph_its_dtype_and_names_what_onnxruntime_cannot_run(tmp_path):
     from swinv2.export import check_onnx
 
@@ -221,7 +234,7 @@ def test_a_write_failure_is_named_and_does_not_fall_back_to_the_other_exporter(t
         assert cli.main(["export", str(model), str(tmp_path / "out" / "a.onnx")]) == 1
     err = capsys.readouterr().err
     reason = "Read-only file system): write elsewhere" if failure == "read-only" else "No space left on device"
-    assert f"swinv2 export: could not write {tmp_path / 'out' / 'a.onnx'} ({reason}" in err, err
+    assert f"swinv2 export: error: could not write {tmp_path / 'out' / 'a.onnx'} ({reason}" in err, err
     assert ".tmp" not in err and "Nothing was left half-written" in err
     assert list((tmp_path / "out").glob("*")) == []
 

@@ -459,3 +459,54 @@ def test_info_labels_zero_shows_only_their_number_and_negative_is_refused(workdi
     with pytest.raises(SystemExit) as info:
         main(["info", str(workdir / "named"), "--labels", "-3"])
     assert info.value.code == 2 and "--labels: expected an integer >= 0, got -3" in capsys.readouterr().err
+
+
+def test_table_columns_line_up_for_wide_characters(workdir, tmp_path, capsys):
+    """`猫.webp` takes 7 columns on a terminal, not 6: the labels and probabilities stay in their columns."""
+    import unicodedata
+
+    from swinv2.cli import main
+
+    for name in ("猫.webp", "cat.webp", "ｃａｔ.webp"):  # CJK, ASCII and full-width Latin
+        PIL.Image.fromarray(skimage.data.chelsea()).save(tmp_path / name)
+    assert main(["predict", str(workdir / "named"), str(tmp_path), "--top-k", "2"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+
+    def width(text: str) -> int:
+        return sum(2 if unicodedata.east_asian_width(ch) in "WF" else 1 for ch in text)
+
+    assert len(lines) == 1 + 3 * 2 and any("猫.webp" in line for line in lines)
+    label_columns = set()
+    for line in lines[1:]:
+        head = line.rsplit(maxsplit=1)[0].rstrip()  # without the probability
+        label = max((n for n in NAMES if head.endswith(n)), key=len)
+        label_columns.add(width(head) - len(label))
+    assert label_columns == {width(lines[0][: lines[0].index("label")])}
+    assert len({width(line) for line in lines}) == 1  # the probabilities end in the same column
+
+
+def test_python_warnings_are_one_line_each_and_once_per_place(workdir, monkeypatch, capsys):
+    """A library warning reaches the command's user as `swinv2 info: warning: ...`, not as a source path, line
+    number and source line; repeated at the same place, once, as Python shows it."""
+    import warnings
+
+    from swinv2 import cli
+
+    count_macs = cli.count_macs
+
+    def warning_count_macs(*args):
+        for _ in range(2):
+            warnings.warn("the model has a 1-channel input\n  that no transformers processor takes", UserWarning,
+                          stacklevel=1)
+        warnings.warn("an old setting", FutureWarning, stacklevel=1)
+        return count_macs(*args)
+
+    monkeypatch.setattr(cli, "count_macs", warning_count_macs)
+    shown_before = warnings.showwarning
+    assert cli.main(["info", str(workdir / "named")]) == 0
+    err = capsys.readouterr().err
+    assert err.splitlines() == [
+        "swinv2 info: warning: the model has a 1-channel input that no transformers processor takes",
+        "swinv2 info: warning: FutureWarning: an old setting",
+    ]
+    assert warnings.showwarning is shown_before  # outside the command, Python's display again

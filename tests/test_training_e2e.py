@@ -218,3 +218,53 @@ def test_torchrun_two_processes_match_one(photos, tiny_config, one_process_run, 
     assert val_two["val_top1"] == val_one["val_top1"]
     assert val_two["val_loss"] == pytest.approx(val_one["val_loss"], abs=1e-5)
     assert val_two["train_loss"] == pytest.approx(val_one["train_loss"], abs=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------- the command's words
+def test_resume_help_names_latest_and_auto(capsys):
+    from swinv2 import cli
+
+    for command in ("train", "pretrain"):
+        with pytest.raises(SystemExit) as info:
+            cli.main([command, "--help"])
+        text = " ".join(capsys.readouterr().out.split())
+        assert info.value.code == 0 and "--resume [latest|auto|PATH]" in text
+        assert "'latest', what --resume alone means" in text and "'auto' resumes" in text
+
+
+def test_a_config_file_that_does_not_parse_is_one_line_with_its_place(photos, tiny_config, tmp_path, capsys):
+    from swinv2 import cli
+
+    bad = tmp_path / "c4.yaml"
+    bad.write_text("epochs: 1\ndata: [unclosed\n")
+    assert cli.main(["train", "--config", str(bad), "--data", str(photos), "--model", str(tiny_config),
+                     "--output", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert err == (f"swinv2 train: error: {bad} could not be parsed: line 3, column 1: expected ',' or ']', but "
+                   "got '<stream end>' (while parsing a flow sequence from line 2, column 7); fix the file\n")
+    bad.write_text("epochs: 1\n  lr: 2\n")  # indentation: a problem with no context
+    assert cli.main(["train", "--config", str(bad), "--data", str(photos), "--output", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"swinv2 train: error: {bad} could not be parsed: line 2, column 5: ") and (
+        err.count("\n") == 1), err
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("rank", ["0", "1"])
+def test_ctrl_c_under_torchrun_is_reported_by_rank_0_only(photos, tiny_config, tmp_path, capsys, monkeypatch,
+                                                         rank):
+    """Ctrl-C reaches every torchrun process: one line says how to go on, not one per process."""
+    import swinv2.training
+    from swinv2 import cli
+
+    def interrupted(config):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(swinv2.training, "train", interrupted)
+    monkeypatch.setenv("RANK", rank)
+    monkeypatch.setenv("LOCAL_RANK", rank)
+    assert cli.main(["train", "--data", str(photos), "--model", str(tiny_config), "--output",
+                     str(tmp_path / "run")]) == 130
+    err = capsys.readouterr().err
+    expected = "\nswinv2 train: interrupted; continue with the same command and --resume latest\n"
+    assert err == (expected if rank == "0" else "")

@@ -90,6 +90,21 @@ def _autocast(device: torch.device, dtype: str, cache: bool = True):
     return torch.autocast(device.type, dtype=DTYPES[dtype], cache_enabled=cache)
 
 
+def falls_back_to_fp32(model: nn.Module, device: torch.device, dtype: str) -> bool:
+    """Whether the model runs a `dtype` row in fp32: bf16 autocast on a CPU without native bf16, where the
+    model's forward turns autocast off (emulated bf16 would be several times slower) and warns. Asked inside
+    the row's autocast, as the forward asks."""
+    from .modeling import cpu_bf16_is_emulated
+
+    if device.type != "cpu" or dtype != "bf16" or getattr(model, "dtype", torch.float32) != torch.float32:
+        return False
+    with _autocast(device, dtype):
+        return cpu_bf16_is_emulated()
+
+
+FP32_FALLBACK_NOTE = "ran in fp32: no native bf16 on this CPU"
+
+
 def cuda_graphed(step: Callable[[], Any]) -> Callable[[], Any]:
     """`step` captured in a CUDA graph on its first call, then replayed: the GPU's time without the host's
     launches. Before the capture, warm-up calls on a side stream (as capture needs) load the kernels and

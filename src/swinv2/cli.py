@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -63,10 +65,19 @@ def _add_convert_parser(sub: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=_run_convert)
 
 
+_WEIGHTS_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors", ".ckpt")
+
+
 def _run_convert(args: argparse.Namespace) -> int:
     from .checkpoints import CheckpointError, convert
     from .config import Swinv2Config
 
+    suffix = Path(args.destination).suffix.lower()
+    if args.to == "hf" and suffix in _WEIGHTS_SUFFIXES and not Path(args.destination).is_dir():
+        raise Swinv2Error(
+            f"--to hf writes a folder (config.json, model.safetensors); give a folder name, not a {suffix} file: "
+            f"DST {args.destination!r}"
+        )
     try:
         config = None if args.config is None else Swinv2Config.from_pretrained(args.config)
         source_format, model = convert(args.source, args.destination, args.to, config=config)
@@ -185,9 +196,10 @@ def _add_training_flags(parser: argparse.ArgumentParser, task: str) -> None:
             parser.add_argument(flag, type=kind, nargs=nargs, default=None, help=text,
                                 metavar=name.upper().split("_")[-1] if nargs is None else "X")
     parser.add_argument(
-        "--resume", nargs="?", const="latest", default=None, metavar="PATH",
-        help="continue from the newest good checkpoint of --output (or of PATH, a run folder or checkpoint "
-             "file); 'auto' resumes when there is one and starts afresh otherwise",
+        "--resume", nargs="?", const="latest", default=None, metavar="latest|auto|PATH",
+        help="continue from the newest good checkpoint of --output ('latest', what --resume alone means), or of "
+             "PATH (a run folder or checkpoint file); 'auto' resumes when there is one and starts afresh "
+             "otherwise",
     )
 
 
@@ -227,6 +239,29 @@ def _resumed_run(args: argparse.Namespace) -> str | None:
     return str(path.parent.parent if path.is_file() else path)
 
 
+def _yaml_problem(err: BaseException | None) -> str | None:
+    """PyYAML's error in one line: `line 2, column 1: expected ',' or ']', but got '<stream end>' (while parsing
+    a flow sequence from line 1, column 7)`, without its excerpt of the file and caret lines; None for any
+    other error."""
+    yaml = sys.modules.get("yaml")
+    if err is None or yaml is None or not isinstance(err, yaml.YAMLError):
+        return None
+    if not isinstance(err, yaml.MarkedYAMLError):  # a ReaderError: 'unacceptable character ... position 3'
+        return " ".join(str(err).split()).replace(' in "<unicode string>", ', " at ")
+
+    def where(mark: Any) -> str:
+        return f"line {mark.line + 1}, column {mark.column + 1}"
+
+    mark = err.problem_mark or err.context_mark
+    text = " ".join(str(err.problem or err.context or type(err).__name__).split())
+    if err.context and err.problem:
+        context = " ".join(str(err.context).split())
+        if err.context_mark is not None and err.context_mark is not mark:
+            context += f" from {where(err.context_mark)}"
+        text += f" ({context})"
+    return f"{where(mark)}: {text}" if mark is not None else text
+
+
 def _run_train(args: argparse.Namespace) -> int:
     from .training import resolve_config, saved_settings, train
 
@@ -241,7 +276,13 @@ def _run_train(args: argparse.Namespace) -> int:
     defaults = saved_settings(run) if run else {}
     if run and run != args.output:
         defaults.pop("output", None)  # the copy goes where --output says, never back into RUN unasked
-    config = resolve_config(args.config, overrides, **{**defaults, "task": args.task})
+    try:
+        config = resolve_config(args.config, overrides, **{**defaults, "task": args.task})
+    except Swinv2Error as err:
+        problem = _yaml_problem(err.__cause__)
+        if problem is None:
+            raise
+        raise Swinv2Error(f"{args.config} could not be parsed: {problem}; fix the file") from err
     result = train(config)
     if not _main_rank():  # under torchrun, rank 0 reports
         return 0
@@ -290,12 +331,12 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         return 0
     print(f"{result.num_images} images: top-1 {result.top1:.4f}, top-5 {result.top5:.4f}, loss {result.loss:.4f} "
           f"({result.images_per_second:.0f} img/s)")
-    width = max(len(name) for name in result.class_names)
+    width = max(_display_width(name) for name in ["class", *result.class_names])
     print(f"{'class':<{width}}  accuracy  confusion (row: true, column: predicted)")
     for name, row in zip(result.class_names, result.confusion):
         accuracy = result.per_class[name]
         shown = "     n/a" if accuracy is None else f"{accuracy:8.4f}"  # no images of the class: no accuracy
-        print(f"{name:<{width}}  {shown}  {' '.join(f'{v:5d}' for v in row)}")
+        print(f"{name}{' ' * (width - _display_width(name))}  {shown}  {' '.join(f'{v:5d}' for v in row)}")
     return 0
 
 
@@ -308,10 +349,12 @@ def _add_demo_parser(sub) -> None:
                     "test images and write OUTPUT/report.md with figures and the exported model. About 15 minutes "
                     "on 2 CPU cores; re-running resumes an interrupted demo and reuses finished phases.")
     parser.add_argument("--output", default="runs/demo", help="the run folder (default: runs/demo)")
-    parser.add_argument("--scale", type=float, default=None,
-                        help="multiply the training epochs (default: 1 on a CPU, 4 when CUDA is available)")
+    parser.add_argument("--scale", type=_positive_float, default=None,
+                        help="multiply the training epochs (default: 1 on a CPU or with --tiny, 4 when CUDA is "
+                             "available)")
     parser.add_argument("--tiny", action="store_true",
-                        help="a few hundred images and a few steps: checks the pipeline in a minute, no result")
+                        help="a few hundred images and a few steps: checks the pipeline in a minute, no result "
+                             "(--scale multiplies its epochs too)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     parser.add_argument("--no-progress", dest="progress", action="store_false",
                         help="no progress bars (there are some only when stderr is a terminal)")
@@ -366,6 +409,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
+    with one_line_warnings(args.command):
+        return _run_command(args)
+
+
+def _run_command(args: argparse.Namespace) -> int:
     try:
         status = args.func(args)
         sys.stdout.flush()  # here, so that a reader that went away is met below and not at the exit's flush
@@ -388,8 +436,42 @@ def main(argv: list[str] | None = None) -> int:
         hint = {"train": "; continue with the same command and --resume latest",
                 "pretrain": "; continue with the same command and --resume latest",
                 "demo": "; run it again to resume"}.get(args.command, "")
-        print(f"\nswinv2 {args.command}: interrupted{hint}", file=sys.stderr)
+        # Under torchrun Ctrl-C reaches every process (and torchrun forwards SIGINT to them): rank 0 says it
+        if _main_rank():
+            print(f"\nswinv2 {args.command}: interrupted{hint}", file=sys.stderr)
         return 130
+
+
+@contextlib.contextmanager
+def one_line_warnings(command: str) -> Iterator[None]:
+    """Python warnings shown as `swinv2 COMMAND: warning: MESSAGE`, one line each, instead of the source file,
+    line number and source line that mean nothing to the user of the command. Which warnings are shown (once
+    per location by default) stays Python's decision: only their display changes, and only inside the block.
+    Under torchrun every process meets the same warnings: rank 0 and the first process of each other node
+    show them, as errors."""
+    import warnings
+
+    previous = warnings.showwarning
+
+    def show(message: Warning | str, category: type[Warning], filename: str, lineno: int, file: Any = None,
+             line: str | None = None) -> None:
+        if not (_main_rank() or os.environ.get("LOCAL_RANK", "0") == "0"):
+            return
+        text = " ".join(str(message).split())
+        if category is not UserWarning:  # DeprecationWarning, RuntimeWarning...: their kind tells something
+            text = f"{category.__name__}: {text}"
+        rank = "" if _main_rank() else f" (rank {os.environ['RANK']})"
+        target = sys.stderr if file is None else file
+        if target is None:  # pythonw: no stderr
+            return
+        with contextlib.suppress(OSError):  # as Python's own: a stderr that went away loses the warning
+            target.write(f"swinv2 {command}{rank}: warning: {text}\n")
+
+    warnings.showwarning = show
+    try:
+        yield
+    finally:
+        warnings.showwarning = previous
 
 
 # ---------------------------------------------------------------------------------------------- shared helpers
@@ -490,6 +572,18 @@ def _non_negative_int(text: str) -> int:
 
 def _positive_int(text: str) -> int:
     return _int_at_least(text, 1, "a positive integer")
+
+
+def _positive_float(text: str) -> float:
+    import math
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}") from None
+    if not (value > 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text}")
+    return value
 
 
 def _collect_inputs(inputs: list[str]) -> tuple[list[Path], list[tuple[str, str]]]:
@@ -652,9 +746,22 @@ def _predictions_table(results: list[dict[str, Any]]) -> str:
     for result in results:
         for rank, pred in enumerate(result["predictions"]):
             rows.append((result["image"] if rank == 0 else "", pred["label"], f"{pred['probability']:.4f}"))
-    widths = [max(len(row[c]) for row in rows) for c in range(2)]
-    lines = [f"{a:<{widths[0]}}  {b:<{widths[1]}}  {c:>11}".rstrip() for a, b, c in rows]
+    widths = [max(_display_width(row[c]) for row in rows) for c in range(2)]
+
+    def pad(text: str, width: int) -> str:
+        return text + " " * (width - _display_width(text))
+
+    lines = [f"{pad(a, widths[0])}  {pad(b, widths[1])}  {c:>11}".rstrip() for a, b, c in rows]
     return "\n".join(lines)
+
+
+def _display_width(text: str) -> int:
+    """Columns `text` takes on a terminal: 2 for wide and full-width characters (CJK: `猫.webp` is 7), 0 for
+    combining marks, 1 for the rest."""
+    import unicodedata
+
+    return sum(0 if unicodedata.combining(ch) else 2 if unicodedata.east_asian_width(ch) in "WF" else 1
+               for ch in text)
 
 
 def _write_predictions_csv(target: str, results: list[dict[str, Any]]) -> None:
@@ -876,7 +983,7 @@ def _export_model_class(name: str, chosen: str | None) -> str:
 
 def _run_export(args: argparse.Namespace) -> int:
     def fail(message: str, status: int) -> int:
-        print(f"swinv2 export: {message}", file=sys.stderr)
+        print(f"swinv2 export: error: {message}", file=sys.stderr)
         return status
 
     if args.image_size is not None and min(args.image_size) < 1:
@@ -982,7 +1089,6 @@ def _run_benchmark(args: argparse.Namespace) -> int:
     import torch
 
     from swinv2 import benchmark
-    from swinv2.modeling import cpu_bf16_is_emulated
 
     tasks = _list_flag(args.task, "--task", ("infer", "train"))
     dtypes = _list_flag(args.dtype, "--dtype", tuple(benchmark.DTYPES))
@@ -1010,8 +1116,8 @@ def _run_benchmark(args: argparse.Namespace) -> int:
     rows = [benchmark.Row(t, m, d, b) for t in tasks for m in modes for d in dtypes for b in batches
             if m != "graphed" or t == "infer"]
     for row in rows:
-        if row.dtype == "bf16" and device.type == "cpu" and cpu_bf16_is_emulated():
-            row.note = "runs in fp32: this CPU has no native bf16"
+        if benchmark.falls_back_to_fp32(model, device, row.dtype):
+            row.note = benchmark.FP32_FALLBACK_NOTE
     total = len(rows) * (1 + args.warmup + args.repeats)
     bar = None
     if args.progress and sys.stderr.isatty():

@@ -198,9 +198,54 @@ def _run_phase(name: str, folder: Path, config: TrainConfig) -> PhaseResult:
 ERROR_FILE = "phase_error.txt"
 
 
-def _phase_process(name: str, folder: Path, config: TrainConfig, threads: int) -> None:
+def die_with_parent(parent: int) -> None:
+    """End this process when process `parent` ends, however it ends (a SIGKILL too, which leaves it no chance
+    to stop its children): a side-by-side phase must not train on, orphaned, after the demo is gone.
+
+    On Linux the kernel sends SIGTERM when the parent dies (prctl PR_SET_PDEATHSIG); elsewhere a daemon thread
+    checks every second whether the process was re-parented (getppid() no longer `parent`). Either way a
+    parent that died before this call is noticed at once. Its checkpoints are written atomically: a rerun of
+    the demo resumes from the last one."""
+    import signal
+    import threading
+
+    if os.getppid() != parent:  # the parent is already gone
+        os.kill(os.getpid(), signal.SIGTERM)
+        return
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            pr_set_pdeathsig = 1  # from linux/prctl.h
+            if libc.prctl(pr_set_pdeathsig, int(signal.SIGTERM), 0, 0, 0) == 0:
+                if os.getppid() != parent:  # it died between the check above and prctl
+                    os.kill(os.getpid(), signal.SIGTERM)
+                return
+        except (OSError, AttributeError):
+            pass  # no prctl to call: watch instead
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="swinv2-parent-watch", daemon=True).start()
+
+
+def _phase_process(name: str, folder: Path, config: TrainConfig, threads: int, parent: int | None = None) -> None:
     """A side-by-side phase in its own process: `threads` threads, its log in `folder/phase.log`, and on
-    failure the reason in `folder/phase_error.txt` for the parent to report."""
+    failure the reason in `folder/phase_error.txt` for the parent to report. It ends when process `parent`
+    (the demo) ends, even killed."""
+    if parent is not None:
+        die_with_parent(parent)
+    from .cli import one_line_warnings
+
+    with one_line_warnings("demo"):
+        _phase_in_process(name, folder, config, threads)
+
+
+def _phase_in_process(name: str, folder: Path, config: TrainConfig, threads: int) -> None:
     torch.set_num_threads(threads)
     folder.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(folder / "phase.log", encoding="utf-8")
@@ -246,7 +291,8 @@ def run_side_by_side(jobs: Sequence[tuple[str, Path, TrainConfig]], threads: int
             continue
         (folder / ERROR_FILE).unlink(missing_ok=True)
         quiet = dataclasses.replace(config, progress=False)
-        process = context.Process(target=_phase_process, args=(name, folder, quiet, threads), name=f"swinv2-{name}")
+        process = context.Process(target=_phase_process, args=(name, folder, quiet, threads, os.getpid()),
+                                  name=f"swinv2-{name}")
         process.start()
         bar = tqdm(total=config.max_steps, desc=f"{PHASE_TITLES[name]:<13}", position=len(running),
                    disable=not progress, dynamic_ncols=True, file=sys.stderr, leave=True)
@@ -525,12 +571,15 @@ def write_report(out: Path, phases: Sequence[PhaseResult], evaluation: PhaseResu
 # ---------------------------------------------------------------------------------------------- the demo
 def choose_budget(options: DemoOptions) -> tuple[DemoBudget, str]:
     """The budget for the options, and a line saying which and why (CUDA found -> scaled up)."""
+    if options.scale is not None and not (options.scale > 0 and math.isfinite(options.scale)):
+        raise TrainingError(f"--scale must be a number > 0, got {options.scale}")
     if options.tiny:
-        return TINY_BUDGET, "tiny budget (a few hundred images, a few steps: a smoke test, not a result)"
+        tiny = "tiny budget (a few hundred images, a few steps: a smoke test, not a result)"
+        if options.scale is None or options.scale == 1:
+            return TINY_BUDGET, tiny
+        return TINY_BUDGET.scaled(options.scale), f"{tiny}, epochs x{options.scale:g}"
     cuda = _uses_cuda(options.device)
     scale = options.scale if options.scale is not None else (GPU_SCALE if cuda else 1.0)
-    if scale <= 0:
-        raise TrainingError(f"--scale must be > 0, got {scale}")
     where = "CUDA GPU found" if cuda else "CPU"
     budget = DemoBudget().scaled(scale)
     why = f"{where}: budget x{scale:g} (--scale to change)"
