@@ -1824,6 +1824,12 @@ def convert(
     or unexpected weights fails here rather than in the other library; dtypes are kept."""
     if fmt not in WRITE_FORMATS:
         raise CheckpointError(f"cannot write format {fmt!r}; we write: {', '.join(WRITE_FORMATS)}")
+    suffix = Path(destination).suffix.lower()
+    if fmt == "hf" and suffix in (".pth", ".pt", ".bin", ".safetensors", ".ckpt") and not Path(destination).is_dir():
+        raise CheckpointError(
+            f"--to hf writes a folder (config.json, model.safetensors); give a folder name, not a {suffix} file: "
+            f"DST {str(destination)!r}"
+        )
     config_path, weights_path = resolve_source(source)
     if weights_path is None:
         raise CheckpointError(f"no weights found at {source}")

@@ -65,19 +65,10 @@ def _add_convert_parser(sub: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=_run_convert)
 
 
-_WEIGHTS_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors", ".ckpt")
-
-
 def _run_convert(args: argparse.Namespace) -> int:
     from .checkpoints import CheckpointError, convert
     from .config import Swinv2Config
 
-    suffix = Path(args.destination).suffix.lower()
-    if args.to == "hf" and suffix in _WEIGHTS_SUFFIXES and not Path(args.destination).is_dir():
-        raise Swinv2Error(
-            f"--to hf writes a folder (config.json, model.safetensors); give a folder name, not a {suffix} file: "
-            f"DST {args.destination!r}"
-        )
     try:
         config = None if args.config is None else Swinv2Config.from_pretrained(args.config)
         source_format, model = convert(args.source, args.destination, args.to, config=config)
@@ -239,29 +230,6 @@ def _resumed_run(args: argparse.Namespace) -> str | None:
     return str(path.parent.parent if path.is_file() else path)
 
 
-def _yaml_problem(err: BaseException | None) -> str | None:
-    """PyYAML's error in one line: `line 2, column 1: expected ',' or ']', but got '<stream end>' (while parsing
-    a flow sequence from line 1, column 7)`, without its excerpt of the file and caret lines; None for any
-    other error."""
-    yaml = sys.modules.get("yaml")
-    if err is None or yaml is None or not isinstance(err, yaml.YAMLError):
-        return None
-    if not isinstance(err, yaml.MarkedYAMLError):  # a ReaderError: 'unacceptable character ... position 3'
-        return " ".join(str(err).split()).replace(' in "<unicode string>", ', " at ")
-
-    def where(mark: Any) -> str:
-        return f"line {mark.line + 1}, column {mark.column + 1}"
-
-    mark = err.problem_mark or err.context_mark
-    text = " ".join(str(err.problem or err.context or type(err).__name__).split())
-    if err.context and err.problem:
-        context = " ".join(str(err.context).split())
-        if err.context_mark is not None and err.context_mark is not mark:
-            context += f" from {where(err.context_mark)}"
-        text += f" ({context})"
-    return f"{where(mark)}: {text}" if mark is not None else text
-
-
 def _run_train(args: argparse.Namespace) -> int:
     from .training import resolve_config, saved_settings, train
 
@@ -276,13 +244,7 @@ def _run_train(args: argparse.Namespace) -> int:
     defaults = saved_settings(run) if run else {}
     if run and run != args.output:
         defaults.pop("output", None)  # the copy goes where --output says, never back into RUN unasked
-    try:
-        config = resolve_config(args.config, overrides, **{**defaults, "task": args.task})
-    except Swinv2Error as err:
-        problem = _yaml_problem(err.__cause__)
-        if problem is None:
-            raise
-        raise Swinv2Error(f"{args.config} could not be parsed: {problem}; fix the file") from err
+    config = resolve_config(args.config, overrides, **{**defaults, "task": args.task})
     result = train(config)
     if not _main_rank():  # under torchrun, rank 0 reports
         return 0

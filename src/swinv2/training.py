@@ -265,6 +265,29 @@ def _setting(name: str, hint: Any, value: Any) -> Any:
     raise TrainingError(f"setting {name} needs {'an' if kind is int else 'a'} {kind.__name__}, got {value!r}")
 
 
+def _yaml_problem(err: BaseException) -> str | None:
+    """PyYAML's error in one line: `line 2, column 1: expected ',' or ']', but got '<stream end>' (while parsing
+    a flow sequence from line 1, column 7)`, without its excerpt of the file and caret lines; None for any
+    other error."""
+    yaml = sys.modules.get("yaml")
+    if yaml is None or not isinstance(err, yaml.YAMLError):
+        return None
+    if not isinstance(err, yaml.MarkedYAMLError):  # a ReaderError: 'unacceptable character ... position 3'
+        return " ".join(str(err).split()).replace(' in "<unicode string>", ', " at ")
+
+    def where(mark: Any) -> str:
+        return f"line {mark.line + 1}, column {mark.column + 1}"
+
+    mark = err.problem_mark or err.context_mark
+    text = " ".join(str(err.problem or err.context or type(err).__name__).split())
+    if err.context and err.problem:
+        context = " ".join(str(err.context).split())
+        if err.context_mark is not None and err.context_mark is not mark:
+            context += f" from {where(err.context_mark)}"
+        text += f" ({context})"
+    return f"{where(mark)}: {text}" if mark is not None else text
+
+
 def load_config_file(path: str | os.PathLike) -> dict[str, Any]:
     """A YAML (.yaml/.yml), TOML (.toml) or JSON (.json) file of `TrainConfig` fields, as a dict."""
     path = Path(path)
@@ -296,6 +319,9 @@ def load_config_file(path: str | os.PathLike) -> dict[str, Any]:
             raise
         raise TrainingError(f"{path} could not be parsed ({err}); fix the file") from err
     except Exception as err:  # yaml.YAMLError and friends
+        problem = _yaml_problem(err)
+        if problem is not None:
+            raise TrainingError(f"{path} could not be parsed: {problem}; fix the file") from err
         raise TrainingError(f"{path} could not be parsed ({err}); fix the file") from err
     if not isinstance(values, dict):
         raise TrainingError(f"{path} must hold a mapping of setting names to values")
