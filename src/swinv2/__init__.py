@@ -14,7 +14,6 @@ from .modeling import (
     Swinv2ModelOutput,
     Swinv2PreTrainedModel,
 )
-from .processing import AutoImageProcessor, Swinv2ImageProcessor
 
 __version__ = "0.1.0"
 
@@ -35,3 +34,19 @@ __all__ = [
     "__version__",
     "set_deterministic",
 ]
+
+# The image processor needs Pillow; the model does not. Importing it on first use keeps `import swinv2` (a
+# backbone inside a detector, a training job fed tensors) free of Pillow's ~5 MiB and import time.
+_PROCESSING = ("AutoImageProcessor", "Swinv2ImageProcessor")
+
+
+def __getattr__(name: str):
+    if name in _PROCESSING:
+        from . import processing
+
+        return getattr(processing, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_PROCESSING))
