@@ -463,3 +463,18 @@ def test_half_precision_training_with_the_exact_attention_on_padded_input(rng):
         grad = gradients(True, **kwargs)
         assert torch.isfinite(grad).all(), kwargs
         assert (grad - reference).norm() / reference.norm() < 0.05, kwargs
+
+
+def test_import_leaves_pillow_to_the_image_processor():
+    """`import swinv2` (a backbone, a job fed tensors) does not load Pillow; the processors still import."""
+    code = (
+        "import sys, swinv2\n"
+        "assert 'PIL' not in sys.modules, 'import swinv2 loaded Pillow'\n"
+        "from swinv2 import *\n"
+        "assert AutoImageProcessor is swinv2.processing.AutoImageProcessor and 'PIL' in sys.modules\n"
+        "assert 'Swinv2ImageProcessor' in dir(swinv2)\n"
+        "try:\n    swinv2.not_a_name\nexcept AttributeError as err:\n    assert 'not_a_name' in str(err)\n"
+        "else:\n    raise AssertionError('no AttributeError')\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    subprocess.run([sys.executable, "-c", code], check=True, env=env)
