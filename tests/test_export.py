@@ -302,9 +302,25 @@ def test_meta_device_dynamic_quantisation_and_fake_tensors():
 
     model = perturbed(swinv2.Swinv2ForImageClassification)
     x = photo_batch(["astronaut", "coffee"], 32, 32)
+    with torch.no_grad():
+        expected = model(x).logits
+    # Loaded into: the derived buffers (window coordinates, in no checkpoint) must be real numbers there too.
+    for load in ("assign", "to_empty"):
+        with torch.device("meta"):
+            loaded = swinv2.Swinv2ForImageClassification(swinv2.Swinv2Config(**SMALL)).eval()
+        if load == "assign":
+            loaded.load_state_dict(model.state_dict(), assign=True)
+        else:
+            loaded.to_empty(device="cpu").load_state_dict(model.state_dict())
+        assert not any(t.is_meta for t in [*loaded.parameters(), *loaded.buffers()]), load
+        with torch.no_grad():
+            torch.testing.assert_close(loaded(x).logits, expected, rtol=0, atol=0, msg=load)
+    with torch.inference_mode():  # buffers made again here are still ordinary tensors: training may follow
+        loaded.to("cpu")
+    loaded.train()(x, labels=torch.tensor([0, 1])).loss.backward()
     quantised = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
     with torch.no_grad():
-        expected, got = model(x).logits, quantised(x).logits
+        got = quantised(x).logits
     assert (got - expected).abs().max() <= 0.1 * expected.abs().max()  # transformers': 1.3e-2 relative
 
     with torch.no_grad(), FakeTensorMode(allow_non_fake_inputs=True) as mode:

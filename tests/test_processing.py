@@ -391,14 +391,17 @@ def test_keys_a_file_leaves_out_take_the_vit_processors_defaults(tmp_path, photo
         {"image_processor_type": "CLIPImageProcessor", "size": {"shortest_edge": 160}, "crop_pct": 0.5},
         {"image_processor_type": "ConvNextImageProcessor"},
         {"image_processor_type": "ConvNextImageProcessor", "size": 384, "do_center_crop": True, "crop_size": 100},
+        {"image_processor_type": "DeiTImageProcessor"},
+        {"image_processor_type": "BeitImageProcessor", "size": {"height": 240, "width": 300}, "crop_size": None},
     ],
     ids=["bit-empty", "bit-short-side", "bit-int-size", "clip-no-crop", "clip-crop-pct", "convnext-empty",
-         "convnext-crop-keys"],
+         "convnext-crop-keys", "deit-empty", "beit-null-crop"],
 )
 def test_files_of_bit_clip_and_convnext_take_their_classes_defaults(tmp_path, photos, config):
-    """A Bit, CLIP or ConvNeXt file that leaves keys out means that class's defaults (Bit and CLIP: short side
-    224, 224 crop, CLIP's mean and std, bicubic; ConvNeXt: 384, mean and std 0.5, bilinear), not ViT's, and
-    settings the class does not have (CLIP's crop_pct, ConvNeXt's crop_size) are not applied."""
+    """A Bit, CLIP, ConvNeXt, DeiT or BEiT file that leaves keys out means that class's defaults (Bit and CLIP:
+    short side 224, 224 crop, CLIP's mean and std, bicubic; ConvNeXt: 384, mean and std 0.5, bilinear; DeiT and
+    BEiT: 256 x 256, 224 crop, bicubic, 0.5), not ViT's, and settings the class does not have (CLIP's
+    crop_pct, ConvNeXt's crop_size) are not applied."""
     (tmp_path / PREPROCESSOR_CONFIG_NAME).write_text(json.dumps(config))
     ours = AutoImageProcessor.from_pretrained(tmp_path)
     ref = transformers.AutoImageProcessor.from_pretrained(tmp_path, use_fast=False)

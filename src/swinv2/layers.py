@@ -973,9 +973,35 @@ class WindowAttention(nn.Module):
         self.attn_drop = attn_drop
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
+        self.pretrained_window = pretrained_window
         self.register_buffer("relative_coords_table", relative_coords_table(window, pretrained_window), False)
         self.register_buffer("relative_position_index", relative_position_index(window), False)
         self._constants: tuple[tuple, tuple[Tensor | None, Tensor]] | None = None
+
+    # The two buffers are functions of the window sizes, in no checkpoint. A model built on the meta device
+    # gets real ones where its weights land: `to_empty` (whose buffers hold garbage) or
+    # `load_state_dict(assign=True)` (which leaves non-persistent buffers on the meta device).
+    def _derive_buffers(self, like: Tensor) -> None:
+        """The coordinate table and index computed again on `like`'s device (the table in `like`'s dtype if
+        it is a float: what `.to(dtype)` of the fp32 table gives)."""
+        # (ordinary tensors even when `.to()` is called in inference mode: training may follow)
+        with torch.no_grad(), torch.inference_mode(False), torch.device(like.device):
+            table = relative_coords_table(self.window, self.pretrained_window)
+            index = relative_position_index(self.window)
+        dtype = self.relative_coords_table.dtype if self.relative_coords_table.is_floating_point() else table.dtype
+        self._buffers["relative_coords_table"] = table.to(dtype)
+        self._buffers["relative_position_index"] = index.to(self.relative_position_index.dtype)
+
+    def _apply(self, fn, recurse: bool = True):
+        super()._apply(fn, recurse)
+        if not self.relative_coords_table.is_meta:
+            self._derive_buffers(self.relative_coords_table)
+        return self
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        if self.relative_coords_table.is_meta and not self.logit_scale.is_meta:
+            self._derive_buffers(self.logit_scale)
 
     def qkv_bias(self) -> Tensor | None:
         if self.q_bias is None:

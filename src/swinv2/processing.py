@@ -63,6 +63,14 @@ HF_DEFAULTS: dict[str, dict[str, Any]] = {
     },
 }
 HF_DEFAULTS["CLIP"] = HF_DEFAULTS["Bit"]  # (Bit's processor is CLIP's, copied)
+HF_DEFAULTS["DeiT"] = HF_DEFAULTS["Beit"] = {  # (BEiT's is DeiT's, and both crop)
+    "size": {"height": 256, "width": 256},
+    "resample": int(PIL.Image.Resampling.BICUBIC),
+    "do_center_crop": True,
+    "crop_size": {"height": 224, "width": 224},
+    "image_mean": [0.5, 0.5, 0.5],
+    "image_std": [0.5, 0.5, 0.5],
+}
 _NULL_MEANS_DEFAULT = ("size", "crop_size", "image_mean", "image_std", "crop_pct")
 
 # Pillow's resampling filters by name; config files store the integer.
