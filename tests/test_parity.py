@@ -465,6 +465,65 @@ def test_shifted_window_mask_matches_transformers(window, shift):
             assert torch.equal(shifted_window_mask(height, width, window, shift), expected), (height, width)
 
 
+def _scrambled(model: torch.nn.Module, seed: int) -> torch.nn.Module:
+    """`perturb_`, then far from any initialisation (every matrix + N(0, 0.5)), logit scales at their clamp:
+    scores span [-100, 100], where the shift mask's value shows."""
+    perturb_(model, seed)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("logit_scale"):
+                p.fill_(math.log(100.0))
+            elif p.dim() > 1:
+                p.add_(0.5 * torch.randn(p.shape, generator=generator))
+    return model.double()  # (fp32 rounding, amplified by such weights, would blur the comparison: ~2e-3)
+
+
+def test_shift_mask_value_follows_the_weights_library(tmp_path, rng):
+    """transformers adds its -100 shift mask twice (-200), timm (like Microsoft and torchvision) once: with
+    scores spanning +-100 (2-channel heads at the logit-scale clamp) each is matched, on its own weights, and
+    the other value would be far off (so the comparison can fail)."""
+    import timm
+
+    config = dict(image_size=32, patch_size=2, embed_dim=16, depths=[2, 2], num_heads=[8, 16], window_size=4)
+    x = input_for(config, rng).double()
+    torch.manual_seed(0)
+    hf = _scrambled(transformers.Swinv2Model(transformers.Swinv2Config(**config)).eval(), seed=1)
+    hf.save_pretrained(tmp_path / "hf")
+    ours = swinv2.Swinv2Model.from_pretrained(tmp_path / "hf").double()
+    assert ours.config.shift_mask_value == -200.0 and "shift_mask_value" not in ours.config.to_dict()
+    once = swinv2.Swinv2Model.from_pretrained(tmp_path / "hf", shift_mask_value=-100.0).double()
+    with torch.no_grad():
+        theirs = hf(x).last_hidden_state
+        mine, other = ours(x).last_hidden_state, once(x).last_hidden_state
+    torch.testing.assert_close(mine, theirs, atol=1e-9, rtol=1e-9)
+    assert (other - theirs).abs().max() > 0.1 * theirs.abs().max()
+
+    timm_model = timm.create_model(
+        "swinv2_tiny_window8_256", img_size=32, patch_size=2, embed_dim=16, depths=(2, 2), num_heads=(8, 16),
+        window_size=4, num_classes=5,
+    )
+    timm_model = _scrambled(timm_model.eval(), seed=2)
+    (tmp_path / "timm").mkdir()
+    torch.save(timm_model.state_dict(), tmp_path / "timm" / "model.pth")
+    read = dict(image_size=32, window_size=4)
+    ours = swinv2.Swinv2ForImageClassification.from_pretrained(tmp_path / "timm" / "model.pth", **read)
+    assert ours.config.shift_mask_value == -100.0 and ours.config.to_dict()["shift_mask_value"] == -100.0
+    twice = swinv2.Swinv2ForImageClassification.from_pretrained(
+        tmp_path / "timm" / "model.pth", shift_mask_value=-200.0, **read
+    )
+    with torch.no_grad():
+        theirs = timm_model(x)
+        mine, other = ours.double()(x).logits, twice.double()(x).logits
+    torch.testing.assert_close(mine, theirs, atol=1e-9, rtol=1e-9)
+    assert (other - theirs).abs().max() > 0.02 * theirs.abs().max()
+    # saved and read back, the value stays with the weights
+    ours.save_pretrained(tmp_path / "ours")
+    assert swinv2.Swinv2ForImageClassification.from_pretrained(tmp_path / "ours").config.shift_mask_value == -100.0
+    with pytest.raises(ValueError, match="shift_mask_value must be negative"):
+        Swinv2Config(shift_mask_value=0)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 def test_cached_mask_is_the_folded_sum_rounded_once(dtype):
     """A shifted block's cached mask (summed straight into `dtype`) is bit for bit the fp32 sum of the position

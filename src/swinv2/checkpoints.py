@@ -40,7 +40,7 @@ from torch import Tensor
 
 from .config import CONFIG_FIELDS, CONFIG_NAME, PRESET_NAMES, Swinv2Config, preset_kwargs
 from .errors import Swinv2Error
-from .layers import relative_coords_table, relative_position_index, shifted_window_mask, stage_window
+from .layers import MASK_VALUE, relative_coords_table, relative_position_index, shifted_window_mask, stage_window
 
 logger = logging.getLogger("swinv2")
 
@@ -1058,6 +1058,8 @@ def infer_config(
         if value is not None:
             fields[name] = value
     fields.setdefault("pretrained_window_sizes", [0] * num_stages)
+    if fmt not in ("hf", "swinv2"):  # their libraries add the shift mask once, where transformers adds it twice
+        fields["shift_mask_value"] = MASK_VALUE
     fields.update(overrides)
     # The image size sizes each stage's window and shift (as in transformers), so a guess changes the numbers:
     # a size nothing tells is asked for, in every format. timm and torchvision weights never depend on it, so

@@ -28,6 +28,9 @@ PROBLEM_TYPES = ("regression", "single_label_classification", "multi_label_class
 CONFIG_NAME = "config.json"
 
 # Fields of transformers' PretrainedConfig that a Swin V2 config.json may carry and that we understand.
+# What transformers' shifted windows add across regions (its -100 mask is added twice; see `shift_mask_value`).
+SHIFT_MASK_VALUE = -200.0
+
 _COMMON_DEFAULTS: dict[str, Any] = {
     "output_hidden_states": False,
     "output_attentions": False,
@@ -129,6 +132,11 @@ class Swinv2Config:
             `check_finite_inputs` decides whether `forward` rejects NaN/Inf pixel values with a ValueError:
             None (default) checks tensors on the CPU only, True checks on every device (on a GPU that costs
             a host synchronisation per call), False never checks.
+            `shift_mask_value` is what a shifted window adds to the scores of token pairs from different
+            regions of the rolled grid: -200 by default, what transformers' `Swinv2SelfAttention` adds (its
+            -100 mask, added twice); -100 in Microsoft's code, timm and torchvision, whose checkpoints are
+            read with -100. It matters only when scaled cosine scores span ~100 (logit scales near their
+            clamp, 100): then each implementation's numbers are those of the weights' own library.
     """
 
     model_type = "swinv2"
@@ -193,6 +201,7 @@ class Swinv2Config:
         self.torch_dtype = _dtype_name(dtype if dtype is not None else self.torch_dtype)
         self.use_gradient_checkpointing = kwargs.pop("use_gradient_checkpointing", False)
         self.check_finite_inputs = kwargs.pop("check_finite_inputs", None)
+        self.shift_mask_value = kwargs.pop("shift_mask_value", SHIFT_MASK_VALUE)
 
         id2label = kwargs.pop("id2label", None)
         label2id = kwargs.pop("label2id", None)
@@ -396,6 +405,12 @@ class Swinv2Config:
             raise ValueError(
                 f"check_finite_inputs must be None (check CPU inputs), true or false, got {self.check_finite_inputs!r}"
             )
+        self.shift_mask_value = _number(self.shift_mask_value, "shift_mask_value")  # (no _fix: not an argument)
+        if not -1e4 <= self.shift_mask_value < 0:  # (large enough to vanish in softmax, finite in fp16)
+            raise ValueError(
+                f"shift_mask_value must be negative and at least -1e4, got {self.shift_mask_value}; e.g. "
+                f"{SHIFT_MASK_VALUE} (transformers', the default) or -100.0 (Microsoft's, timm's, torchvision's)"
+            )
         if self.hidden_act in LEARNABLE_ACTIVATIONS:
             raise ValueError(
                 f"hidden_act {self.hidden_act!r} has learnable parameters, which the MLP here does not hold (nor "
@@ -488,6 +503,8 @@ class Swinv2Config:
             out["use_gradient_checkpointing"] = True
         if self.check_finite_inputs is not None:
             out["check_finite_inputs"] = self.check_finite_inputs
+        if self.shift_mask_value != SHIFT_MASK_VALUE:
+            out["shift_mask_value"] = self.shift_mask_value
         for key, value in self.extra.items():
             out.setdefault(key, value)
         return out
@@ -569,7 +586,8 @@ _DEFAULTS = {
 CONFIG_FIELDS = frozenset(
     set(inspect.signature(Swinv2Config.__init__).parameters) - {"self", "kwargs"}
 ) | set(_COMMON_DEFAULTS) | {
-    "id2label", "label2id", "num_labels", "dtype", "use_gradient_checkpointing", "check_finite_inputs"
+    "id2label", "label2id", "num_labels", "dtype", "use_gradient_checkpointing", "check_finite_inputs",
+    "shift_mask_value",
 } | GENERIC_FIELDS
 
 

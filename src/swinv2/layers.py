@@ -48,7 +48,8 @@ from torch.utils.weak import WeakIdKeyDictionary
 
 from . import kernels
 
-# Shifted-window masks use -100 for pairs of tokens from different regions, as the reference code does.
+# Shifted-window masks add -100 to the scores of tokens from different regions in Microsoft's code, timm and
+# torchvision (transformers adds its -100 mask twice: `Swinv2Config.shift_mask_value`).
 MASK_VALUE = -100.0
 # Folded masks and window layouts are cached for this many input sizes per block.
 MASK_CACHE_SIZE = 4
@@ -647,9 +648,10 @@ def relative_position_index(window: int) -> Tensor:
 
 
 def shifted_window_mask(
-    height: int, width: int, window: int, shift: int, device=None, dtype: torch.dtype = torch.float32
+    height: int, width: int, window: int, shift: int, device=None, dtype: torch.dtype = torch.float32,
+    value: float = MASK_VALUE,
 ) -> Tensor:
-    """Additive mask `(num_windows, N, N)`: 0 within a region of the rolled grid, -100 across regions.
+    """Additive mask `(num_windows, N, N)`: 0 within a region of the rolled grid, `value` across regions.
 
     Along each axis the rolled grid has three regions, `[0, size - window)`, `[size - window, size - shift)`
     and `[size - shift, size)`; a token's region is the pair. (In closed form rather than as nine slice
@@ -662,7 +664,7 @@ def shifted_window_mask(
     regions = region(height)[:, None] * 3 + region(width)[None, :]
     regions = window_partition(regions[None, :, :, None], window).squeeze(-1)  # (num_windows, N)
     different = regions.unsqueeze(1) != regions.unsqueeze(2)
-    return torch.zeros(different.shape, dtype=dtype, device=device).masked_fill_(different, MASK_VALUE)
+    return torch.zeros(different.shape, dtype=dtype, device=device).masked_fill_(different, value)
 
 
 # ---------------------------------------------------------------------------------------------- layers
@@ -1255,10 +1257,12 @@ class Swinv2Block(nn.Module):
         attn_drop: float = 0.0,
         drop_path: float = 0.0,
         layer_norm_eps: float = 1e-5,
+        shift_mask_value: float = MASK_VALUE,
     ) -> None:
         super().__init__()
         self.window = window
         self.shift = shift
+        self.shift_mask_value = shift_mask_value
         self.attn = WindowAttention(dim, num_heads, window, pretrained_window, qkv_bias, attn_drop, attn_drop)
         self.norm1 = nn.LayerNorm(dim, eps=layer_norm_eps)
         self.drop_path = DropPath(drop_path)
@@ -1305,8 +1309,10 @@ class Swinv2Block(nn.Module):
         bias = self.attn.position_bias().unsqueeze(0)  # (1, heads, N, N), in the weights' dtype
         if self.shift == 0:
             folded = bias.to(dtype)
-        else:  # (0 and -100 are exact in every float dtype: the shift mask is made in `dtype` itself)
-            shift_mask = shifted_window_mask(height, width, self.window, self.shift, device, dtype).unsqueeze(1)
+        else:  # (0, -100 and -200 are exact in every float dtype: the shift mask is made in `dtype` itself)
+            shift_mask = shifted_window_mask(
+                height, width, self.window, self.shift, device, dtype, self.shift_mask_value
+            ).unsqueeze(1)
             if split:
                 shift_mask = shift_mask[window_regions(height, width, self.window, self.shift)[1].to(device)]
             if cacheable:  # summed at the bias's precision, written once in `dtype`: no fp32 (nW, heads, N, N)
@@ -1622,12 +1628,13 @@ class Swinv2Stage(nn.Module):
         drop: float = 0.0,
         attn_drop: float = 0.0,
         layer_norm_eps: float = 1e-5,
+        shift_mask_value: float = MASK_VALUE,
     ) -> None:
         super().__init__()
         self.blocks = nn.ModuleList(
             Swinv2Block(
                 dim, num_heads, window, 0 if i % 2 == 0 else shift, pretrained_window, mlp_ratio, qkv_bias,
-                hidden_act, drop, attn_drop, drop_paths[i], layer_norm_eps,
+                hidden_act, drop, attn_drop, drop_paths[i], layer_norm_eps, shift_mask_value,
             )
             for i in range(depth)
         )

@@ -231,6 +231,7 @@ def build_stages(config: Swinv2Config) -> nn.ModuleList:
                 drop=config.hidden_dropout_prob,
                 attn_drop=config.attention_probs_dropout_prob,
                 layer_norm_eps=config.layer_norm_eps,
+                shift_mask_value=config.shift_mask_value,
             )
         )
     return nn.ModuleList(stages)
