@@ -701,6 +701,38 @@ def test_timm_train_py_checkpoints_tell_their_architecture(tmp_path):
         swinv2.Swinv2ForImageClassification.from_pretrained(tmp_path / "max.pth.tar")
 
 
+def test_timm_fine_tuned_name_keeps_its_pretrained_windows_under_other_model_args(tmp_path):
+    """timm builds `create_model("swinv2_base_window12to16_192to256", **model_args)`: the name's pretrained
+    windows (12, 12, 12, 6) hold where model_args change width and depth (read as another architecture's name,
+    they were lost: [0, 0]). Checked against timm's blocks and outputs, from its Hub folder and from a train.py
+    checkpoint. The pretrained window only rescales the position-bias coordinates, so the encoder output is
+    compared (it differed by 1e-4, the logits by 2e-6; measured alike to 1e-6)."""
+    import argparse
+
+    import timm
+    from timm.models._hub import save_for_hf
+
+    name = "swinv2_base_window12to16_192to256"
+    model_args = dict(img_size=64, embed_dim=16, depths=(2, 2), num_heads=(2, 4), window_size=8)
+    torch.manual_seed(0)
+    reference = perturb_(timm.create_model(name, num_classes=3, **model_args))
+    expected_windows = [stage.blocks[0].attn.pretrained_window_size[0] for stage in reference.layers]
+    assert expected_windows == [12, 12]
+    save_for_hf(reference, tmp_path / "hub", safe_serialization=True)
+    args = argparse.Namespace(model=name, model_kwargs=model_args, gp=None)
+    torch.save({"arch": name, "args": args, "state_dict": reference.state_dict()}, tmp_path / "last.pth.tar")
+    x = images(64)
+    with torch.no_grad():
+        features, logits = reference.forward_features(x), reference(x)
+    for source in (tmp_path / "hub", tmp_path / "last.pth.tar"):
+        model = swinv2.Swinv2ForImageClassification.from_pretrained(source)
+        assert model.config.pretrained_window_sizes[:2] == expected_windows, source
+        with torch.no_grad():
+            ours_features = model.swinv2(x).last_hidden_state.reshape(features.shape)
+            assert max_diff(ours_features, features) < ATOL, source
+            assert max_diff(model(x).logits, logits) < ATOL, source
+
+
 def test_a_checkpoint_of_only_nested_mappings_names_them(tmp_path):
     torch.save({"weights": {"inner": {"a": torch.zeros(1)}}, "epoch": 1}, tmp_path / "nested.pth")
     with pytest.raises(ck.CheckpointError, match=r"holds no tensors \(but mappings under 'weights'"):

@@ -874,6 +874,9 @@ TIMM_MODEL_ARGS = {
     "drop_path_rate": "drop_path_rate",
     "act_layer": "hidden_act",
 }
+# What a timm model name fixes besides width and depth (`swinv2_base_window12to16_192to256`: window 16, pretrained
+# windows (12, 12, 12, 6), 256 px), which the tensors do not tell.
+TIMM_NAME_FIELDS = ("window_size", "pretrained_window_sizes", "image_size")
 # Arguments that change nothing timm computes at img_size: which input sizes it accepts (swinv2 runs any),
 # and the device and dtype it was built on.
 TIMM_INPUT_CHECKS = frozenset({"strict_img_size", "dynamic_img_size", "device", "dtype"})
@@ -921,9 +924,14 @@ def _timm_config_fields(data: dict[str, Any], path: Path) -> dict[str, Any]:
             path,
             ", ".join(f"{k}={v}" for k, v in dropouts.items()),
         )
-    fields = {ours: args[theirs] for theirs, ours in TIMM_MODEL_ARGS.items() if theirs in args}
+    # timm builds `create_model(architecture, **model_args)`: the name's own arguments (window, pretrained
+    # windows, image size) hold wherever model_args leave them, even where model_args change the width or depth
+    # (then the name no longer describes the tensors, and infer_config would drop it as another architecture's).
+    named = preset_kwargs(str(data.get("architecture", ""))) or {}
+    fields = {name: named[name] for name in TIMM_NAME_FIELDS if name in named}
+    fields.update({ours: args[theirs] for theirs, ours in TIMM_MODEL_ARGS.items() if theirs in args})
     input_size = pretrained.get("input_size")
-    if "image_size" not in fields and isinstance(input_size, (list, tuple)) and len(input_size) == 3:
+    if "img_size" not in args and isinstance(input_size, (list, tuple)) and len(input_size) == 3:
         fields["image_size"] = list(input_size[1:])  # (channels, height, width)
     for name in ("image_size", "patch_size"):
         if isinstance(fields.get(name), (list, tuple)):
