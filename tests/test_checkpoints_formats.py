@@ -19,7 +19,7 @@ import torch.nn.functional as F
 import torchvision
 import transformers
 from conftest import perturb_, torchvision_swinv2
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 from timm.models.swin_transformer_v2 import SwinTransformerV2, checkpoint_filter_fn
 from torchvision.models.swin_transformer import SwinTransformer
 
@@ -877,6 +877,69 @@ def test_pickle_that_runs_code_is_refused(tmp_path):
     # The payload is real: an unrestricted load would have written the file.
     torch.load(path, weights_only=False)
     assert marker.exists()
+
+
+def test_a_damaged_pickle_is_named_corrupt_not_unsafe(tmp_path):
+    """weights_only refuses bytes that are no pickle ("Unsupported operand") under the same heading as a real
+    object: the first is a damaged file to download again, not one to re-save; the second names its object."""
+    whole = tmp_path / "whole.pth"
+    torch.save(timm_small().state_dict(), whole)
+    data = bytearray(whole.read_bytes())
+    pickle_start = data.index(b"\x80\x02", data.index(b"data.pkl"))  # torch.save's pickle, stored uncompressed
+    data[pickle_start + 2] = 0xFF  # no pickle opcode
+    damaged = tmp_path / "damaged.pth"
+    damaged.write_bytes(bytes(data))
+    with pytest.raises(ck.CheckpointError) as info:
+        swinv2.Swinv2Model.from_pretrained(damaged, window_size=4, image_size=64)
+    message = str(info.value)
+    assert f"{damaged} is not a readable checkpoint: it is truncated or corrupt" in message
+    assert "Unsupported operand 255" in message and "Download it again" in message
+    assert "Python objects" not in message
+    import fractions
+
+    with_object = tmp_path / "with_object.pth"
+    torch.save({"model": timm_small().state_dict(), "learning_rate": fractions.Fraction(1, 3)}, with_object)
+    with pytest.raises(ck.CheckpointError, match=r"Python objects besides tensors \(fractions\.Fraction\)"):
+        swinv2.Swinv2Model.from_pretrained(with_object, window_size=4, image_size=64)
+
+
+def test_other_timm_architectures_are_named_not_taken_for_swin(tmp_path):
+    """A timm ViT shares Microsoft's and timm's Swin names (patch_embed.proj, head) and was read as a Microsoft
+    Swin V2 missing its stages; a ConvNeXt as an unknown format. Each is named for what it is."""
+    import timm
+
+    vit = timm.create_model("vit_tiny_patch16_224", img_size=32, depth=1, num_classes=3)
+    torch.save(vit.state_dict(), tmp_path / "vit.pth")
+    convnext = timm.create_model("convnext_atto", depths=(1, 1, 1, 1), num_classes=3)
+    save_file(convnext.state_dict(), tmp_path / "convnext.safetensors")
+    for path, what in ((tmp_path / "vit.pth", "Vision Transformer"), (tmp_path / "convnext.safetensors", "convnext")):
+        with pytest.raises(ck.CheckpointError, match=rf"not a Swin V2 checkpoint: its keys .* are those of .*{what}"):
+            swinv2.Swinv2ForImageClassification.from_pretrained(path, window_size=4, image_size=32)
+    model = swinv2.Swinv2ForImageClassification(swinv2.Swinv2Config(image_size=32, embed_dim=16, depths=[1, 1],
+                                                                     num_heads=[1, 2], window_size=4))
+    with pytest.raises(ck.CheckpointError, match=r"cls_token.*Vision Transformer"):
+        model.load_state_dict(vit.state_dict())
+    # a partial dict of Swin V2 names is still no other architecture
+    model.load_state_dict({"classifier.weight": model.classifier.weight.detach()}, strict=False)
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".pth"])
+def test_weights_saved_from_distributed_data_parallel_load(tmp_path, suffix):
+    """`module.` before every key (a state dict of the DDP wrapper): from_pretrained and convert read the model's
+    names, in every file format (safetensors files kept the prefix, and nothing matched)."""
+    reference = timm_small()
+    wrapped = {f"module.{k}": v for k, v in reference.state_dict().items()}
+    path = tmp_path / f"ddp{suffix}"
+    save_file(wrapped, path) if suffix == ".safetensors" else torch.save(wrapped, path)
+    model = swinv2.Swinv2ForImageClassification.from_pretrained(path, window_size=4, image_size=64)
+    x = images(64)
+    with torch.no_grad():
+        assert max_diff(model(x).logits, reference(x)) < ATOL
+    ck.convert(path, tmp_path / "timm.safetensors", "timm", config=model.config)
+    converted = SwinTransformerV2(img_size=64, num_classes=5, **SMALL).eval()
+    converted.load_state_dict(load_file(tmp_path / "timm.safetensors"))
+    with torch.no_grad():
+        assert max_diff(converted(x), reference(x)) == 0.0
 
 
 # ---------------------------------------------------------------------------------------------- transfer

@@ -183,7 +183,7 @@ def load_checkpoint_file(path: str | os.PathLike) -> tuple[dict[str, Tensor], di
             ) from err
         if not tensors:
             raise CheckpointError(f"{path} holds no tensors")
-        return tensors, _parse_embedded_config(metadata.get(EMBEDDED_CONFIG_KEY), path)
+        return _without_ddp_prefix(tensors), _parse_embedded_config(metadata.get(EMBEDDED_CONFIG_KEY), path)
     obj = torch_load(path)
     embedded = None
     if isinstance(obj, dict):
@@ -209,16 +209,23 @@ def torch_load(path: Path) -> Any:
             return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises several unrelated types for a bad pickle
         text = str(err)
-        if "Weights only load failed" in text or "Unsupported global" in text:
+        # weights_only refuses both a real object (a GLOBAL it does not allow: "Unsupported global: GLOBAL
+        # numpy.core.multiarray._reconstruct ...") and bytes that are no pickle at all ("Unsupported operand
+        # 200", "Can only append to lists"), under the same "Weights only load failed" heading: only the first
+        # is a file to re-save, the second is damaged.
+        refused = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+        if refused:
             raise CheckpointError(
-                f"{path} holds Python objects besides tensors, which could run code when unpickled, so it "
-                "was not loaded. If you trust the file, re-save its state dict with torch.save(state_dict) "
-                "or as safetensors"
+                f"{path} holds Python objects besides tensors ({refused[1]}), which could run code when "
+                "unpickled, so it was not loaded. If you trust the file, re-save its state dict with "
+                "torch.save(state_dict) or as safetensors"
             ) from err
-        first_line = text.splitlines()[0] if text else ""
+        unpickler = re.search(r"WeightsUnpickler error:\s*(.+)", text)
+        reason = unpickler[1].strip() if unpickler else (text.strip().splitlines() or [""])[0]
+        reason = reason.split(". ")[0]  # (torch's zip reader goes on for a paragraph)
         raise CheckpointError(
-            f"{path} could not be read as a PyTorch checkpoint ({type(err).__name__}: {first_line}); "
-            "it may be truncated or corrupt: download or save it again"
+            f"{path} is not a readable checkpoint: it is truncated or corrupt ({type(err).__name__}: {reason}). "
+            "Download it again, or save it again"
         ) from err
 
 
@@ -275,10 +282,16 @@ def _unwrap_state_dict(obj: Any, path: Path) -> dict[str, Tensor]:
             f"{path} holds no tensors"
             + (f" (but mappings under {nested}: save the weights alone from torch.load)" if nested else "")
         )
+    return _without_ddp_prefix(tensors)
+
+
+def _without_ddp_prefix(tensors: dict[str, Tensor]) -> dict[str, Tensor]:
+    """The weights of a model saved from its DistributedDataParallel wrapper (`module.` before every key), in
+    any file format, under the model's own names."""
     # torch.optim.swa_utils.AveragedModel (EMA in torchvision's reference scripts) adds a step count
     if "n_averaged" in tensors and all(k.startswith("module.") for k in tensors if k != "n_averaged"):
-        del tensors["n_averaged"]
-    if all(k.startswith("module.") for k in tensors):  # saved from DistributedDataParallel
+        tensors = {k: v for k, v in tensors.items() if k != "n_averaged"}
+    if tensors and all(k.startswith("module.") for k in tensors):
         tensors = {k[len("module.") :]: v for k, v in tensors.items()}
     return tensors
 
@@ -697,6 +710,13 @@ def detect_format(state: dict[str, Tensor]) -> str:
             "position-bias MLP, meta_mlp, and normalisation layout): another architecture than the paper's code, "
             "transformers and timm's swinv2_* models, whose weights swinv2 reads"
         )
+    other = _other_architecture(keys)
+    if other:
+        raise CheckpointError(
+            f"this is not a Swin V2 checkpoint: its keys ({', '.join(other[1])}) are those of {other[0]}. swinv2 "
+            "reads Swin Transformer V2 weights only (stages of windowed blocks, layers.N.blocks.M in timm's and "
+            "Microsoft's files); use the library and model class that wrote this file"
+        )
     if any(".attention.self." in k or "patch_embeddings.projection" in k for k in keys):
         return "hf"
     if any(re.match(r"features\.\d+\.\d+\.attn\.", k) for k in keys):
@@ -721,6 +741,30 @@ def detect_format(state: dict[str, Tensor]) -> str:
         + "; ".join(f"{name}: {text}" for name, text in FORMAT_NAMES.items())
         + f"). First keys: {keys[:5]}"
     )
+
+
+# Other models whose files share the names of Microsoft's and timm's Swin (`patch_embed.proj`, `head`, `norm`)
+# but have no windowed stages (`layers.N.blocks.M`): (a key pattern they have, what they are).
+_OTHER_ARCHITECTURES = [
+    (r"^(cls_token|pos_embed|dist_token|reg_token)$|^blocks\.\d+\.",
+     "a plain Vision Transformer (timm's vit_*, deit_*, beit_*, eva_* layout: blocks.N, cls_token, pos_embed)"),
+    (r"^stem\.\d+\.|^stages\.\d+\.blocks\.\d+\.(conv_dw|gamma)",
+     "a convolutional network (timm's convnext_* layout: stem, stages.N.blocks.M.conv_dw)"),
+]
+
+
+def _other_architecture(keys: list[str]) -> tuple[str, list[str]] | None:
+    """(what it is, some telling keys) for the state dict of a model other than Swin, else None. Only a state dict
+    without any Swin stage is judged, so that a Swin V2 file with extra keys still reads."""
+    swin = re.compile(r"(^|\.)(layers[._]\d+\.blocks\.|stages\.\d+\.blocks\.\d+\.attn\.|features\.\d+\.\d+\.attn\.)"
+                      r"|(^|\.)encoder\.layers\.\d+\.blocks\.")
+    if any(swin.search(k) for k in keys):
+        return None
+    for pattern, name in _OTHER_ARCHITECTURES:
+        telling = [k for k in keys if re.search(pattern, k)]
+        if telling:
+            return name, telling[:3]
+    return None
 
 
 _READERS: dict[str, Callable[[dict[str, Tensor]], dict[str, Tensor]]] = {
