@@ -1143,3 +1143,56 @@ def test_a_non_square_microsoft_file_takes_the_given_size_quietly(tmp_path, capl
     x = torch.randn(1, 3, 48, 64, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         assert max_diff(loaded(x).logits, model(x).logits) < ATOL
+
+
+def test_portrait_microsoft_windows_are_named_and_written_as_microsoft_builds_them(tmp_path):
+    """Microsoft's code sizes a stage's window by the grid's shorter side (its SwinTransformerBlock:
+    `if min(input_resolution) <= window_size: shift_size = 0; window_size = min(input_resolution)`), transformers
+    and swinv2 by the height: on a portrait grid they part, which swinv2 cannot compute, so reading and writing
+    such a file warns, naming the stages. The file written holds the buffers Microsoft's model has at that size
+    (its strict load takes it); square and landscape grids agree, without a word."""
+
+    def microsoft_block(height, width, window, shift):  # Microsoft's rule, as its code writes it
+        if min(height, width) <= window:
+            shift, window = 0, min(height, width)
+        return window, shift
+
+    for image, differ in (([64, 32], True), ([32, 64], False), (64, False)):
+        model = ours(image_size=image, depths=[2, 2, 2], num_heads=[2, 2, 4])
+        hw = model.config.image_hw
+        path = tmp_path / f"{hw[0]}x{hw[1]}.pth"
+        with warnings.catch_warnings(record=True) as written:
+            warnings.simplefilter("always")
+            ck.write_checkpoint(model, path, "microsoft")
+        state = torch.load(path, weights_only=True)["model"]
+        expected_buffers = {}
+        for i in range(3):
+            height, width = hw[0] // 4 // 2**i, hw[1] // 4 // 2**i
+            for j in range(2):
+                window, shift = microsoft_block(height, width, 4, 0 if j % 2 == 0 else 2)
+                prefix = f"layers.{i}.blocks.{j}."
+                expected_buffers[prefix + "attn.relative_coords_table"] = (1, 2 * window - 1, 2 * window - 1, 2)
+                expected_buffers[prefix + "attn.relative_position_index"] = (window**2, window**2)
+                if shift:
+                    windows = (height // window) * (width // window)
+                    expected_buffers[prefix + "attn_mask"] = (windows, window**2, window**2)
+        buffers = {k: tuple(v.shape) for k, v in state.items() if ck._is_derived(k)}
+        assert buffers == expected_buffers, image
+        ours_layout = [(b.window, b.shift) for stage in model.swinv2.stages for b in stage.blocks]
+        theirs_layout = [
+            microsoft_block(hw[0] // 4 // 2**i, hw[1] // 4 // 2**i, 4, 0 if j % 2 == 0 else 2)
+            for i in range(3) for j in range(2)
+        ]
+        assert (ours_layout != theirs_layout) == differ, image
+        with warnings.catch_warnings(record=True) as read:
+            warnings.simplefilter("always")
+            loaded = swinv2.Swinv2ForImageClassification.from_pretrained(path)
+        for caught in (written, read):
+            messages = [str(w.message) for w in caught if "lays its windows out otherwise" in str(w.message)]
+            assert bool(messages) == differ, (image, messages)
+        if differ:
+            assert "stage 2 (8x4 patches): microsoft window 4 shift 0" in messages[0]
+            assert "stage 3 (4x2 patches): microsoft window 2 shift 0" in messages[0]
+        x = torch.randn(1, 3, *hw, generator=torch.Generator().manual_seed(2))
+        with torch.no_grad():
+            assert max_diff(loaded(x).logits, model(x).logits) == 0.0  # read back into swinv2: the same model

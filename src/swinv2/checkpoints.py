@@ -591,25 +591,42 @@ def ours_to_microsoft(model: torch.nn.Module) -> dict[str, Tensor]:
     config = model.config
     state = model_state_canonical(model)
     out = _rename_all(state, MICROSOFT_NAMES, reverse=True)
-    grid_h, grid_w = (s // p for s, p in zip(config.image_hw, config.patch_hw))
-    for i, stage in enumerate(_encoder(model).stages):
-        height, width = grid_h // 2**i, grid_w // 2**i  # Microsoft's stage resolution (floor)
+    for i, (stage, (height, width)) in enumerate(zip(_encoder(model).stages, _microsoft_stage_grids(config))):
+        # The buffers Microsoft's model has at this image size, so that its strict load_state_dict takes the
+        # file: its window where it differs from ours (a portrait grid, `_warn_peer_geometry` says so).
+        window, shift = microsoft_stage_window(height, width, config.window_size)
+        table = relative_coords_table(window, config.pretrained_window_sizes[i])[None]
         for j, block in enumerate(stage.blocks):
             prefix = f"layers.{i}.blocks.{j}."
+            own = block.window == window
             out[prefix + "attn.relative_coords_table"] = (
-                block.attn.relative_coords_table.detach().cpu()[None].clone()
+                block.attn.relative_coords_table.detach().cpu()[None].clone() if own else table.clone()
             )
             out[prefix + "attn.relative_position_index"] = (
-                block.attn.relative_position_index.detach().cpu().clone()
+                block.attn.relative_position_index.detach().cpu().clone() if own else relative_position_index(window)
             )
-            if block.shift > 0:
-                pad_h, pad_w = -height % block.window, -width % block.window
-                out[prefix + "attn_mask"] = shifted_window_mask(
-                    height + pad_h, width + pad_w, block.window, block.shift
-                )
+            if j % 2 and shift > 0:  # every other block is shifted
+                pad_h, pad_w = -height % window, -width % window
+                out[prefix + "attn_mask"] = shifted_window_mask(height + pad_h, width + pad_w, window, shift)
+    _warn_peer_geometry(config, "microsoft", reading=False)
     if any(k.startswith("decoder.") for k in out):
         out = {(k if k.startswith("decoder.") else "encoder." + k): v for k, v in out.items()}
     return out
+
+
+def microsoft_stage_window(height: int, width: int, window: int) -> tuple[int, int]:
+    """Window and shift of a stage of `height` x `width` patches in Microsoft's code (its SwinTransformerBlock:
+    `if min(input_resolution) <= window_size: shift_size = 0; window_size = min(input_resolution)`): sized by the
+    grid's shorter side, where transformers, and swinv2, size it by the height (`layers.stage_window`). The two
+    agree on square and landscape grids, and part on portrait ones."""
+    short = min(height, width)
+    return (short, 0) if short <= window else (window, window // 2)
+
+
+def _microsoft_stage_grids(config: Swinv2Config) -> list[tuple[int, int]]:
+    """Each stage's (height, width) in patches as Microsoft's code builds it: `img_size // patch // 2**i`."""
+    grid_h, grid_w = (s // p for s, p in zip(config.image_hw, config.patch_hw))
+    return [(grid_h // 2**i, grid_w // 2**i) for i in range(len(config.depths))]
 
 
 # ---- timm
@@ -1639,8 +1656,8 @@ def load_pretrained(
         )
     elif config_overrides:
         config = Swinv2Config.from_dict(config.to_dict(), **config_overrides)
-    if fmt in ("timm", "torchvision"):
-        _warn_peer_geometry(config, fmt, reading=True)
+    if fmt in ("timm", "torchvision", "microsoft", "microsoft-simmim"):
+        _warn_peer_geometry(config, fmt.removesuffix("-simmim"), reading=True)
     dtype = _target_dtype(torch_dtype, state, config)
     model = cls(config, **model_kwargs)
     info = load_into_model(model, canonical, fmt, strict, ignore_mismatched_sizes, str(weights_path))
@@ -1659,7 +1676,11 @@ def _peer_geometry(config: Swinv2Config, fmt: str) -> list[str]:
     shifts. Both peers' patch convolutions drop a remainder instead. timm (1.0) sizes window and shift per
     side from the grid it runs on, and shifts before it pads. torchvision never shrinks its window, pads the
     grid to whole windows and then shifts each side unless one window covers it. Patch merging pads an odd
-    grid alike in all three."""
+    grid alike in all three. Microsoft's code sizes window and shift from the grid's shorter side
+    (`microsoft_stage_window`): only that is compared for it (it runs only on whole windows and even grids,
+    which every layout computes alike)."""
+    if fmt == "microsoft":
+        return _microsoft_geometry(config)
     (h, w), (ph, pw) = config.image_hw, config.patch_hw
     if h % ph or w % pw:
         return [f"patch {ph}x{pw} does not divide the image {h}x{w}: {fmt} drops the last pixels"]
@@ -1694,8 +1715,25 @@ def _peer_geometry(config: Swinv2Config, fmt: str) -> list[str]:
     return lines
 
 
+def _microsoft_geometry(config: Swinv2Config) -> list[str]:
+    """`_peer_geometry` for Microsoft's code: the stages whose window or shift it sizes otherwise (portrait)."""
+    height = config.image_hw[0] // config.patch_hw[0]
+    lines = []
+    for stage, (depth, grid) in enumerate(zip(config.depths, _microsoft_stage_grids(config))):
+        ours, shift = stage_window(height // 2**stage, config.window_size)
+        theirs, their_shift = microsoft_stage_window(*grid, config.window_size)
+        if depth < 2:  # only every other block is shifted
+            shift = their_shift = 0
+        if (theirs, their_shift) != (ours, shift):
+            lines.append(
+                f"stage {stage + 1} ({grid[0]}x{grid[1]} patches): microsoft window {theirs} shift {their_shift} "
+                f"(from the shorter side) against transformers' window {ours} shift {shift} (from the height)"
+            )
+    return lines
+
+
 def _warn_peer_geometry(config: Swinv2Config, fmt: str, reading: bool) -> None:
-    """Warn where a timm or torchvision model computes otherwise than swinv2 at `config.image_size`."""
+    """Warn where a timm, torchvision or Microsoft model computes otherwise than swinv2 at `config.image_size`."""
     lines = _peer_geometry(config, fmt)
     if not lines:
         return
