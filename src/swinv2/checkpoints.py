@@ -1871,6 +1871,14 @@ def write_checkpoint(model: torch.nn.Module, path: str | os.PathLike, fmt: str) 
     if fmt == "hf":
         save_pretrained(model, path)
         return path
+    if fmt == "torchvision" and not any(k.startswith("classifier.") for k in model.state_dict()):
+        # torchvision's SwinTransformer always has its classifier: a file without one fails its strict load
+        raise CheckpointError(
+            f"{path}: torchvision's Swin V2 always has a classifier (head.weight, head.bias), and this "
+            f"{type(model).__name__} has none, so torchvision could not load the file. Convert a classification "
+            "checkpoint (Swinv2ForImageClassification), or write this encoder for timm (num_classes=0), hf or "
+            "microsoft, which hold models without a head"
+        )
     state = {k: v.detach().to("cpu").contiguous().clone() for k, v in export_state_dict(model, fmt).items()}
     config_text = json.dumps(model.config.to_dict(), sort_keys=True)
     if path.suffix == ".safetensors" and fmt == "microsoft":
@@ -1930,6 +1938,15 @@ def convert(
     canonical, source_fmt = to_canonical(state)
     if config is None:
         config = checkpoint_config(state, source_fmt, config_path, embedded, weights_path, str(source), {})
+    head = canonical.get("classifier.weight")
+    if head is not None and head.dim() == 2 and head.shape[0] != config.num_labels:
+        # convert writes the weights it reads: a head of the config's size would be a new, untrained one
+        labels = head.shape[0]
+        raise CheckpointError(
+            f"{source}'s classifier has {labels} labels ({_names_in_format(['classifier.weight'], source_fmt, '')[0]} "
+            f"{tuple(head.shape)}), the config {config.num_labels}: give the config num_labels={labels} (swinv2 "
+            f"convert --num-labels {labels}, or a config.json with it), so that the checkpoint's own head is written"
+        )
     cls = model_class_for(canonical)
     model = cls(config)
     with warnings.catch_warnings():
