@@ -19,7 +19,7 @@ import torch.nn.functional as F
 import torchvision
 import transformers
 from conftest import perturb_, torchvision_swinv2
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 from timm.models.swin_transformer_v2 import SwinTransformerV2, checkpoint_filter_fn
 from torchvision.models.swin_transformer import SwinTransformer
 
@@ -702,6 +702,38 @@ def test_timm_train_py_checkpoints_tell_their_architecture(tmp_path):
         swinv2.Swinv2ForImageClassification.from_pretrained(tmp_path / "max.pth.tar")
 
 
+def test_timm_fine_tuned_name_keeps_its_pretrained_windows_under_other_model_args(tmp_path):
+    """timm builds `create_model("swinv2_base_window12to16_192to256", **model_args)`: the name's pretrained
+    windows (12, 12, 12, 6) hold where model_args change width and depth (read as another architecture's name,
+    they were lost: [0, 0]). Checked against timm's blocks and outputs, from its Hub folder and from a train.py
+    checkpoint. The pretrained window only rescales the position-bias coordinates, so the encoder output is
+    compared (it differed by 1e-4, the logits by 2e-6; measured alike to 1e-6)."""
+    import argparse
+
+    import timm
+    from timm.models._hub import save_for_hf
+
+    name = "swinv2_base_window12to16_192to256"
+    model_args = dict(img_size=64, embed_dim=16, depths=(2, 2), num_heads=(2, 4), window_size=8)
+    torch.manual_seed(0)
+    reference = perturb_(timm.create_model(name, num_classes=3, **model_args))
+    expected_windows = [stage.blocks[0].attn.pretrained_window_size[0] for stage in reference.layers]
+    assert expected_windows == [12, 12]
+    save_for_hf(reference, tmp_path / "hub", safe_serialization=True)
+    args = argparse.Namespace(model=name, model_kwargs=model_args, gp=None)
+    torch.save({"arch": name, "args": args, "state_dict": reference.state_dict()}, tmp_path / "last.pth.tar")
+    x = images(64)
+    with torch.no_grad():
+        features, logits = reference.forward_features(x), reference(x)
+    for source in (tmp_path / "hub", tmp_path / "last.pth.tar"):
+        model = swinv2.Swinv2ForImageClassification.from_pretrained(source)
+        assert model.config.pretrained_window_sizes[:2] == expected_windows, source
+        with torch.no_grad():
+            ours_features = model.swinv2(x).last_hidden_state.reshape(features.shape)
+            assert max_diff(ours_features, features) < ATOL, source
+            assert max_diff(model(x).logits, logits) < ATOL, source
+
+
 def test_a_checkpoint_of_only_nested_mappings_names_them(tmp_path):
     torch.save({"weights": {"inner": {"a": torch.zeros(1)}}, "epoch": 1}, tmp_path / "nested.pth")
     with pytest.raises(ck.CheckpointError, match=r"holds no tensors \(but mappings under 'weights'"):
@@ -846,6 +878,69 @@ def test_pickle_that_runs_code_is_refused(tmp_path):
     # The payload is real: an unrestricted load would have written the file.
     torch.load(path, weights_only=False)
     assert marker.exists()
+
+
+def test_a_damaged_pickle_is_named_corrupt_not_unsafe(tmp_path):
+    """weights_only refuses bytes that are no pickle ("Unsupported operand") under the same heading as a real
+    object: the first is a damaged file to download again, not one to re-save; the second names its object."""
+    whole = tmp_path / "whole.pth"
+    torch.save(timm_small().state_dict(), whole)
+    data = bytearray(whole.read_bytes())
+    pickle_start = data.index(b"\x80\x02", data.index(b"data.pkl"))  # torch.save's pickle, stored uncompressed
+    data[pickle_start + 2] = 0xFF  # no pickle opcode
+    damaged = tmp_path / "damaged.pth"
+    damaged.write_bytes(bytes(data))
+    with pytest.raises(ck.CheckpointError) as info:
+        swinv2.Swinv2Model.from_pretrained(damaged, window_size=4, image_size=64)
+    message = str(info.value)
+    assert f"{damaged} is not a readable checkpoint: it is truncated or corrupt" in message
+    assert "Unsupported operand 255" in message and "Download it again" in message
+    assert "Python objects" not in message
+    import fractions
+
+    with_object = tmp_path / "with_object.pth"
+    torch.save({"model": timm_small().state_dict(), "learning_rate": fractions.Fraction(1, 3)}, with_object)
+    with pytest.raises(ck.CheckpointError, match=r"Python objects besides tensors \(fractions\.Fraction\)"):
+        swinv2.Swinv2Model.from_pretrained(with_object, window_size=4, image_size=64)
+
+
+def test_other_timm_architectures_are_named_not_taken_for_swin(tmp_path):
+    """A timm ViT shares Microsoft's and timm's Swin names (patch_embed.proj, head) and was read as a Microsoft
+    Swin V2 missing its stages; a ConvNeXt as an unknown format. Each is named for what it is."""
+    import timm
+
+    vit = timm.create_model("vit_tiny_patch16_224", img_size=32, depth=1, num_classes=3)
+    torch.save(vit.state_dict(), tmp_path / "vit.pth")
+    convnext = timm.create_model("convnext_atto", depths=(1, 1, 1, 1), num_classes=3)
+    save_file(convnext.state_dict(), tmp_path / "convnext.safetensors")
+    for path, what in ((tmp_path / "vit.pth", "Vision Transformer"), (tmp_path / "convnext.safetensors", "convnext")):
+        with pytest.raises(ck.CheckpointError, match=rf"not a Swin V2 checkpoint: its keys .* are those of .*{what}"):
+            swinv2.Swinv2ForImageClassification.from_pretrained(path, window_size=4, image_size=32)
+    model = swinv2.Swinv2ForImageClassification(swinv2.Swinv2Config(image_size=32, embed_dim=16, depths=[1, 1],
+                                                                     num_heads=[1, 2], window_size=4))
+    with pytest.raises(ck.CheckpointError, match=r"cls_token.*Vision Transformer"):
+        model.load_state_dict(vit.state_dict())
+    # a partial dict of Swin V2 names is still no other architecture
+    model.load_state_dict({"classifier.weight": model.classifier.weight.detach()}, strict=False)
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".pth"])
+def test_weights_saved_from_distributed_data_parallel_load(tmp_path, suffix):
+    """`module.` before every key (a state dict of the DDP wrapper): from_pretrained and convert read the model's
+    names, in every file format (safetensors files kept the prefix, and nothing matched)."""
+    reference = timm_small()
+    wrapped = {f"module.{k}": v for k, v in reference.state_dict().items()}
+    path = tmp_path / f"ddp{suffix}"
+    save_file(wrapped, path) if suffix == ".safetensors" else torch.save(wrapped, path)
+    model = swinv2.Swinv2ForImageClassification.from_pretrained(path, window_size=4, image_size=64)
+    x = images(64)
+    with torch.no_grad():
+        assert max_diff(model(x).logits, reference(x)) < ATOL
+    ck.convert(path, tmp_path / "timm.safetensors", "timm", config=model.config)
+    converted = SwinTransformerV2(img_size=64, num_classes=5, **SMALL).eval()
+    converted.load_state_dict(load_file(tmp_path / "timm.safetensors"))
+    with torch.no_grad():
+        assert max_diff(converted(x), reference(x)) == 0.0
 
 
 # ---------------------------------------------------------------------------------------------- transfer
@@ -1049,3 +1144,56 @@ def test_a_non_square_microsoft_file_takes_the_given_size_quietly(tmp_path, capl
     x = torch.randn(1, 3, 48, 64, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         assert max_diff(loaded(x).logits, model(x).logits) < ATOL
+
+
+def test_portrait_microsoft_windows_are_named_and_written_as_microsoft_builds_them(tmp_path):
+    """Microsoft's code sizes a stage's window by the grid's shorter side (its SwinTransformerBlock:
+    `if min(input_resolution) <= window_size: shift_size = 0; window_size = min(input_resolution)`), transformers
+    and swinv2 by the height: on a portrait grid they part, which swinv2 cannot compute, so reading and writing
+    such a file warns, naming the stages. The file written holds the buffers Microsoft's model has at that size
+    (its strict load takes it); square and landscape grids agree, without a word."""
+
+    def microsoft_block(height, width, window, shift):  # Microsoft's rule, as its code writes it
+        if min(height, width) <= window:
+            shift, window = 0, min(height, width)
+        return window, shift
+
+    for image, differ in (([64, 32], True), ([32, 64], False), (64, False)):
+        model = ours(image_size=image, depths=[2, 2, 2], num_heads=[2, 2, 4])
+        hw = model.config.image_hw
+        path = tmp_path / f"{hw[0]}x{hw[1]}.pth"
+        with warnings.catch_warnings(record=True) as written:
+            warnings.simplefilter("always")
+            ck.write_checkpoint(model, path, "microsoft")
+        state = torch.load(path, weights_only=True)["model"]
+        expected_buffers = {}
+        for i in range(3):
+            height, width = hw[0] // 4 // 2**i, hw[1] // 4 // 2**i
+            for j in range(2):
+                window, shift = microsoft_block(height, width, 4, 0 if j % 2 == 0 else 2)
+                prefix = f"layers.{i}.blocks.{j}."
+                expected_buffers[prefix + "attn.relative_coords_table"] = (1, 2 * window - 1, 2 * window - 1, 2)
+                expected_buffers[prefix + "attn.relative_position_index"] = (window**2, window**2)
+                if shift:
+                    windows = (height // window) * (width // window)
+                    expected_buffers[prefix + "attn_mask"] = (windows, window**2, window**2)
+        buffers = {k: tuple(v.shape) for k, v in state.items() if ck._is_derived(k)}
+        assert buffers == expected_buffers, image
+        ours_layout = [(b.window, b.shift) for stage in model.swinv2.stages for b in stage.blocks]
+        theirs_layout = [
+            microsoft_block(hw[0] // 4 // 2**i, hw[1] // 4 // 2**i, 4, 0 if j % 2 == 0 else 2)
+            for i in range(3) for j in range(2)
+        ]
+        assert (ours_layout != theirs_layout) == differ, image
+        with warnings.catch_warnings(record=True) as read:
+            warnings.simplefilter("always")
+            loaded = swinv2.Swinv2ForImageClassification.from_pretrained(path)
+        for caught in (written, read):
+            messages = [str(w.message) for w in caught if "lays its windows out otherwise" in str(w.message)]
+            assert bool(messages) == differ, (image, messages)
+        if differ:
+            assert "stage 2 (8x4 patches): microsoft window 4 shift 0" in messages[0]
+            assert "stage 3 (4x2 patches): microsoft window 2 shift 0" in messages[0]
+        x = torch.randn(1, 3, *hw, generator=torch.Generator().manual_seed(2))
+        with torch.no_grad():
+            assert max_diff(loaded(x).logits, model(x).logits) == 0.0  # read back into swinv2: the same model

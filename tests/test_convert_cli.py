@@ -271,3 +271,48 @@ def test_to_hf_with_a_file_name_is_refused(tmp_path, capsys, name):
     (tmp_path / "existing.pth").mkdir()  # a folder of that name already: the user's choice
     assert run(source, tmp_path / "existing.pth", "--to", "hf") == 0
     assert (tmp_path / "existing.pth" / "config.json").is_file()
+
+
+def test_a_head_of_another_size_than_the_configs_names_num_labels(tmp_path, capsys):
+    """--config names window and image size, and the head size with them (a preset: ImageNet's 1000): where the
+    file's classifier has another, the error names the fix the command has, --num-labels, which then writes the
+    file's own head (transformers' logits on the output equal the model's)."""
+    import transformers
+
+    model = small_model(num_labels=3)
+    timm_file = tmp_path / "timm.pth"
+    assert run(hf_folder(model, tmp_path / "source"), timm_file, "--to", "timm") == 0
+    small_model(num_labels=1000).config.to_json_file(tmp_path / "config.json")
+    assert run(timm_file, tmp_path / "out", "--to", "hf", "--config", tmp_path / "config.json") == 2
+    err = capsys.readouterr().err
+    assert "classifier has 3 labels (head.fc.weight (3, 32)), the config 1000" in err and "--num-labels 3" in err
+    assert not (tmp_path / "out").exists()
+    args = ("--to", "hf", "--config", tmp_path / "config.json", "--num-labels", "3")
+    assert run(timm_file, tmp_path / "out", *args) == 0
+    theirs = transformers.Swinv2ForImageClassification.from_pretrained(tmp_path / "out").eval()
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        assert (theirs(x).logits - model(x).logits).abs().max() < 1e-5
+    assert run(timm_file, tmp_path / "again", "--to", "hf", "--num-labels", "3") == 2
+    assert "--num-labels sets the head size of --config" in capsys.readouterr().err
+
+
+def test_a_model_without_head_is_not_written_for_torchvision(tmp_path, capsys):
+    """torchvision's SwinTransformer always has `head`: a headless file would fail its strict load_state_dict, so
+    convert refuses, naming the formats that hold an encoder alone (and timm's num_classes=0 loads it)."""
+    encoder = small_model("Swinv2Model")
+    source = hf_folder(encoder, tmp_path / "encoder")
+    assert "head.weight" in torchvision_swinv2(num_classes=3).state_dict()
+    assert run(source, tmp_path / "tv.pth", "--to", "torchvision") == 2
+    err = capsys.readouterr().err
+    assert "torchvision's Swin V2 always has a classifier (head.weight, head.bias)" in err
+    assert "Swinv2Model has none" in err and "timm (num_classes=0)" in err
+    assert not (tmp_path / "tv.pth").exists()
+    assert run(source, tmp_path / "timm.safetensors", "--to", "timm") == 0
+    timm_model = SwinTransformerV2(
+        img_size=64, embed_dim=16, depths=(2, 2), num_heads=(2, 4), window_size=4, num_classes=0
+    ).eval()
+    timm_model.load_state_dict(load_file(tmp_path / "timm.safetensors"))
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        assert (timm_model(x) - encoder(x).pooler_output).abs().max() < 1e-5

@@ -183,7 +183,7 @@ def load_checkpoint_file(path: str | os.PathLike) -> tuple[dict[str, Tensor], di
             ) from err
         if not tensors:
             raise CheckpointError(f"{path} holds no tensors")
-        return tensors, _parse_embedded_config(metadata.get(EMBEDDED_CONFIG_KEY), path)
+        return _without_ddp_prefix(tensors), _parse_embedded_config(metadata.get(EMBEDDED_CONFIG_KEY), path)
     obj = torch_load(path)
     embedded = None
     if isinstance(obj, dict):
@@ -209,16 +209,23 @@ def torch_load(path: Path) -> Any:
             return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises several unrelated types for a bad pickle
         text = str(err)
-        if "Weights only load failed" in text or "Unsupported global" in text:
+        # weights_only refuses both a real object (a GLOBAL it does not allow: "Unsupported global: GLOBAL
+        # numpy.core.multiarray._reconstruct ...") and bytes that are no pickle at all ("Unsupported operand
+        # 200", "Can only append to lists"), under the same "Weights only load failed" heading: only the first
+        # is a file to re-save, the second is damaged.
+        refused = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+        if refused:
             raise CheckpointError(
-                f"{path} holds Python objects besides tensors, which could run code when unpickled, so it "
-                "was not loaded. If you trust the file, re-save its state dict with torch.save(state_dict) "
-                "or as safetensors"
+                f"{path} holds Python objects besides tensors ({refused[1]}), which could run code when "
+                "unpickled, so it was not loaded. If you trust the file, re-save its state dict with "
+                "torch.save(state_dict) or as safetensors"
             ) from err
-        first_line = text.splitlines()[0] if text else ""
+        unpickler = re.search(r"WeightsUnpickler error:\s*(.+)", text)
+        reason = unpickler[1].strip() if unpickler else (text.strip().splitlines() or [""])[0]
+        reason = reason.split(". ")[0]  # (torch's zip reader goes on for a paragraph)
         raise CheckpointError(
-            f"{path} could not be read as a PyTorch checkpoint ({type(err).__name__}: {first_line}); "
-            "it may be truncated or corrupt: download or save it again"
+            f"{path} is not a readable checkpoint: it is truncated or corrupt ({type(err).__name__}: {reason}). "
+            "Download it again, or save it again"
         ) from err
 
 
@@ -275,10 +282,16 @@ def _unwrap_state_dict(obj: Any, path: Path) -> dict[str, Tensor]:
             f"{path} holds no tensors"
             + (f" (but mappings under {nested}: save the weights alone from torch.load)" if nested else "")
         )
+    return _without_ddp_prefix(tensors)
+
+
+def _without_ddp_prefix(tensors: dict[str, Tensor]) -> dict[str, Tensor]:
+    """The weights of a model saved from its DistributedDataParallel wrapper (`module.` before every key), in
+    any file format, under the model's own names."""
     # torch.optim.swa_utils.AveragedModel (EMA in torchvision's reference scripts) adds a step count
     if "n_averaged" in tensors and all(k.startswith("module.") for k in tensors if k != "n_averaged"):
-        del tensors["n_averaged"]
-    if all(k.startswith("module.") for k in tensors):  # saved from DistributedDataParallel
+        tensors = {k: v for k, v in tensors.items() if k != "n_averaged"}
+    if tensors and all(k.startswith("module.") for k in tensors):
         tensors = {k[len("module.") :]: v for k, v in tensors.items()}
     return tensors
 
@@ -578,25 +591,42 @@ def ours_to_microsoft(model: torch.nn.Module) -> dict[str, Tensor]:
     config = model.config
     state = model_state_canonical(model)
     out = _rename_all(state, MICROSOFT_NAMES, reverse=True)
-    grid_h, grid_w = (s // p for s, p in zip(config.image_hw, config.patch_hw))
-    for i, stage in enumerate(_encoder(model).stages):
-        height, width = grid_h // 2**i, grid_w // 2**i  # Microsoft's stage resolution (floor)
+    for i, (stage, (height, width)) in enumerate(zip(_encoder(model).stages, _microsoft_stage_grids(config))):
+        # The buffers Microsoft's model has at this image size, so that its strict load_state_dict takes the
+        # file: its window where it differs from ours (a portrait grid, `_warn_peer_geometry` says so).
+        window, shift = microsoft_stage_window(height, width, config.window_size)
+        table = relative_coords_table(window, config.pretrained_window_sizes[i])[None]
         for j, block in enumerate(stage.blocks):
             prefix = f"layers.{i}.blocks.{j}."
+            own = block.window == window
             out[prefix + "attn.relative_coords_table"] = (
-                block.attn.relative_coords_table.detach().cpu()[None].clone()
+                block.attn.relative_coords_table.detach().cpu()[None].clone() if own else table.clone()
             )
             out[prefix + "attn.relative_position_index"] = (
-                block.attn.relative_position_index.detach().cpu().clone()
+                block.attn.relative_position_index.detach().cpu().clone() if own else relative_position_index(window)
             )
-            if block.shift > 0:
-                pad_h, pad_w = -height % block.window, -width % block.window
-                out[prefix + "attn_mask"] = shifted_window_mask(
-                    height + pad_h, width + pad_w, block.window, block.shift
-                )
+            if j % 2 and shift > 0:  # every other block is shifted
+                pad_h, pad_w = -height % window, -width % window
+                out[prefix + "attn_mask"] = shifted_window_mask(height + pad_h, width + pad_w, window, shift)
+    _warn_peer_geometry(config, "microsoft", reading=False)
     if any(k.startswith("decoder.") for k in out):
         out = {(k if k.startswith("decoder.") else "encoder." + k): v for k, v in out.items()}
     return out
+
+
+def microsoft_stage_window(height: int, width: int, window: int) -> tuple[int, int]:
+    """Window and shift of a stage of `height` x `width` patches in Microsoft's code (its SwinTransformerBlock:
+    `if min(input_resolution) <= window_size: shift_size = 0; window_size = min(input_resolution)`): sized by the
+    grid's shorter side, where transformers, and swinv2, size it by the height (`layers.stage_window`). The two
+    agree on square and landscape grids, and part on portrait ones."""
+    short = min(height, width)
+    return (short, 0) if short <= window else (window, window // 2)
+
+
+def _microsoft_stage_grids(config: Swinv2Config) -> list[tuple[int, int]]:
+    """Each stage's (height, width) in patches as Microsoft's code builds it: `img_size // patch // 2**i`."""
+    grid_h, grid_w = (s // p for s, p in zip(config.image_hw, config.patch_hw))
+    return [(grid_h // 2**i, grid_w // 2**i) for i in range(len(config.depths))]
 
 
 # ---- timm
@@ -697,6 +727,13 @@ def detect_format(state: dict[str, Tensor]) -> str:
             "position-bias MLP, meta_mlp, and normalisation layout): another architecture than the paper's code, "
             "transformers and timm's swinv2_* models, whose weights swinv2 reads"
         )
+    other = _other_architecture(keys)
+    if other:
+        raise CheckpointError(
+            f"this is not a Swin V2 checkpoint: its keys ({', '.join(other[1])}) are those of {other[0]}. swinv2 "
+            "reads Swin Transformer V2 weights only (stages of windowed blocks, layers.N.blocks.M in timm's and "
+            "Microsoft's files); use the library and model class that wrote this file"
+        )
     if any(".attention.self." in k or "patch_embeddings.projection" in k for k in keys):
         return "hf"
     if any(re.match(r"features\.\d+\.\d+\.attn\.", k) for k in keys):
@@ -721,6 +758,30 @@ def detect_format(state: dict[str, Tensor]) -> str:
         + "; ".join(f"{name}: {text}" for name, text in FORMAT_NAMES.items())
         + f"). First keys: {keys[:5]}"
     )
+
+
+# Other models whose files share the names of Microsoft's and timm's Swin (`patch_embed.proj`, `head`, `norm`)
+# but have no windowed stages (`layers.N.blocks.M`): (a key pattern they have, what they are).
+_OTHER_ARCHITECTURES = [
+    (r"^(cls_token|pos_embed|dist_token|reg_token)$|^blocks\.\d+\.",
+     "a plain Vision Transformer (timm's vit_*, deit_*, beit_*, eva_* layout: blocks.N, cls_token, pos_embed)"),
+    (r"^stem\.\d+\.|^stages\.\d+\.blocks\.\d+\.(conv_dw|gamma)",
+     "a convolutional network (timm's convnext_* layout: stem, stages.N.blocks.M.conv_dw)"),
+]
+
+
+def _other_architecture(keys: list[str]) -> tuple[str, list[str]] | None:
+    """(what it is, some telling keys) for the state dict of a model other than Swin, else None. Only a state dict
+    without any Swin stage is judged, so that a Swin V2 file with extra keys still reads."""
+    swin = re.compile(r"(^|\.)(layers[._]\d+\.blocks\.|stages\.\d+\.blocks\.\d+\.attn\.|features\.\d+\.\d+\.attn\.)"
+                      r"|(^|\.)encoder\.layers\.\d+\.blocks\.")
+    if any(swin.search(k) for k in keys):
+        return None
+    for pattern, name in _OTHER_ARCHITECTURES:
+        telling = [k for k in keys if re.search(pattern, k)]
+        if telling:
+            return name, telling[:3]
+    return None
 
 
 _READERS: dict[str, Callable[[dict[str, Tensor]], dict[str, Tensor]]] = {
@@ -874,6 +935,9 @@ TIMM_MODEL_ARGS = {
     "drop_path_rate": "drop_path_rate",
     "act_layer": "hidden_act",
 }
+# What a timm model name fixes besides width and depth (`swinv2_base_window12to16_192to256`: window 16, pretrained
+# windows (12, 12, 12, 6), 256 px), which the tensors do not tell.
+TIMM_NAME_FIELDS = ("window_size", "pretrained_window_sizes", "image_size")
 # Arguments that change nothing timm computes at img_size: which input sizes it accepts (swinv2 runs any),
 # and the device and dtype it was built on.
 TIMM_INPUT_CHECKS = frozenset({"strict_img_size", "dynamic_img_size", "device", "dtype"})
@@ -921,9 +985,14 @@ def _timm_config_fields(data: dict[str, Any], path: Path) -> dict[str, Any]:
             path,
             ", ".join(f"{k}={v}" for k, v in dropouts.items()),
         )
-    fields = {ours: args[theirs] for theirs, ours in TIMM_MODEL_ARGS.items() if theirs in args}
+    # timm builds `create_model(architecture, **model_args)`: the name's own arguments (window, pretrained
+    # windows, image size) hold wherever model_args leave them, even where model_args change the width or depth
+    # (then the name no longer describes the tensors, and infer_config would drop it as another architecture's).
+    named = preset_kwargs(str(data.get("architecture", ""))) or {}
+    fields = {name: named[name] for name in TIMM_NAME_FIELDS if name in named}
+    fields.update({ours: args[theirs] for theirs, ours in TIMM_MODEL_ARGS.items() if theirs in args})
     input_size = pretrained.get("input_size")
-    if "image_size" not in fields and isinstance(input_size, (list, tuple)) and len(input_size) == 3:
+    if "img_size" not in args and isinstance(input_size, (list, tuple)) and len(input_size) == 3:
         fields["image_size"] = list(input_size[1:])  # (channels, height, width)
     for name in ("image_size", "patch_size"):
         if isinstance(fields.get(name), (list, tuple)):
@@ -1589,8 +1658,8 @@ def load_pretrained(
         )
     elif config_overrides:
         config = Swinv2Config.from_dict(config.to_dict(), **config_overrides)
-    if fmt in ("timm", "torchvision"):
-        _warn_peer_geometry(config, fmt, reading=True)
+    if fmt in ("timm", "torchvision", "microsoft", "microsoft-simmim"):
+        _warn_peer_geometry(config, fmt.removesuffix("-simmim"), reading=True)
     dtype = _target_dtype(torch_dtype, state, config)
     model = cls(config, **model_kwargs)
     info = load_into_model(model, canonical, fmt, strict, ignore_mismatched_sizes, str(weights_path))
@@ -1609,7 +1678,11 @@ def _peer_geometry(config: Swinv2Config, fmt: str) -> list[str]:
     shifts. Both peers' patch convolutions drop a remainder instead. timm (1.0) sizes window and shift per
     side from the grid it runs on, and shifts before it pads. torchvision never shrinks its window, pads the
     grid to whole windows and then shifts each side unless one window covers it. Patch merging pads an odd
-    grid alike in all three."""
+    grid alike in all three. Microsoft's code sizes window and shift from the grid's shorter side
+    (`microsoft_stage_window`): only that is compared for it (it runs only on whole windows and even grids,
+    which every layout computes alike)."""
+    if fmt == "microsoft":
+        return _microsoft_geometry(config)
     (h, w), (ph, pw) = config.image_hw, config.patch_hw
     if h % ph or w % pw:
         return [f"patch {ph}x{pw} does not divide the image {h}x{w}: {fmt} drops the last pixels"]
@@ -1644,8 +1717,25 @@ def _peer_geometry(config: Swinv2Config, fmt: str) -> list[str]:
     return lines
 
 
+def _microsoft_geometry(config: Swinv2Config) -> list[str]:
+    """`_peer_geometry` for Microsoft's code: the stages whose window or shift it sizes otherwise (portrait)."""
+    height = config.image_hw[0] // config.patch_hw[0]
+    lines = []
+    for stage, (depth, grid) in enumerate(zip(config.depths, _microsoft_stage_grids(config))):
+        ours, shift = stage_window(height // 2**stage, config.window_size)
+        theirs, their_shift = microsoft_stage_window(*grid, config.window_size)
+        if depth < 2:  # only every other block is shifted
+            shift = their_shift = 0
+        if (theirs, their_shift) != (ours, shift):
+            lines.append(
+                f"stage {stage + 1} ({grid[0]}x{grid[1]} patches): microsoft window {theirs} shift {their_shift} "
+                f"(from the shorter side) against transformers' window {ours} shift {shift} (from the height)"
+            )
+    return lines
+
+
 def _warn_peer_geometry(config: Swinv2Config, fmt: str, reading: bool) -> None:
-    """Warn where a timm or torchvision model computes otherwise than swinv2 at `config.image_size`."""
+    """Warn where a timm, torchvision or Microsoft model computes otherwise than swinv2 at `config.image_size`."""
     lines = _peer_geometry(config, fmt)
     if not lines:
         return
@@ -1783,6 +1873,14 @@ def write_checkpoint(model: torch.nn.Module, path: str | os.PathLike, fmt: str) 
     if fmt == "hf":
         save_pretrained(model, path)
         return path
+    if fmt == "torchvision" and not any(k.startswith("classifier.") for k in model.state_dict()):
+        # torchvision's SwinTransformer always has its classifier: a file without one fails its strict load
+        raise CheckpointError(
+            f"{path}: torchvision's Swin V2 always has a classifier (head.weight, head.bias), and this "
+            f"{type(model).__name__} has none, so torchvision could not load the file. Convert a classification "
+            "checkpoint (Swinv2ForImageClassification), or write this encoder for timm (num_classes=0), hf or "
+            "microsoft, which hold models without a head"
+        )
     state = {k: v.detach().to("cpu").contiguous().clone() for k, v in export_state_dict(model, fmt).items()}
     config_text = json.dumps(model.config.to_dict(), sort_keys=True)
     if path.suffix == ".safetensors" and fmt == "microsoft":
@@ -1842,6 +1940,15 @@ def convert(
     canonical, source_fmt = to_canonical(state)
     if config is None:
         config = checkpoint_config(state, source_fmt, config_path, embedded, weights_path, str(source), {})
+    head = canonical.get("classifier.weight")
+    if head is not None and head.dim() == 2 and head.shape[0] != config.num_labels:
+        # convert writes the weights it reads: a head of the config's size would be a new, untrained one
+        labels = head.shape[0]
+        raise CheckpointError(
+            f"{source}'s classifier has {labels} labels ({_names_in_format(['classifier.weight'], source_fmt, '')[0]} "
+            f"{tuple(head.shape)}), the config {config.num_labels}: give the config num_labels={labels} (swinv2 "
+            f"convert --num-labels {labels}, or a config.json with it), so that the checkpoint's own head is written"
+        )
     cls = model_class_for(canonical)
     model = cls(config)
     with warnings.catch_warnings():

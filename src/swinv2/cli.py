@@ -62,6 +62,12 @@ def _add_convert_parser(sub: argparse._SubParsersAction) -> None:
         help="config of SRC when it has none and its file name does not tell window and image size: a "
         "preset (swinv2-tiny-patch4-window8-256) or a config.json",
     )
+    parser.add_argument(
+        "--num-labels",
+        type=int,
+        metavar="N",
+        help="the number of classes of SRC's classifier, where --config (a preset) names another (ImageNet's 1000)",
+    )
     parser.set_defaults(func=_run_convert)
 
 
@@ -71,6 +77,10 @@ def _run_convert(args: argparse.Namespace) -> int:
 
     try:
         config = None if args.config is None else Swinv2Config.from_pretrained(args.config)
+        if args.num_labels is not None:
+            if config is None:
+                raise Swinv2Error("--num-labels sets the head size of --config; without --config it is read from SRC")
+            config = Swinv2Config.from_dict(config.to_dict(), num_labels=args.num_labels)
         source_format, model = convert(args.source, args.destination, args.to, config=config)
     except CheckpointError as err:
         # advice in Python arguments ("pass config=..."): what the command takes; not for every message that
