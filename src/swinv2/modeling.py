@@ -447,17 +447,34 @@ def run_stages(
     output_hidden_states: bool,
     before_downsampling: bool = False,
 ) -> tuple[Tensor, tuple[Tensor, ...] | None, tuple[Tensor, ...] | None, tuple[Tensor, ...] | None]:
-    """Run the stages on `(B, H, W, C)` tokens; returns the last tokens and the optional per-stage outputs."""
-    hidden, reshaped, attentions = [], [], []
+    """Run the stages on `(B, H, W, C)` tokens; returns the last tokens and the optional per-stage outputs.
+
+    The hidden states `(B, L, C)` and their `(B, C, H, W)` forms are in the autograd graph, as transformers'
+    hidden states are: the computation goes on from a view of them (views: no copy, no cost), so that
+    gradients with respect to them exist (saliency maps, Grad-CAM) and equal transformers'.
+    """
+    hidden: list[Tensor] = []
+    reshaped: list[Tensor] = []
+    attentions = []
+
+    def keep(t: Tensor) -> Tensor:
+        """Record `t` `(B, H, W, C)` as a hidden state; the rest of the model reads the view returned."""
+        flat = t.flatten(1, 2)
+        as_map = flat.unflatten(1, t.shape[1:3]).permute(0, 3, 1, 2)
+        hidden.append(flat)
+        reshaped.append(as_map)
+        return as_map.permute(0, 2, 3, 1)
+
     if output_hidden_states:
-        hidden.append(x.flatten(1, 2))
-        reshaped.append(x.permute(0, 3, 1, 2))
+        x = keep(x)
     for i, stage in enumerate(stages):
-        x, before, probs = stage(x, None if head_masks is None else head_masks[i], output_attentions)
-        if output_hidden_states:
-            kept = before if before_downsampling else x
-            hidden.append(kept.flatten(1, 2))
-            reshaped.append(kept.permute(0, 3, 1, 2))
+        head_mask = None if head_masks is None else head_masks[i]
+        if output_hidden_states and before_downsampling:
+            x, _, probs = stage(x, head_mask, output_attentions, tap=keep)
+        else:
+            x, _, probs = stage(x, head_mask, output_attentions)
+            if output_hidden_states:
+                x = keep(x)
         if output_attentions:
             attentions.append(probs)
     return (
