@@ -327,9 +327,41 @@ def test_backbone_out_feature_channels_are_transformers(rng):
 
 
 def test_input_embeddings_are_the_patch_projection(classifier):
-    assert classifier.get_input_embeddings() is classifier.swinv2.embeddings.proj
-    assert classifier.swinv2.get_input_embeddings() is classifier.swinv2.embeddings.proj
     assert classifier.base_model is classifier.swinv2 and classifier.swinv2.base_model is classifier.swinv2
+    keys = list(classifier.state_dict())
+    for model in (classifier, classifier.swinv2):
+        embeddings = model.get_input_embeddings()
+        assert type(embeddings).__name__ == "Swinv2PatchEmbeddings"  # transformers' class, with its .projection
+        assert embeddings.projection is classifier.swinv2.embeddings.proj
+        projection_parameters = classifier.swinv2.embeddings.proj.parameters()
+        assert [id(p) for p in embeddings.parameters()] == [id(p) for p in projection_parameters]
+    assert list(classifier.state_dict()) == keys and not any("patch_embeddings" in k for k in keys)
+
+
+def test_input_embeddings_compute_transformers_patch_embeddings(tmp_path, rng):
+    """The returned module is transformers' `Swinv2PatchEmbeddings` in use: the same (B, L, C) patch vectors and
+    grid (padded sizes too, tolerance 1e-6); freezing it freezes the projection only; a forward hook on it
+    sees the model's calls."""
+    hf = hf_model("Swinv2ForImageClassification", SMALL, num_labels=3)
+    hf.save_pretrained(tmp_path)
+    ours = Swinv2ForImageClassification.from_pretrained(tmp_path).eval()
+    theirs_module, ours_module = hf.get_input_embeddings(), ours.get_input_embeddings()
+    assert type(ours_module).__name__ == type(theirs_module).__name__
+    for size in ((32, 32), (30, 29)):
+        x = torch.randn(2, 3, *size, generator=rng)
+        with torch.no_grad():
+            (mine, grid), (theirs, their_grid) = ours_module(x), theirs_module(x)
+        assert grid == tuple(their_grid)
+        torch.testing.assert_close(mine, theirs, atol=1e-6, rtol=1e-6)
+    ours_module.requires_grad_(False)
+    frozen = {n for n, p in ours.named_parameters() if not p.requires_grad}
+    assert frozen == {"swinv2.embeddings.proj.weight", "swinv2.embeddings.proj.bias"}
+    seen = []
+    handle = ours.get_input_embeddings().register_forward_hook(lambda module, args, out: seen.append(out.shape))
+    with torch.no_grad():
+        ours(torch.randn(1, 3, 32, 32, generator=rng))
+    handle.remove()
+    assert seen == [torch.Size([1, 16, 8, 8])]
 
 
 def test_frozen_input_embeddings_with_reentrant_checkpointing_still_train_the_blocks(rng):
@@ -340,13 +372,13 @@ def test_frozen_input_embeddings_with_reentrant_checkpointing_still_train_the_bl
     model.swinv2.embeddings.requires_grad_(False)  # the projection and its norm
     model.enable_input_require_grads()
     model.enable_input_require_grads()
-    assert len(model.get_input_embeddings()._forward_hooks) == 1
+    assert len(model.get_input_embeddings().projection._forward_hooks) == 1
     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": True})
     model(torch.randn(2, 3, 32, 32, generator=rng), labels=torch.tensor([0, 2])).loss.backward()
     missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
     assert not missing
     model.disable_input_require_grads()
-    assert not model.get_input_embeddings()._forward_hooks
+    assert not model.get_input_embeddings().projection._forward_hooks
 
 
 def test_new_head_warning_names_each_weight_once(classifier, tmp_path):

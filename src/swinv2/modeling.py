@@ -507,6 +507,34 @@ def _single_device(device_map: Any) -> torch.device:
         raise ValueError(f"device_map {device_map!r} names no device; pass e.g. 'cpu', 'cuda:0' or 'auto'") from err
 
 
+class Swinv2PatchEmbeddings(nn.Module):
+    """What `get_input_embeddings()` returns, as transformers' module of this name: the patch projection
+    `.projection` (the model's `embeddings.proj` Conv2d itself, not a copy), without the LayerNorm after it.
+
+    Not a submodule of the model (the state dict keeps its keys). The model runs the projection, not this
+    wrapper, so forward hooks registered here go on `.projection`, where they see every call.
+    """
+
+    def __init__(self, projection: nn.Module, patch_size: tuple[int, int]) -> None:
+        super().__init__()
+        self.projection = projection
+        self.patch_size = patch_size
+
+    def forward(self, pixel_values: Tensor) -> tuple[Tensor, tuple[int, int]]:
+        """`(B, C_in, H, W)` -> patch vectors `(B, L, C)` and the grid `(H/p, W/p)` (padded as transformers)."""
+        ph, pw = self.patch_size
+        height, width = pixel_values.shape[-2:]
+        pixel_values = F.pad(pixel_values, (0, (-width) % pw, 0, (-height) % ph))
+        patches = self.projection(pixel_values)
+        return patches.flatten(2).transpose(1, 2), (patches.shape[2], patches.shape[3])
+
+    def register_forward_hook(self, *args: Any, **kwargs: Any) -> torch.utils.hooks.RemovableHandle:
+        return self.projection.register_forward_hook(*args, **kwargs)
+
+    def register_forward_pre_hook(self, *args: Any, **kwargs: Any) -> torch.utils.hooks.RemovableHandle:
+        return self.projection.register_forward_pre_hook(*args, **kwargs)
+
+
 class Swinv2PreTrainedModel(nn.Module):
     """Weights initialisation and loading/saving shared by every Swin V2 model."""
 
@@ -561,16 +589,18 @@ class Swinv2PreTrainedModel(nn.Module):
         """The encoder (`Swinv2Model`) of a model with a head, else the model itself, as in transformers."""
         return getattr(self, self.base_model_prefix, self)
 
-    def get_input_embeddings(self) -> nn.Module:
-        """The patch projection (image -> patch vectors, before the embedding's LayerNorm), as transformers'
-        `get_input_embeddings`: freezing it leaves the norm trainable."""
-        return self.base_model.embeddings.proj
+    def get_input_embeddings(self) -> Swinv2PatchEmbeddings:
+        """The patch embedding as transformers' `get_input_embeddings` returns it: a `Swinv2PatchEmbeddings`
+        whose `.projection` is the patch convolution (image -> patch vectors, before the embedding's
+        LayerNorm): freezing it leaves the norm trainable."""
+        embeddings = self.base_model.embeddings
+        return Swinv2PatchEmbeddings(embeddings.proj, embeddings.patch_size)
 
     def enable_input_require_grads(self) -> None:
         """Make the patch projection's output require grad, so that reentrant gradient checkpointing still
         reaches the blocks when the embeddings are frozen (transformers' method of the same name)."""
         self.disable_input_require_grads()  # one hook, however often this is called
-        self._require_grads_hook = self.get_input_embeddings().register_forward_hook(
+        self._require_grads_hook = self.get_input_embeddings().projection.register_forward_hook(
             lambda module, args, output: output.requires_grad_(True)
         )
 
