@@ -510,3 +510,36 @@ def test_import_leaves_pillow_to_the_image_processor():
     )
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     subprocess.run([sys.executable, "-c", code], check=True, env=env)
+
+
+def test_output_embeddings_and_backbone_type_are_transformers():
+    """`get_output_embeddings()` is None for every head, as transformers' (nothing to tie); the backbone's
+    `backbone_type` has the name and value of transformers' `BackboneType.TRANSFORMERS`."""
+    config = Swinv2Config(**SMALL, encoder_stride=8)
+    their_config = transformers.Swinv2Config(**SMALL, encoder_stride=8)
+    for kind in ("Swinv2Model", "Swinv2ForImageClassification", "Swinv2ForMaskedImageModeling", "Swinv2Backbone"):
+        assert getattr(transformers, kind)(their_config).get_output_embeddings() is None, kind
+        assert getattr(swinv2, kind)(config).get_output_embeddings() is None, kind
+    theirs = transformers.Swinv2Backbone(their_config).backbone_type
+    ours = swinv2.Swinv2Backbone(config).backbone_type
+    assert (ours.name, ours.value) == (theirs.name, theirs.value) == ("TRANSFORMERS", "transformers")
+    assert [(m.name, m.value) for m in type(ours)] == [(m.name, m.value) for m in type(theirs)]
+
+
+def test_chunk_size_feed_forward_is_transformers(tmp_path):
+    """transformers' default 0, in `to_dict()` and left out of config.json at its default, as there; another
+    value goes through config.json both ways."""
+    ours, theirs = Swinv2Config(**SMALL), transformers.Swinv2Config(**SMALL)
+    assert ours.chunk_size_feed_forward == theirs.chunk_size_feed_forward == 0
+    assert ours.to_dict()["chunk_size_feed_forward"] == theirs.to_dict()["chunk_size_feed_forward"] == 0
+    assert "chunk_size_feed_forward" not in ours.to_diff_dict()
+    assert "chunk_size_feed_forward" not in theirs.to_diff_dict()
+    ours.save_pretrained(tmp_path / "default")
+    assert "chunk_size_feed_forward" not in json.loads((tmp_path / "default" / "config.json").read_text())
+    Swinv2Config(**SMALL, chunk_size_feed_forward=4).save_pretrained(tmp_path / "ours")
+    assert transformers.Swinv2Config.from_pretrained(tmp_path / "ours").chunk_size_feed_forward == 4
+    transformers.Swinv2Config(**SMALL, chunk_size_feed_forward=3).save_pretrained(tmp_path / "theirs")
+    loaded = Swinv2Config.from_pretrained(tmp_path / "theirs")
+    assert loaded.chunk_size_feed_forward == 3
+    loaded.save_pretrained(tmp_path / "back")
+    assert json.loads((tmp_path / "back" / "config.json").read_text())["chunk_size_feed_forward"] == 3

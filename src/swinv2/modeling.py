@@ -9,6 +9,7 @@ The forward arguments and the outputs are those of the documentation (and of tra
 from __future__ import annotations
 
 import copy
+import enum
 import functools
 import math
 import os
@@ -596,6 +597,10 @@ class Swinv2PreTrainedModel(nn.Module):
         embeddings = self.base_model.embeddings
         return Swinv2PatchEmbeddings(embeddings.proj, embeddings.patch_size)
 
+    def get_output_embeddings(self) -> None:
+        """None: an image model has no output embeddings to tie (as transformers answers for Swin V2)."""
+        return None
+
     def enable_input_require_grads(self) -> None:
         """Make the patch projection's output require grad, so that reentrant gradient checkpointing still
         reaches the blocks when the embeddings are frozen (transformers' method of the same name)."""
@@ -995,11 +1000,21 @@ class Swinv2ForMaskedImageModeling(Swinv2PreTrainedModel):
         return out if return_dict else out.to_tuple()
 
 
+class BackboneType(enum.Enum):
+    """Where a backbone's code comes from: transformers' enum of this name (`transformers.utils.backbone_utils`),
+    mirrored with the same names and values so that `backbone_type.value` reads the same without transformers."""
+
+    TIMM = "timm"
+    TRANSFORMERS = "transformers"
+
+
 class Swinv2Backbone(Swinv2PreTrainedModel):
     """Swin V2 as a feature extractor: `(B, C_i, H_i, W_i)` maps of the stages named in `out_features`.
 
     Stage maps are taken before each stage's patch merging; "stem" is the patch embedding.
     """
+
+    backbone_type = BackboneType.TRANSFORMERS  # transformers' value for its own backbones, this one's model
 
     def __init__(self, config: Swinv2Config) -> None:
         super().__init__(config)
