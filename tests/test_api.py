@@ -543,3 +543,37 @@ def test_chunk_size_feed_forward_is_transformers(tmp_path):
     assert loaded.chunk_size_feed_forward == 3
     loaded.save_pretrained(tmp_path / "back")
     assert json.loads((tmp_path / "back" / "config.json").read_text())["chunk_size_feed_forward"] == 3
+
+
+@pytest.mark.parametrize("kind", ["Swinv2Model", "Swinv2ForImageClassification", "Swinv2ForMaskedImageModeling",
+                                  "Swinv2Backbone"])
+def test_constructor_takes_transformers_config(kind, tmp_path, rng):
+    """transformers' own Swinv2Config builds our model: converted to the config transformers' config.json gives,
+    and the model built from it computes what transformers' does on the same weights (tolerance 1e-5)."""
+    their_config = transformers.Swinv2Config(
+        **SMALL, encoder_stride=8, id2label={0: "cat", 1: "dog", 2: "bird"}, hidden_act="gelu_new",
+        out_features=["stage1", "stage2"],
+    )
+    their_config.save_pretrained(tmp_path)
+    ours = getattr(swinv2, kind)(their_config).eval()
+    assert isinstance(ours.config, Swinv2Config) and ours.config == Swinv2Config.from_pretrained(tmp_path)
+    assert ours.config.id2label == their_config.id2label and ours.config.hidden_act == "gelu_new"
+    for module in ours.modules():  # one config for the head and its encoder, as in transformers
+        assert getattr(module, "config", ours.config) is ours.config
+    torch.manual_seed(0)
+    theirs = perturb_(getattr(transformers, kind)(their_config), torch.Generator().manual_seed(1))
+    ours.load_state_dict(theirs.state_dict())
+    x = torch.randn(2, 3, 32, 32, generator=rng)
+    with torch.no_grad():
+        mine, reference = ours(x, return_dict=False), theirs(x, return_dict=False)
+    for a, b in zip(torch.utils._pytree.tree_leaves(mine), torch.utils._pytree.tree_leaves(reference), strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_constructor_refuses_other_configs_naming_them():
+    with pytest.raises(TypeError, match=r"got transformers\.models\.swin\.configuration_swin\.SwinConfig; build one "
+                       r"with swinv2\.Swinv2Config\(\.\.\.\)"):
+        Swinv2Model(transformers.SwinConfig())
+    with pytest.raises(TypeError, match=r"must be a swinv2\.Swinv2Config \(or transformers' Swinv2Config, which is "
+                       r"converted\), got builtins\.dict"):
+        Swinv2Model(dict(SMALL))

@@ -536,6 +536,23 @@ class Swinv2PatchEmbeddings(nn.Module):
         return self.projection.register_forward_pre_hook(*args, **kwargs)
 
 
+def _as_swinv2_config(config: Any) -> Swinv2Config:
+    """Our `Swinv2Config`, or transformers' one converted (a new object: later changes to transformers' config
+    do not reach the model). Through `to_diff_dict()`, the fields transformers writes to config.json, so that
+    the result equals the config of the folder transformers would save, without its dozens of text-generation
+    defaults."""
+    if isinstance(config, Swinv2Config):
+        return config
+    if callable(getattr(config, "to_dict", None)) and getattr(config, "model_type", None) == "swinv2":
+        as_dict = config.to_diff_dict() if callable(getattr(config, "to_diff_dict", None)) else config.to_dict()
+        return Swinv2Config.from_dict(as_dict)
+    raise TypeError(
+        f"config must be a swinv2.Swinv2Config (or transformers' Swinv2Config, which is converted), got "
+        f"{type(config).__module__}.{type(config).__qualname__}; build one with swinv2.Swinv2Config(...) or "
+        "Swinv2Config.from_dict(other_config.to_dict())"
+    )
+
+
 class Swinv2PreTrainedModel(nn.Module):
     """Weights initialisation and loading/saving shared by every Swin V2 model."""
 
@@ -545,8 +562,7 @@ class Swinv2PreTrainedModel(nn.Module):
 
     def __init__(self, config: Swinv2Config) -> None:
         super().__init__()
-        if not isinstance(config, Swinv2Config):
-            raise TypeError(f"config must be a Swinv2Config, got {type(config).__name__}")
+        config = _as_swinv2_config(config)
         config.validate()  # again: fields may have been set since the config was made (config.window_size = 0)
         self.config = config
 
@@ -758,6 +774,7 @@ class Swinv2Model(Swinv2PreTrainedModel):
 
     def __init__(self, config: Swinv2Config, add_pooling_layer: bool = True, use_mask_token: bool = False) -> None:
         super().__init__(config)
+        config = self.config  # (transformers' config, converted)
         self.num_layers = config.num_layers
         self.num_features = config.hidden_size
         self.embeddings = PatchEmbeddings(
@@ -898,6 +915,7 @@ class Swinv2ForImageClassification(Swinv2PreTrainedModel):
 
     def __init__(self, config: Swinv2Config) -> None:
         super().__init__(config)
+        config = self.config  # (transformers' config, converted)
         self.num_labels = config.num_labels
         self.swinv2 = Swinv2Model(config)
         self.classifier = (
@@ -939,6 +957,7 @@ class Swinv2ForMaskedImageModeling(Swinv2PreTrainedModel):
 
     def __init__(self, config: Swinv2Config) -> None:
         super().__init__(config)
+        config = self.config  # (transformers' config, converted)
         self.swinv2 = Swinv2Model(config, add_pooling_layer=False, use_mask_token=True)
         self.decoder = nn.Sequential(
             nn.Conv2d(config.hidden_size, config.encoder_stride**2 * config.num_channels, kernel_size=1),
@@ -1018,6 +1037,7 @@ class Swinv2Backbone(Swinv2PreTrainedModel):
 
     def __init__(self, config: Swinv2Config) -> None:
         super().__init__(config)
+        config = self.config  # (transformers' config, converted)
         self.embeddings = PatchEmbeddings(
             config.image_hw, config.patch_hw, config.num_channels, config.embed_dim,
             False, config.use_absolute_embeddings, config.hidden_dropout_prob,
