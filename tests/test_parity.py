@@ -537,3 +537,36 @@ def test_gradients_with_respect_to_hidden_states_match(kind, name, mode, tmp_pat
         maps = torch.autograd.grad(loss, mine.reshaped_hidden_states)
         for i, (a, b) in enumerate(zip(maps, mine.reshaped_hidden_states)):
             close(a, expected[i].transpose(1, 2).reshape(b.shape), f"gradient w.r.t. reshaped_hidden_states[{i}]")
+
+
+@pytest.mark.parametrize("encoder_stride", [4, 16])
+def test_masked_image_modeling_with_another_encoder_stride(encoder_stride, tmp_path, rng):
+    """An encoder_stride other than patch_size * 2**(num_stages - 1) (= 8 here): the reconstruction is the
+    decoder's whole output, (16, 16) or (64, 64) pixels for 32, as transformers returns it (not cropped: its
+    pixels line up with nothing in the input); with a mask, where transformers stops on a shape error in its
+    L1 loss, a ValueError names encoder_stride and the value that fits."""
+    config = PARITY_CONFIGS["two_stage"]
+    hf = hf_model("Swinv2ForMaskedImageModeling", config, encoder_stride=encoder_stride)
+    ours = ours_from_hf("Swinv2ForMaskedImageModeling", hf, tmp_path)
+    x = input_for(config, rng)
+    with torch.no_grad():
+        theirs, mine = hf(x).reconstruction, ours(x).reconstruction
+    assert mine.shape[-2:] == (4 * encoder_stride,) * 2
+    close(mine, theirs, f"reconstruction with encoder_stride={encoder_stride}")
+    mask = torch.rand(2, 64, generator=rng) < 0.5
+    fits = r"must equal patch_size \* 2\*\*\(num_stages - 1\) = 8; set encoder_stride=8"
+    with pytest.raises(ValueError, match=rf"encoder_stride \({encoder_stride}\) {fits}"):
+        ours(x, bool_masked_pos=mask)
+
+
+def test_masked_image_modeling_crops_only_the_padding(tmp_path, rng):
+    """With the fitting stride, an input that is not a multiple of the patch gets its reconstruction cropped
+    to its size: transformers' reconstruction of the padded input (32 x 32 for 30 x 29), cut to (30, 29)."""
+    config = PARITY_CONFIGS["two_stage"]
+    hf = hf_model("Swinv2ForMaskedImageModeling", config, encoder_stride=8)
+    ours = ours_from_hf("Swinv2ForMaskedImageModeling", hf, tmp_path)
+    x = input_for(config, rng, size=(30, 29))
+    with torch.no_grad():
+        theirs, mine = hf(x).reconstruction, ours(x).reconstruction
+    assert theirs.shape[-2:] == (32, 32)
+    close(mine, theirs[..., :30, :29], "reconstruction of a padded input")

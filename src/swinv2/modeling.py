@@ -987,12 +987,15 @@ class Swinv2ForMaskedImageModeling(Swinv2PreTrainedModel):
         gh, gw = self.swinv2.output_grid(height, width)
         features = outputs.last_hidden_state.transpose(1, 2).reshape(batch, -1, gh, gw)
         reconstruction = decoded = self.decoder(features)
-        if reconstruction.shape[-2] >= height and reconstruction.shape[-1] >= width:
+        ph, pw = self.config.patch_hw
+        stride, depth = self.config.encoder_stride, 2 ** (self.config.num_layers - 1)
+        if stride == ph * depth == pw * depth:
+            # Each token decodes to the pixels it was made from: only the padding of an input that is not a
+            # multiple of the patch (or of the last stages' grids) is cut off. Another stride gives pixels that
+            # line up with nothing in the input; they are returned whole, as transformers returns them.
             reconstruction = reconstruction[..., :height, :width]
         loss = None
         if bool_masked_pos is not None:
-            ph, pw = self.config.patch_hw
-            stride, depth = self.config.encoder_stride, 2 ** (self.config.num_layers - 1)
             if ph != pw:
                 raise ValueError(
                     f"the decoder upsamples both sides by one encoder_stride ({stride}), so masked image "
