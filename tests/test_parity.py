@@ -570,3 +570,22 @@ def test_masked_image_modeling_crops_only_the_padding(tmp_path, rng):
         theirs, mine = hf(x).reconstruction, ours(x).reconstruction
     assert theirs.shape[-2:] == (32, 32)
     close(mine, theirs[..., :30, :29], "reconstruction of a padded input")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.float64, torch.int64, torch.uint8])
+def test_numeric_zero_one_masks_are_taken_as_transformers_takes_them(dtype, tmp_path, rng):
+    """bool_masked_pos given as 0/1 numbers: the reconstruction and the loss of transformers given the same
+    mask, and of the bool mask (tolerance 1e-5)."""
+    config = PARITY_CONFIGS["two_stage"]
+    hf = hf_model("Swinv2ForMaskedImageModeling", config, encoder_stride=8)
+    ours = ours_from_hf("Swinv2ForMaskedImageModeling", hf, tmp_path)
+    x = input_for(config, rng)
+    mask = torch.rand(2, 64, generator=rng) < 0.5
+    with torch.no_grad():
+        theirs, mine, as_bool = hf(x, bool_masked_pos=mask.to(dtype)), ours(x, bool_masked_pos=mask.to(dtype)), ours(
+            x, bool_masked_pos=mask
+        )
+    close(mine.reconstruction, theirs.reconstruction, f"reconstruction with a {dtype} mask")
+    close(mine.loss, theirs.loss.float(), f"loss with a {dtype} mask")  # (float64 for a float64 mask there)
+    close(mine.reconstruction, as_bool.reconstruction, f"reconstruction with a {dtype} mask against bool")
+    close(mine.loss, as_bool.loss, f"loss with a {dtype} mask against bool")

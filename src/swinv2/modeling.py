@@ -335,7 +335,7 @@ def _grid_size(config: Swinv2Config, height: int, width: int) -> tuple[int, int]
 
 
 def _check_bool_masked_pos(bool_masked_pos: Tensor, batch: int, grid: tuple[int, int]) -> Tensor:
-    """`(B, num_patches)` or `(B, grid_h, grid_w)` bool (or 0/1 integer) -> `(B, num_patches)`; one mask for
+    """`(B, num_patches)` or `(B, grid_h, grid_w)` bool (or 0/1 numbers) -> `(B, num_patches)`; one mask for
     every image, `(num_patches,)` or `(1, num_patches)`, is broadcast as transformers does."""
     num_patches = grid[0] * grid[1]
     if not isinstance(bool_masked_pos, Tensor):
@@ -343,22 +343,27 @@ def _check_bool_masked_pos(bool_masked_pos: Tensor, batch: int, grid: tuple[int,
             f"bool_masked_pos must be a bool tensor (batch, num_patches), got {type(bool_masked_pos).__name__}; "
             "convert it with torch.as_tensor(bool_masked_pos, dtype=torch.bool)"
         )
-    if bool_masked_pos.is_floating_point() or bool_masked_pos.is_complex():
-        # A fractional value would blend the patch with the mask token: neither masked nor visible.
+    if bool_masked_pos.is_complex():
         raise TypeError(
-            f"bool_masked_pos must be a bool tensor (True = masked patch), got {bool_masked_pos.dtype}; "
-            "convert it with bool_masked_pos.bool() (or bool_masked_pos > 0.5)"
+            f"bool_masked_pos must be a bool tensor (True = masked patch), or 0/1 integers or floats, got "
+            f"{bool_masked_pos.dtype}; convert it with bool_masked_pos.real.bool()"
         )
+    # 0/1 numbers are taken as transformers takes them (the same outputs). Another value, say 0.5, would blend
+    # the patch with the mask token, neither masked nor visible: refused where looking costs no host
+    # synchronisation (on the CPU, outside a compiled graph).
     if (
         bool_masked_pos.dtype != torch.bool
         and bool_masked_pos.device.type == "cpu"
         and not torch.compiler.is_compiling()
         and ((bool_masked_pos != 0) & (bool_masked_pos != 1)).any()
     ):
-        values = bool_masked_pos.unique()[:6].tolist()
+        bad = bool_masked_pos[(bool_masked_pos != 0) & (bool_masked_pos != 1)]
+        nan = bad.isnan()  # (each NaN is its own unique value)
+        values = bad[~nan].unique()[:6].tolist() + ([math.nan] if nan.any() else [])
+        fix = "bool_masked_pos > 0.5" if bool_masked_pos.is_floating_point() else "bool_masked_pos != 0"
         raise ValueError(
             f"bool_masked_pos must hold True/False (or 1/0), got the values {values}; "
-            "convert it with bool_masked_pos != 0 if non-zero means masked"
+            f"convert it to a bool tensor, e.g. {fix}"
         )
     if bool_masked_pos.dim() == 3 and tuple(bool_masked_pos.shape[1:]) == grid:
         bool_masked_pos = bool_masked_pos.flatten(1)
