@@ -327,9 +327,41 @@ def test_backbone_out_feature_channels_are_transformers(rng):
 
 
 def test_input_embeddings_are_the_patch_projection(classifier):
-    assert classifier.get_input_embeddings() is classifier.swinv2.embeddings.proj
-    assert classifier.swinv2.get_input_embeddings() is classifier.swinv2.embeddings.proj
     assert classifier.base_model is classifier.swinv2 and classifier.swinv2.base_model is classifier.swinv2
+    keys = list(classifier.state_dict())
+    for model in (classifier, classifier.swinv2):
+        embeddings = model.get_input_embeddings()
+        assert type(embeddings).__name__ == "Swinv2PatchEmbeddings"  # transformers' class, with its .projection
+        assert embeddings.projection is classifier.swinv2.embeddings.proj
+        projection_parameters = classifier.swinv2.embeddings.proj.parameters()
+        assert [id(p) for p in embeddings.parameters()] == [id(p) for p in projection_parameters]
+    assert list(classifier.state_dict()) == keys and not any("patch_embeddings" in k for k in keys)
+
+
+def test_input_embeddings_compute_transformers_patch_embeddings(tmp_path, rng):
+    """The returned module is transformers' `Swinv2PatchEmbeddings` in use: the same (B, L, C) patch vectors and
+    grid (padded sizes too, tolerance 1e-6); freezing it freezes the projection only; a forward hook on it
+    sees the model's calls."""
+    hf = hf_model("Swinv2ForImageClassification", SMALL, num_labels=3)
+    hf.save_pretrained(tmp_path)
+    ours = Swinv2ForImageClassification.from_pretrained(tmp_path).eval()
+    theirs_module, ours_module = hf.get_input_embeddings(), ours.get_input_embeddings()
+    assert type(ours_module).__name__ == type(theirs_module).__name__
+    for size in ((32, 32), (30, 29)):
+        x = torch.randn(2, 3, *size, generator=rng)
+        with torch.no_grad():
+            (mine, grid), (theirs, their_grid) = ours_module(x), theirs_module(x)
+        assert grid == tuple(their_grid)
+        torch.testing.assert_close(mine, theirs, atol=1e-6, rtol=1e-6)
+    ours_module.requires_grad_(False)
+    frozen = {n for n, p in ours.named_parameters() if not p.requires_grad}
+    assert frozen == {"swinv2.embeddings.proj.weight", "swinv2.embeddings.proj.bias"}
+    seen = []
+    handle = ours.get_input_embeddings().register_forward_hook(lambda module, args, out: seen.append(out.shape))
+    with torch.no_grad():
+        ours(torch.randn(1, 3, 32, 32, generator=rng))
+    handle.remove()
+    assert seen == [torch.Size([1, 16, 8, 8])]
 
 
 def test_frozen_input_embeddings_with_reentrant_checkpointing_still_train_the_blocks(rng):
@@ -340,13 +372,13 @@ def test_frozen_input_embeddings_with_reentrant_checkpointing_still_train_the_bl
     model.swinv2.embeddings.requires_grad_(False)  # the projection and its norm
     model.enable_input_require_grads()
     model.enable_input_require_grads()
-    assert len(model.get_input_embeddings()._forward_hooks) == 1
+    assert len(model.get_input_embeddings().projection._forward_hooks) == 1
     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": True})
     model(torch.randn(2, 3, 32, 32, generator=rng), labels=torch.tensor([0, 2])).loss.backward()
     missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
     assert not missing
     model.disable_input_require_grads()
-    assert not model.get_input_embeddings()._forward_hooks
+    assert not model.get_input_embeddings().projection._forward_hooks
 
 
 def test_new_head_warning_names_each_weight_once(classifier, tmp_path):
@@ -478,3 +510,70 @@ def test_import_leaves_pillow_to_the_image_processor():
     )
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     subprocess.run([sys.executable, "-c", code], check=True, env=env)
+
+
+def test_output_embeddings_and_backbone_type_are_transformers():
+    """`get_output_embeddings()` is None for every head, as transformers' (nothing to tie); the backbone's
+    `backbone_type` has the name and value of transformers' `BackboneType.TRANSFORMERS`."""
+    config = Swinv2Config(**SMALL, encoder_stride=8)
+    their_config = transformers.Swinv2Config(**SMALL, encoder_stride=8)
+    for kind in ("Swinv2Model", "Swinv2ForImageClassification", "Swinv2ForMaskedImageModeling", "Swinv2Backbone"):
+        assert getattr(transformers, kind)(their_config).get_output_embeddings() is None, kind
+        assert getattr(swinv2, kind)(config).get_output_embeddings() is None, kind
+    theirs = transformers.Swinv2Backbone(their_config).backbone_type
+    ours = swinv2.Swinv2Backbone(config).backbone_type
+    assert (ours.name, ours.value) == (theirs.name, theirs.value) == ("TRANSFORMERS", "transformers")
+    assert [(m.name, m.value) for m in type(ours)] == [(m.name, m.value) for m in type(theirs)]
+
+
+def test_chunk_size_feed_forward_is_transformers(tmp_path):
+    """transformers' default 0, in `to_dict()` and left out of config.json at its default, as there; another
+    value goes through config.json both ways."""
+    ours, theirs = Swinv2Config(**SMALL), transformers.Swinv2Config(**SMALL)
+    assert ours.chunk_size_feed_forward == theirs.chunk_size_feed_forward == 0
+    assert ours.to_dict()["chunk_size_feed_forward"] == theirs.to_dict()["chunk_size_feed_forward"] == 0
+    assert "chunk_size_feed_forward" not in ours.to_diff_dict()
+    assert "chunk_size_feed_forward" not in theirs.to_diff_dict()
+    ours.save_pretrained(tmp_path / "default")
+    assert "chunk_size_feed_forward" not in json.loads((tmp_path / "default" / "config.json").read_text())
+    Swinv2Config(**SMALL, chunk_size_feed_forward=4).save_pretrained(tmp_path / "ours")
+    assert transformers.Swinv2Config.from_pretrained(tmp_path / "ours").chunk_size_feed_forward == 4
+    transformers.Swinv2Config(**SMALL, chunk_size_feed_forward=3).save_pretrained(tmp_path / "theirs")
+    loaded = Swinv2Config.from_pretrained(tmp_path / "theirs")
+    assert loaded.chunk_size_feed_forward == 3
+    loaded.save_pretrained(tmp_path / "back")
+    assert json.loads((tmp_path / "back" / "config.json").read_text())["chunk_size_feed_forward"] == 3
+
+
+@pytest.mark.parametrize("kind", ["Swinv2Model", "Swinv2ForImageClassification", "Swinv2ForMaskedImageModeling",
+                                  "Swinv2Backbone"])
+def test_constructor_takes_transformers_config(kind, tmp_path, rng):
+    """transformers' own Swinv2Config builds our model: converted to the config transformers' config.json gives,
+    and the model built from it computes what transformers' does on the same weights (tolerance 1e-5)."""
+    their_config = transformers.Swinv2Config(
+        **SMALL, encoder_stride=8, id2label={0: "cat", 1: "dog", 2: "bird"}, hidden_act="gelu_new",
+        out_features=["stage1", "stage2"],
+    )
+    their_config.save_pretrained(tmp_path)
+    ours = getattr(swinv2, kind)(their_config).eval()
+    assert isinstance(ours.config, Swinv2Config) and ours.config == Swinv2Config.from_pretrained(tmp_path)
+    assert ours.config.id2label == their_config.id2label and ours.config.hidden_act == "gelu_new"
+    for module in ours.modules():  # one config for the head and its encoder, as in transformers
+        assert getattr(module, "config", ours.config) is ours.config
+    torch.manual_seed(0)
+    theirs = perturb_(getattr(transformers, kind)(their_config), torch.Generator().manual_seed(1))
+    ours.load_state_dict(theirs.state_dict())
+    x = torch.randn(2, 3, 32, 32, generator=rng)
+    with torch.no_grad():
+        mine, reference = ours(x, return_dict=False), theirs(x, return_dict=False)
+    for a, b in zip(torch.utils._pytree.tree_leaves(mine), torch.utils._pytree.tree_leaves(reference), strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_constructor_refuses_other_configs_naming_them():
+    with pytest.raises(TypeError, match=r"got transformers\.models\.swin\.configuration_swin\.SwinConfig; build one "
+                       r"with swinv2\.Swinv2Config\(\.\.\.\)"):
+        Swinv2Model(transformers.SwinConfig())
+    with pytest.raises(TypeError, match=r"must be a swinv2\.Swinv2Config \(or transformers' Swinv2Config, which is "
+                       r"converted\), got builtins\.dict"):
+        Swinv2Model(dict(SMALL))

@@ -166,15 +166,18 @@ def test_finite_check_policy_by_device():
 @pytest.mark.parametrize(
     ("mask", "error", "message"),
     [
-        (torch.zeros(2, 64), TypeError, r"must be a bool tensor \(True = masked patch\), got torch.float32; "
-         r"convert it with bool_masked_pos.bool\(\)"),
-        (torch.full((2, 64), 2), ValueError, r"must hold True/False \(or 1/0\), got the values \[2\]"),
+        (torch.full((2, 64), 0.5), ValueError, r"must hold True/False \(or 1/0\), got the values \[0.5\]; "
+         r"convert it to a bool tensor, e.g. bool_masked_pos > 0.5"),
+        (torch.full((2, 64), float("nan")), ValueError, r"must hold True/False \(or 1/0\), got the values \[nan\]"),
+        (torch.zeros(2, 64, dtype=torch.complex64), TypeError, r"or 0/1 integers or floats, got torch.complex64"),
+        (torch.full((2, 64), 2), ValueError, r"must hold True/False \(or 1/0\), got the values \[2\]; "
+         r"convert it to a bool tensor, e.g. bool_masked_pos != 0"),
         ([[0] * 64] * 2, TypeError, r"got list; convert it with torch.as_tensor\(bool_masked_pos, dtype=torch.bool\)"),
         (torch.zeros(3, 64, dtype=torch.bool), ValueError,
          r"= \(2, 64\) for this input \(8x8 patches\), got \(3, 64\)"),
         (torch.zeros(2, 7, 9, dtype=torch.bool), ValueError, r"got \(2, 7, 9\)"),
     ],
-    ids=["float", "not-0-or-1", "list", "batch", "grid"],
+    ids=["fraction", "nan", "complex", "not-0-or-1", "list", "batch", "grid"],
 )
 def test_bad_bool_masked_pos(mim, x, mask, error, message):
     with pytest.raises(error, match=message):

@@ -544,3 +544,107 @@ def test_cached_mask_is_the_folded_sum_rounded_once(dtype):
         cached = block.attention_mask(12, 8, dtype, torch.device("cpu"))
     assert cached.dtype == dtype and torch.equal(cached, expected)
     assert torch.equal(block.attention_mask(12, 8, dtype, torch.device("cpu")).detach(), expected)  # autograd's
+
+
+def _hidden_state_loss(kind: str, out, weights: list[torch.Tensor]) -> torch.Tensor:
+    """A loss that reaches every output with its own random weights (the head's, the last state's, each map's)."""
+    if kind == "Swinv2Backbone":
+        return sum((m * w).sum() for m, w in zip(out.feature_maps, weights))
+    if kind == "Swinv2ForImageClassification":
+        return out.loss
+    return (out.last_hidden_state * weights[0]).sum() + (out.pooler_output * weights[1]).sum()
+
+
+@pytest.mark.parametrize("mode", ["eval", "train"])
+@pytest.mark.parametrize(
+    ("kind", "name"),
+    [("Swinv2Model", "not_divisible_by_window"), ("Swinv2ForImageClassification", "two_stage"),
+     ("Swinv2Backbone", "four_stage_small_last")],
+)
+def test_gradients_with_respect_to_hidden_states_match(kind, name, mode, tmp_path, rng):
+    """Hidden states are in the autograd graph, as transformers' are (saliency maps, Grad-CAM): the gradient of
+    a loss with respect to each `hidden_states[i]` equals transformers' on the same weights (tolerance 1e-5), in
+    eval mode (grad enabled) and through the training fast path. Our `reshaped_hidden_states[i]` carry the
+    same gradient in their (B, C, H, W) form (transformers' are side views without one)."""
+    config = {**PARITY_CONFIGS[name], "drop_path_rate": 0.0}
+    extra = {"num_labels": 3} if kind == "Swinv2ForImageClassification" else {}
+    if kind == "Swinv2Backbone":
+        extra["out_features"] = ["stem"] + [f"stage{i + 1}" for i in range(len(config["depths"]))]
+    hf = hf_model(kind, config, **extra)
+    ours = ours_from_hf(kind, hf, tmp_path)
+    hf.train(mode == "train")
+    ours.train(mode == "train")
+    x = input_for(config, rng)
+    kwargs = {"labels": torch.randint(0, 3, (2,), generator=rng)} if extra.get("num_labels") else {}
+    theirs = hf(x, output_hidden_states=True, **kwargs)
+    mine = ours(x, output_hidden_states=True, **kwargs)
+    if kind == "Swinv2Backbone":
+        shapes = [m.shape for m in theirs.feature_maps]
+    elif kind == "Swinv2Model":
+        shapes = [theirs.last_hidden_state.shape, theirs.pooler_output.shape]
+    else:
+        shapes = []
+    weights = [torch.randn(s, generator=rng) for s in shapes]
+    expected = torch.autograd.grad(_hidden_state_loss(kind, theirs, weights), theirs.hidden_states)
+    loss = _hidden_state_loss(kind, mine, weights)
+    actual = torch.autograd.grad(loss, mine.hidden_states, retain_graph=True)
+    assert len(actual) == len(expected) == len(config["depths"]) + 1
+    for i, (a, b) in enumerate(zip(actual, expected)):
+        assert b.abs().max() > 0, f"hidden_states[{i}]: transformers' gradient is zero, the test shows nothing"
+        close(a, b, f"gradient w.r.t. hidden_states[{i}]")
+    if kind != "Swinv2Backbone":
+        maps = torch.autograd.grad(loss, mine.reshaped_hidden_states)
+        for i, (a, b) in enumerate(zip(maps, mine.reshaped_hidden_states)):
+            close(a, expected[i].transpose(1, 2).reshape(b.shape), f"gradient w.r.t. reshaped_hidden_states[{i}]")
+
+
+@pytest.mark.parametrize("encoder_stride", [4, 16])
+def test_masked_image_modeling_with_another_encoder_stride(encoder_stride, tmp_path, rng):
+    """An encoder_stride other than patch_size * 2**(num_stages - 1) (= 8 here): the reconstruction is the
+    decoder's whole output, (16, 16) or (64, 64) pixels for 32, as transformers returns it (not cropped: its
+    pixels line up with nothing in the input); with a mask, where transformers stops on a shape error in its
+    L1 loss, a ValueError names encoder_stride and the value that fits."""
+    config = PARITY_CONFIGS["two_stage"]
+    hf = hf_model("Swinv2ForMaskedImageModeling", config, encoder_stride=encoder_stride)
+    ours = ours_from_hf("Swinv2ForMaskedImageModeling", hf, tmp_path)
+    x = input_for(config, rng)
+    with torch.no_grad():
+        theirs, mine = hf(x).reconstruction, ours(x).reconstruction
+    assert mine.shape[-2:] == (4 * encoder_stride,) * 2
+    close(mine, theirs, f"reconstruction with encoder_stride={encoder_stride}")
+    mask = torch.rand(2, 64, generator=rng) < 0.5
+    fits = r"must equal patch_size \* 2\*\*\(num_stages - 1\) = 8; set encoder_stride=8"
+    with pytest.raises(ValueError, match=rf"encoder_stride \({encoder_stride}\) {fits}"):
+        ours(x, bool_masked_pos=mask)
+
+
+def test_masked_image_modeling_crops_only_the_padding(tmp_path, rng):
+    """With the fitting stride, an input that is not a multiple of the patch gets its reconstruction cropped
+    to its size: transformers' reconstruction of the padded input (32 x 32 for 30 x 29), cut to (30, 29)."""
+    config = PARITY_CONFIGS["two_stage"]
+    hf = hf_model("Swinv2ForMaskedImageModeling", config, encoder_stride=8)
+    ours = ours_from_hf("Swinv2ForMaskedImageModeling", hf, tmp_path)
+    x = input_for(config, rng, size=(30, 29))
+    with torch.no_grad():
+        theirs, mine = hf(x).reconstruction, ours(x).reconstruction
+    assert theirs.shape[-2:] == (32, 32)
+    close(mine, theirs[..., :30, :29], "reconstruction of a padded input")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.float64, torch.int64, torch.uint8])
+def test_numeric_zero_one_masks_are_taken_as_transformers_takes_them(dtype, tmp_path, rng):
+    """bool_masked_pos given as 0/1 numbers: the reconstruction and the loss of transformers given the same
+    mask, and of the bool mask (tolerance 1e-5)."""
+    config = PARITY_CONFIGS["two_stage"]
+    hf = hf_model("Swinv2ForMaskedImageModeling", config, encoder_stride=8)
+    ours = ours_from_hf("Swinv2ForMaskedImageModeling", hf, tmp_path)
+    x = input_for(config, rng)
+    mask = torch.rand(2, 64, generator=rng) < 0.5
+    with torch.no_grad():
+        theirs, mine, as_bool = hf(x, bool_masked_pos=mask.to(dtype)), ours(x, bool_masked_pos=mask.to(dtype)), ours(
+            x, bool_masked_pos=mask
+        )
+    close(mine.reconstruction, theirs.reconstruction, f"reconstruction with a {dtype} mask")
+    close(mine.loss, theirs.loss.float(), f"loss with a {dtype} mask")  # (float64 for a float64 mask there)
+    close(mine.reconstruction, as_bool.reconstruction, f"reconstruction with a {dtype} mask against bool")
+    close(mine.loss, as_bool.loss, f"loss with a {dtype} mask against bool")

@@ -39,13 +39,16 @@ _COMMON_DEFAULTS: dict[str, Any] = {
     "architectures": None,
     "torch_dtype": None,
     "torchscript": False,
+    # feed-forward layers run over the sequence in chunks of this many tokens, 0 all at once; transformers'
+    # Swin V2 never chunks, nor do we: kept for code that reads it and for config.json's round trip
+    "chunk_size_feed_forward": 0,
 }
 
 
 # transformers' PretrainedConfig fields for text generation and other model kinds, which mean nothing to an
 # image encoder: accepted (as from_pretrained overrides, or in config.json) and kept verbatim, as there.
 GENERIC_FIELDS = frozenset({
-    "add_cross_attention", "bad_words_ids", "begin_suppress_tokens", "bos_token_id", "chunk_size_feed_forward",
+    "add_cross_attention", "bad_words_ids", "begin_suppress_tokens", "bos_token_id",
     "cross_attention_hidden_size", "decoder_start_token_id", "diversity_penalty", "do_sample", "early_stopping",
     "encoder_no_repeat_ngram_size", "eos_token_id", "exponential_decay_length_penalty", "finetuning_task",
     "forced_bos_token_id", "forced_eos_token_id", "is_decoder", "is_encoder_decoder", "length_penalty",

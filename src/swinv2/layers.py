@@ -38,7 +38,7 @@ import functools
 import math
 import threading
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import NamedTuple
 
 import torch
@@ -1643,9 +1643,17 @@ class Swinv2Stage(nn.Module):
         self.checkpoint_kwargs: dict = {"use_reentrant": False}  # for torch.utils.checkpoint.checkpoint
 
     def forward(
-        self, x: Tensor, head_mask: Tensor | None = None, output_attentions: bool = False
+        self,
+        x: Tensor,
+        head_mask: Tensor | None = None,
+        output_attentions: bool = False,
+        tap: Callable[[Tensor], Tensor] | None = None,
     ) -> tuple[Tensor, Tensor, Tensor | None]:
-        """`(B, H, W, C)` -> (downsampled output, output before downsampling, last block's attention)."""
+        """`(B, H, W, C)` -> (downsampled output, output before downsampling, last block's attention).
+
+        `tap` takes the blocks' output and returns the tensor the downsampling reads (and the stage returns
+        as the output before downsampling): a view through which a caller's copy of it joins the graph.
+        """
         probs = None
         for i, block in enumerate(self.blocks):
             block_head_mask = None if head_mask is None else head_mask[i]
@@ -1655,7 +1663,7 @@ class Swinv2Stage(nn.Module):
                 )
             else:
                 x, probs = block(x, block_head_mask, output_attentions)
-        before = x
+        before = x if tap is None else tap(x)
         if self.downsample is not None:
-            x = self.downsample(x)
+            x = self.downsample(before)
         return x, before, probs

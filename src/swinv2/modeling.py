@@ -9,6 +9,7 @@ The forward arguments and the outputs are those of the documentation (and of tra
 from __future__ import annotations
 
 import copy
+import enum
 import functools
 import math
 import os
@@ -335,7 +336,7 @@ def _grid_size(config: Swinv2Config, height: int, width: int) -> tuple[int, int]
 
 
 def _check_bool_masked_pos(bool_masked_pos: Tensor, batch: int, grid: tuple[int, int]) -> Tensor:
-    """`(B, num_patches)` or `(B, grid_h, grid_w)` bool (or 0/1 integer) -> `(B, num_patches)`; one mask for
+    """`(B, num_patches)` or `(B, grid_h, grid_w)` bool (or 0/1 numbers) -> `(B, num_patches)`; one mask for
     every image, `(num_patches,)` or `(1, num_patches)`, is broadcast as transformers does."""
     num_patches = grid[0] * grid[1]
     if not isinstance(bool_masked_pos, Tensor):
@@ -343,22 +344,27 @@ def _check_bool_masked_pos(bool_masked_pos: Tensor, batch: int, grid: tuple[int,
             f"bool_masked_pos must be a bool tensor (batch, num_patches), got {type(bool_masked_pos).__name__}; "
             "convert it with torch.as_tensor(bool_masked_pos, dtype=torch.bool)"
         )
-    if bool_masked_pos.is_floating_point() or bool_masked_pos.is_complex():
-        # A fractional value would blend the patch with the mask token: neither masked nor visible.
+    if bool_masked_pos.is_complex():
         raise TypeError(
-            f"bool_masked_pos must be a bool tensor (True = masked patch), got {bool_masked_pos.dtype}; "
-            "convert it with bool_masked_pos.bool() (or bool_masked_pos > 0.5)"
+            f"bool_masked_pos must be a bool tensor (True = masked patch), or 0/1 integers or floats, got "
+            f"{bool_masked_pos.dtype}; convert it with bool_masked_pos.real.bool()"
         )
+    # 0/1 numbers are taken as transformers takes them (the same outputs). Another value, say 0.5, would blend
+    # the patch with the mask token, neither masked nor visible: refused where looking costs no host
+    # synchronisation (on the CPU, outside a compiled graph).
     if (
         bool_masked_pos.dtype != torch.bool
         and bool_masked_pos.device.type == "cpu"
         and not torch.compiler.is_compiling()
         and ((bool_masked_pos != 0) & (bool_masked_pos != 1)).any()
     ):
-        values = bool_masked_pos.unique()[:6].tolist()
+        bad = bool_masked_pos[(bool_masked_pos != 0) & (bool_masked_pos != 1)]
+        nan = bad.isnan()  # (each NaN is its own unique value)
+        values = bad[~nan].unique()[:6].tolist() + ([math.nan] if nan.any() else [])
+        fix = "bool_masked_pos > 0.5" if bool_masked_pos.is_floating_point() else "bool_masked_pos != 0"
         raise ValueError(
             f"bool_masked_pos must hold True/False (or 1/0), got the values {values}; "
-            "convert it with bool_masked_pos != 0 if non-zero means masked"
+            f"convert it to a bool tensor, e.g. {fix}"
         )
     if bool_masked_pos.dim() == 3 and tuple(bool_masked_pos.shape[1:]) == grid:
         bool_masked_pos = bool_masked_pos.flatten(1)
@@ -448,17 +454,34 @@ def run_stages(
     output_hidden_states: bool,
     before_downsampling: bool = False,
 ) -> tuple[Tensor, tuple[Tensor, ...] | None, tuple[Tensor, ...] | None, tuple[Tensor, ...] | None]:
-    """Run the stages on `(B, H, W, C)` tokens; returns the last tokens and the optional per-stage outputs."""
-    hidden, reshaped, attentions = [], [], []
+    """Run the stages on `(B, H, W, C)` tokens; returns the last tokens and the optional per-stage outputs.
+
+    The hidden states `(B, L, C)` and their `(B, C, H, W)` forms are in the autograd graph, as transformers'
+    hidden states are: the computation goes on from a view of them (views: no copy, no cost), so that
+    gradients with respect to them exist (saliency maps, Grad-CAM) and equal transformers'.
+    """
+    hidden: list[Tensor] = []
+    reshaped: list[Tensor] = []
+    attentions = []
+
+    def keep(t: Tensor) -> Tensor:
+        """Record `t` `(B, H, W, C)` as a hidden state; the rest of the model reads the view returned."""
+        flat = t.flatten(1, 2)
+        as_map = flat.unflatten(1, t.shape[1:3]).permute(0, 3, 1, 2)
+        hidden.append(flat)
+        reshaped.append(as_map)
+        return as_map.permute(0, 2, 3, 1)
+
     if output_hidden_states:
-        hidden.append(x.flatten(1, 2))
-        reshaped.append(x.permute(0, 3, 1, 2))
+        x = keep(x)
     for i, stage in enumerate(stages):
-        x, before, probs = stage(x, None if head_masks is None else head_masks[i], output_attentions)
-        if output_hidden_states:
-            kept = before if before_downsampling else x
-            hidden.append(kept.flatten(1, 2))
-            reshaped.append(kept.permute(0, 3, 1, 2))
+        head_mask = None if head_masks is None else head_masks[i]
+        if output_hidden_states and before_downsampling:
+            x, _, probs = stage(x, head_mask, output_attentions, tap=keep)
+        else:
+            x, _, probs = stage(x, head_mask, output_attentions)
+            if output_hidden_states:
+                x = keep(x)
         if output_attentions:
             attentions.append(probs)
     return (
@@ -491,6 +514,51 @@ def _single_device(device_map: Any) -> torch.device:
         raise ValueError(f"device_map {device_map!r} names no device; pass e.g. 'cpu', 'cuda:0' or 'auto'") from err
 
 
+class Swinv2PatchEmbeddings(nn.Module):
+    """What `get_input_embeddings()` returns, as transformers' module of this name: the patch projection
+    `.projection` (the model's `embeddings.proj` Conv2d itself, not a copy), without the LayerNorm after it.
+
+    Not a submodule of the model (the state dict keeps its keys). The model runs the projection, not this
+    wrapper, so forward hooks registered here go on `.projection`, where they see every call.
+    """
+
+    def __init__(self, projection: nn.Module, patch_size: tuple[int, int]) -> None:
+        super().__init__()
+        self.projection = projection
+        self.patch_size = patch_size
+
+    def forward(self, pixel_values: Tensor) -> tuple[Tensor, tuple[int, int]]:
+        """`(B, C_in, H, W)` -> patch vectors `(B, L, C)` and the grid `(H/p, W/p)` (padded as transformers)."""
+        ph, pw = self.patch_size
+        height, width = pixel_values.shape[-2:]
+        pixel_values = F.pad(pixel_values, (0, (-width) % pw, 0, (-height) % ph))
+        patches = self.projection(pixel_values)
+        return patches.flatten(2).transpose(1, 2), (patches.shape[2], patches.shape[3])
+
+    def register_forward_hook(self, *args: Any, **kwargs: Any) -> torch.utils.hooks.RemovableHandle:
+        return self.projection.register_forward_hook(*args, **kwargs)
+
+    def register_forward_pre_hook(self, *args: Any, **kwargs: Any) -> torch.utils.hooks.RemovableHandle:
+        return self.projection.register_forward_pre_hook(*args, **kwargs)
+
+
+def _as_swinv2_config(config: Any) -> Swinv2Config:
+    """Our `Swinv2Config`, or transformers' one converted (a new object: later changes to transformers' config
+    do not reach the model). Through `to_diff_dict()`, the fields transformers writes to config.json, so that
+    the result equals the config of the folder transformers would save, without its dozens of text-generation
+    defaults."""
+    if isinstance(config, Swinv2Config):
+        return config
+    if callable(getattr(config, "to_dict", None)) and getattr(config, "model_type", None) == "swinv2":
+        as_dict = config.to_diff_dict() if callable(getattr(config, "to_diff_dict", None)) else config.to_dict()
+        return Swinv2Config.from_dict(as_dict)
+    raise TypeError(
+        f"config must be a swinv2.Swinv2Config (or transformers' Swinv2Config, which is converted), got "
+        f"{type(config).__module__}.{type(config).__qualname__}; build one with swinv2.Swinv2Config(...) or "
+        "Swinv2Config.from_dict(other_config.to_dict())"
+    )
+
+
 class Swinv2PreTrainedModel(nn.Module):
     """Weights initialisation and loading/saving shared by every Swin V2 model."""
 
@@ -500,8 +568,7 @@ class Swinv2PreTrainedModel(nn.Module):
 
     def __init__(self, config: Swinv2Config) -> None:
         super().__init__()
-        if not isinstance(config, Swinv2Config):
-            raise TypeError(f"config must be a Swinv2Config, got {type(config).__name__}")
+        config = _as_swinv2_config(config)
         config.validate()  # again: fields may have been set since the config was made (config.window_size = 0)
         self.config = config
 
@@ -545,16 +612,22 @@ class Swinv2PreTrainedModel(nn.Module):
         """The encoder (`Swinv2Model`) of a model with a head, else the model itself, as in transformers."""
         return getattr(self, self.base_model_prefix, self)
 
-    def get_input_embeddings(self) -> nn.Module:
-        """The patch projection (image -> patch vectors, before the embedding's LayerNorm), as transformers'
-        `get_input_embeddings`: freezing it leaves the norm trainable."""
-        return self.base_model.embeddings.proj
+    def get_input_embeddings(self) -> Swinv2PatchEmbeddings:
+        """The patch embedding as transformers' `get_input_embeddings` returns it: a `Swinv2PatchEmbeddings`
+        whose `.projection` is the patch convolution (image -> patch vectors, before the embedding's
+        LayerNorm): freezing it leaves the norm trainable."""
+        embeddings = self.base_model.embeddings
+        return Swinv2PatchEmbeddings(embeddings.proj, embeddings.patch_size)
+
+    def get_output_embeddings(self) -> None:
+        """None: an image model has no output embeddings to tie (as transformers answers for Swin V2)."""
+        return None
 
     def enable_input_require_grads(self) -> None:
         """Make the patch projection's output require grad, so that reentrant gradient checkpointing still
         reaches the blocks when the embeddings are frozen (transformers' method of the same name)."""
         self.disable_input_require_grads()  # one hook, however often this is called
-        self._require_grads_hook = self.get_input_embeddings().register_forward_hook(
+        self._require_grads_hook = self.get_input_embeddings().projection.register_forward_hook(
             lambda module, args, output: output.requires_grad_(True)
         )
 
@@ -707,6 +780,7 @@ class Swinv2Model(Swinv2PreTrainedModel):
 
     def __init__(self, config: Swinv2Config, add_pooling_layer: bool = True, use_mask_token: bool = False) -> None:
         super().__init__(config)
+        config = self.config  # (transformers' config, converted)
         self.num_layers = config.num_layers
         self.num_features = config.hidden_size
         self.embeddings = PatchEmbeddings(
@@ -847,6 +921,7 @@ class Swinv2ForImageClassification(Swinv2PreTrainedModel):
 
     def __init__(self, config: Swinv2Config) -> None:
         super().__init__(config)
+        config = self.config  # (transformers' config, converted)
         self.num_labels = config.num_labels
         self.swinv2 = Swinv2Model(config)
         self.classifier = (
@@ -888,6 +963,7 @@ class Swinv2ForMaskedImageModeling(Swinv2PreTrainedModel):
 
     def __init__(self, config: Swinv2Config) -> None:
         super().__init__(config)
+        config = self.config  # (transformers' config, converted)
         self.swinv2 = Swinv2Model(config, add_pooling_layer=False, use_mask_token=True)
         self.decoder = nn.Sequential(
             nn.Conv2d(config.hidden_size, config.encoder_stride**2 * config.num_channels, kernel_size=1),
@@ -917,12 +993,15 @@ class Swinv2ForMaskedImageModeling(Swinv2PreTrainedModel):
         gh, gw = self.swinv2.output_grid(height, width)
         features = outputs.last_hidden_state.transpose(1, 2).reshape(batch, -1, gh, gw)
         reconstruction = decoded = self.decoder(features)
-        if reconstruction.shape[-2] >= height and reconstruction.shape[-1] >= width:
+        ph, pw = self.config.patch_hw
+        stride, depth = self.config.encoder_stride, 2 ** (self.config.num_layers - 1)
+        if stride == ph * depth == pw * depth:
+            # Each token decodes to the pixels it was made from: only the padding of an input that is not a
+            # multiple of the patch (or of the last stages' grids) is cut off. Another stride gives pixels that
+            # line up with nothing in the input; they are returned whole, as transformers returns them.
             reconstruction = reconstruction[..., :height, :width]
         loss = None
         if bool_masked_pos is not None:
-            ph, pw = self.config.patch_hw
-            stride, depth = self.config.encoder_stride, 2 ** (self.config.num_layers - 1)
             if ph != pw:
                 raise ValueError(
                     f"the decoder upsamples both sides by one encoder_stride ({stride}), so masked image "
@@ -949,14 +1028,25 @@ class Swinv2ForMaskedImageModeling(Swinv2PreTrainedModel):
         return out if return_dict else out.to_tuple()
 
 
+class BackboneType(enum.Enum):
+    """Where a backbone's code comes from: transformers' enum of this name (`transformers.utils.backbone_utils`),
+    mirrored with the same names and values so that `backbone_type.value` reads the same without transformers."""
+
+    TIMM = "timm"
+    TRANSFORMERS = "transformers"
+
+
 class Swinv2Backbone(Swinv2PreTrainedModel):
     """Swin V2 as a feature extractor: `(B, C_i, H_i, W_i)` maps of the stages named in `out_features`.
 
     Stage maps are taken before each stage's patch merging; "stem" is the patch embedding.
     """
 
+    backbone_type = BackboneType.TRANSFORMERS  # transformers' value for its own backbones, this one's model
+
     def __init__(self, config: Swinv2Config) -> None:
         super().__init__(config)
+        config = self.config  # (transformers' config, converted)
         self.embeddings = PatchEmbeddings(
             config.image_hw, config.patch_hw, config.num_channels, config.embed_dim,
             False, config.use_absolute_embeddings, config.hidden_dropout_prob,
