@@ -117,6 +117,14 @@ def test_torchvision_file_without_size_asks_for_it_instead_of_guessing(tmp_path,
     assert not (tmp_path / "back").exists()
     with pytest.raises(ck.CheckpointError, match=r"does not record its image_size"):
         swinv2.Swinv2ForImageClassification.from_pretrained(weights)
+    # predict has no --config: it names the command that records one
+    import PIL.Image
+    import skimage.data
+
+    PIL.Image.fromarray(skimage.data.chelsea()).save(tmp_path / "cat.png")
+    assert main(["predict", str(weights), str(tmp_path / "cat.png")]) == 2
+    err = capsys.readouterr().err
+    assert f"swinv2 convert {weights} FOLDER --to hf --config PRESET_OR_CONFIG_JSON" in err
 
     config = swinv2.Swinv2Config(image_size=64, embed_dim=16, depths=[2, 2], num_heads=[2, 4], window_size=4,
                                  num_labels=3)

@@ -517,6 +517,17 @@ def test_shift_mask_value_follows_the_weights_library(tmp_path, rng):
         mine, other = ours.double()(x).logits, twice.double()(x).logits
     torch.testing.assert_close(mine, theirs, atol=1e-9, rtol=1e-9)
     assert (other - theirs).abs().max() > 0.02 * theirs.abs().max()
+    # a config given for timm's weights (config=, convert --config) computes as timm too, unless it sets a value
+    given = Swinv2Config(**ours.config.to_dict() | {"shift_mask_value": -200.0})
+    assert "shift_mask_value" not in given.to_dict()
+    by_config = swinv2.Swinv2ForImageClassification.from_pretrained(tmp_path / "timm" / "model.pth", config=given)
+    assert by_config.config.shift_mask_value == -100.0 and given.shift_mask_value == -200.0
+    from swinv2.checkpoints import convert
+
+    convert(tmp_path / "timm" / "model.pth", tmp_path / "converted", "hf", config=given)
+    converted = swinv2.Swinv2ForImageClassification.from_pretrained(tmp_path / "converted").double()
+    with torch.no_grad():
+        torch.testing.assert_close(converted(x).logits, theirs, atol=1e-9, rtol=1e-9)
     # saved and read back, the value stays with the weights
     ours.save_pretrained(tmp_path / "ours")
     assert swinv2.Swinv2ForImageClassification.from_pretrained(tmp_path / "ours").config.shift_mask_value == -100.0

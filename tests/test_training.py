@@ -875,6 +875,9 @@ def test_evaluate_pairs_folders_with_labels_by_name_or_refuses(photos, tmp_path)
     (data / "cat").rename(data / "dog")
     with pytest.raises(TrainingError, match=r"the data's classes dog are not labels of .*Name the class folders"):
         evaluate(str(model), str(data), num_workers=0, progress=False)
+    shutil.copytree(data / "dog", data / "cat")  # one class more than the head: the extra one is named too
+    with pytest.raises(TrainingError, match=r"has 3 \(the data's dog is none of its labels\): labels would be"):
+        evaluate(str(model), str(data), num_workers=0, progress=False)
     only_train = tmp_path / "only_train"
     shutil.copytree(photos / "train", only_train / "train")
     with pytest.raises(TrainingError, match=r"split folder\(s\) train/ beside class folders.*only_train/train"):

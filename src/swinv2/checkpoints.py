@@ -20,6 +20,7 @@ them; they also tell window and image size when a checkpoint comes without a con
 from __future__ import annotations
 
 import argparse
+import copy
 import errno
 import functools
 import inspect
@@ -38,7 +39,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .config import CONFIG_FIELDS, CONFIG_NAME, PRESET_NAMES, Swinv2Config, preset_kwargs
+from .config import CONFIG_FIELDS, CONFIG_NAME, PRESET_NAMES, SHIFT_MASK_VALUE, Swinv2Config, preset_kwargs
 from .errors import Swinv2Error
 from .layers import MASK_VALUE, relative_coords_table, relative_position_index, shifted_window_mask, stage_window
 
@@ -1025,6 +1026,18 @@ def _read_json(path: Path) -> dict[str, Any]:
     return data
 
 
+def _with_library_shift_mask(config: Swinv2Config, fmt: str) -> Swinv2Config:
+    """`config` for weights of format `fmt`: where it holds transformers' shift mask value (the default) and the
+    weights come from a library that adds the mask once (Microsoft's, timm, torchvision), a copy with theirs, so
+    that a config given for them (`config=`, `convert --config`) computes as their library does. A value of
+    its own, or one passed as a keyword of from_pretrained, is kept."""
+    if fmt in ("hf", "swinv2") or config.shift_mask_value != SHIFT_MASK_VALUE:
+        return config
+    config = copy.deepcopy(config)  # (the caller's object is left as it was)
+    config.shift_mask_value = MASK_VALUE
+    return config
+
+
 def checkpoint_config(
     state: dict[str, Tensor],
     fmt: str,
@@ -1596,7 +1609,9 @@ def _as_config(config: Any) -> Swinv2Config | None:
     if isinstance(config, (str, os.PathLike)):  # a config.json, its folder or a preset name, as in transformers
         return resolve_config(config)
     if callable(getattr(config, "to_dict", None)) and getattr(config, "model_type", None) in ("swinv2", "swin"):
-        return Swinv2Config.from_dict(config.to_dict())
+        # (to_diff_dict: what transformers writes to config.json, without its ~45 text-generation defaults)
+        diff = getattr(config, "to_diff_dict", None)
+        return Swinv2Config.from_dict(diff() if callable(diff) else config.to_dict())
     raise TypeError(
         "config must be a Swinv2Config (swinv2's or transformers'), a path to a config.json or a preset name, "
         f"got {type(config).__module__}.{type(config).__name__}"
@@ -1658,6 +1673,8 @@ def load_pretrained(
         )
     elif config_overrides:
         config = Swinv2Config.from_dict(config.to_dict(), **config_overrides)
+    if "shift_mask_value" not in config_overrides:
+        config = _with_library_shift_mask(config, fmt)
     if fmt in ("timm", "torchvision", "microsoft", "microsoft-simmim"):
         _warn_peer_geometry(config, fmt.removesuffix("-simmim"), reading=True)
     dtype = _target_dtype(torch_dtype, state, config)
@@ -1940,6 +1957,7 @@ def convert(
     canonical, source_fmt = to_canonical(state)
     if config is None:
         config = checkpoint_config(state, source_fmt, config_path, embedded, weights_path, str(source), {})
+    config = _with_library_shift_mask(config, source_fmt)
     head = canonical.get("classifier.weight")
     if head is not None and head.dim() == 2 and head.shape[0] != config.num_labels:
         # convert writes the weights it reads: a head of the config's size would be a new, untrained one

@@ -493,6 +493,9 @@ def _load_model(name: str, cls_name: str | None = None) -> Any:
             model = cls.from_pretrained(name)
     except (ValueError, OSError, KeyError, RuntimeError) as err:  # CheckpointError is a ValueError
         message = " ".join(str(err).split())
+        if "config=" in message:  # advice in Python arguments: the command's way to give a config
+            message += (f". On the command line: swinv2 convert {name} FOLDER --to hf --config PRESET_OR_CONFIG_JSON "
+                        "writes a folder that records it; then use FOLDER")
         raise Swinv2Error(f"cannot load a {cls.__name__} from the {where} {name!r}: {message}") from err
     for warning in caught:
         if "newly initialised" in str(warning.message):

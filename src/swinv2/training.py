@@ -1061,9 +1061,14 @@ def _label_order(model_config: Swinv2Config, class_names: Sequence[str], source:
 
     names = [model_config.id2label[i] for i in range(model_config.num_labels)]
     if len(class_names) > model_config.num_labels:
+        unknown = [] if has_placeholder_labels(model_config.id2label) else [
+            name for name in class_names if match_labels(names, [name]) is None
+        ]
         raise TrainingError(
-            f"the data has {len(class_names)} classes but the classifier of {source} has {model_config.num_labels}: "
-            "labels would be out of range. Evaluate on data with the model's classes "
+            f"the data has {len(class_names)} classes but the classifier of {source} has {model_config.num_labels}"
+            + (f" (the data's {', '.join(unknown)} {'is' if len(unknown) == 1 else 'are'} none of its labels)"
+               if unknown else "")
+            + ": labels would be out of range. Evaluate on data with the model's classes "
             f"({', '.join(names)}), or fine-tune the model on this data first"
         )
     if has_placeholder_labels(model_config.id2label):
