@@ -288,6 +288,24 @@ def test_convnext_files_are_read_as_convnext_applies_them(tmp_path, short):
     assert max_diff(again(image, return_tensors="pt").pixel_values, ref) <= TOL
 
 
+@pytest.mark.parametrize("short", [224, 383, 384, 448])
+def test_crop_pct_survives_its_own_save_at_every_size(tmp_path, photos, short):
+    """A short-side resize cropped by crop_pct is written so that swinv2 and transformers read back its
+    pixels: as ConvNeXt's below 384, as Bit's resize to int(N / crop_pct) and N x N crop from 384 up (where
+    ConvNeXt's processor would warp instead)."""
+    import warnings
+
+    processor = Swinv2ImageProcessor(size={"shortest_edge": short}, crop_pct=0.875)
+    expected = processor(photos).pixel_values
+    assert expected.shape[-2:] == (short, short)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        processor.save_pretrained(tmp_path)
+    assert max_diff(AutoImageProcessor.from_pretrained(tmp_path)(photos).pixel_values, expected) == 0
+    theirs = transformers.AutoImageProcessor.from_pretrained(tmp_path, use_fast=False)
+    assert max_diff(theirs(photos, return_tensors="pt").pixel_values, expected) <= TOL
+
+
 def test_shortest_edge_with_center_crop_matches_clip_processor(photos):
     settings = dict(size={"shortest_edge": 200}, crop_size={"height": 180, "width": 190}, do_center_crop=True)
     ref = transformers.CLIPImageProcessor(

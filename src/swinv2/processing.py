@@ -651,7 +651,15 @@ class Swinv2ImageProcessor:
         for key in ("do_center_crop", "crop_size", "crop_pct", "num_channels"):
             if getattr(self, key) is not None:
                 out[key] = getattr(self, key)
-        if out["image_processor_type"] == "BitImageProcessor":
+        short = self.size.get("shortest_edge") if self.do_resize else None
+        if out["image_processor_type"] == "BitImageProcessor" and short is not None and self.crop_pct is not None:
+            # crop_pct from 384 up (ConvNeXt's processor warps there): the same pixels as Bit's resize of the
+            # short side to int(N / crop_pct) and centre crop of N x N, which Bit, and swinv2, read back
+            out.pop("crop_pct")
+            out["size"] = {"shortest_edge": int(short / self.crop_pct)}
+            out["crop_size"] = {"height": short, "width": short}
+            out["do_center_crop"] = True
+        elif out["image_processor_type"] == "BitImageProcessor":
             out["do_center_crop"] = bool(self.do_center_crop)  # Bit's default crops (224)
             # images are always converted (see do_convert_rgb); Bit converts by default, but not for a null
             out["do_convert_rgb"] = True
@@ -661,16 +669,16 @@ class Swinv2ImageProcessor:
     def transformers_class(self) -> tuple[str, str | None]:
         """The transformers image processor that applies these settings as this one does, for
         `image_processor_type` (ViTImageProcessor, which the Swin V2 checkpoints use; BitImageProcessor for a
-        short-side resize or a centre crop; ConvNextImageProcessor for `crop_pct`), and what none of them can
+        short-side resize or a centre crop, and for `crop_pct` from 384 up; ConvNextImageProcessor for `crop_pct`
+        below), and what none of them can
         apply (None when one can)."""
         cropped = bool(self.do_center_crop and self.crop_size is not None)
         short = self.size.get("shortest_edge") if self.do_resize else None
         if self.channels != 3:
             return HF_PROCESSOR_TYPE, f"images of {self.channels} channel(s) (they take 3)"
         if short is not None and self.crop_pct is not None:
-            if short < 384:
-                return "ConvNextImageProcessor", None
-            return "ConvNextImageProcessor", f"crop_pct with shortest_edge {short} (ConvNeXt's crops only below 384)"
+            # (ConvNeXt's crops by crop_pct below 384 only; from 384 up, `to_dict` writes Bit's equivalent)
+            return ("ConvNextImageProcessor" if short < 384 else "BitImageProcessor"), None
         if cropped or short is not None:
             return "BitImageProcessor", None
         return HF_PROCESSOR_TYPE, None
