@@ -1105,11 +1105,19 @@ def test_labels_in_other_scripts_are_matched_by_their_own_letters(photos, tmp_pa
 
 def test_a_data_error_in_a_dataloader_worker_is_one_line(tiny_config, tmp_path, capsys):
     """torch re-raises a worker's error with the worker's whole traceback in its message: only ours is shown."""
+    import io
+
+    import PIL.Image
+    import skimage.data
+
     from swinv2 import cli
 
+    png = io.BytesIO()
+    PIL.Image.fromarray(skimage.data.chelsea()).save(png, "PNG")
     for split, name, i in itertools.product(("train", "val"), ("a", "b"), range(4)):
         (tmp_path / "data" / split / name).mkdir(parents=True, exist_ok=True)
-        (tmp_path / "data" / split / name / f"{i}.jpg").write_text("not a JPEG but a text file")
+        # (truncated: its header opens, so the classes pass the scan and the worker meets the error)
+        (tmp_path / "data" / split / name / f"{i}.png").write_bytes(png.getvalue()[:200])
     status = cli.main(["train", "--data", str(tmp_path / "data"), "--model", str(tiny_config), "--output",
                        str(tmp_path / "run"), "--max-steps", "1", "--batch-size", "4", "--num-workers", "2",
                        "--no-progress", "--no-tensorboard"])
@@ -1118,6 +1126,29 @@ def test_a_data_error_in_a_dataloader_worker_is_one_line(tiny_config, tmp_path, 
     # (the first class whose images all fail is named; it used to be "no image of the dataset could be read")
     assert re.fullmatch(r"swinv2 train: error: none of the 4 image\(s\) of the class in \S+/train/[ab] can be read "
                         r"\(the last: .*\); replace them, or remove the class folder", err.splitlines()[-1]), err
+
+
+def test_a_class_of_unreadable_files_is_refused_before_training(photos, tiny_config, tmp_path, capsys):
+    """A class folder whose only files are no images is named when the data is read, not when (if ever) the
+    sampler draws it: with drop_last it may never, and a class without examples would train silently."""
+    import shutil
+
+    from swinv2 import cli
+
+    data = tmp_path / "data"
+    for split in ("train", "val"):
+        shutil.copytree(photos / "val" / "cat", data / split / "a")
+        (data / split / "b").mkdir()
+    (data / "train" / "b" / "x.png").write_text("a text file, named like a PNG")
+    shutil.copy(next((photos / "val" / "coffee").iterdir()), data / "val" / "b" / "y.png")
+    status = cli.main(["train", "--data", str(data), "--model", str(tiny_config), "--output", str(tmp_path / "run"),
+                       "--epochs", "1", "--batch-size", "8", "--num-workers", "0", "--no-progress",
+                       "--no-tensorboard"])
+    err = capsys.readouterr().err
+    assert status == 2, err
+    assert re.fullmatch(r"swinv2 train: error: none of the 1 image\(s\) of the class in \S+/train/b can be read "
+                        r"\(the last: .*x\.png.*\); replace them, or remove the class folder", err.splitlines()[-1])
+    assert not (tmp_path / "run" / "best").exists()
 
 
 def test_evaluate_with_workers_reports_each_unreadable_image_once(photos, tmp_path):

@@ -543,9 +543,31 @@ def scan_class_folders(root: Path) -> tuple[list[Path], list[int], list[str]]:
                 f"the class folder {root / name} holds no images (extensions: {', '.join(IMAGE_EXTENSIONS)}); "
                 "add images to it or remove the folder"
             )
+        unreadable = _none_opens(images)
+        if unreadable is not None:
+            # found here, not when the sampler happens to draw the class (it may never, with drop_last)
+            raise DataError(
+                f"none of the {len(images)} image(s) of the class in {root / name} can be read (the last: "
+                f"{unreadable}); replace them, or remove the class folder"
+            )
         files += images
         labels += [index] * len(images)
     return files, labels, classes
+
+
+def _none_opens(images: Sequence[Path]) -> Exception | None:
+    """None as soon as one of `images` opens as an image (its header only: one file per class in a sound
+    dataset), else the last error."""
+    import PIL.Image
+
+    error: Exception | None = None
+    for path in images:
+        try:
+            with PIL.Image.open(path):
+                return None
+        except Exception as err:  # Pillow raises many types for a bad file
+            error = err
+    return error
 
 
 def scan_images(root: Path) -> list[Path]:
