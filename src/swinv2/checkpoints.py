@@ -620,7 +620,7 @@ def microsoft_stage_window(height: int, width: int, window: int) -> tuple[int, i
     `if min(input_resolution) <= window_size: shift_size = 0; window_size = min(input_resolution)`): sized by the
     grid's shorter side, where transformers, and swinv2, size it by the height (`layers.stage_window`). The two
     agree on square and landscape grids, and part on portrait ones."""
-    short = min(height, width)
+    short = max(1, min(height, width))  # (a stage below one patch, which Microsoft's code cannot build: ours)
     return (short, 0) if short <= window else (window, window // 2)
 
 
@@ -1027,10 +1027,11 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 
 def _with_library_shift_mask(config: Swinv2Config, fmt: str) -> Swinv2Config:
-    """`config` for weights of format `fmt`: where it holds transformers' shift mask value (the default) and the
-    weights come from a library that adds the mask once (Microsoft's, timm, torchvision), a copy with theirs, so
-    that a config given for them (`config=`, `convert --config`) computes as their library does. A value of
-    its own, or one passed as a keyword of from_pretrained, is kept."""
+    """A config given for weights of format `fmt` (`config=`, `convert --config`): where it holds transformers'
+    shift mask value (the default) and the weights come from a library that adds the mask once (Microsoft's,
+    timm, torchvision), a copy with theirs, so that it computes as their library does. A value of its own, or
+    one passed as a keyword of from_pretrained, is kept; a config the checkpoint records (config.json, or
+    embedded in the file) is never changed: it is the model that was saved."""
     if fmt in ("hf", "swinv2") or config.shift_mask_value != SHIFT_MASK_VALUE:
         return config
     config = copy.deepcopy(config)  # (the caller's object is left as it was)
@@ -1671,10 +1672,11 @@ def load_pretrained(
         config = checkpoint_config(
             state, fmt, config_path, embedded, weights_path, str(name_or_path), config_overrides
         )
-    elif config_overrides:
-        config = Swinv2Config.from_dict(config.to_dict(), **config_overrides)
-    if "shift_mask_value" not in config_overrides:
-        config = _with_library_shift_mask(config, fmt)
+    else:  # a config of the caller's, for these weights
+        if config_overrides:
+            config = Swinv2Config.from_dict(config.to_dict(), **config_overrides)
+        if "shift_mask_value" not in config_overrides:
+            config = _with_library_shift_mask(config, fmt)
     if fmt in ("timm", "torchvision", "microsoft", "microsoft-simmim"):
         _warn_peer_geometry(config, fmt.removesuffix("-simmim"), reading=True)
     dtype = _target_dtype(torch_dtype, state, config)
@@ -1955,9 +1957,10 @@ def convert(
         raise CheckpointError(f"{destination} is where {source} is read from: write the converted copy elsewhere")
     state, embedded = read_weights(weights_path)
     canonical, source_fmt = to_canonical(state)
-    if config is None:
+    if config is None:  # (a config the checkpoint records is the model that was saved: kept as it is)
         config = checkpoint_config(state, source_fmt, config_path, embedded, weights_path, str(source), {})
-    config = _with_library_shift_mask(config, source_fmt)
+    else:
+        config = _with_library_shift_mask(config, source_fmt)
     head = canonical.get("classifier.weight")
     if head is not None and head.dim() == 2 and head.shape[0] != config.num_labels:
         # convert writes the weights it reads: a head of the config's size would be a new, untrained one
