@@ -534,15 +534,16 @@ def scan_class_folders(root: Path) -> tuple[list[Path], list[int], list[str]]:
         hint = (f"it holds {len(loose)} images directly: move them into one sub-folder per class "
                 "(e.g. DATA/cat/1.jpg), or use them without labels with `swinv2 pretrain`") if loose else "it is empty"
         raise DataError(f"no class folders in {root}: {hint}")
-    files: list[Path] = []
-    labels: list[int] = []
-    for index, name in enumerate(classes):
-        images = _images_under(root / name)
+    per_class = [_images_under(root / name) for name in classes]
+    for name, images in zip(classes, per_class):
         if not images:
             raise DataError(
                 f"the class folder {root / name} holds no images (extensions: {', '.join(IMAGE_EXTENSIONS)}); "
                 "add images to it or remove the folder"
             )
+    files: list[Path] = []
+    labels: list[int] = []
+    for index, (name, images) in enumerate(zip(classes, per_class)):
         unreadable = _none_opens(images)
         if unreadable is not None:
             # found here, not when the sampler happens to draw the class (it may never, with drop_last)
