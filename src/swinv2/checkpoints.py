@@ -39,7 +39,15 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .config import CONFIG_FIELDS, CONFIG_NAME, PRESET_NAMES, SHIFT_MASK_VALUE, Swinv2Config, preset_kwargs
+from .config import (
+    CONFIG_FIELDS,
+    CONFIG_NAME,
+    PRESET_NAMES,
+    SHIFT_MASK_VALUE,
+    Swinv2Config,
+    preset_kwargs,
+    transformers_config_fields,
+)
 from .errors import Swinv2Error
 from .layers import MASK_VALUE, relative_coords_table, relative_position_index, shifted_window_mask, stage_window
 
@@ -1032,11 +1040,18 @@ def _with_library_shift_mask(config: Swinv2Config, fmt: str) -> Swinv2Config:
     timm, torchvision), a copy with theirs, so that it computes as their library does. A value of its own, or
     one passed as a keyword of from_pretrained, is kept; a config the checkpoint records (config.json, or
     embedded in the file) is never changed: it is the model that was saved."""
-    if fmt in ("hf", "swinv2") or config.shift_mask_value != SHIFT_MASK_VALUE:
+    value = library_shift_mask(fmt)
+    if config.shift_mask_value != SHIFT_MASK_VALUE or value == SHIFT_MASK_VALUE:
         return config
     config = copy.deepcopy(config)  # (the caller's object is left as it was)
-    config.shift_mask_value = MASK_VALUE
+    config.shift_mask_value = value
     return config
+
+
+def library_shift_mask(fmt: str) -> float:
+    """The shift mask value of the library that writes format `fmt`: Microsoft's code, timm and torchvision add
+    the mask once (-100), transformers twice (-200, as our own files)."""
+    return SHIFT_MASK_VALUE if fmt in ("hf", "swinv2") else MASK_VALUE
 
 
 def checkpoint_config(
@@ -1141,8 +1156,7 @@ def infer_config(
         if value is not None:
             fields[name] = value
     fields.setdefault("pretrained_window_sizes", [0] * num_stages)
-    if fmt not in ("hf", "swinv2"):  # their libraries add the shift mask once, where transformers adds it twice
-        fields["shift_mask_value"] = MASK_VALUE
+    fields["shift_mask_value"] = library_shift_mask(fmt)
     fields.update(overrides)
     # The image size sizes each stage's window and shift (as in transformers), so a guess changes the numbers:
     # a size nothing tells is asked for, in every format. timm and torchvision weights never depend on it, so
@@ -1610,9 +1624,7 @@ def _as_config(config: Any) -> Swinv2Config | None:
     if isinstance(config, (str, os.PathLike)):  # a config.json, its folder or a preset name, as in transformers
         return resolve_config(config)
     if callable(getattr(config, "to_dict", None)) and getattr(config, "model_type", None) in ("swinv2", "swin"):
-        # (to_diff_dict: what transformers writes to config.json, without its ~45 text-generation defaults)
-        diff = getattr(config, "to_diff_dict", None)
-        return Swinv2Config.from_dict(diff() if callable(diff) else config.to_dict())
+        return Swinv2Config.from_dict(transformers_config_fields(config))
     raise TypeError(
         "config must be a Swinv2Config (swinv2's or transformers'), a path to a config.json or a preset name, "
         f"got {type(config).__module__}.{type(config).__name__}"

@@ -594,6 +594,13 @@ CONFIG_FIELDS = frozenset(
 } | GENERIC_FIELDS
 
 
+def transformers_config_fields(config: Any) -> dict[str, Any]:
+    """The fields of a transformers config object as its config.json holds them: `to_diff_dict()`, without the
+    dozens of text-generation defaults that `to_dict()` adds."""
+    diff = getattr(config, "to_diff_dict", None)
+    return diff() if callable(diff) else config.to_dict()
+
+
 # ---------------------------------------------------------------------------------------------- presets
 # The official checkpoints (Microsoft's release, mirrored as microsoft/swinv2-* on the Hugging Face Hub and as
 # swinv2_* in timm): family -> (embed_dim, depths, num_heads).

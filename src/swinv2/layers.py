@@ -715,6 +715,14 @@ def _window_groups(count: int, n: int, mask: Tensor, tokens: int) -> Iterator[tu
             yield slice(image_start + start, image_start + end), mask[start:end]
 
 
+def pad_to_patches(pixel_values: Tensor, patch_size: tuple[int, int]) -> Tensor:
+    """`(B, C, H, W)` zero-padded on the right and bottom to whole patches (as transformers pads)."""
+    ph, pw = patch_size
+    height, width = pixel_values.shape[-2:]
+    pad_h, pad_w = (-height) % ph, (-width) % pw
+    return F.pad(pixel_values, (0, pad_w, 0, pad_h)) if pad_h or pad_w else pixel_values
+
+
 class PatchEmbeddings(nn.Module):
     """Image -> normalised patch tokens `(B, H/p, W/p, C)`, with SimMIM mask tokens and absolute positions.
 
@@ -747,12 +755,7 @@ class PatchEmbeddings(nn.Module):
 
     def forward(self, pixel_values: Tensor, bool_masked_pos: Tensor | None = None) -> Tensor:
         """`(B, C_in, H, W)` -> `(B, ceil(H/p), ceil(W/p), C)`; `bool_masked_pos` is `(B, num_patches)`."""
-        ph, pw = self.patch_size
-        height, width = pixel_values.shape[-2:]
-        pad_h, pad_w = (-height) % ph, (-width) % pw
-        if pad_h or pad_w:
-            pixel_values = F.pad(pixel_values, (0, pad_w, 0, pad_h))
-        x = self.norm(self._project(pixel_values))
+        x = self.norm(self._project(pad_to_patches(pixel_values, self.patch_size)))
         b, gh, gw, c = x.shape
         # The mask token and the positions keep their own dtype, and the sum takes the wider one, as in
         # transformers: under autocast the embeddings are then fp32, the token and positions unrounded.
@@ -1648,11 +1651,11 @@ class Swinv2Stage(nn.Module):
         head_mask: Tensor | None = None,
         output_attentions: bool = False,
         tap: Callable[[Tensor], Tensor] | None = None,
-    ) -> tuple[Tensor, Tensor, Tensor | None]:
-        """`(B, H, W, C)` -> (downsampled output, output before downsampling, last block's attention).
+    ) -> tuple[Tensor, Tensor | None]:
+        """`(B, H, W, C)` -> (downsampled output, last block's attention).
 
-        `tap` takes the blocks' output and returns the tensor the downsampling reads (and the stage returns
-        as the output before downsampling): a view through which a caller's copy of it joins the graph.
+        `tap` takes the blocks' output and returns the tensor the downsampling reads: a view through which a
+        caller's copy of the output before downsampling joins the graph.
         """
         probs = None
         for i, block in enumerate(self.blocks):
@@ -1663,7 +1666,8 @@ class Swinv2Stage(nn.Module):
                 )
             else:
                 x, probs = block(x, block_head_mask, output_attentions)
-        before = x if tap is None else tap(x)
+        if tap is not None:
+            x = tap(x)
         if self.downsample is not None:
-            x = self.downsample(before)
-        return x, before, probs
+            x = self.downsample(x)
+        return x, probs

@@ -24,13 +24,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .config import Swinv2Config
+from .config import Swinv2Config, transformers_config_fields
 from .layers import (
     PatchEmbeddings,
     Swinv2Block,
     Swinv2Stage,
     WindowAttention,
     forget_casts,
+    pad_to_patches,
     release_scratch,
     stage_window,
 )
@@ -477,9 +478,9 @@ def run_stages(
     for i, stage in enumerate(stages):
         head_mask = None if head_masks is None else head_masks[i]
         if output_hidden_states and before_downsampling:
-            x, _, probs = stage(x, head_mask, output_attentions, tap=keep)
+            x, probs = stage(x, head_mask, output_attentions, tap=keep)
         else:
-            x, _, probs = stage(x, head_mask, output_attentions)
+            x, probs = stage(x, head_mask, output_attentions)
             if output_hidden_states:
                 x = keep(x)
         if output_attentions:
@@ -529,10 +530,7 @@ class Swinv2PatchEmbeddings(nn.Module):
 
     def forward(self, pixel_values: Tensor) -> tuple[Tensor, tuple[int, int]]:
         """`(B, C_in, H, W)` -> patch vectors `(B, L, C)` and the grid `(H/p, W/p)` (padded as transformers)."""
-        ph, pw = self.patch_size
-        height, width = pixel_values.shape[-2:]
-        pixel_values = F.pad(pixel_values, (0, (-width) % pw, 0, (-height) % ph))
-        patches = self.projection(pixel_values)
+        patches = self.projection(pad_to_patches(pixel_values, self.patch_size))
         return patches.flatten(2).transpose(1, 2), (patches.shape[2], patches.shape[3])
 
     def register_forward_hook(self, *args: Any, **kwargs: Any) -> torch.utils.hooks.RemovableHandle:
@@ -544,14 +542,11 @@ class Swinv2PatchEmbeddings(nn.Module):
 
 def _as_swinv2_config(config: Any) -> Swinv2Config:
     """Our `Swinv2Config`, or transformers' one converted (a new object: later changes to transformers' config
-    do not reach the model). Through `to_diff_dict()`, the fields transformers writes to config.json, so that
-    the result equals the config of the folder transformers would save, without its dozens of text-generation
-    defaults."""
+    do not reach the model), equal to the config of the folder transformers would save."""
     if isinstance(config, Swinv2Config):
         return config
     if callable(getattr(config, "to_dict", None)) and getattr(config, "model_type", None) == "swinv2":
-        as_dict = config.to_diff_dict() if callable(getattr(config, "to_diff_dict", None)) else config.to_dict()
-        return Swinv2Config.from_dict(as_dict)
+        return Swinv2Config.from_dict(transformers_config_fields(config))
     raise TypeError(
         f"config must be a swinv2.Swinv2Config (or transformers' Swinv2Config, which is converted), got "
         f"{type(config).__module__}.{type(config).__qualname__}; build one with swinv2.Swinv2Config(...) or "
