@@ -8,6 +8,7 @@ reference. Tolerance: atol 1e-5 on float32 logits (the same math in another orde
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import warnings
@@ -25,6 +26,7 @@ from torchvision.models.swin_transformer import SwinTransformer
 
 import swinv2
 from swinv2 import checkpoints as ck
+from swinv2 import kernels
 from swinv2.config import PRESET_NAMES, preset_config
 
 ATOL = 1e-5
@@ -81,25 +83,27 @@ def test_timm_small_logits_match(tmp_path, suffix):
 
 
 @pytest.mark.parametrize(
-    ("size", "window", "warning", "atol"),
+    ("size", "window", "warning", "atol", "overrides"),
     [
-        # 13x13 patches, window 5: timm shifts before it pads
-        (52, 5, r"stage 1 \(13x13 patches\): timm shifts before it pads.*differ from timm's", 1e-5),
+        # 13x13 patches, window 5: timm shifts before it pads, as the file is read; a config that pads first
+        # (transformers' and torchvision's order) computes otherwise, and is told so
+        (52, 5, r"stage 1 \(13x13 patches\): timm shifts before it pads.*differ from timm's", 1e-5,
+         {"shift_before_padding": False}),
         # patch 4 does not divide 70 px: timm's convolution drops the last 2 pixels (17x17 patches) where
         # transformers, and swinv2, pad them (18x18), although 18x18 is whole windows of 3
-        (70, 3, r"patch 4x4 does not divide the image 70x70: timm drops the last", 1e-4),
+        (70, 3, r"patch 4x4 does not divide the image 70x70: timm drops the last", 1e-4, {}),
     ],
     ids=["window-padding", "patch-remainder"],
 )
-def test_timm_geometry_that_computes_otherwise_is_named(tmp_path, size, window, warning, atol):
-    """Where timm computes otherwise than transformers the numbers are transformers', and the load says that
-    timm's differ; the official geometries (whole windows) load without a word."""
+def test_timm_geometry_that_computes_otherwise_is_named(tmp_path, size, window, warning, atol, overrides):
+    """Where swinv2 computes otherwise than timm the load says that timm's numbers differ; the official
+    geometries (whole windows) load without a word."""
     torch.manual_seed(0)
     reference = perturb_(SwinTransformerV2(img_size=size, num_classes=5, **{**SMALL, "window_size": window}))
     save_file(reference.state_dict(), tmp_path / "odd.safetensors")
     with pytest.warns(UserWarning, match=warning):
         model = swinv2.Swinv2ForImageClassification.from_pretrained(
-            tmp_path / "odd.safetensors", window_size=window, image_size=size
+            tmp_path / "odd.safetensors", window_size=window, image_size=size, **overrides
         )
     x = images(size)
     with torch.no_grad():
@@ -110,6 +114,58 @@ def test_timm_geometry_that_computes_otherwise_is_named(tmp_path, size, window, 
         swinv2.Swinv2ForImageClassification.from_pretrained(
             tmp_path / "whole.safetensors", window_size=4, image_size=64
         )
+
+
+@pytest.mark.parametrize(
+    ("size", "patch", "window", "depths"),
+    [(52, 4, 5, [2, 2]), (56, 4, 8, [2, 2]), (60, 2, 4, [2, 3])],
+    ids=["13x13-window5", "14x14-window8", "30x30-window4"],
+)
+def test_timm_checkpoints_shift_before_padding_as_timm_does(tmp_path, monkeypatch, size, patch, window, depths):
+    """timm rolls a grid that is no whole number of windows before it pads it (transformers and torchvision
+    pad first): its files are read with `shift_before_padding`, and give timm's numbers at such sizes (the
+    eager, grouped CPU and exact paths, and the gathers' row indices of the GPU path) with no warning; the
+    setting is written to config.json and kept by a conversion back to timm."""
+    torch.manual_seed(0)
+    heads = [2] * len(depths)
+    reference = perturb_(SwinTransformerV2(
+        img_size=size, patch_size=patch, window_size=window, embed_dim=16, depths=depths, num_heads=heads,
+        num_classes=3,
+    ))
+    save_file(reference.state_dict(), tmp_path / "timm.safetensors")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model = swinv2.Swinv2ForImageClassification.from_pretrained(
+            tmp_path / "timm.safetensors", window_size=window, image_size=size
+        )
+        assert model.config.shift_before_padding is True
+        ck.export_state_dict(model, "timm")  # (the order timm computes in: nothing to warn about)
+    x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        theirs = reference(x)
+        scale = theirs.abs().max().item()
+        assert max_diff(model(x).logits, theirs) < 1e-5 * max(1.0, scale)
+        exact = model(x, output_attentions=True).logits  # the step-by-step path
+        assert max_diff(exact, theirs) < 1e-5 * max(1.0, scale)
+    with monkeypatch.context() as patch:  # the GPU path's Triton gathers, under the interpreter
+        patch.setattr(kernels, "INTERPRET_ON_CPU", True)
+        patch.setattr(kernels, "TRITON_FOUND", True)
+        with torch.no_grad():
+            assert max_diff(model(x).logits, theirs) < 1e-5 * max(1.0, scale)
+    # the input's gradient through the layout moves and their backward (in eval mode: no stochastic depth)
+    weights = torch.randn(theirs.shape, generator=torch.Generator().manual_seed(3))
+    grads = []
+    for net, logits_of in ((model, lambda out: out.logits), (reference, lambda out: out)):
+        pixels = x.clone().requires_grad_()
+        (logits_of(net(pixels)) * weights).sum().backward()
+        grads.append(pixels.grad)
+    assert max_diff(*grads) < 1e-5 * max(1.0, grads[1].abs().max().item())
+    model.save_pretrained(tmp_path / "folder")
+    assert json.loads((tmp_path / "folder" / "config.json").read_text())["shift_before_padding"] is True
+    again = swinv2.Swinv2ForImageClassification.from_pretrained(tmp_path / "folder")
+    assert again.config.shift_before_padding is True
+    with torch.no_grad():
+        assert max_diff(again(x).logits, theirs) < 1e-5 * max(1.0, scale)
 
 
 @pytest.mark.parametrize("mlp_ratio", [3.3, 1.7, 2.5])
@@ -1076,14 +1132,18 @@ def test_transformers_checkpoint_logits_match(tmp_path):
 
 def test_one_stage_headless_timm_checkpoint_is_told_from_microsofts(tmp_path):
     """With one stage and no head timm's keys are Microsoft's, but for the position buffers Microsoft's code
-    persists: the format, and with it the padding warning of a timm geometry, follows them."""
+    persists: the format, and with it timm's order of shift and padding (13x13 patches, window 5: timm's
+    numbers differ from the other order's), follows them."""
     torch.manual_seed(0)
     kwargs = dict(img_size=52, num_classes=0, embed_dim=32, depths=(2,), num_heads=(2,), window_size=5)
     reference = perturb_(SwinTransformerV2(**kwargs))
     assert ck.detect_format(reference.state_dict()) == "timm"
     save_file(reference.state_dict(), tmp_path / "one_stage.safetensors")
-    with pytest.warns(UserWarning, match=r"this timm checkpoint lays its windows .*stage 1 \(13x13 patches\)"):
-        model = swinv2.Swinv2Model.from_pretrained(tmp_path / "one_stage.safetensors", window_size=5, image_size=52)
+    model = swinv2.Swinv2Model.from_pretrained(tmp_path / "one_stage.safetensors", window_size=5, image_size=52)
+    assert model.config.shift_before_padding is True
+    x = images(52)
+    with torch.no_grad():
+        assert max_diff(model(x).pooler_output, reference(x)) < ATOL
     mine = ours(kind="Swinv2Model", embed_dim=32, depths=[2], num_heads=[2], image_size=52, window_size=5)
     assert ck.detect_format(ck.export_state_dict(mine, "microsoft")) == "microsoft"
     assert model.config.depths == [2]

@@ -247,25 +247,34 @@ def test_residual_layer_norm_matches_aten(rows: int, channels: int, low: torch.d
         torch.testing.assert_close(out_low, out.to(low), rtol=ulp, atol=0)
 
 
+@pytest.mark.parametrize("shift_first", [False, True], ids=["pad-then-roll", "roll-then-pad"])
 @pytest.mark.parametrize(
     ("height", "width", "window", "shift"),
     # padded, shifted, one window; a grid smaller than the window's shift (a crop that flatten could keep)
     [(8, 8, 4, 2), (9, 7, 4, 2), (6, 10, 3, 1), (5, 5, 5, 0), (3, 4, 4, 0), (2, 1, 4, 2)],
 )
-def test_window_layout_is_the_layout_moves(height: int, width: int, window: int, shift: int) -> None:
-    """Indexing with `window_layout` equals pad + roll + partition, and reverse + roll + crop."""
+def test_window_layout_is_the_layout_moves(height: int, width: int, window: int, shift: int, shift_first: bool) -> None:
+    """Indexing with `window_layout` equals pad + roll + partition, and reverse + roll + crop (transformers'
+    order), or roll + pad + partition and reverse + crop + roll (timm's, `shift_first`), as timm writes them."""
     x = torch.randn(2, height, width, 5)
     pad_h, pad_w = (-height) % window, (-width) % window
-    padded = torch.nn.functional.pad(x, (0, 0, 0, pad_w, 0, pad_h))
-    windows = window_partition(torch.roll(padded, (-shift, -shift), (1, 2)), window)
-    back = torch.roll(window_reverse(windows, window, height + pad_h, width + pad_w), (shift, shift), (1, 2))
-    to_windows, from_windows = window_layout(height, width, window, shift)
+    if shift_first:
+        moved = torch.nn.functional.pad(torch.roll(x, (-shift, -shift), (1, 2)), (0, 0, 0, pad_w, 0, pad_h))
+    else:
+        moved = torch.roll(torch.nn.functional.pad(x, (0, 0, 0, pad_w, 0, pad_h)), (-shift, -shift), (1, 2))
+    windows = window_partition(moved, window)
+    back = window_reverse(windows, window, height + pad_h, width + pad_w)
+    if shift_first:
+        back = torch.roll(back[:, :height, :width], (shift, shift), (1, 2))
+    else:
+        back = torch.roll(back, (shift, shift), (1, 2))[:, :height, :width]
+    to_windows, from_windows = window_layout(height, width, window, shift, shift_first)
     assert to_windows.dtype == from_windows.dtype == torch.int32
     assert to_windows.is_contiguous() and from_windows.is_contiguous()  # the kernels read them as flat arrays
     flat = torch.cat((x.reshape(2, -1, 5), torch.zeros(2, 1, 5)), dim=1)  # row -1: the zero row
     torch.testing.assert_close(flat[:, to_windows.long()].reshape(windows.shape), windows, rtol=0, atol=0)
     gathered = windows.reshape(2, -1, 5)[:, from_windows.long()]
-    torch.testing.assert_close(gathered.view(x.shape), back[:, :height, :width], rtol=0, atol=0)
+    torch.testing.assert_close(gathered.view(x.shape), back, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize(("channels", "dtype"), [(5, None), (96, torch.float16), (130, torch.bfloat16)])

@@ -901,14 +901,16 @@ def test_data_parallel_replicas_get_caches_of_their_own() -> None:
 
 def test_closed_form_layout_rows_are_the_layout_moves() -> None:
     """The gather rows used under torch.compile's dynamic shapes equal `window_layout`, which is built with
-    the pad, roll and partition of the eager path, for every grid up to 13x13 and several windows/shifts."""
+    the pad, roll and partition of the eager path, for every grid up to 13x13, several windows/shifts and both
+    orders of shift and padding."""
     from swinv2.layers import Swinv2Block, window_layout
 
-    for window, shift in ((4, 2), (4, 0), (3, 1), (7, 3), (1, 0)):
-        block = Swinv2Block(8, 2, window=window, shift=shift)
+    for window, shift, shift_first in ((4, 2, False), (4, 0, False), (3, 1, False), (7, 3, False), (1, 0, False),
+                                       (4, 2, True), (3, 1, True), (7, 3, True)):
+        block = Swinv2Block(8, 2, window=window, shift=shift, shift_before_padding=shift_first)
         for h in range(1, 14):
             for w in range(1, 14):
-                to_windows, from_windows = window_layout(h, w, window, shift)
+                to_windows, from_windows = window_layout(h, w, window, shift, shift_first)
                 padding_row = torch.full_like(to_windows, h * w, dtype=torch.long)
                 expected = torch.where(to_windows < 0, padding_row, to_windows.long())
                 assert torch.equal(block._symbolic_rows(h, w, torch.device("cpu"), to_windows=True), expected)

@@ -32,7 +32,7 @@ import re
 import shutil
 import tempfile
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -1034,18 +1034,32 @@ def _read_json(path: Path) -> dict[str, Any]:
     return data
 
 
-def _with_library_shift_mask(config: Swinv2Config, fmt: str) -> Swinv2Config:
+def _with_library_layout(config: Swinv2Config, fmt: str, keep: Collection[str] = ()) -> Swinv2Config:
     """A config given for weights of format `fmt` (`config=`, `convert --config`): where it holds transformers'
-    shift mask value (the default) and the weights come from a library that adds the mask once (Microsoft's,
-    timm, torchvision), a copy with theirs, so that it computes as their library does. A value of its own, or
-    one passed as a keyword of from_pretrained, is kept; a config the checkpoint records (config.json, or
-    embedded in the file) is never changed: it is the model that was saved."""
-    value = library_shift_mask(fmt)
-    if config.shift_mask_value != SHIFT_MASK_VALUE or value == SHIFT_MASK_VALUE:
+    shifted-window settings (the defaults) and the weights come from another library, a copy with that
+    library's (`library_layout`: the shift mask value, the order of shift and padding), so that it computes
+    as their library does. A value of its own, or one passed as a keyword of from_pretrained (`keep`), is
+    kept; a config the checkpoint records (config.json, or embedded in the file) is never changed: it is the
+    model that was saved."""
+    defaults = {"shift_mask_value": SHIFT_MASK_VALUE, "shift_before_padding": False}
+    changes = {
+        name: value
+        for name, value in library_layout(fmt).items()
+        if name not in keep and getattr(config, name) == defaults[name] and value != defaults[name]
+    }
+    if not changes:
         return config
     config = copy.deepcopy(config)  # (the caller's object is left as it was)
-    config.shift_mask_value = value
+    for name, value in changes.items():
+        setattr(config, name, value)
     return config
+
+
+def library_layout(fmt: str) -> dict[str, Any]:
+    """How the library that writes format `fmt` lays out its shifted windows, as config fields: Microsoft's
+    code, timm and torchvision add the mask once (-100), transformers twice (-200, as our own files); timm
+    rolls a grid before it pads it to whole windows, the others after."""
+    return {"shift_mask_value": library_shift_mask(fmt), "shift_before_padding": fmt == "timm"}
 
 
 def library_shift_mask(fmt: str) -> float:
@@ -1156,7 +1170,7 @@ def infer_config(
         if value is not None:
             fields[name] = value
     fields.setdefault("pretrained_window_sizes", [0] * num_stages)
-    fields["shift_mask_value"] = library_shift_mask(fmt)
+    fields.update(library_layout(fmt))
     fields.update(overrides)
     # The image size sizes each stage's window and shift (as in transformers), so a guess changes the numbers:
     # a size nothing tells is asked for, in every format. timm and torchvision weights never depend on it, so
@@ -1687,8 +1701,7 @@ def load_pretrained(
     else:  # a config of the caller's, for these weights
         if config_overrides:
             config = Swinv2Config.from_dict(config.to_dict(), **config_overrides)
-        if "shift_mask_value" not in config_overrides:
-            config = _with_library_shift_mask(config, fmt)
+        config = _with_library_layout(config, fmt, keep=config_overrides)
     if fmt in ("timm", "torchvision", "microsoft", "microsoft-simmim"):
         _warn_peer_geometry(config, fmt.removesuffix("-simmim"), reading=True)
     dtype = _target_dtype(torch_dtype, state, config)
@@ -1701,17 +1714,18 @@ def load_pretrained(
 
 
 def _peer_geometry(config: Swinv2Config, fmt: str) -> list[str]:
-    """Where, at `config.image_size`, timm or torchvision (`fmt`) lays its windows out otherwise than
-    transformers, whose numbers swinv2 computes: one line per difference, empty where they compute alike.
+    """Where, at `config.image_size`, timm or torchvision (`fmt`) lays its windows out otherwise than swinv2
+    with `config`: one line per difference, empty where they compute alike.
 
-    transformers pads the image to whole patches, sizes each stage's square window and its shift from the
-    grid's height at `image_size` (floor-halved from stage to stage), pads the grid to whole windows, then
-    shifts. Both peers' patch convolutions drop a remainder instead. timm (1.0) sizes window and shift per
-    side from the grid it runs on, and shifts before it pads. torchvision never shrinks its window, pads the
-    grid to whole windows and then shifts each side unless one window covers it. Patch merging pads an odd
-    grid alike in all three. Microsoft's code sizes window and shift from the grid's shorter side
-    (`microsoft_stage_window`): only that is compared for it (it runs only on whole windows and even grids,
-    which every layout computes alike)."""
+    swinv2, as transformers, pads the image to whole patches and sizes each stage's square window and its
+    shift from the grid's height at `image_size` (floor-halved from stage to stage); it pads the grid to
+    whole windows and then shifts, or shifts first (`shift_before_padding`, as timm). Both peers' patch
+    convolutions drop a remainder instead. timm (1.0) sizes window and shift per side from the grid it runs
+    on, and shifts before it pads. torchvision never shrinks its window, pads the grid to whole windows and
+    then shifts each side unless one window covers it. Patch merging pads an odd grid alike in all three.
+    Microsoft's code sizes window and shift from the grid's shorter side (`microsoft_stage_window`): only
+    that is compared for it (it runs only on whole windows and even grids, which every layout computes
+    alike)."""
     if fmt == "microsoft":
         return _microsoft_geometry(config)
     (h, w), (ph, pw) = config.image_hw, config.patch_hw
@@ -1726,24 +1740,25 @@ def _peer_geometry(config: Swinv2Config, fmt: str) -> list[str]:
         if fmt == "timm":
             theirs = tuple(min(side, window) for side in grid)
             shifts = tuple(0 if side <= win else window // 2 for side, win in zip(grid, theirs))
-            # Shifting first moves the padding into other windows, unless the padding is the half window
-            # the shift rolls over (the real tokens then meet the same ones either way).
-            pads = any(
-                s and -side % win and not (-side % win == s and win == 2 * s)
-                for side, win, s in zip(grid, theirs, shifts)
-            )
         else:
             theirs = (window, window)
             shifts = tuple(0 if window >= -(-side // window) * window else window // 2 for side in grid)
-            pads = False  # (torchvision pads before it shifts, as transformers does)
         if depth < 2:  # only every other block is shifted
-            shift, shifts, pads = 0, (0, 0), False
-        if theirs != (ours, ours) or shifts != (shift, shift) or pads:
-            why = "shifts before it pads the grid" if theirs == (ours, ours) and shifts == (shift, shift) else (
-                f"window {theirs[0]}x{theirs[1]} shift {shifts[0]},{shifts[1]} against transformers' window "
-                f"{ours}x{ours} shift {shift},{shift}"
+            shift, shifts = 0, (0, 0)
+        # Shifting first moves the padding into other windows, unless the padding is the half window the
+        # shift rolls over (the real tokens then meet the same ones either way).
+        pads = (fmt == "timm") != config.shift_before_padding and any(
+            shift and -side % ours and not (-side % ours == shift and ours == 2 * shift) for side in grid
+        )
+        if theirs != (ours, ours) or shifts != (shift, shift):
+            lines.append(
+                f"stage {stage + 1} ({grid[0]}x{grid[1]} patches): {fmt} window {theirs[0]}x{theirs[1]} shift "
+                f"{shifts[0]},{shifts[1]} against swinv2's (transformers') window {ours}x{ours} shift {shift},{shift}"
             )
-            lines.append(f"stage {stage + 1} ({grid[0]}x{grid[1]} patches): {fmt} {why}")
+        elif pads:
+            order = "shifts before it pads the grid" if fmt == "timm" else "pads the grid before it shifts"
+            lines.append(f"stage {stage + 1} ({grid[0]}x{grid[1]} patches): {fmt} {order}, where this config does "
+                         f"the other (shift_before_padding={config.shift_before_padding})")
         grid = tuple(-(-side // 2) for side in grid)
     return lines
 
@@ -1772,9 +1787,9 @@ def _warn_peer_geometry(config: Swinv2Config, fmt: str, reading: bool) -> None:
         return
     who = f"this {fmt} checkpoint" if reading else f"the {fmt} model that loads this file"
     warnings.warn(
-        f"at image_size {config.image_size}, {who} lays its windows out otherwise than transformers "
-        f"({'; '.join(lines)}). swinv2 computes as transformers, so its outputs differ from {fmt}'s here; "
-        "image sizes where every stage's grid is square and whole windows (the official ones) agree",
+        f"at image_size {config.image_size}, {who} lays its windows out otherwise than swinv2 "
+        f"({'; '.join(lines)}). swinv2 sizes windows as transformers does, so its outputs differ from {fmt}'s "
+        "here; image sizes where every stage's grid is square and whole windows (the official ones) agree",
         stacklevel=4,
     )
 
@@ -1972,7 +1987,7 @@ def convert(
     if config is None:  # (a config the checkpoint records is the model that was saved: kept as it is)
         config = checkpoint_config(state, source_fmt, config_path, embedded, weights_path, str(source), {})
     else:
-        config = _with_library_shift_mask(config, source_fmt)
+        config = _with_library_layout(config, source_fmt)
     head = canonical.get("classifier.weight")
     if head is not None and head.dim() == 2 and head.shape[0] != config.num_labels:
         # convert writes the weights it reads: a head of the config's size would be a new, untrained one

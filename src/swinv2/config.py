@@ -140,6 +140,10 @@ class Swinv2Config:
             -100 mask, added twice); -100 in Microsoft's code, timm and torchvision, whose checkpoints are
             read with -100. It matters only when scaled cosine scores span ~100 (logit scales near their
             clamp, 100): then each implementation's numbers are those of the weights' own library.
+            `shift_before_padding`: where a grid is not a whole number of windows, a shifted block pads it
+            and then rolls it (False, the default: transformers and torchvision) or rolls it and then pads
+            it (True: timm, whose checkpoints are read with it). Either way the mask is that of the padded
+            grid; the padding lands in other windows, so the numbers differ at such sizes.
     """
 
     model_type = "swinv2"
@@ -205,6 +209,7 @@ class Swinv2Config:
         self.use_gradient_checkpointing = kwargs.pop("use_gradient_checkpointing", False)
         self.check_finite_inputs = kwargs.pop("check_finite_inputs", None)
         self.shift_mask_value = kwargs.pop("shift_mask_value", SHIFT_MASK_VALUE)
+        self.shift_before_padding = kwargs.pop("shift_before_padding", False)
 
         id2label = kwargs.pop("id2label", None)
         label2id = kwargs.pop("label2id", None)
@@ -402,7 +407,7 @@ class Swinv2Config:
         if self.layer_norm_eps <= 0:
             raise ValueError(f"layer_norm_eps must be > 0, got {self.layer_norm_eps}{_fix('layer_norm_eps')}")
         for name in ("qkv_bias", "use_absolute_embeddings", "output_hidden_states", "output_attentions",
-                     "return_dict", "use_gradient_checkpointing"):
+                     "return_dict", "use_gradient_checkpointing", "shift_before_padding"):
             _flag(getattr(self, name), name)
         if not (self.check_finite_inputs is None or isinstance(self.check_finite_inputs, bool)):
             raise ValueError(
@@ -508,6 +513,8 @@ class Swinv2Config:
             out["check_finite_inputs"] = self.check_finite_inputs
         if self.shift_mask_value != SHIFT_MASK_VALUE:
             out["shift_mask_value"] = self.shift_mask_value
+        if self.shift_before_padding:
+            out["shift_before_padding"] = True
         for key, value in self.extra.items():
             out.setdefault(key, value)
         return out
@@ -590,7 +597,7 @@ CONFIG_FIELDS = frozenset(
     set(inspect.signature(Swinv2Config.__init__).parameters) - {"self", "kwargs"}
 ) | set(_COMMON_DEFAULTS) | {
     "id2label", "label2id", "num_labels", "dtype", "use_gradient_checkpointing", "check_finite_inputs",
-    "shift_mask_value",
+    "shift_mask_value", "shift_before_padding",
 } | GENERIC_FIELDS
 
 

@@ -543,27 +543,49 @@ def window_reverse(windows: Tensor, window: int, height: int, width: int) -> Ten
     return x.permute(0, 1, 3, 2, 4, 5).reshape(-1, height, width, c)
 
 
-def window_layout(height: int, width: int, window: int, shift: int) -> tuple[Tensor, Tensor]:
+def window_layout(
+    height: int, width: int, window: int, shift: int, shift_first: bool = False
+) -> tuple[Tensor, Tensor]:
     """The shifted-window layout of one `(height, width)` grid as row indices (int32), for gathers.
 
     `to_windows` `(Hp * Wp,)`: the grid row (`h * width + w`) that each row of the window-major layout
-    (`window_partition` of the padded grid rolled by `-shift`) holds, -1 for padding. `from_windows`
-    `(height * width,)`: the window-major row each grid row returns from (`window_reverse`, roll by
-    `+shift`, crop). Built with the same functions as the layout moves, so the two cannot disagree.
+    (`window_partition` of the padded grid rolled by `-shift`; with `shift_first`, of the grid rolled, then
+    padded) holds, -1 for padding. `from_windows` `(height * width,)`: the window-major row each grid row
+    returns from (`window_reverse`, roll by `+shift` and crop, or crop and roll). Built with the same
+    functions as the layout moves, so the two cannot disagree.
     """
     pad_h, pad_w = (-height) % window, (-width) % window
     grid = torch.arange(height * width, dtype=torch.int32).view(1, height, width, 1)
-    grid = F.pad(grid, (0, 0, 0, pad_w, 0, pad_h), value=-1)
-    if shift:
-        grid = torch.roll(grid, shifts=(-shift, -shift), dims=(1, 2))
+    grid = _shifted(grid, -shift, shift_first, (0, 0, 0, pad_w, 0, pad_h), value=-1)
     to_windows = window_partition(grid, window).flatten().contiguous()
     padded_h, padded_w = height + pad_h, width + pad_w
     where = torch.arange(padded_h * padded_w, dtype=torch.int32).view(-1, window * window, 1)
-    where = window_reverse(where, window, padded_h, padded_w)
-    if shift:
-        where = torch.roll(where, shifts=(shift, shift), dims=(1, 2))
-    from_windows = where[:, :height, :width].flatten().contiguous()  # flatten may keep the crop's strides
+    where = _unshifted(window_reverse(where, window, padded_h, padded_w), shift, shift_first, height, width)
+    from_windows = where.flatten().contiguous()  # flatten may keep the crop's strides
     return to_windows, from_windows
+
+
+def _shifted(x: Tensor, shift: int, shift_first: bool, padding: tuple[int, ...], value: float = 0.0) -> Tensor:
+    """`(B, H, W, C)` rolled by `shift` and padded by `padding` (`F.pad`'s order): padded first, as in
+    transformers and torchvision, or rolled first (`shift_first`), as in timm."""
+    if shift and shift_first:
+        x = torch.roll(x, shifts=(shift, shift), dims=(1, 2))
+    x = F.pad(x, padding, value=value) if any(padding) else x
+    if shift and not shift_first:
+        x = torch.roll(x, shifts=(shift, shift), dims=(1, 2))
+    return x
+
+
+def _unshifted(x: Tensor, shift: int, shift_first: bool, height: int, width: int) -> Tensor:
+    """The inverse of `_shifted` by `-shift`: the padded `(B, Hp, Wp, C)` rolled by `shift` and cropped to
+    `(height, width)`, in the reverse order."""
+    crop = x.shape[1:3] != (height, width)
+    if shift and not shift_first:
+        x = torch.roll(x, shifts=(shift, shift), dims=(1, 2))
+    x = x[:, :height, :width] if crop else x
+    if shift and shift_first:
+        x = torch.roll(x, shifts=(shift, shift), dims=(1, 2))
+    return x
 
 
 def window_regions(height: int, width: int, window: int, shift: int) -> tuple[Tensor, Tensor]:
@@ -600,10 +622,13 @@ class RegionLayout(NamedTuple):
         return torch.addcmul(self.within + batch * self.earlier, images, self.stride).flatten()
 
 
-def region_layout(height: int, width: int, window: int, shift: int, split: bool) -> RegionLayout:
+def region_layout(
+    height: int, width: int, window: int, shift: int, split: bool, shift_first: bool = False
+) -> RegionLayout:
     """The `RegionLayout` of a `(height, width)` grid (int32 indices): the regions of `window_regions` when
-    `split`, else one region of every window (and an empty one)."""
-    to_windows, from_windows = window_layout(height, width, window, shift)
+    `split`, else one region of every window (and an empty one). (The shift mask is a function of the padded
+    grid, so the regions are the same whichever of `window_layout`'s orders the tokens take.)"""
+    to_windows, from_windows = window_layout(height, width, window, shift, shift_first)
     n = window * window
     padded = (height + (-height) % window, width + (-width) % window)
     regions = window_regions(*padded, window, shift if split else 0)
@@ -1261,11 +1286,13 @@ class Swinv2Block(nn.Module):
         drop_path: float = 0.0,
         layer_norm_eps: float = 1e-5,
         shift_mask_value: float = MASK_VALUE,
+        shift_before_padding: bool = False,
     ) -> None:
         super().__init__()
         self.window = window
         self.shift = shift
         self.shift_mask_value = shift_mask_value
+        self.shift_first = shift_before_padding  # (timm's order: `window_layout`)
         self.attn = WindowAttention(dim, num_heads, window, pretrained_window, qkv_bias, attn_drop, attn_drop)
         self.norm1 = nn.LayerNorm(dim, eps=layer_norm_eps)
         self.drop_path = DropPath(drop_path)
@@ -1346,9 +1373,9 @@ class Swinv2Block(nn.Module):
         layout = _recall(self._layout_cache, key)
         if layout is None:
             if regions:
-                layout = region_layout(height, width, self.window, self.shift, split)
+                layout = region_layout(height, width, self.window, self.shift, split, self.shift_first)
             else:
-                layout = window_layout(height, width, self.window, self.shift)
+                layout = window_layout(height, width, self.window, self.shift, self.shift_first)
             layout = _on_device(layout, device)
             _remember(self._layout_cache, key, layout)
         return layout
@@ -1495,8 +1522,8 @@ class Swinv2Block(nn.Module):
         return h + (-h) % self.window, w + (-w) % self.window
 
     def _to_windows(self, x: Tensor, low: torch.dtype | None, layout: tuple[Tensor, Tensor] | None) -> Tensor:
-        """`(B, H, W, C)` -> the shifted windows `(B * nW, N, C)`: pad, roll by -shift, partition (with
-        `layout`, `layout_rows`' indices, one gather)."""
+        """`(B, H, W, C)` -> the shifted windows `(B * nW, N, C)`: pad, roll by -shift (or roll, then pad:
+        `shift_before_padding`), partition (with `layout`, `layout_rows`' indices, one gather)."""
         b, h, w, c = x.shape
         win, shift = self.window, self.shift
         if layout is not None:
@@ -1510,13 +1537,11 @@ class Swinv2Block(nn.Module):
             padded = torch.cat((y.reshape(b, h * w, c), y.new_zeros(b, 1, c)), dim=1)  # row h * w: padding
             return padded[:, rows].view(-1, win * win, c)
         hp, wp = self._padded(h, w)
-        y = F.pad(y, (0, 0, 0, wp - w, 0, hp - h)) if (hp, wp) != (h, w) else y
-        if shift:
-            y = torch.roll(y, shifts=(-shift, -shift), dims=(1, 2))
-        return window_partition(y, win)
+        return window_partition(_shifted(y, -shift, self.shift_first, (0, 0, 0, wp - w, 0, hp - h)), win)
 
     def _from_windows(self, windows: Tensor, h: int, w: int, layout: tuple[Tensor, Tensor] | None) -> Tensor:
-        """The inverse of `_to_windows`: reverse the partition, roll by +shift, crop to `(B, h, w, C)`."""
+        """The inverse of `_to_windows`: reverse the partition, roll by +shift and crop to `(B, h, w, C)` (or
+        crop and roll)."""
         hp, wp = self._padded(h, w)
         c = windows.shape[-1]
         if layout is not None:
@@ -1527,10 +1552,7 @@ class Swinv2Block(nn.Module):
             b = windows.shape[0] * windows.shape[1] // (hp * wp)
             rows = self._symbolic_rows(h, w, windows.device, to_windows=False)
             return windows.reshape(b, hp * wp, c)[:, rows].view(b, h, w, c)
-        y = window_reverse(windows, self.window, hp, wp)
-        if self.shift:
-            y = torch.roll(y, shifts=(self.shift, self.shift), dims=(1, 2))
-        return y[:, :h, :w, :] if (hp, wp) != (h, w) else y
+        return _unshifted(window_reverse(windows, self.window, hp, wp), self.shift, self.shift_first, h, w)
 
     def _symbolic_rows(self, h, w, device: torch.device, to_windows: bool) -> Tensor:
         """`window_layout`'s row indices in closed form, for sizes that are symbols under `torch.compile`'s
@@ -1540,14 +1562,18 @@ class Swinv2Block(nn.Module):
         padding."""
         win, shift = self.window, self.shift
         hp, wp = self._padded(h, w)
-        if to_windows:  # window-major row -> (y, x) of the padded grid before the roll by -shift
+        # the grid a roll runs on: the padded one, or the grid itself when it is rolled before the padding
+        rh, rw = (h, w) if self.shift_first else (hp, wp)
+        if to_windows:  # window-major row -> (y, x) of the padded grid, then before the roll by -shift
             r = torch.arange(hp * wp, device=device)
             window, pos = r // (win * win), r % (win * win)
-            y = ((window // (wp // win)) * win + pos // win + shift) % hp
-            x = ((window % (wp // win)) * win + pos % win + shift) % wp
+            y = (window // (wp // win)) * win + pos // win
+            x = (window % (wp // win)) * win + pos % win
+            inside = (y < rh) & (x < rw)  # (rolled first: the padding is never rolled)
+            y, x = torch.where(inside, (y + shift) % rh, y), torch.where(inside, (x + shift) % rw, x)
             return torch.where((y < h) & (x < w), y * w + x, h * w)
         g = torch.arange(h * w, device=device)  # grid row -> its place in the rolled, padded window-major grid
-        y, x = (g // w - shift) % hp, (g % w - shift) % wp
+        y, x = (g // w - shift) % rh, (g % w - shift) % rw
         return ((y // win) * (wp // win) + x // win) * (win * win) + (y % win) * win + x % win
 
     def _forward_fused(
@@ -1632,12 +1658,13 @@ class Swinv2Stage(nn.Module):
         attn_drop: float = 0.0,
         layer_norm_eps: float = 1e-5,
         shift_mask_value: float = MASK_VALUE,
+        shift_before_padding: bool = False,
     ) -> None:
         super().__init__()
         self.blocks = nn.ModuleList(
             Swinv2Block(
                 dim, num_heads, window, 0 if i % 2 == 0 else shift, pretrained_window, mlp_ratio, qkv_bias,
-                hidden_act, drop, attn_drop, drop_paths[i], layer_norm_eps, shift_mask_value,
+                hidden_act, drop, attn_drop, drop_paths[i], layer_norm_eps, shift_mask_value, shift_before_padding,
             )
             for i in range(depth)
         )

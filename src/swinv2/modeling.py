@@ -234,6 +234,7 @@ def build_stages(config: Swinv2Config) -> nn.ModuleList:
                 attn_drop=config.attention_probs_dropout_prob,
                 layer_norm_eps=config.layer_norm_eps,
                 shift_mask_value=config.shift_mask_value,
+                shift_before_padding=config.shift_before_padding,
             )
         )
     return nn.ModuleList(stages)
