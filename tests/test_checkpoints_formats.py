@@ -88,7 +88,7 @@ def test_timm_small_logits_match(tmp_path, suffix):
         # 13x13 patches, window 5: timm shifts before it pads, as the file is read; a config that pads first
         # (transformers' and torchvision's order) computes otherwise, and is told so
         (52, 5, r"stage 1 \(13x13 patches\): timm shifts before it pads.*differ from timm's", 1e-5,
-         {"shift_before_padding": False}),
+         {"window_layout": "transformers"}),
         # patch 4 does not divide 70 px: timm's convolution drops the last 2 pixels (17x17 patches) where
         # transformers, and swinv2, pad them (18x18), although 18x18 is whole windows of 3
         (70, 3, r"patch 4x4 does not divide the image 70x70: timm drops the last", 1e-4, {}),
@@ -118,14 +118,16 @@ def test_timm_geometry_that_computes_otherwise_is_named(tmp_path, size, window, 
 
 @pytest.mark.parametrize(
     ("size", "patch", "window", "depths"),
-    [(52, 4, 5, [2, 2]), (56, 4, 8, [2, 2]), (60, 2, 4, [2, 3])],
-    ids=["13x13-window5", "14x14-window8", "30x30-window4"],
+    [(52, 4, 5, [2, 2]), (56, 4, 8, [2, 2]), (60, 2, 4, [2, 3]), (24, 4, 4, [2, 2, 2])],
+    ids=["13x13-window5", "14x14-window8", "30x30-window4", "6x6-small-stages"],
 )
-def test_timm_checkpoints_shift_before_padding_as_timm_does(tmp_path, monkeypatch, size, patch, window, depths):
+def test_timm_checkpoints_lay_windows_out_as_timm_does(tmp_path, monkeypatch, size, patch, window, depths):
     """timm rolls a grid that is no whole number of windows before it pads it (transformers and torchvision
-    pad first): its files are read with `shift_before_padding`, and give timm's numbers at such sizes (the
-    eager, grouped CPU and exact paths, and the gathers' row indices of the GPU path) with no warning; the
-    setting is written to config.json and kept by a conversion back to timm."""
+    pad first), and sizes a stage's window from the grid it runs on (6x6 patches -> 3x3 -> 2x2: a window of
+    2 at stage 3, where transformers' floor-halved 6 // 4 gives 1): its files are read with
+    `window_layout="timm"`, and give timm's numbers at such sizes (the eager, grouped CPU and exact paths,
+    and the gathers' row indices of the GPU path) with no warning; the setting is written to config.json and
+    kept by a conversion back to timm."""
     torch.manual_seed(0)
     heads = [2] * len(depths)
     reference = perturb_(SwinTransformerV2(
@@ -138,7 +140,7 @@ def test_timm_checkpoints_shift_before_padding_as_timm_does(tmp_path, monkeypatc
         model = swinv2.Swinv2ForImageClassification.from_pretrained(
             tmp_path / "timm.safetensors", window_size=window, image_size=size
         )
-        assert model.config.shift_before_padding is True
+        assert model.config.window_layout == "timm"
         ck.export_state_dict(model, "timm")  # (the order timm computes in: nothing to warn about)
     x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
@@ -161,9 +163,9 @@ def test_timm_checkpoints_shift_before_padding_as_timm_does(tmp_path, monkeypatc
         grads.append(pixels.grad)
     assert max_diff(*grads) < 1e-5 * max(1.0, grads[1].abs().max().item())
     model.save_pretrained(tmp_path / "folder")
-    assert json.loads((tmp_path / "folder" / "config.json").read_text())["shift_before_padding"] is True
+    assert json.loads((tmp_path / "folder" / "config.json").read_text())["window_layout"] == "timm"
     again = swinv2.Swinv2ForImageClassification.from_pretrained(tmp_path / "folder")
-    assert again.config.shift_before_padding is True
+    assert again.config.window_layout == "timm"
     with torch.no_grad():
         assert max_diff(again(x).logits, theirs) < 1e-5 * max(1.0, scale)
 
@@ -1140,7 +1142,7 @@ def test_one_stage_headless_timm_checkpoint_is_told_from_microsofts(tmp_path):
     assert ck.detect_format(reference.state_dict()) == "timm"
     save_file(reference.state_dict(), tmp_path / "one_stage.safetensors")
     model = swinv2.Swinv2Model.from_pretrained(tmp_path / "one_stage.safetensors", window_size=5, image_size=52)
-    assert model.config.shift_before_padding is True
+    assert model.config.window_layout == "timm"
     x = images(52)
     with torch.no_grad():
         assert max_diff(model(x).pooler_output, reference(x)) < ATOL

@@ -67,8 +67,8 @@ def test_there_and_back_is_the_identity(tmp_path, fmt, name, capsys):
     extra = ["--config", str(source / "config.json")] if name.endswith(".pth") and fmt != "microsoft" else []
     assert run(middle, back, "--to", "hf", *extra) == 0
     # (a config given for timm's or torchvision's weights takes their library's shifted windows: the mask
-    # added once, and for timm the shift before the padding)
-    library = {"shift_mask_value": -100.0, **({"shift_before_padding": True} if fmt == "timm" else {})}
+    # added once, and timm's window layout)
+    library = {"shift_mask_value": -100.0, **({"window_layout": "timm"} if fmt == "timm" else {})}
     assert_same_folder(source, back, **(library if extra else {}))
 
 

@@ -1041,7 +1041,7 @@ def _with_library_layout(config: Swinv2Config, fmt: str, keep: Collection[str] =
     as their library does. A value of its own, or one passed as a keyword of from_pretrained (`keep`), is
     kept; a config the checkpoint records (config.json, or embedded in the file) is never changed: it is the
     model that was saved."""
-    defaults = {"shift_mask_value": SHIFT_MASK_VALUE, "shift_before_padding": False}
+    defaults = {"shift_mask_value": SHIFT_MASK_VALUE, "window_layout": "transformers"}
     changes = {
         name: value
         for name, value in library_layout(fmt).items()
@@ -1058,8 +1058,9 @@ def _with_library_layout(config: Swinv2Config, fmt: str, keep: Collection[str] =
 def library_layout(fmt: str) -> dict[str, Any]:
     """How the library that writes format `fmt` lays out its shifted windows, as config fields: Microsoft's
     code, timm and torchvision add the mask once (-100), transformers twice (-200, as our own files); timm
-    rolls a grid before it pads it to whole windows, the others after."""
-    return {"shift_mask_value": library_shift_mask(fmt), "shift_before_padding": fmt == "timm"}
+    sizes windows from the grid each stage runs on and rolls a grid before it pads it to whole windows
+    (`Swinv2Config.window_layout`)."""
+    return {"shift_mask_value": library_shift_mask(fmt), "window_layout": "timm" if fmt == "timm" else "transformers"}
 
 
 def library_shift_mask(fmt: str) -> float:
@@ -1718,25 +1719,24 @@ def _peer_geometry(config: Swinv2Config, fmt: str) -> list[str]:
     with `config`: one line per difference, empty where they compute alike.
 
     swinv2, as transformers, pads the image to whole patches and sizes each stage's square window and its
-    shift from the grid's height at `image_size` (floor-halved from stage to stage); it pads the grid to
-    whole windows and then shifts, or shifts first (`shift_before_padding`, as timm). Both peers' patch
-    convolutions drop a remainder instead. timm (1.0) sizes window and shift per side from the grid it runs
-    on, and shifts before it pads. torchvision never shrinks its window, pads the grid to whole windows and
-    then shifts each side unless one window covers it. Patch merging pads an odd grid alike in all three.
-    Microsoft's code sizes window and shift from the grid's shorter side (`microsoft_stage_window`): only
-    that is compared for it (it runs only on whole windows and even grids, which every layout computes
-    alike)."""
+    shift from the grid's height at `image_size` (floor-halved from stage to stage), pads the grid to whole
+    windows and then shifts; with `window_layout="timm"` from the grid each stage runs on (ceil-halved), and
+    it shifts first. Both peers' patch convolutions drop a remainder instead. timm (1.0) sizes window and
+    shift per side from the grid it runs on, and shifts before it pads. torchvision never shrinks its window,
+    pads the grid to whole windows and then shifts each side unless one window covers it. Patch merging pads
+    an odd grid alike in all three. Microsoft's code sizes window and shift from the grid's shorter side
+    (`microsoft_stage_window`): only that is compared for it (it runs only on whole windows and even grids,
+    which every layout computes alike)."""
     if fmt == "microsoft":
         return _microsoft_geometry(config)
     (h, w), (ph, pw) = config.image_hw, config.patch_hw
     if h % ph or w % pw:
         return [f"patch {ph}x{pw} does not divide the image {h}x{w}: {fmt} drops the last pixels"]
     window = config.window_size
-    height = h // ph  # transformers' grid height for the window and shift, floor-halved
     grid = (h // ph, w // pw)  # the grid each stage runs on: odd grids are padded before merging
     lines = []
     for stage, depth in enumerate(config.depths):
-        ours, shift = stage_window(height // 2**stage, window)
+        ours, shift = stage_window(config.stage_grid_height(stage), window)
         if fmt == "timm":
             theirs = tuple(min(side, window) for side in grid)
             shifts = tuple(0 if side <= win else window // 2 for side, win in zip(grid, theirs))
@@ -1747,35 +1747,34 @@ def _peer_geometry(config: Swinv2Config, fmt: str) -> list[str]:
             shift, shifts = 0, (0, 0)
         # Shifting first moves the padding into other windows, unless the padding is the half window the
         # shift rolls over (the real tokens then meet the same ones either way).
-        pads = (fmt == "timm") != config.shift_before_padding and any(
+        pads = (fmt == "timm") != (config.window_layout == "timm") and any(
             shift and -side % ours and not (-side % ours == shift and ours == 2 * shift) for side in grid
         )
         if theirs != (ours, ours) or shifts != (shift, shift):
             lines.append(
                 f"stage {stage + 1} ({grid[0]}x{grid[1]} patches): {fmt} window {theirs[0]}x{theirs[1]} shift "
-                f"{shifts[0]},{shifts[1]} against swinv2's (transformers') window {ours}x{ours} shift {shift},{shift}"
+                f"{shifts[0]},{shifts[1]} against this config's window {ours}x{ours} shift {shift},{shift}"
             )
         elif pads:
             order = "shifts before it pads the grid" if fmt == "timm" else "pads the grid before it shifts"
             lines.append(f"stage {stage + 1} ({grid[0]}x{grid[1]} patches): {fmt} {order}, where this config does "
-                         f"the other (shift_before_padding={config.shift_before_padding})")
+                         f"the other (window_layout={config.window_layout!r})")
         grid = tuple(-(-side // 2) for side in grid)
     return lines
 
 
 def _microsoft_geometry(config: Swinv2Config) -> list[str]:
     """`_peer_geometry` for Microsoft's code: the stages whose window or shift it sizes otherwise (portrait)."""
-    height = config.image_hw[0] // config.patch_hw[0]
     lines = []
     for stage, (depth, grid) in enumerate(zip(config.depths, _microsoft_stage_grids(config))):
-        ours, shift = stage_window(height // 2**stage, config.window_size)
+        ours, shift = stage_window(config.stage_grid_height(stage), config.window_size)
         theirs, their_shift = microsoft_stage_window(*grid, config.window_size)
         if depth < 2:  # only every other block is shifted
             shift = their_shift = 0
         if (theirs, their_shift) != (ours, shift):
             lines.append(
                 f"stage {stage + 1} ({grid[0]}x{grid[1]} patches): microsoft window {theirs} shift {their_shift} "
-                f"(from the shorter side) against transformers' window {ours} shift {shift} (from the height)"
+                f"(from the shorter side) against this config's window {ours} shift {shift} (from the height)"
             )
     return lines
 
@@ -1788,8 +1787,8 @@ def _warn_peer_geometry(config: Swinv2Config, fmt: str, reading: bool) -> None:
     who = f"this {fmt} checkpoint" if reading else f"the {fmt} model that loads this file"
     warnings.warn(
         f"at image_size {config.image_size}, {who} lays its windows out otherwise than swinv2 "
-        f"({'; '.join(lines)}). swinv2 sizes windows as transformers does, so its outputs differ from {fmt}'s "
-        "here; image sizes where every stage's grid is square and whole windows (the official ones) agree",
+        f"({'; '.join(lines)}), so its outputs differ from {fmt}'s here; image sizes where every stage's grid "
+        "is square and whole windows (the official ones) agree",
         stacklevel=4,
     )
 

@@ -30,6 +30,8 @@ CONFIG_NAME = "config.json"
 # Fields of transformers' PretrainedConfig that a Swin V2 config.json may carry and that we understand.
 # What transformers' shifted windows add across regions (its -100 mask is added twice; see `shift_mask_value`).
 SHIFT_MASK_VALUE = -200.0
+# How shifted windows are laid out where the geometry leaves a choice (`Swinv2Config.window_layout`).
+WINDOW_LAYOUTS = ("transformers", "timm")
 
 _COMMON_DEFAULTS: dict[str, Any] = {
     "output_hidden_states": False,
@@ -140,10 +142,13 @@ class Swinv2Config:
             -100 mask, added twice); -100 in Microsoft's code, timm and torchvision, whose checkpoints are
             read with -100. It matters only when scaled cosine scores span ~100 (logit scales near their
             clamp, 100): then each implementation's numbers are those of the weights' own library.
-            `shift_before_padding`: where a grid is not a whole number of windows, a shifted block pads it
-            and then rolls it (False, the default: transformers and torchvision) or rolls it and then pads
-            it (True: timm, whose checkpoints are read with it). Either way the mask is that of the padded
-            grid; the padding lands in other windows, so the numbers differ at such sizes.
+            `window_layout`: how the shifted windows are laid out where the geometry leaves a choice.
+            "transformers" (the default): each stage's window and shift are sized from the patch grid's
+            height at `image_size` halved with rounding down from stage to stage, and a shifted block pads
+            its grid to whole windows, then rolls it. "timm" (timm's checkpoints are read with it): sized
+            from the grid each stage runs on (odd grids are padded before merging: rounded up), and rolled,
+            then padded. The two give other numbers where a grid is not whole windows (e.g. 224 px with
+            window 8: stage 3 is 14x14 patches) or a small stage follows an odd grid.
     """
 
     model_type = "swinv2"
@@ -209,7 +214,7 @@ class Swinv2Config:
         self.use_gradient_checkpointing = kwargs.pop("use_gradient_checkpointing", False)
         self.check_finite_inputs = kwargs.pop("check_finite_inputs", None)
         self.shift_mask_value = kwargs.pop("shift_mask_value", SHIFT_MASK_VALUE)
-        self.shift_before_padding = kwargs.pop("shift_before_padding", False)
+        self.window_layout = kwargs.pop("window_layout", "transformers")
 
         id2label = kwargs.pop("id2label", None)
         label2id = kwargs.pop("label2id", None)
@@ -347,6 +352,13 @@ class Swinv2Config:
     def patch_hw(self) -> tuple[int, int]:
         return _pair(self.patch_size, "patch_size")
 
+    def stage_grid_height(self, stage: int) -> int:
+        """The grid height at `image_size` that `stage`'s window and shift are sized from (`window_layout`):
+        the patch grid's halved with rounding down from stage to stage (transformers), or the grid the stage
+        runs on, rounded up (timm)."""
+        height = self.image_hw[0] // self.patch_hw[0]
+        return height // 2**stage if self.window_layout == "transformers" else -(-height // 2**stage)
+
     # ------------------------------------------------------------------ validation
     def validate(self) -> None:
         """Raise a ValueError naming the field and a good value for any value that builds no model (also
@@ -407,7 +419,7 @@ class Swinv2Config:
         if self.layer_norm_eps <= 0:
             raise ValueError(f"layer_norm_eps must be > 0, got {self.layer_norm_eps}{_fix('layer_norm_eps')}")
         for name in ("qkv_bias", "use_absolute_embeddings", "output_hidden_states", "output_attentions",
-                     "return_dict", "use_gradient_checkpointing", "shift_before_padding"):
+                     "return_dict", "use_gradient_checkpointing"):
             _flag(getattr(self, name), name)
         if not (self.check_finite_inputs is None or isinstance(self.check_finite_inputs, bool)):
             raise ValueError(
@@ -418,6 +430,10 @@ class Swinv2Config:
             raise ValueError(
                 f"shift_mask_value must be negative and at least -1e4, got {self.shift_mask_value}; e.g. "
                 f"{SHIFT_MASK_VALUE} (transformers', the default) or -100.0 (Microsoft's, timm's, torchvision's)"
+            )
+        if self.window_layout not in WINDOW_LAYOUTS:
+            raise ValueError(
+                f"window_layout must be one of {', '.join(map(repr, WINDOW_LAYOUTS))}, got {self.window_layout!r}"
             )
         if self.hidden_act in LEARNABLE_ACTIVATIONS:
             raise ValueError(
@@ -513,8 +529,8 @@ class Swinv2Config:
             out["check_finite_inputs"] = self.check_finite_inputs
         if self.shift_mask_value != SHIFT_MASK_VALUE:
             out["shift_mask_value"] = self.shift_mask_value
-        if self.shift_before_padding:
-            out["shift_before_padding"] = True
+        if self.window_layout != "transformers":
+            out["window_layout"] = self.window_layout
         for key, value in self.extra.items():
             out.setdefault(key, value)
         return out
@@ -597,7 +613,7 @@ CONFIG_FIELDS = frozenset(
     set(inspect.signature(Swinv2Config.__init__).parameters) - {"self", "kwargs"}
 ) | set(_COMMON_DEFAULTS) | {
     "id2label", "label2id", "num_labels", "dtype", "use_gradient_checkpointing", "check_finite_inputs",
-    "shift_mask_value", "shift_before_padding",
+    "shift_mask_value", "window_layout",
 } | GENERIC_FIELDS
 
 

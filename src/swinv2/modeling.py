@@ -202,12 +202,11 @@ def native_precision(forward: Callable) -> Callable:
 
 
 def _window_and_shift(config: Swinv2Config, stage: int) -> tuple[int, int]:
-    """Window and shift of a stage, from the grid at `config.image_size` (as in transformers).
+    """Window and shift of a stage, from its grid at `config.image_size` (`Swinv2Config.stage_grid_height`).
 
     A window larger than the stage's grid shrinks to the grid, and then nothing is shifted.
     """
-    grid_h = config.image_hw[0] // config.patch_hw[0]
-    return stage_window(grid_h // 2**stage, config.window_size)
+    return stage_window(config.stage_grid_height(stage), config.window_size)
 
 
 def build_stages(config: Swinv2Config) -> nn.ModuleList:
@@ -234,7 +233,7 @@ def build_stages(config: Swinv2Config) -> nn.ModuleList:
                 attn_drop=config.attention_probs_dropout_prob,
                 layer_norm_eps=config.layer_norm_eps,
                 shift_mask_value=config.shift_mask_value,
-                shift_before_padding=config.shift_before_padding,
+                shift_before_padding=config.window_layout == "timm",
             )
         )
     return nn.ModuleList(stages)
