@@ -117,31 +117,46 @@ def test_timm_geometry_that_computes_otherwise_is_named(tmp_path, size, window, 
 
 
 @pytest.mark.parametrize(
-    ("size", "patch", "window", "depths"),
-    [(52, 4, 5, [2, 2]), (56, 4, 8, [2, 2]), (60, 2, 4, [2, 3]), (24, 4, 4, [2, 2, 2])],
-    ids=["13x13-window5", "14x14-window8", "30x30-window4", "6x6-small-stages"],
+    ("fmt", "size", "patch", "window", "depths"),
+    [
+        ("timm", 52, 4, 5, [2, 2]),
+        ("timm", 56, 4, 8, [2, 2]),
+        ("timm", 60, 2, 4, [2, 3]),
+        ("timm", 24, 4, 4, [2, 2, 2]),
+        ("torchvision", 32, 4, 8, [2, 2]),
+        ("torchvision", 28, 4, 8, [2, 2]),
+    ],
+    ids=["timm-13x13-window5", "timm-14x14-window8", "timm-30x30-window4", "timm-6x6-small-stages",
+         "torchvision-8x8-window8", "torchvision-7x7-window8"],
 )
-def test_timm_checkpoints_lay_windows_out_as_timm_does(tmp_path, monkeypatch, size, patch, window, depths):
-    """timm rolls a grid that is no whole number of windows before it pads it (transformers and torchvision
-    pad first), and sizes a stage's window from the grid it runs on (6x6 patches -> 3x3 -> 2x2: a window of
-    2 at stage 3, where transformers' floor-halved 6 // 4 gives 1): its files are read with
-    `window_layout="timm"`, and give timm's numbers at such sizes (the eager, grouped CPU and exact paths,
-    and the gathers' row indices of the GPU path) with no warning; the setting is written to config.json and
-    kept by a conversion back to timm."""
+def test_peer_checkpoints_lay_windows_out_as_their_library_does(
+    tmp_path, monkeypatch, fmt, size, patch, window, depths
+):
+    """Where a grid is not whole windows or a stage is small the libraries lay windows out otherwise: timm
+    rolls a grid before it pads it (transformers and torchvision pad first) and sizes a stage's window from
+    the grid it runs on (6x6 patches -> 3x3 -> 2x2: a window of 2 at stage 3, where transformers'
+    floor-halved 6 // 4 gives 1); torchvision never shrinks a window (7x7 patches with window 8: padded to
+    8x8, where transformers shrinks the window to 7). Their files are read with their `window_layout`, and
+    give their numbers at such sizes (the eager, grouped CPU and exact paths, and the gathers' row indices of
+    the GPU path) with no warning; the setting is written to config.json and kept by a conversion back."""
     torch.manual_seed(0)
     heads = [2] * len(depths)
-    reference = perturb_(SwinTransformerV2(
-        img_size=size, patch_size=patch, window_size=window, embed_dim=16, depths=depths, num_heads=heads,
-        num_classes=3,
-    ))
-    save_file(reference.state_dict(), tmp_path / "timm.safetensors")
+    if fmt == "timm":
+        reference = SwinTransformerV2(
+            img_size=size, patch_size=patch, window_size=window, embed_dim=16, depths=depths, num_heads=heads,
+            num_classes=3,
+        )
+    else:
+        reference = torchvision_swinv2(3, embed_dim=16, depths=depths, num_heads=heads, window=window, patch=patch)
+    reference = perturb_(reference)
+    save_file(reference.state_dict(), tmp_path / "peer.safetensors")
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         model = swinv2.Swinv2ForImageClassification.from_pretrained(
-            tmp_path / "timm.safetensors", window_size=window, image_size=size
+            tmp_path / "peer.safetensors", window_size=window, image_size=size
         )
-        assert model.config.window_layout == "timm"
-        ck.export_state_dict(model, "timm")  # (the order timm computes in: nothing to warn about)
+        assert model.config.window_layout == fmt
+        ck.export_state_dict(model, fmt)  # (the layout the library computes in: nothing to warn about)
     x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         theirs = reference(x)
@@ -149,9 +164,9 @@ def test_timm_checkpoints_lay_windows_out_as_timm_does(tmp_path, monkeypatch, si
         assert max_diff(model(x).logits, theirs) < 1e-5 * max(1.0, scale)
         exact = model(x, output_attentions=True).logits  # the step-by-step path
         assert max_diff(exact, theirs) < 1e-5 * max(1.0, scale)
-    with monkeypatch.context() as patch:  # the GPU path's Triton gathers, under the interpreter
-        patch.setattr(kernels, "INTERPRET_ON_CPU", True)
-        patch.setattr(kernels, "TRITON_FOUND", True)
+    with monkeypatch.context() as context:  # the GPU path's Triton gathers, under the interpreter
+        context.setattr(kernels, "INTERPRET_ON_CPU", True)
+        context.setattr(kernels, "TRITON_FOUND", True)
         with torch.no_grad():
             assert max_diff(model(x).logits, theirs) < 1e-5 * max(1.0, scale)
     # the input's gradient through the layout moves and their backward (in eval mode: no stochastic depth)
@@ -163,9 +178,9 @@ def test_timm_checkpoints_lay_windows_out_as_timm_does(tmp_path, monkeypatch, si
         grads.append(pixels.grad)
     assert max_diff(*grads) < 1e-5 * max(1.0, grads[1].abs().max().item())
     model.save_pretrained(tmp_path / "folder")
-    assert json.loads((tmp_path / "folder" / "config.json").read_text())["window_layout"] == "timm"
+    assert json.loads((tmp_path / "folder" / "config.json").read_text())["window_layout"] == fmt
     again = swinv2.Swinv2ForImageClassification.from_pretrained(tmp_path / "folder")
-    assert again.config.window_layout == "timm"
+    assert again.config.window_layout == fmt
     with torch.no_grad():
         assert max_diff(again(x).logits, theirs) < 1e-5 * max(1.0, scale)
 

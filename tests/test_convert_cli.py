@@ -68,7 +68,7 @@ def test_there_and_back_is_the_identity(tmp_path, fmt, name, capsys):
     assert run(middle, back, "--to", "hf", *extra) == 0
     # (a config given for timm's or torchvision's weights takes their library's shifted windows: the mask
     # added once, and timm's window layout)
-    library = {"shift_mask_value": -100.0, **({"window_layout": "timm"} if fmt == "timm" else {})}
+    library = {"shift_mask_value": -100.0, "window_layout": fmt}
     assert_same_folder(source, back, **(library if extra else {}))
 
 

@@ -46,10 +46,11 @@ from .config import (
     SHIFT_MASK_VALUE,
     Swinv2Config,
     preset_kwargs,
+    stage_window,
     transformers_config_fields,
 )
 from .errors import Swinv2Error
-from .layers import MASK_VALUE, relative_coords_table, relative_position_index, shifted_window_mask, stage_window
+from .layers import MASK_VALUE, relative_coords_table, relative_position_index, shifted_window_mask
 
 logger = logging.getLogger("swinv2")
 
@@ -626,7 +627,7 @@ def ours_to_microsoft(model: torch.nn.Module) -> dict[str, Tensor]:
 def microsoft_stage_window(height: int, width: int, window: int) -> tuple[int, int]:
     """Window and shift of a stage of `height` x `width` patches in Microsoft's code (its SwinTransformerBlock:
     `if min(input_resolution) <= window_size: shift_size = 0; window_size = min(input_resolution)`): sized by the
-    grid's shorter side, where transformers, and swinv2, size it by the height (`layers.stage_window`). The two
+    grid's shorter side, where transformers, and swinv2, size it by the height (`config.stage_window`). The two
     agree on square and landscape grids, and part on portrait ones."""
     short = max(1, min(height, width))  # (a stage below one patch, which Microsoft's code cannot build: ours)
     return (short, 0) if short <= window else (window, window // 2)
@@ -1058,9 +1059,10 @@ def _with_library_layout(config: Swinv2Config, fmt: str, keep: Collection[str] =
 def library_layout(fmt: str) -> dict[str, Any]:
     """How the library that writes format `fmt` lays out its shifted windows, as config fields: Microsoft's
     code, timm and torchvision add the mask once (-100), transformers twice (-200, as our own files); timm
-    sizes windows from the grid each stage runs on and rolls a grid before it pads it to whole windows
-    (`Swinv2Config.window_layout`)."""
-    return {"shift_mask_value": library_shift_mask(fmt), "window_layout": "timm" if fmt == "timm" else "transformers"}
+    sizes windows from the grid each stage runs on and rolls a grid before it pads it to whole windows;
+    torchvision never shrinks a window (`Swinv2Config.window_layout`)."""
+    layout = fmt if fmt in ("timm", "torchvision") else "transformers"
+    return {"shift_mask_value": library_shift_mask(fmt), "window_layout": layout}
 
 
 def library_shift_mask(fmt: str) -> float:
@@ -1721,10 +1723,11 @@ def _peer_geometry(config: Swinv2Config, fmt: str) -> list[str]:
     swinv2, as transformers, pads the image to whole patches and sizes each stage's square window and its
     shift from the grid's height at `image_size` (floor-halved from stage to stage), pads the grid to whole
     windows and then shifts; with `window_layout="timm"` from the grid each stage runs on (ceil-halved), and
-    it shifts first. Both peers' patch convolutions drop a remainder instead. timm (1.0) sizes window and
-    shift per side from the grid it runs on, and shifts before it pads. torchvision never shrinks its window,
-    pads the grid to whole windows and then shifts each side unless one window covers it. Patch merging pads
-    an odd grid alike in all three. Microsoft's code sizes window and shift from the grid's shorter side
+    it shifts first; with "torchvision" from that grid too, never shrinking a window (`config.stage_window`).
+    Both peers' patch convolutions drop a remainder instead. timm (1.0) sizes window and shift per side from
+    the grid it runs on, and shifts before it pads. torchvision never shrinks its window, pads the grid to
+    whole windows and then shifts each side unless one window covers it. Patch merging pads an odd grid
+    alike in all three. Microsoft's code sizes window and shift from the grid's shorter side
     (`microsoft_stage_window`): only that is compared for it (it runs only on whole windows and even grids,
     which every layout computes alike)."""
     if fmt == "microsoft":
@@ -1736,7 +1739,7 @@ def _peer_geometry(config: Swinv2Config, fmt: str) -> list[str]:
     grid = (h // ph, w // pw)  # the grid each stage runs on: odd grids are padded before merging
     lines = []
     for stage, depth in enumerate(config.depths):
-        ours, shift = stage_window(config.stage_grid_height(stage), window)
+        ours, shift = config.stage_window(stage)
         if fmt == "timm":
             theirs = tuple(min(side, window) for side in grid)
             shifts = tuple(0 if side <= win else window // 2 for side, win in zip(grid, theirs))
@@ -1767,7 +1770,7 @@ def _microsoft_geometry(config: Swinv2Config) -> list[str]:
     """`_peer_geometry` for Microsoft's code: the stages whose window or shift it sizes otherwise (portrait)."""
     lines = []
     for stage, (depth, grid) in enumerate(zip(config.depths, _microsoft_stage_grids(config))):
-        ours, shift = stage_window(config.stage_grid_height(stage), config.window_size)
+        ours, shift = config.stage_window(stage)
         theirs, their_shift = microsoft_stage_window(*grid, config.window_size)
         if depth < 2:  # only every other block is shifted
             shift = their_shift = 0

@@ -31,7 +31,15 @@ CONFIG_NAME = "config.json"
 # What transformers' shifted windows add across regions (its -100 mask is added twice; see `shift_mask_value`).
 SHIFT_MASK_VALUE = -200.0
 # How shifted windows are laid out where the geometry leaves a choice (`Swinv2Config.window_layout`).
-WINDOW_LAYOUTS = ("transformers", "timm")
+WINDOW_LAYOUTS = ("transformers", "timm", "torchvision")
+
+
+def stage_window(resolution: int, window: int, shrink: bool = True) -> tuple[int, int]:
+    """A stage's window and shift from its grid side `resolution`: a window larger than the grid shrinks to
+    the grid (transformers, timm; with `shrink=False` it stays, and the grid is padded up to it, as in
+    torchvision), and where one window covers the grid nothing is shifted."""
+    own = max(1, min(window, resolution)) if shrink else window
+    return own, (0 if resolution <= own else window // 2)
 
 _COMMON_DEFAULTS: dict[str, Any] = {
     "output_hidden_states": False,
@@ -144,11 +152,14 @@ class Swinv2Config:
             clamp, 100): then each implementation's numbers are those of the weights' own library.
             `window_layout`: how the shifted windows are laid out where the geometry leaves a choice.
             "transformers" (the default): each stage's window and shift are sized from the patch grid's
-            height at `image_size` halved with rounding down from stage to stage, and a shifted block pads
-            its grid to whole windows, then rolls it. "timm" (timm's checkpoints are read with it): sized
-            from the grid each stage runs on (odd grids are padded before merging: rounded up), and rolled,
-            then padded. The two give other numbers where a grid is not whole windows (e.g. 224 px with
-            window 8: stage 3 is 14x14 patches) or a small stage follows an odd grid.
+            height at `image_size` halved with rounding down from stage to stage (a window larger than the
+            grid shrinks to it), and a shifted block pads its grid to whole windows, then rolls it. "timm":
+            sized from the grid each stage runs on (odd grids are padded before merging: rounded up), and
+            rolled, then padded. "torchvision": sized from the grid each stage runs on, a window never
+            shrinks (a smaller grid is padded up to it, unshifted), padded, then rolled. Each library's
+            checkpoints are read with its own. They give other numbers where a grid is not whole windows
+            (e.g. 224 px with window 8: stage 3 is 14x14 patches, stage 4 7x7) or a small stage follows an
+            odd grid.
     """
 
     model_type = "swinv2"
@@ -352,12 +363,13 @@ class Swinv2Config:
     def patch_hw(self) -> tuple[int, int]:
         return _pair(self.patch_size, "patch_size")
 
-    def stage_grid_height(self, stage: int) -> int:
-        """The grid height at `image_size` that `stage`'s window and shift are sized from (`window_layout`):
-        the patch grid's halved with rounding down from stage to stage (transformers), or the grid the stage
-        runs on, rounded up (timm)."""
+    def stage_window(self, stage: int) -> tuple[int, int]:
+        """The window and shift of `stage` (`window_layout`), from a grid height at `image_size`: the patch
+        grid's halved with rounding down from stage to stage (transformers), or the grid the stage runs on,
+        rounded up (timm, torchvision); a window larger than that shrinks to it (but in torchvision's)."""
         height = self.image_hw[0] // self.patch_hw[0]
-        return height // 2**stage if self.window_layout == "transformers" else -(-height // 2**stage)
+        height = height // 2**stage if self.window_layout == "transformers" else -(-height // 2**stage)
+        return stage_window(height, self.window_size, shrink=self.window_layout != "torchvision")
 
     # ------------------------------------------------------------------ validation
     def validate(self) -> None:

@@ -522,13 +522,6 @@ class DropPath(nn.Module):
 
 
 # ---------------------------------------------------------------------------------------------- windows
-def stage_window(resolution: int, window: int) -> tuple[int, int]:
-    """A stage's window and shift from its grid side `resolution` (as in transformers): a window larger than
-    the grid shrinks to the grid, and then nothing is shifted."""
-    own = max(1, min(window, resolution))
-    return own, (0 if resolution <= own else window // 2)
-
-
 def window_partition(x: Tensor, window: int) -> Tensor:
     """`(B, H, W, C)` with H and W multiples of `window` -> `(B * num_windows, window * window, C)`."""
     b, h, w, c = x.shape

@@ -33,7 +33,6 @@ from .layers import (
     forget_casts,
     pad_to_patches,
     release_scratch,
-    stage_window,
 )
 
 
@@ -201,20 +200,12 @@ def native_precision(forward: Callable) -> Callable:
     return wrapper
 
 
-def _window_and_shift(config: Swinv2Config, stage: int) -> tuple[int, int]:
-    """Window and shift of a stage, from its grid at `config.image_size` (`Swinv2Config.stage_grid_height`).
-
-    A window larger than the stage's grid shrinks to the grid, and then nothing is shifted.
-    """
-    return stage_window(config.stage_grid_height(stage), config.window_size)
-
-
 def build_stages(config: Swinv2Config) -> nn.ModuleList:
     # (on the CPU whatever the default device: a model built under torch.device("meta") needs numbers here)
     drop_paths = torch.linspace(0, config.drop_path_rate, sum(config.depths), device="cpu").tolist()
     stages = []
     for i, (depth, heads) in enumerate(zip(config.depths, config.num_heads)):
-        window, shift = _window_and_shift(config, i)
+        window, shift = config.stage_window(i)
         first = sum(config.depths[:i])
         stages.append(
             Swinv2Stage(
