@@ -547,6 +547,7 @@ def test_official_file_name_gives_the_config(tmp_path):
     loaded = model.config.to_dict()
     assert (loaded.pop("torch_dtype"), loaded.pop("dtype")) == ("float32", "float32")  # what it was loaded in
     assert loaded.pop("shift_mask_value") == -100.0  # Microsoft's code adds its shift mask once
+    assert loaded.pop("window_layout") == "microsoft"  # (and sizes windows by the shorter side)
     assert loaded == reference.config.to_dict()
 
 
@@ -1218,6 +1219,7 @@ def test_a_non_square_microsoft_file_takes_the_given_size_quietly(tmp_path, capl
     with caplog.at_level("WARNING", logger="swinv2"):
         loaded = swinv2.Swinv2ForImageClassification.from_pretrained(tmp_path / "ms.pth", image_size=[48, 64])
     assert not [r for r in caplog.records if "square" in r.getMessage()]
+    assert loaded.config.window_layout == "microsoft"  # (landscape: sized by the height, as transformers)
     x = torch.randn(1, 3, 48, 64, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         assert max_diff(loaded(x).logits, model(x).logits) < ATOL
@@ -1226,17 +1228,21 @@ def test_a_non_square_microsoft_file_takes_the_given_size_quietly(tmp_path, capl
 def test_portrait_microsoft_windows_are_named_and_written_as_microsoft_builds_them(tmp_path):
     """Microsoft's code sizes a stage's window by the grid's shorter side (its SwinTransformerBlock:
     `if min(input_resolution) <= window_size: shift_size = 0; window_size = min(input_resolution)`), transformers
-    and swinv2 by the height: on a portrait grid they part, which swinv2 cannot compute, so reading and writing
-    such a file warns, naming the stages. The file written holds the buffers Microsoft's model has at that size
-    (its strict load takes it); square and landscape grids agree, without a word."""
+    by the height: on a portrait grid they part, so reading and writing such a file for a model of
+    transformers' layout warns, naming the stages; a model of Microsoft's layout (`window_layout="microsoft"`,
+    what Microsoft's files are read with) sizes its windows as Microsoft's code, without a word. The file
+    written holds the buffers Microsoft's model has at that size (its strict load takes it); square and
+    landscape grids agree, without a word."""
 
     def microsoft_block(height, width, window, shift):  # Microsoft's rule, as its code writes it
         if min(height, width) <= window:
             shift, window = 0, min(height, width)
         return window, shift
 
-    for image, differ in (([64, 32], True), ([32, 64], False), (64, False)):
-        model = ours(image_size=image, depths=[2, 2, 2], num_heads=[2, 2, 4])
+    cases = [([64, 32], "transformers", True), ([32, 64], "transformers", False), (64, "transformers", False),
+             ([64, 32], "microsoft", False)]
+    for image, layout, differ in cases:
+        model = ours(image_size=image, depths=[2, 2, 2], num_heads=[2, 2, 4], window_layout=layout)
         hw = model.config.image_hw
         path = tmp_path / f"{hw[0]}x{hw[1]}.pth"
         with warnings.catch_warnings(record=True) as written:

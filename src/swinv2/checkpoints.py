@@ -627,8 +627,8 @@ def ours_to_microsoft(model: torch.nn.Module) -> dict[str, Tensor]:
 def microsoft_stage_window(height: int, width: int, window: int) -> tuple[int, int]:
     """Window and shift of a stage of `height` x `width` patches in Microsoft's code (its SwinTransformerBlock:
     `if min(input_resolution) <= window_size: shift_size = 0; window_size = min(input_resolution)`): sized by the
-    grid's shorter side, where transformers, and swinv2, size it by the height (`config.stage_window`). The two
-    agree on square and landscape grids, and part on portrait ones."""
+    grid's shorter side, where transformers sizes it by the height (swinv2: as `config.window_layout` says,
+    `config.stage_window`). The two agree on square and landscape grids, and part on portrait ones."""
     short = max(1, min(height, width))  # (a stage below one patch, which Microsoft's code cannot build: ours)
     return (short, 0) if short <= window else (window, window // 2)
 
@@ -1060,8 +1060,10 @@ def library_layout(fmt: str) -> dict[str, Any]:
     """How the library that writes format `fmt` lays out its shifted windows, as config fields: Microsoft's
     code, timm and torchvision add the mask once (-100), transformers twice (-200, as our own files); timm
     sizes windows from the grid each stage runs on and rolls a grid before it pads it to whole windows;
-    torchvision never shrinks a window (`Swinv2Config.window_layout`)."""
-    layout = fmt if fmt in ("timm", "torchvision") else "transformers"
+    torchvision never shrinks a window; Microsoft's code sizes it by the grid's shorter side
+    (`Swinv2Config.window_layout`)."""
+    library = fmt.removesuffix("-simmim")
+    layout = library if library in ("timm", "torchvision", "microsoft") else "transformers"
     return {"shift_mask_value": library_shift_mask(fmt), "window_layout": layout}
 
 

@@ -31,7 +31,7 @@ CONFIG_NAME = "config.json"
 # What transformers' shifted windows add across regions (its -100 mask is added twice; see `shift_mask_value`).
 SHIFT_MASK_VALUE = -200.0
 # How shifted windows are laid out where the geometry leaves a choice (`Swinv2Config.window_layout`).
-WINDOW_LAYOUTS = ("transformers", "timm", "torchvision")
+WINDOW_LAYOUTS = ("transformers", "timm", "torchvision", "microsoft")
 
 
 def stage_window(resolution: int, window: int, shrink: bool = True) -> tuple[int, int]:
@@ -156,10 +156,11 @@ class Swinv2Config:
             grid shrinks to it), and a shifted block pads its grid to whole windows, then rolls it. "timm":
             sized from the grid each stage runs on (odd grids are padded before merging: rounded up), and
             rolled, then padded. "torchvision": sized from the grid each stage runs on, a window never
-            shrinks (a smaller grid is padded up to it, unshifted), padded, then rolled. Each library's
-            checkpoints are read with its own. They give other numbers where a grid is not whole windows
-            (e.g. 224 px with window 8: stage 3 is 14x14 patches, stage 4 7x7) or a small stage follows an
-            odd grid.
+            shrinks (a smaller grid is padded up to it, unshifted), padded, then rolled. "microsoft" (the
+            paper's code): as transformers, but sized from the grid's shorter side (a portrait grid's
+            width). Each library's checkpoints are read with its own. They give other numbers where a grid
+            is not whole windows (e.g. 224 px with window 8: stage 3 is 14x14 patches, stage 4 7x7), a small
+            stage follows an odd grid, or (Microsoft's) a grid is portrait.
     """
 
     model_type = "swinv2"
@@ -364,12 +365,16 @@ class Swinv2Config:
         return _pair(self.patch_size, "patch_size")
 
     def stage_window(self, stage: int) -> tuple[int, int]:
-        """The window and shift of `stage` (`window_layout`), from a grid height at `image_size`: the patch
-        grid's halved with rounding down from stage to stage (transformers), or the grid the stage runs on,
-        rounded up (timm, torchvision); a window larger than that shrinks to it (but in torchvision's)."""
-        height = self.image_hw[0] // self.patch_hw[0]
-        height = height // 2**stage if self.window_layout == "transformers" else -(-height // 2**stage)
-        return stage_window(height, self.window_size, shrink=self.window_layout != "torchvision")
+        """The window and shift of `stage` (`window_layout`), from a grid side at `image_size`: the patch
+        grid's height halved with rounding down from stage to stage (transformers; Microsoft's code: its
+        shorter side), or the height of the grid the stage runs on, rounded up (timm, torchvision); a window
+        larger than that shrinks to it (but in torchvision's)."""
+        height, width = (size // patch for size, patch in zip(self.image_hw, self.patch_hw))
+        if self.window_layout in ("transformers", "microsoft"):
+            side = (height if self.window_layout == "transformers" else min(height, width)) // 2**stage
+        else:
+            side = -(-height // 2**stage)
+        return stage_window(side, self.window_size, shrink=self.window_layout != "torchvision")
 
     # ------------------------------------------------------------------ validation
     def validate(self) -> None:
