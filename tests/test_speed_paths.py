@@ -907,7 +907,7 @@ def test_closed_form_layout_rows_are_the_layout_moves() -> None:
 
     for window, shift, shift_first in ((4, 2, False), (4, 0, False), (3, 1, False), (7, 3, False), (1, 0, False),
                                        (4, 2, True), (3, 1, True), (7, 3, True)):
-        block = Swinv2Block(8, 2, window=window, shift=shift, shift_before_padding=shift_first)
+        block = Swinv2Block(8, 2, window=window, shift=shift, shift_first=shift_first)
         for h in range(1, 14):
             for w in range(1, 14):
                 to_windows, from_windows = window_layout(h, w, window, shift, shift_first)

@@ -629,8 +629,7 @@ def microsoft_stage_window(height: int, width: int, window: int) -> tuple[int, i
     `if min(input_resolution) <= window_size: shift_size = 0; window_size = min(input_resolution)`): sized by the
     grid's shorter side, where transformers sizes it by the height (swinv2: as `config.window_layout` says,
     `config.stage_window`). The two agree on square and landscape grids, and part on portrait ones."""
-    short = max(1, min(height, width))  # (a stage below one patch, which Microsoft's code cannot build: ours)
-    return (short, 0) if short <= window else (window, window // 2)
+    return stage_window(min(height, width), window)  # (below one patch, which Microsoft's code cannot build: 1)
 
 
 def _microsoft_stage_grids(config: Swinv2Config) -> list[tuple[int, int]]:
@@ -1042,7 +1041,7 @@ def _with_library_layout(config: Swinv2Config, fmt: str, keep: Collection[str] =
     as their library does. A value of its own, or one passed as a keyword of from_pretrained (`keep`), is
     kept; a config the checkpoint records (config.json, or embedded in the file) is never changed: it is the
     model that was saved."""
-    defaults = {"shift_mask_value": SHIFT_MASK_VALUE, "window_layout": "transformers"}
+    defaults = library_layout("hf")
     changes = {
         name: value
         for name, value in library_layout(fmt).items()
@@ -1062,15 +1061,9 @@ def library_layout(fmt: str) -> dict[str, Any]:
     sizes windows from the grid each stage runs on and rolls a grid before it pads it to whole windows;
     torchvision never shrinks a window; Microsoft's code sizes it by the grid's shorter side
     (`Swinv2Config.window_layout`)."""
-    library = fmt.removesuffix("-simmim")
-    layout = library if library in ("timm", "torchvision", "microsoft") else "transformers"
-    return {"shift_mask_value": library_shift_mask(fmt), "window_layout": layout}
-
-
-def library_shift_mask(fmt: str) -> float:
-    """The shift mask value of the library that writes format `fmt`: Microsoft's code, timm and torchvision add
-    the mask once (-100), transformers twice (-200, as our own files)."""
-    return SHIFT_MASK_VALUE if fmt in ("hf", "swinv2") else MASK_VALUE
+    if fmt in ("hf", "swinv2"):
+        return {"shift_mask_value": SHIFT_MASK_VALUE, "window_layout": "transformers"}
+    return {"shift_mask_value": MASK_VALUE, "window_layout": fmt.removesuffix("-simmim")}
 
 
 def checkpoint_config(

@@ -1279,13 +1279,13 @@ class Swinv2Block(nn.Module):
         drop_path: float = 0.0,
         layer_norm_eps: float = 1e-5,
         shift_mask_value: float = MASK_VALUE,
-        shift_before_padding: bool = False,
+        shift_first: bool = False,
     ) -> None:
         super().__init__()
         self.window = window
         self.shift = shift
         self.shift_mask_value = shift_mask_value
-        self.shift_first = shift_before_padding  # (timm's order: `window_layout`)
+        self.shift_first = shift_first  # rolled before padded to whole windows, as in timm (`window_layout`)
         self.attn = WindowAttention(dim, num_heads, window, pretrained_window, qkv_bias, attn_drop, attn_drop)
         self.norm1 = nn.LayerNorm(dim, eps=layer_norm_eps)
         self.drop_path = DropPath(drop_path)
@@ -1516,7 +1516,7 @@ class Swinv2Block(nn.Module):
 
     def _to_windows(self, x: Tensor, low: torch.dtype | None, layout: tuple[Tensor, Tensor] | None) -> Tensor:
         """`(B, H, W, C)` -> the shifted windows `(B * nW, N, C)`: pad, roll by -shift (or roll, then pad:
-        `shift_before_padding`), partition (with `layout`, `layout_rows`' indices, one gather)."""
+        `shift_first`), partition (with `layout`, `layout_rows`' indices, one gather)."""
         b, h, w, c = x.shape
         win, shift = self.window, self.shift
         if layout is not None:
@@ -1651,13 +1651,13 @@ class Swinv2Stage(nn.Module):
         attn_drop: float = 0.0,
         layer_norm_eps: float = 1e-5,
         shift_mask_value: float = MASK_VALUE,
-        shift_before_padding: bool = False,
+        shift_first: bool = False,
     ) -> None:
         super().__init__()
         self.blocks = nn.ModuleList(
             Swinv2Block(
                 dim, num_heads, window, 0 if i % 2 == 0 else shift, pretrained_window, mlp_ratio, qkv_bias,
-                hidden_act, drop, attn_drop, drop_paths[i], layer_norm_eps, shift_mask_value, shift_before_padding,
+                hidden_act, drop, attn_drop, drop_paths[i], layer_norm_eps, shift_mask_value, shift_first,
             )
             for i in range(depth)
         )

@@ -224,7 +224,7 @@ def build_stages(config: Swinv2Config) -> nn.ModuleList:
                 attn_drop=config.attention_probs_dropout_prob,
                 layer_norm_eps=config.layer_norm_eps,
                 shift_mask_value=config.shift_mask_value,
-                shift_before_padding=config.window_layout == "timm",
+                shift_first=config.window_layout == "timm",
             )
         )
     return nn.ModuleList(stages)
