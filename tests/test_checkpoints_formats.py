@@ -90,8 +90,10 @@ def test_timm_small_logits_match(tmp_path, suffix):
         (52, 5, r"stage 1 \(13x13 patches\): timm shifts before it pads.*differ from timm's", 1e-5,
          {"window_layout": "transformers"}),
         # patch 4 does not divide 70 px: timm's convolution drops the last 2 pixels (17x17 patches) where
-        # transformers, and swinv2, pad them (18x18), although 18x18 is whole windows of 3
-        (70, 3, r"patch 4x4 does not divide the image 70x70: timm drops the last", 1e-4, {}),
+        # transformers' layout pads them (18x18), although 18x18 is whole windows of 3 (timm's own layout,
+        # with which the file is read by default, drops them too)
+        (70, 3, r"patch 4x4 does not divide the image 70x70: timm drops the last", 1e-4,
+         {"window_layout": "transformers"}),
     ],
     ids=["window-padding", "patch-remainder"],
 )
@@ -123,11 +125,14 @@ def test_timm_geometry_that_computes_otherwise_is_named(tmp_path, size, window, 
         ("timm", 56, 4, 8, [2, 2]),
         ("timm", 60, 2, 4, [2, 3]),
         ("timm", 24, 4, 4, [2, 2, 2]),
+        ("timm", (42, 22), 4, 4, [2, 2, 2]),
         ("torchvision", 32, 4, 8, [2, 2]),
         ("torchvision", 28, 4, 8, [2, 2]),
+        ("torchvision", (30, 70), 4, 4, [2, 2]),
     ],
     ids=["timm-13x13-window5", "timm-14x14-window8", "timm-30x30-window4", "timm-6x6-small-stages",
-         "torchvision-8x8-window8", "torchvision-7x7-window8"],
+         "timm-10x5-windows-per-side", "torchvision-8x8-window8", "torchvision-7x7-window8",
+         "torchvision-7x17-shifts-per-side"],
 )
 def test_peer_checkpoints_lay_windows_out_as_their_library_does(
     tmp_path, monkeypatch, fmt, size, patch, window, depths
@@ -136,14 +141,18 @@ def test_peer_checkpoints_lay_windows_out_as_their_library_does(
     rolls a grid before it pads it (transformers and torchvision pad first) and sizes a stage's window from
     the grid it runs on (6x6 patches -> 3x3 -> 2x2: a window of 2 at stage 3, where transformers'
     floor-halved 6 // 4 gives 1); torchvision never shrinks a window (7x7 patches with window 8: padded to
-    8x8, where transformers shrinks the window to 7). Their files are read with their `window_layout`, and
+    8x8, where transformers shrinks the window to 7); both drop partial patches, and timm sizes a window per
+    side (10x5 patches, window 4: 4x4, then 4x3 on 5x3, then 3x2), torchvision shifts per side (7x17 -> 4x9:
+    shifted along the width only). Their files are read with their `window_layout`, and
     give their numbers at such sizes (the eager, grouped CPU and exact paths, and the gathers' row indices of
     the GPU path) with no warning; the setting is written to config.json and kept by a conversion back."""
     torch.manual_seed(0)
     heads = [2] * len(depths)
+    hw = (size, size) if isinstance(size, int) else size
+    size = size if isinstance(size, int) else list(size)
     if fmt == "timm":
         reference = SwinTransformerV2(
-            img_size=size, patch_size=patch, window_size=window, embed_dim=16, depths=depths, num_heads=heads,
+            img_size=hw, patch_size=patch, window_size=window, embed_dim=16, depths=depths, num_heads=heads,
             num_classes=3,
         )
     else:
@@ -157,7 +166,7 @@ def test_peer_checkpoints_lay_windows_out_as_their_library_does(
         )
         assert model.config.window_layout == fmt
         ck.export_state_dict(model, fmt)  # (the layout the library computes in: nothing to warn about)
-    x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(1))
+    x = torch.randn(2, 3, *hw, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         theirs = reference(x)
         scale = theirs.abs().max().item()
@@ -641,19 +650,23 @@ PEER_GEOMETRIES = [  # (library, image (h, w), patch, window, depths): each way 
     ("timm", (32, 64), 4, 4, [2, 2]),  # non-square: timm shifts per side (stage 2: 4x8 patches)
     ("timm", (24, 40), 4, 8, [2, 2]),  # windows per side in timm, square (the height's) in transformers
     ("timm", (30, 30), 4, 3, [2, 2]),  # the patch convolution drops 2 pixels
+    ("timm", (46, 27), 4, 5, [2, 2, 2]),  # partial patches both ways, then 11x6 -> 6x3 -> 3x2 per side
+    ("timm", (20, 56), 2, 7, [2, 3]),  # 10x28: window 7 by the height, 7 by the width, shifted both ways
     ("torchvision", (52, 52), 4, 5, [2, 2]),  # padding before the shift, as transformers: alike
     ("torchvision", (32, 32), 4, 8, [2, 2]),  # transformers shrinks stage 2's window to 4, torchvision pads
     ("torchvision", (32, 64), 4, 4, [2, 2]),  # non-square: no shift on the side one window covers
     ("torchvision", (64, 32), 2, 8, [2, 1, 2]),  # the per-side stage (16x8) has no shifted block: alike
     ("torchvision", (72, 72), 4, 4, [2, 2, 2]),  # 18x18 -> 9x9 -> 5x5: transformers' stage-3 shift from 4
+    ("torchvision", (29, 61), 4, 4, [2, 2]),  # partial patches dropped (7x15), then 4x8: per-side shift
 ]
 
 
 @pytest.mark.parametrize(("fmt", "hw", "patch", "window", "depths"), PEER_GEOMETRIES)
 def test_peer_geometry_warning_is_given_exactly_where_outputs_differ(tmp_path, fmt, hw, patch, window, depths):
-    """timm and torchvision lay windows out otherwise than transformers in some geometries (per-side shifts,
-    shift before padding, windows never shrunk, a patch remainder dropped). Reading their file and writing
-    one for them warns there, and only there: checked against the library's own outputs."""
+    """timm and torchvision lay windows out otherwise than transformers in some geometries (per-side windows
+    and shifts, shift before padding, windows never shrunk, a patch remainder dropped). Their files are read
+    with their own `window_layout`, which gives their numbers in every one of these geometries without a
+    word; read with transformers' layout, reading and writing warn where the outputs differ, and only there."""
     torch.manual_seed(0)
     heads = [2] * len(depths)
     if fmt == "timm":
@@ -667,10 +680,21 @@ def test_peer_geometry_warning_is_given_exactly_where_outputs_differ(tmp_path, f
     x = torch.randn(2, 3, *hw, generator=torch.Generator().manual_seed(1))
     size = list(hw) if hw[0] != hw[1] else hw[0]
     save_file(reference.state_dict(), tmp_path / "peer.safetensors")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        own = swinv2.Swinv2ForImageClassification.from_pretrained(
+            tmp_path / "peer.safetensors", image_size=size, window_size=window, patch_size=patch
+        )
+        ck.export_state_dict(own, fmt)
+    with torch.no_grad():
+        theirs = reference(x)
+        assert max_diff(own(x).logits, theirs) < 1e-5 * max(1.0, theirs.abs().max().item())
+        assert max_diff(own(x, output_attentions=True).logits, theirs) < 1e-5 * max(1.0, theirs.abs().max().item())
     with warnings.catch_warnings(record=True) as read:
         warnings.simplefilter("always")
         model = swinv2.Swinv2ForImageClassification.from_pretrained(
-            tmp_path / "peer.safetensors", image_size=size, window_size=window, patch_size=patch
+            tmp_path / "peer.safetensors", image_size=size, window_size=window, patch_size=patch,
+            window_layout="transformers",
         )
     with warnings.catch_warnings(record=True) as written:
         warnings.simplefilter("always")
@@ -1028,7 +1052,7 @@ def test_window_and_resolution_transfer_matches_transformers(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # nothing is re-initialised
         model = swinv2.Swinv2ForImageClassification.from_pretrained(folder, **overrides)
-    assert model.swinv2.stages[0].blocks[0].window == 8
+    assert model.swinv2.stages[0].blocks[0].window == (8, 8)
     reference = transformers.Swinv2ForImageClassification.from_pretrained(folder, **overrides).eval()
     x = images(64)
     with torch.no_grad():
@@ -1262,7 +1286,9 @@ def test_portrait_microsoft_windows_are_named_and_written_as_microsoft_builds_th
                     expected_buffers[prefix + "attn_mask"] = (windows, window**2, window**2)
         buffers = {k: tuple(v.shape) for k, v in state.items() if ck._is_derived(k)}
         assert buffers == expected_buffers, image
-        ours_layout = [(b.window, b.shift) for stage in model.swinv2.stages for b in stage.blocks]
+        ours_layout = [(b.window[0], b.shift[0]) for stage in model.swinv2.stages for b in stage.blocks]
+        assert all(b.window[0] == b.window[1] and b.shift[0] == b.shift[1] for stage in model.swinv2.stages
+                   for b in stage.blocks)
         theirs_layout = [
             microsoft_block(hw[0] // 4 // 2**i, hw[1] // 4 // 2**i, 4, 0 if j % 2 == 0 else 2)
             for i in range(3) for j in range(2)

@@ -402,9 +402,10 @@ def test_info_windows_are_the_models_where_the_grid_shrinks_below_the_window(tmp
     ours = swinv2.Swinv2ForImageClassification.from_pretrained(tmp_path / "m")
     theirs = transformers.Swinv2ForImageClassification.from_pretrained(tmp_path / "m")
     built = [[(b.window, b.shift) for b in stage.blocks] for stage in ours.swinv2.stages]
-    assert [[(s["window"], s["shift"])] * len(blocks) for s, blocks in zip(stages, built)] == built
-    assert [s["window"] for s in stages] == [b.window_size for b in (layer.blocks[0] for layer in
-                                                                     theirs.swinv2.encoder.layers)] == [7, 3, 1]
+    assert [[(tuple(s["window"]), tuple(s["shift"]))] * len(blocks) for s, blocks in zip(stages, built)] == built
+    assert [s["window"][0] for s in stages] == [b.window_size for b in (layer.blocks[0] for layer in
+                                                                        theirs.swinv2.encoder.layers)] == [7, 3, 1]
+    assert all(s["window"][0] == s["window"][1] for s in stages)
     assert [s["tokens"] for s in stages] == [[7, 7], [4, 4], [2, 2]]
     text = swinv2_cli("info", tmp_path / "m").stdout
     assert "stage 2      2 blocks, 2 heads, 32 channels, 4x4 tokens, window 3, not shifted" in text

@@ -902,11 +902,12 @@ def test_data_parallel_replicas_get_caches_of_their_own() -> None:
 def test_closed_form_layout_rows_are_the_layout_moves() -> None:
     """The gather rows used under torch.compile's dynamic shapes equal `window_layout`, which is built with
     the pad, roll and partition of the eager path, for every grid up to 13x13, several windows/shifts and both
-    orders of shift and padding."""
+    orders of shift and padding, square windows and (timm's, torchvision's) per-side ones."""
     from swinv2.layers import Swinv2Block, window_layout
 
     for window, shift, shift_first in ((4, 2, False), (4, 0, False), (3, 1, False), (7, 3, False), (1, 0, False),
-                                       (4, 2, True), (3, 1, True), (7, 3, True)):
+                                       (4, 2, True), (3, 1, True), (7, 3, True), ((4, 3), (2, 0), True),
+                                       ((2, 5), (1, 2), False), ((4, 4), (0, 2), False), ((3, 5), (1, 2), True)):
         block = Swinv2Block(8, 2, window=window, shift=shift, shift_first=shift_first)
         for h in range(1, 14):
             for w in range(1, 14):

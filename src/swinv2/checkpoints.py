@@ -608,7 +608,7 @@ def ours_to_microsoft(model: torch.nn.Module) -> dict[str, Tensor]:
         table = relative_coords_table(window, config.pretrained_window_sizes[i])[None]
         for j, block in enumerate(stage.blocks):
             prefix = f"layers.{i}.blocks.{j}."
-            own = block.window == window
+            own = block.window == (window, window)
             out[prefix + "attn.relative_coords_table"] = (
                 block.attn.relative_coords_table.detach().cpu()[None].clone() if own else table.clone()
             )
@@ -1715,43 +1715,38 @@ def _peer_geometry(config: Swinv2Config, fmt: str) -> list[str]:
     """Where, at `config.image_size`, timm or torchvision (`fmt`) lays its windows out otherwise than swinv2
     with `config`: one line per difference, empty where they compute alike.
 
-    swinv2, as transformers, pads the image to whole patches and sizes each stage's square window and its
-    shift from the grid's height at `image_size` (floor-halved from stage to stage), pads the grid to whole
-    windows and then shifts; with `window_layout="timm"` from the grid each stage runs on (ceil-halved), and
-    it shifts first; with "torchvision" from that grid too, never shrinking a window (`config.stage_window`).
-    Both peers' patch convolutions drop a remainder instead. timm (1.0) sizes window and shift per side from
-    the grid it runs on, and shifts before it pads. torchvision never shrinks its window, pads the grid to
-    whole windows and then shifts each side unless one window covers it. Patch merging pads an odd grid
-    alike in all three. Microsoft's code sizes window and shift from the grid's shorter side
-    (`microsoft_stage_window`): only that is compared for it (it runs only on whole windows and even grids,
-    which every layout computes alike)."""
+    timm (1.0) drops an image's partial patches, sizes window and shift per side from the grid each stage
+    runs on, and shifts before it pads the grid to whole windows; torchvision drops partial patches, never
+    shrinks its square window, pads the grid to whole windows and then shifts each side unless one window
+    covers it. swinv2 does either with their `window_layout`, and as transformers by default: partial patches
+    zero-padded, a square window and shift sized from the grid's height at `image_size` (floor-halved from
+    stage to stage), padded, then shifted (`config.stage_window`). Patch merging pads an odd grid alike in
+    all. Microsoft's code sizes window and shift from the grid's shorter side (`microsoft_stage_window`):
+    only that is compared for it (it runs only on whole windows and even grids, which every layout computes
+    alike)."""
     if fmt == "microsoft":
         return _microsoft_geometry(config)
     (h, w), (ph, pw) = config.image_hw, config.patch_hw
-    if h % ph or w % pw:
-        return [f"patch {ph}x{pw} does not divide the image {h}x{w}: {fmt} drops the last pixels"]
+    if (h % ph or w % pw) and not config.drops_partial_patches:
+        return [f"patch {ph}x{pw} does not divide the image {h}x{w}: {fmt} drops the last pixels, this config "
+                "pads them to a whole patch"]
     window = config.window_size
     grid = (h // ph, w // pw)  # the grid each stage runs on: odd grids are padded before merging
     lines = []
     for stage, depth in enumerate(config.depths):
         ours, shift = config.stage_window(stage)
-        if fmt == "timm":
-            theirs = tuple(min(side, window) for side in grid)
-            shifts = tuple(0 if side <= win else window // 2 for side, win in zip(grid, theirs))
-        else:
-            theirs = (window, window)
-            shifts = tuple(0 if window >= -(-side // window) * window else window // 2 for side in grid)
+        theirs, shifts = zip(*(stage_window(side, window, shrink=fmt == "timm") for side in grid))
         if depth < 2:  # only every other block is shifted
-            shift, shifts = 0, (0, 0)
+            shift, shifts = (0, 0), (0, 0)
         # Shifting first moves the padding into other windows, unless the padding is the half window the
         # shift rolls over (the real tokens then meet the same ones either way).
         pads = (fmt == "timm") != (config.window_layout == "timm") and any(
-            shift and -side % ours and not (-side % ours == shift and ours == 2 * shift) for side in grid
+            s and -side % win and not (-side % win == s and win == 2 * s) for side, win, s in zip(grid, ours, shift)
         )
-        if theirs != (ours, ours) or shifts != (shift, shift):
+        if theirs != ours or shifts != shift:
             lines.append(
                 f"stage {stage + 1} ({grid[0]}x{grid[1]} patches): {fmt} window {theirs[0]}x{theirs[1]} shift "
-                f"{shifts[0]},{shifts[1]} against this config's window {ours}x{ours} shift {shift},{shift}"
+                f"{shifts[0]},{shifts[1]} against this config's window {ours[0]}x{ours[1]} shift {shift[0]},{shift[1]}"
             )
         elif pads:
             order = "shifts before it pads the grid" if fmt == "timm" else "pads the grid before it shifts"
@@ -1768,11 +1763,12 @@ def _microsoft_geometry(config: Swinv2Config) -> list[str]:
         ours, shift = config.stage_window(stage)
         theirs, their_shift = microsoft_stage_window(*grid, config.window_size)
         if depth < 2:  # only every other block is shifted
-            shift = their_shift = 0
-        if (theirs, their_shift) != (ours, shift):
+            shift, their_shift = (0, 0), 0
+        if ((theirs, theirs), (their_shift, their_shift)) != (ours, shift):
             lines.append(
                 f"stage {stage + 1} ({grid[0]}x{grid[1]} patches): microsoft window {theirs} shift {their_shift} "
-                f"(from the shorter side) against this config's window {ours} shift {shift} (from the height)"
+                f"(from the shorter side) against this config's window {ours[0]}x{ours[1]} shift "
+                f"{shift[0]},{shift[1]}"
             )
     return lines
 

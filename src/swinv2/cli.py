@@ -829,7 +829,7 @@ def _info(args: argparse.Namespace) -> int:
     macs = count_macs(model, height, width)
     stages = []
     ph, pw = config.patch_hw
-    grid_h, grid_w = -(-height // ph), -(-width // pw)
+    grid_h, grid_w = config.patch_grid(height, width)
     # The window and shift are read from the built blocks, not re-derived here: the model sizes them from
     # the floor-halved grid (as transformers does) while the token grid is padded up, and a second formula
     # here drifted from the model's before.
@@ -843,8 +843,8 @@ def _info(args: argparse.Namespace) -> int:
                 "heads": heads,
                 "channels": config.embed_dim * 2**i,
                 "tokens": [grid_h, grid_w],  # the padded token grid the stage runs on at image_size
-                "window": blocks[0].window,
-                "shift": max(block.shift for block in blocks),
+                "window": list(blocks[0].window),  # (height, width)
+                "shift": [max(block.shift[side] for block in blocks) for side in (0, 1)],
             }
         )
         grid_h, grid_w = -(-grid_h // 2), -(-grid_w // 2)  # patch merging pads an odd grid
@@ -884,6 +884,9 @@ def _info_text(info: dict[str, Any]) -> str:
     def pair(v: list[int]) -> str:
         return f"{v[0]}x{v[1]}"
 
+    def side(v: list[int]) -> str:  # a square window by its side
+        return str(v[0]) if v[0] == v[1] else pair(v)
+
     lines = [
         f"model          {info['model']}",
         f"class          {info['class']}",
@@ -899,7 +902,7 @@ def _info_text(info: dict[str, Any]) -> str:
     for s in info["stages"]:
         lines.append(
             f"  stage {s['stage']}      {s['blocks']} blocks, {s['heads']} heads, {s['channels']} channels, "
-            f"{pair(s['tokens'])} tokens, window {s['window']}" + (", not shifted" if s["shift"] == 0 else "")
+            f"{pair(s['tokens'])} tokens, window {side(s['window'])}" + ("" if any(s["shift"]) else ", not shifted")
         )
     if "labels" in info:
         shown = "; ".join(info["labels"])

@@ -150,17 +150,21 @@ class Swinv2Config:
             -100 mask, added twice); -100 in Microsoft's code, timm and torchvision, whose checkpoints are
             read with -100. It matters only when scaled cosine scores span ~100 (logit scales near their
             clamp, 100): then each implementation's numbers are those of the weights' own library.
-            `window_layout`: how the shifted windows are laid out where the geometry leaves a choice.
-            "transformers" (the default): each stage's window and shift are sized from the patch grid's
-            height at `image_size` halved with rounding down from stage to stage (a window larger than the
-            grid shrinks to it), and a shifted block pads its grid to whole windows, then rolls it. "timm":
-            sized from the grid each stage runs on (odd grids are padded before merging: rounded up), and
-            rolled, then padded. "torchvision": sized from the grid each stage runs on, a window never
-            shrinks (a smaller grid is padded up to it, unshifted), padded, then rolled. "microsoft" (the
-            paper's code): as transformers, but sized from the grid's shorter side (a portrait grid's
-            width). Each library's checkpoints are read with its own. They give other numbers where a grid
-            is not whole windows (e.g. 224 px with window 8: stage 3 is 14x14 patches, stage 4 7x7), a small
-            stage follows an odd grid, or (Microsoft's) a grid is portrait.
+            `window_layout`: which library's geometry the model follows where the libraries part.
+            "transformers" (the default): an image that is no whole number of patches is zero-padded to
+            whole patches; each stage's square window and shift are sized from the patch grid's height at
+            `image_size` halved with rounding down from stage to stage (a window larger than the grid
+            shrinks to it), and a shifted block pads its grid to whole windows, then rolls it. "timm": the
+            patch convolution drops the partial patches; window and shift are sized per side from the grid
+            each stage runs on (odd grids are padded before merging: rounded up), so a window shrinks to a
+            narrow grid along that side only, and a grid is rolled, then padded. "torchvision": partial
+            patches dropped; a square window that never shrinks (a smaller grid is padded up to it),
+            shifted along each side it does not cover whole; padded, then rolled. "microsoft" (the paper's
+            code): partial patches dropped; as transformers, but sized from the grid's shorter side (a
+            portrait grid's width). Each library's checkpoints are read with its own. They give other
+            numbers where a grid is not whole windows (e.g. 224 px with window 8: stage 3 is 14x14 patches,
+            stage 4 7x7), is not square, a small stage follows an odd grid, or an image is no whole number
+            of patches.
     """
 
     model_type = "swinv2"
@@ -364,17 +368,31 @@ class Swinv2Config:
     def patch_hw(self) -> tuple[int, int]:
         return _pair(self.patch_size, "patch_size")
 
-    def stage_window(self, stage: int) -> tuple[int, int]:
-        """The window and shift of `stage` (`window_layout`), from a grid side at `image_size`: the patch
-        grid's height halved with rounding down from stage to stage (transformers; Microsoft's code: its
-        shorter side), or the height of the grid the stage runs on, rounded up (timm, torchvision); a window
-        larger than that shrinks to it (but in torchvision's)."""
+    @property
+    def drops_partial_patches(self) -> bool:
+        """Whether an image that is no whole number of patches loses its last rows and columns (the patch
+        convolutions of timm, torchvision and Microsoft's code) instead of being zero-padded (transformers)."""
+        return self.window_layout != "transformers"
+
+    def patch_grid(self, height: int, width: int) -> tuple[int, int]:
+        """The patch grid `(rows, columns)` of a `height x width` image (`drops_partial_patches`)."""
+        (ph, pw), drop = self.patch_hw, self.drops_partial_patches
+        return (height // ph, width // pw) if drop else (-(-height // ph), -(-width // pw))
+
+    def stage_window(self, stage: int) -> tuple[tuple[int, int], tuple[int, int]]:
+        """The window and shift of `stage`, each as (height, width), as `window_layout` sizes them at
+        `image_size`. transformers: square, from the patch grid's height halved with rounding down from stage
+        to stage (Microsoft's code: from its shorter side). timm: each side from that side of the grid the
+        stage runs on (halved with rounding up), so a window shrinks to a narrow grid along that side alone;
+        torchvision: a square window that never shrinks, shifted along the sides it does not cover whole."""
         height, width = (size // patch for size, patch in zip(self.image_hw, self.patch_hw))
         if self.window_layout in ("transformers", "microsoft"):
             side = (height if self.window_layout == "transformers" else min(height, width)) // 2**stage
-        else:
-            side = -(-height // 2**stage)
-        return stage_window(side, self.window_size, shrink=self.window_layout != "torchvision")
+            window, shift = stage_window(side, self.window_size)
+            return (window, window), (shift, shift)
+        grid = (-(-height // 2**stage), -(-width // 2**stage))
+        (wh, sh), (ww, sw) = (stage_window(side, self.window_size, self.window_layout == "timm") for side in grid)
+        return (wh, ww), (sh, sw)
 
     # ------------------------------------------------------------------ validation
     def validate(self) -> None:

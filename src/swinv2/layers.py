@@ -1,8 +1,9 @@
 """The Swin Transformer V2 building blocks (Liu et al., arXiv 2111.09883), as the paper describes them.
 
 Tensors between blocks are channels-last token grids `(B, H, W, C)`. Attention runs inside
-non-overlapping `window x window` windows; every other block shifts the windows by half a window
-(a cyclic `roll`) and masks attention between tokens that the roll brought together.
+non-overlapping windows of `(wh, ww)` tokens (square, but where timm's layout narrows one side to a narrow
+grid); every other block shifts the windows by half a window (a cyclic `roll`) and masks attention between
+tokens that the roll brought together.
 
 Swin V2's changes to Swin V1, all here:
 - residual post-normalisation: `x = x + norm(attn(x))`, `x = x + norm(mlp(x))`;
@@ -522,22 +523,32 @@ class DropPath(nn.Module):
 
 
 # ---------------------------------------------------------------------------------------------- windows
-def window_partition(x: Tensor, window: int) -> Tensor:
-    """`(B, H, W, C)` with H and W multiples of `window` -> `(B * num_windows, window * window, C)`."""
+def sides(size: int | tuple[int, int] | list[int]) -> tuple[int, int]:
+    """A window or shift as (height, width): an int is square."""
+    if isinstance(size, int):
+        return size, size
+    height, width = size
+    return int(height), int(width)
+
+
+def window_partition(x: Tensor, window: int | tuple[int, int]) -> Tensor:
+    """`(B, H, W, C)` with H and W multiples of `window` `(wh, ww)` -> `(B * num_windows, wh * ww, C)`."""
+    wh, ww = sides(window)
     b, h, w, c = x.shape
-    x = x.view(b, h // window, window, w // window, window, c)
-    return x.permute(0, 1, 3, 2, 4, 5).reshape(-1, window * window, c)
+    x = x.view(b, h // wh, wh, w // ww, ww, c)
+    return x.permute(0, 1, 3, 2, 4, 5).reshape(-1, wh * ww, c)
 
 
-def window_reverse(windows: Tensor, window: int, height: int, width: int) -> Tensor:
-    """`(B * num_windows, window * window, C)` -> `(B, height, width, C)`; the inverse of `window_partition`."""
+def window_reverse(windows: Tensor, window: int | tuple[int, int], height: int, width: int) -> Tensor:
+    """`(B * num_windows, wh * ww, C)` -> `(B, height, width, C)`; the inverse of `window_partition`."""
+    wh, ww = sides(window)
     c = windows.shape[-1]
-    x = windows.view(-1, height // window, width // window, window, window, c)
+    x = windows.view(-1, height // wh, width // ww, wh, ww, c)
     return x.permute(0, 1, 3, 2, 4, 5).reshape(-1, height, width, c)
 
 
 def window_layout(
-    height: int, width: int, window: int, shift: int, shift_first: bool = False
+    height: int, width: int, window: int | tuple[int, int], shift: int | tuple[int, int], shift_first: bool = False
 ) -> tuple[Tensor, Tensor]:
     """The shifted-window layout of one `(height, width)` grid as row indices (int32), for gathers.
 
@@ -547,49 +558,55 @@ def window_layout(
     returns from (`window_reverse`, roll by `+shift` and crop, or crop and roll). Built with the same
     functions as the layout moves, so the two cannot disagree.
     """
-    pad_h, pad_w = (-height) % window, (-width) % window
+    (wh, ww), (sh, sw) = sides(window), sides(shift)
+    pad_h, pad_w = (-height) % wh, (-width) % ww
     grid = torch.arange(height * width, dtype=torch.int32).view(1, height, width, 1)
-    grid = _shifted(grid, -shift, shift_first, (0, 0, 0, pad_w, 0, pad_h), value=-1)
-    to_windows = window_partition(grid, window).flatten().contiguous()
+    grid = _shifted(grid, (-sh, -sw), shift_first, (0, 0, 0, pad_w, 0, pad_h), value=-1)
+    to_windows = window_partition(grid, (wh, ww)).flatten().contiguous()
     padded_h, padded_w = height + pad_h, width + pad_w
-    where = torch.arange(padded_h * padded_w, dtype=torch.int32).view(-1, window * window, 1)
-    where = _unshifted(window_reverse(where, window, padded_h, padded_w), shift, shift_first, height, width)
+    where = torch.arange(padded_h * padded_w, dtype=torch.int32).view(-1, wh * ww, 1)
+    where = _unshifted(window_reverse(where, (wh, ww), padded_h, padded_w), (sh, sw), shift_first, height, width)
     from_windows = where.flatten().contiguous()  # flatten may keep the crop's strides
     return to_windows, from_windows
 
 
-def _shifted(x: Tensor, shift: int, shift_first: bool, padding: tuple[int, ...], value: float = 0.0) -> Tensor:
-    """`(B, H, W, C)` rolled by `shift` and padded by `padding` (`F.pad`'s order): padded first, as in
-    transformers and torchvision, or rolled first (`shift_first`), as in timm."""
-    if shift and shift_first:
-        x = torch.roll(x, shifts=(shift, shift), dims=(1, 2))
+def _shifted(
+    x: Tensor, shift: tuple[int, int], shift_first: bool, padding: tuple[int, ...], value: float = 0.0
+) -> Tensor:
+    """`(B, H, W, C)` rolled by `shift` `(down, right)` and padded by `padding` (`F.pad`'s order): padded
+    first, as in transformers and torchvision, or rolled first (`shift_first`), as in timm."""
+    if any(shift) and shift_first:
+        x = torch.roll(x, shifts=shift, dims=(1, 2))
     x = F.pad(x, padding, value=value) if any(padding) else x
-    if shift and not shift_first:
-        x = torch.roll(x, shifts=(shift, shift), dims=(1, 2))
+    if any(shift) and not shift_first:
+        x = torch.roll(x, shifts=shift, dims=(1, 2))
     return x
 
 
-def _unshifted(x: Tensor, shift: int, shift_first: bool, height: int, width: int) -> Tensor:
+def _unshifted(x: Tensor, shift: tuple[int, int], shift_first: bool, height: int, width: int) -> Tensor:
     """The inverse of `_shifted` by `-shift`: the padded `(B, Hp, Wp, C)` rolled by `shift` and cropped to
     `(height, width)`, in the reverse order."""
     crop = x.shape[1:3] != (height, width)
-    if shift and not shift_first:
-        x = torch.roll(x, shifts=(shift, shift), dims=(1, 2))
+    if any(shift) and not shift_first:
+        x = torch.roll(x, shifts=shift, dims=(1, 2))
     x = x[:, :height, :width] if crop else x
-    if shift and shift_first:
-        x = torch.roll(x, shifts=(shift, shift), dims=(1, 2))
+    if any(shift) and shift_first:
+        x = torch.roll(x, shifts=shift, dims=(1, 2))
     return x
 
 
-def window_regions(height: int, width: int, window: int, shift: int) -> tuple[Tensor, Tensor]:
+def window_regions(
+    height: int, width: int, window: int | tuple[int, int], shift: int | tuple[int, int]
+) -> tuple[Tensor, Tensor]:
     """The windows of a `(height, width)` grid padded to whole windows (in `window_partition`'s order) split
     by their shift mask: those whose mask is 0 everywhere, which the shift left whole (all but the last row
     and column of windows), and the border windows that mix regions of the rolled grid (none without a
     shift). Indices, int64."""
-    count = (height // window) * (width // window)
-    if not shift:
+    (wh, ww), shift = sides(window), sides(shift)
+    count = (height // wh) * (width // ww)
+    if not any(shift):
         return torch.arange(count), torch.arange(0)
-    mixed = shifted_window_mask(height, width, window, shift).flatten(1).ne(0).any(1)
+    mixed = shifted_window_mask(height, width, (wh, ww), shift).flatten(1).ne(0).any(1)
     return torch.nonzero(~mixed).flatten(), torch.nonzero(mixed).flatten()
 
 
@@ -616,15 +633,21 @@ class RegionLayout(NamedTuple):
 
 
 def region_layout(
-    height: int, width: int, window: int, shift: int, split: bool, shift_first: bool = False
+    height: int,
+    width: int,
+    window: int | tuple[int, int],
+    shift: int | tuple[int, int],
+    split: bool,
+    shift_first: bool = False,
 ) -> RegionLayout:
     """The `RegionLayout` of a `(height, width)` grid (int32 indices): the regions of `window_regions` when
     `split`, else one region of every window (and an empty one). (The shift mask is a function of the padded
     grid, so the regions are the same whichever of `window_layout`'s orders the tokens take.)"""
-    to_windows, from_windows = window_layout(height, width, window, shift, shift_first)
-    n = window * window
-    padded = (height + (-height) % window, width + (-width) % window)
-    regions = window_regions(*padded, window, shift if split else 0)
+    (wh, ww), shift = sides(window), sides(shift)
+    to_windows, from_windows = window_layout(height, width, (wh, ww), shift, shift_first)
+    n = wh * ww
+    padded = (height + (-height) % wh, width + (-width) % ww)
+    regions = window_regions(*padded, (wh, ww), shift if split else 0)
     region_of = torch.empty(to_windows.numel() // n, dtype=torch.int32)
     rank = torch.empty_like(region_of)
     for k, windows in enumerate(regions):
@@ -643,44 +666,56 @@ def region_layout(
     )
 
 
-def relative_coords_table(window: int, pretrained_window: int = 0) -> Tensor:
-    """Log-spaced relative coordinates `(2*window-1, 2*window-1, 2)` fed to the position-bias MLP.
+def relative_coords_table(window: int | tuple[int, int], pretrained_window: int = 0) -> Tensor:
+    """Log-spaced relative coordinates `(2*wh-1, 2*ww-1, 2)` fed to the position-bias MLP.
 
-    `t = 8 * delta / (W' - 1)` with `W'` the pretrained window when given, else the window itself,
-    then `sign(t) * log2(1 + |t|) / log2(8)`. A window of 1 has only the coordinate 0 (no division).
+    `t = 8 * delta / (W' - 1)` per axis, with `W'` the pretrained window when given, else the window's side,
+    then `sign(t) * log2(1 + |t|) / log2(8)`. A side of 1 has only the coordinate 0 (no division).
     """
-    coords = torch.arange(-(window - 1), window, dtype=torch.float32)
-    table = torch.stack(torch.meshgrid(coords, coords, indexing="ij"), dim=-1)
-    reference = pretrained_window if pretrained_window > 0 else window
-    if reference > 1:
-        table = table / (reference - 1)
-    table = table * 8.0
+    axes = []
+    for side in sides(window):
+        coords = torch.arange(-(side - 1), side, dtype=torch.float32)
+        reference = pretrained_window if pretrained_window > 0 else side
+        if reference > 1:
+            coords = coords / (reference - 1)
+        axes.append(coords * 8.0)
+    table = torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1)
     return torch.sign(table) * torch.log2(table.abs() + 1.0) / math.log2(8)
 
 
-def relative_position_index(window: int) -> Tensor:
+def relative_position_index(window: int | tuple[int, int]) -> Tensor:
     """For every pair of tokens in a window, the row of their offset in the coordinate table: `(N, N)`."""
-    coords = torch.stack(torch.meshgrid(torch.arange(window), torch.arange(window), indexing="ij")).flatten(1)
-    offset = (coords[:, :, None] - coords[:, None, :]).permute(1, 2, 0) + (window - 1)
-    return offset[..., 0] * (2 * window - 1) + offset[..., 1]
+    wh, ww = sides(window)
+    coords = torch.stack(torch.meshgrid(torch.arange(wh), torch.arange(ww), indexing="ij")).flatten(1)
+    offset = (coords[:, :, None] - coords[:, None, :]).permute(1, 2, 0)
+    return (offset[..., 0] + wh - 1) * (2 * ww - 1) + offset[..., 1] + ww - 1
 
 
 def shifted_window_mask(
-    height: int, width: int, window: int, shift: int, device=None, dtype: torch.dtype = torch.float32,
+    height: int,
+    width: int,
+    window: int | tuple[int, int],
+    shift: int | tuple[int, int],
+    device=None,
+    dtype: torch.dtype = torch.float32,
     value: float = MASK_VALUE,
 ) -> Tensor:
     """Additive mask `(num_windows, N, N)`: 0 within a region of the rolled grid, `value` across regions.
 
-    Along each axis the rolled grid has three regions, `[0, size - window)`, `[size - window, size - shift)`
-    and `[size - shift, size)`; a token's region is the pair. (In closed form rather than as nine slice
-    assignments: a compiled graph then holds a few fused kernels instead of nine per shifted block.)"""
+    Along an axis shifted by `s` the rolled grid has three regions, `[0, size - window)`,
+    `[size - window, size - s)` and `[size - s, size)`, along an unshifted one a single region; a token's
+    region is the pair. (In closed form rather than as nine slice assignments: a compiled graph then holds a
+    few fused kernels instead of nine per shifted block.)"""
+    (wh, ww), (sh, sw) = sides(window), sides(shift)
 
-    def region(size):
+    def region(size, window, shift):
         position = torch.arange(size, device=device)
+        if not shift:
+            return torch.zeros_like(position, dtype=torch.int32)
         return (position >= size - window).int() + (position >= size - shift).int()
 
-    regions = region(height)[:, None] * 3 + region(width)[None, :]
-    regions = window_partition(regions[None, :, :, None], window).squeeze(-1)  # (num_windows, N)
+    regions = region(height, wh, sh)[:, None] * 3 + region(width, ww, sw)[None, :]
+    regions = window_partition(regions[None, :, :, None], (wh, ww)).squeeze(-1)  # (num_windows, N)
     different = regions.unsqueeze(1) != regions.unsqueeze(2)
     return torch.zeros(different.shape, dtype=dtype, device=device).masked_fill_(different, value)
 
@@ -733,10 +768,14 @@ def _window_groups(count: int, n: int, mask: Tensor, tokens: int) -> Iterator[tu
             yield slice(image_start + start, image_start + end), mask[start:end]
 
 
-def pad_to_patches(pixel_values: Tensor, patch_size: tuple[int, int]) -> Tensor:
-    """`(B, C, H, W)` zero-padded on the right and bottom to whole patches (as transformers pads)."""
+def to_whole_patches(pixel_values: Tensor, patch_size: tuple[int, int], drop_partial: bool = False) -> Tensor:
+    """`(B, C, H, W)` zero-padded on the right and bottom to whole patches (as transformers pads), or with
+    `drop_partial` cropped to them (as a strided patch convolution reads them: timm, torchvision)."""
     ph, pw = patch_size
     height, width = pixel_values.shape[-2:]
+    if drop_partial:
+        crop_h, crop_w = height % ph, width % pw
+        return pixel_values[..., : height - crop_h, : width - crop_w] if crop_h or crop_w else pixel_values
     pad_h, pad_w = (-height) % ph, (-width) % pw
     return F.pad(pixel_values, (0, pad_w, 0, pad_h)) if pad_h or pad_w else pixel_values
 
@@ -744,7 +783,8 @@ def pad_to_patches(pixel_values: Tensor, patch_size: tuple[int, int]) -> Tensor:
 class PatchEmbeddings(nn.Module):
     """Image -> normalised patch tokens `(B, H/p, W/p, C)`, with SimMIM mask tokens and absolute positions.
 
-    Inputs whose size is not a multiple of the patch are zero-padded on the right and bottom.
+    Inputs whose size is not a multiple of the patch are zero-padded on the right and bottom, or with
+    `drop_partial_patches` cropped to whole patches.
     """
 
     def __init__(
@@ -756,9 +796,11 @@ class PatchEmbeddings(nn.Module):
         use_mask_token: bool = False,
         use_absolute_embeddings: bool = False,
         dropout: float = 0.0,
+        drop_partial_patches: bool = False,
     ) -> None:
         super().__init__()
         self.patch_size = patch_size
+        self.drop_partial_patches = drop_partial_patches
         self.num_channels = num_channels
         self.grid_size = (image_size[0] // patch_size[0], image_size[1] // patch_size[1])
         self.proj = nn.Conv2d(num_channels, embed_dim, kernel_size=patch_size, stride=patch_size)
@@ -772,8 +814,9 @@ class PatchEmbeddings(nn.Module):
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, pixel_values: Tensor, bool_masked_pos: Tensor | None = None) -> Tensor:
-        """`(B, C_in, H, W)` -> `(B, ceil(H/p), ceil(W/p), C)`; `bool_masked_pos` is `(B, num_patches)`."""
-        x = self.norm(self._project(pad_to_patches(pixel_values, self.patch_size)))
+        """`(B, C_in, H, W)` -> `(B, ceil(H/p), ceil(W/p), C)` (`floor` where partial patches are dropped);
+        `bool_masked_pos` is `(B, num_patches)`."""
+        x = self.norm(self._project(to_whole_patches(pixel_values, self.patch_size, self.drop_partial_patches)))
         b, gh, gw, c = x.shape
         # The mask token and the positions keep their own dtype, and the sum takes the wider one, as in
         # transformers: under autocast the embeddings are then fp32, the token and positions unrounded.
@@ -783,6 +826,11 @@ class PatchEmbeddings(nn.Module):
         if self.position_embeddings is not None:
             x = x + self._positions(gh, gw)
         return self.dropout(x)
+
+    def grid(self, height: int, width: int) -> tuple[int, int]:
+        """The patch grid `(rows, columns)` of a `height x width` image."""
+        (ph, pw), whole = self.patch_size, self.drop_partial_patches
+        return (height // ph, width // pw) if whole else (-(-height // ph), -(-width // pw))
 
     def _project(self, pixel_values: Tensor) -> Tensor:
         """`(B, C_in, H, W)` with H, W multiples of the patch -> `(B, H/p, W/p, C)`.
@@ -975,7 +1023,7 @@ class WindowAttention(nn.Module):
         self,
         dim: int,
         num_heads: int,
-        window: int,
+        window: int | tuple[int, int],
         pretrained_window: int = 0,
         qkv_bias: bool = True,
         attn_drop: float = 0.0,
@@ -986,7 +1034,7 @@ class WindowAttention(nn.Module):
             raise ValueError(f"dim {dim} is not a multiple of num_heads {num_heads}")
         self.dim = dim
         self.num_heads = num_heads
-        self.window = window
+        self.window = sides(window)  # (height, width)
         self.qkv = nn.Linear(dim, 3 * dim, bias=False)
         # The key has no bias: a bias on k adds the same score to every key of a query, a no-op under softmax.
         self.q_bias = nn.Parameter(torch.zeros(dim)) if qkv_bias else None
@@ -1036,7 +1084,7 @@ class WindowAttention(nn.Module):
         weight = self.cpb_mlp[0].weight  # (a dynamically quantised Linear's is a method, and takes fp32)
         dtype = weight.dtype if isinstance(weight, Tensor) else torch.float32
         table = self.cpb_mlp(self.relative_coords_table.to(dtype))
-        n = self.window * self.window
+        n = self.window[0] * self.window[1]
         bias = table.view(-1, self.num_heads)[self.relative_position_index.view(-1)].view(n, n, self.num_heads)
         return 16.0 * torch.sigmoid(bias.permute(2, 0, 1))
 
@@ -1268,8 +1316,8 @@ class Swinv2Block(nn.Module):
         self,
         dim: int,
         num_heads: int,
-        window: int,
-        shift: int,
+        window: int | tuple[int, int],
+        shift: int | tuple[int, int],
         pretrained_window: int = 0,
         mlp_ratio: float = 4.0,
         qkv_bias: bool = True,
@@ -1282,8 +1330,8 @@ class Swinv2Block(nn.Module):
         shift_first: bool = False,
     ) -> None:
         super().__init__()
-        self.window = window
-        self.shift = shift
+        self.window = sides(window)  # (height, width), as the shift
+        self.shift = sides(shift)
         self.shift_mask_value = shift_mask_value
         self.shift_first = shift_first  # rolled before padded to whole windows, as in timm (`window_layout`)
         self.attn = WindowAttention(dim, num_heads, window, pretrained_window, qkv_bias, attn_drop, attn_drop)
@@ -1312,8 +1360,8 @@ class Swinv2Block(nn.Module):
     def splits_regions(self, height: int, width: int) -> bool:
         """Whether CPU inference splits a padded grid's windows into `window_regions`: a shifted block whose
         folded mask would take more than REGION_MASK_BYTES in fp32."""
-        windows = (height // self.window) * (width // self.window)
-        return self.shift > 0 and windows * self.attn.num_heads * self.window**4 * 4 > REGION_MASK_BYTES
+        (wh, ww), heads = self.window, self.attn.num_heads
+        return any(self.shift) and (height // wh) * (width // ww) * heads * (wh * ww) ** 2 * 4 > REGION_MASK_BYTES
 
     def _folded_masks(
         self, height: int, width: int, dtype: torch.dtype, device: torch.device, regions: bool
@@ -1330,7 +1378,7 @@ class Swinv2Block(nn.Module):
             if cached is not None:
                 return cached
         bias = self.attn.position_bias().unsqueeze(0)  # (1, heads, N, N), in the weights' dtype
-        if self.shift == 0:
+        if not any(self.shift):
             folded = bias.to(dtype)
         else:  # (0, -100 and -200 are exact in every float dtype: the shift mask is made in `dtype` itself)
             shift_mask = shifted_window_mask(
@@ -1430,7 +1478,7 @@ class Swinv2Block(nn.Module):
         with the layout), and one gather takes the windows back; only the block's output is a fresh tensor."""
         b, h, w, c = x.shape
         hp, wp = self._padded(h, w)
-        n = self.window**2
+        n = self.window[0] * self.window[1]
         tokens = CPU_GROUP_TOKENS_PER_THREAD * torch.get_num_threads()
         layout = self.regions(h, w, x.device)
         masks = self.region_masks(hp, wp, dtype or (x.dtype if low is None else low), x.device)
@@ -1512,25 +1560,26 @@ class Swinv2Block(nn.Module):
 
     def _padded(self, h: int, w: int) -> tuple[int, int]:
         """The grid padded up to whole windows."""
-        return h + (-h) % self.window, w + (-w) % self.window
+        return h + (-h) % self.window[0], w + (-w) % self.window[1]
 
     def _to_windows(self, x: Tensor, low: torch.dtype | None, layout: tuple[Tensor, Tensor] | None) -> Tensor:
         """`(B, H, W, C)` -> the shifted windows `(B * nW, N, C)`: pad, roll by -shift (or roll, then pad:
         `shift_first`), partition (with `layout`, `layout_rows`' indices, one gather)."""
         b, h, w, c = x.shape
-        win, shift = self.window, self.shift
+        n = self.window[0] * self.window[1]
         if layout is not None:
             to_windows, from_windows = layout
-            return kernels.gather_rows(x.reshape(b, h * w, c), to_windows, low, from_windows).view(-1, win * win, c)
+            return kernels.gather_rows(x.reshape(b, h * w, c), to_windows, low, from_windows).view(-1, n, c)
         # The qkv projection casts its input to autocast's dtype anyway: cast before the shift and the
         # partition, which then move half the bytes.
         y = x.to(low) if low is not None else x
         if _symbolic(h, w):
             rows = self._symbolic_rows(h, w, x.device, to_windows=True)
             padded = torch.cat((y.reshape(b, h * w, c), y.new_zeros(b, 1, c)), dim=1)  # row h * w: padding
-            return padded[:, rows].view(-1, win * win, c)
+            return padded[:, rows].view(-1, n, c)
         hp, wp = self._padded(h, w)
-        return window_partition(_shifted(y, -shift, self.shift_first, (0, 0, 0, wp - w, 0, hp - h)), win)
+        back = (-self.shift[0], -self.shift[1])
+        return window_partition(_shifted(y, back, self.shift_first, (0, 0, 0, wp - w, 0, hp - h)), self.window)
 
     def _from_windows(self, windows: Tensor, h: int, w: int, layout: tuple[Tensor, Tensor] | None) -> Tensor:
         """The inverse of `_to_windows`: reverse the partition, roll by +shift and crop to `(B, h, w, C)` (or
@@ -1553,21 +1602,21 @@ class Swinv2Block(nn.Module):
         symbolic grid leave inductor's CPU code generator simplifying index expressions for minutes (one
         block on a 7x9 grid: 161 s -> 12 s to compile). `to_windows` rows point at `h * w` (a zero row) for
         padding."""
-        win, shift = self.window, self.shift
+        (wh, ww), (sh, sw) = self.window, self.shift
         hp, wp = self._padded(h, w)
         # the grid a roll runs on: the padded one, or the grid itself when it is rolled before the padding
         rh, rw = (h, w) if self.shift_first else (hp, wp)
         if to_windows:  # window-major row -> (y, x) of the padded grid, then before the roll by -shift
             r = torch.arange(hp * wp, device=device)
-            window, pos = r // (win * win), r % (win * win)
-            y = (window // (wp // win)) * win + pos // win
-            x = (window % (wp // win)) * win + pos % win
+            window, pos = r // (wh * ww), r % (wh * ww)
+            y = (window // (wp // ww)) * wh + pos // ww
+            x = (window % (wp // ww)) * ww + pos % ww
             inside = (y < rh) & (x < rw)  # (rolled first: the padding is never rolled)
-            y, x = torch.where(inside, (y + shift) % rh, y), torch.where(inside, (x + shift) % rw, x)
+            y, x = torch.where(inside, (y + sh) % rh, y), torch.where(inside, (x + sw) % rw, x)
             return torch.where((y < h) & (x < w), y * w + x, h * w)
         g = torch.arange(h * w, device=device)  # grid row -> its place in the rolled, padded window-major grid
-        y, x = (g // w - shift) % rh, (g % w - shift) % rw
-        return ((y // win) * (wp // win) + x // win) * (win * win) + (y % win) * win + x % win
+        y, x = (g // w - sh) % rh, (g % w - sw) % rw
+        return ((y // wh) * (wp // ww) + x // ww) * (wh * ww) + (y % wh) * ww + x % ww
 
     def _forward_fused(
         self, x: Tensor, layout: tuple[Tensor, Tensor], dtype: torch.dtype | None, low: torch.dtype | None
@@ -1639,8 +1688,8 @@ class Swinv2Stage(nn.Module):
         dim: int,
         depth: int,
         num_heads: int,
-        window: int,
-        shift: int,
+        window: int | tuple[int, int],
+        shift: int | tuple[int, int],
         pretrained_window: int,
         drop_paths: list[float],
         downsample: bool,

@@ -31,8 +31,8 @@ from .layers import (
     Swinv2Stage,
     WindowAttention,
     forget_casts,
-    pad_to_patches,
     release_scratch,
+    to_whole_patches,
 )
 
 
@@ -266,6 +266,13 @@ def _check_pixel_values(pixel_values: Any, config: Swinv2Config) -> None:
             f"pixel_values is empty: shape {tuple(pixel_values.shape)}; every image needs at least one pixel "
             "and the batch at least one image"
         )
+    (ph, pw), (height, width) = config.patch_hw, pixel_values.shape[2:]
+    if config.drops_partial_patches and (height < ph or width < pw):
+        raise ValueError(
+            f"pixel_values of {height}x{width} pixels hold no whole {ph}x{pw} patch, and with window_layout="
+            f"{config.window_layout!r} (as in {config.window_layout}'s model) partial patches are dropped; resize "
+            f"the images to at least {ph}x{pw} (the model was built for {config.image_hw[0]}x{config.image_hw[1]})"
+        )
     _check_finite(pixel_values, config.check_finite_inputs)
 
 
@@ -322,9 +329,6 @@ def _check_matches_weights(pixel_values: Tensor, weight: Tensor) -> None:
         )
 
 
-def _grid_size(config: Swinv2Config, height: int, width: int) -> tuple[int, int]:
-    ph, pw = config.patch_hw
-    return math.ceil(height / ph), math.ceil(width / pw)
 
 
 def _check_bool_masked_pos(bool_masked_pos: Tensor, batch: int, grid: tuple[int, int]) -> Tensor:
@@ -514,14 +518,16 @@ class Swinv2PatchEmbeddings(nn.Module):
     wrapper, so forward hooks registered here go on `.projection`, where they see every call.
     """
 
-    def __init__(self, projection: nn.Module, patch_size: tuple[int, int]) -> None:
+    def __init__(self, projection: nn.Module, patch_size: tuple[int, int], drop_partial_patches: bool = False) -> None:
         super().__init__()
         self.projection = projection
         self.patch_size = patch_size
+        self.drop_partial_patches = drop_partial_patches
 
     def forward(self, pixel_values: Tensor) -> tuple[Tensor, tuple[int, int]]:
-        """`(B, C_in, H, W)` -> patch vectors `(B, L, C)` and the grid `(H/p, W/p)` (padded as transformers)."""
-        patches = self.projection(pad_to_patches(pixel_values, self.patch_size))
+        """`(B, C_in, H, W)` -> patch vectors `(B, L, C)` and the grid `(H/p, W/p)` (padded as transformers, or
+        cropped to whole patches as the model's embedding is)."""
+        patches = self.projection(to_whole_patches(pixel_values, self.patch_size, self.drop_partial_patches))
         return patches.flatten(2).transpose(1, 2), (patches.shape[2], patches.shape[3])
 
     def register_forward_hook(self, *args: Any, **kwargs: Any) -> torch.utils.hooks.RemovableHandle:
@@ -603,7 +609,7 @@ class Swinv2PreTrainedModel(nn.Module):
         whose `.projection` is the patch convolution (image -> patch vectors, before the embedding's
         LayerNorm): freezing it leaves the norm trainable."""
         embeddings = self.base_model.embeddings
-        return Swinv2PatchEmbeddings(embeddings.proj, embeddings.patch_size)
+        return Swinv2PatchEmbeddings(embeddings.proj, embeddings.patch_size, embeddings.drop_partial_patches)
 
     def get_output_embeddings(self) -> None:
         """None: an image model has no output embeddings to tie (as transformers answers for Swin V2)."""
@@ -771,7 +777,7 @@ class Swinv2Model(Swinv2PreTrainedModel):
         self.num_features = config.hidden_size
         self.embeddings = PatchEmbeddings(
             config.image_hw, config.patch_hw, config.num_channels, config.embed_dim,
-            use_mask_token, config.use_absolute_embeddings, config.hidden_dropout_prob,
+            use_mask_token, config.use_absolute_embeddings, config.hidden_dropout_prob, config.drops_partial_patches,
         )
         self.stages = build_stages(config)
         self.norm = nn.LayerNorm(self.num_features, eps=config.layer_norm_eps)
@@ -811,7 +817,7 @@ class Swinv2Model(Swinv2PreTrainedModel):
                     "bool_masked_pos needs a mask token: build the model with Swinv2Model(config, "
                     "use_mask_token=True) or use Swinv2ForMaskedImageModeling"
                 )
-            bool_masked_pos = _check_bool_masked_pos(bool_masked_pos, batch, _grid_size(config, height, width))
+            bool_masked_pos = _check_bool_masked_pos(bool_masked_pos, batch, self.embeddings.grid(height, width))
         x = self.embeddings(pixel_values, bool_masked_pos)
         x, hidden, reshaped, attentions = run_stages(
             self.stages, x, _stage_head_masks(head_mask, config), output_attentions, output_hidden_states
@@ -827,7 +833,7 @@ class Swinv2Model(Swinv2PreTrainedModel):
 
     def output_grid(self, height: int, width: int) -> tuple[int, int]:
         """The token grid after the last stage for an input of `height x width` pixels."""
-        gh, gw = _grid_size(self.config, height, width)
+        gh, gw = self.embeddings.grid(height, width)
         for _ in range(self.num_layers - 1):
             gh, gw = (gh + 1) // 2, (gw + 1) // 2
         return gh, gw
@@ -968,7 +974,8 @@ class Swinv2ForMaskedImageModeling(Swinv2PreTrainedModel):
         return_dict: bool | None = None,
         interpolate_pos_encoding: bool = True,
     ) -> Swinv2MaskedImageModelingOutput | tuple[Tensor, ...]:
-        """`pixel_values` `(B, C, H, W)` -> `reconstruction` `(B, C, H, W)`; with `bool_masked_pos`
+        """`pixel_values` `(B, C, H, W)` -> `reconstruction` `(B, C, H, W)` (the whole patches' pixels where the
+        config drops partial patches: `drops_partial_patches`); with `bool_masked_pos`
         `(B, num_patches)` the masked patches are hidden from the encoder and the loss is computed on them."""
         return_dict = self.config.use_return_dict if return_dict is None else return_dict
         outputs = self.swinv2(
@@ -983,9 +990,11 @@ class Swinv2ForMaskedImageModeling(Swinv2PreTrainedModel):
         stride, depth = self.config.encoder_stride, 2 ** (self.config.num_layers - 1)
         if stride == ph * depth == pw * depth:
             # Each token decodes to the pixels it was made from: only the padding of an input that is not a
-            # multiple of the patch (or of the last stages' grids) is cut off. Another stride gives pixels that
-            # line up with nothing in the input; they are returned whole, as transformers returns them.
-            reconstruction = reconstruction[..., :height, :width]
+            # multiple of the patch (or of the last stages' grids) is cut off, and where partial patches are
+            # dropped, so are their pixels. Another stride gives pixels that line up with nothing in the input;
+            # they are returned whole, as transformers returns them.
+            gh, gw = self.swinv2.embeddings.grid(height, width)
+            reconstruction = reconstruction[..., : min(height, gh * ph), : min(width, gw * pw)]
         loss = None
         if bool_masked_pos is not None:
             if ph != pw:
@@ -999,12 +1008,14 @@ class Swinv2ForMaskedImageModeling(Swinv2PreTrainedModel):
                     f"input: encoder_stride ({stride}) must equal patch_size * 2**(num_stages - 1) = "
                     f"{ph * depth}; set encoder_stride={ph * depth} in the config"
                 )
-            grid = _grid_size(self.config, height, width)
+            grid = self.swinv2.embeddings.grid(height, width)
             mask = _check_bool_masked_pos(bool_masked_pos, batch, grid).reshape(batch, 1, *grid)
             # in fp32 at least (transformers' loss is fp32 for a half-precision model too)
             acc = torch.promote_types(pixel_values.dtype, torch.float32)
+            # (the pixels the model saw: all of them, or the whole patches where partial ones are dropped)
+            seen = pixel_values[..., : reconstruction.shape[-2], : reconstruction.shape[-1]]
             mask = mask.repeat_interleave(ph, 2).repeat_interleave(pw, 3)[..., :height, :width].to(acc)
-            error = F.l1_loss(pixel_values.to(acc), reconstruction.to(acc), reduction="none")
+            error = F.l1_loss(seen.to(acc), reconstruction.to(acc), reduction="none")
             # a mask given once for the whole batch is counted once, as transformers does (the same numbers)
             shared = bool_masked_pos.dim() == 1 or bool_masked_pos.shape[0] == 1
             loss = (error * mask).sum() / ((mask[:1] if shared else mask).sum() + 1e-5) / channels
@@ -1035,7 +1046,7 @@ class Swinv2Backbone(Swinv2PreTrainedModel):
         config = self.config  # (transformers' config, converted)
         self.embeddings = PatchEmbeddings(
             config.image_hw, config.patch_hw, config.num_channels, config.embed_dim,
-            False, config.use_absolute_embeddings, config.hidden_dropout_prob,
+            False, config.use_absolute_embeddings, config.hidden_dropout_prob, config.drops_partial_patches,
         )
         self.stages = build_stages(config)
         self.num_features = [config.embed_dim] + [config.embed_dim * 2**i for i in range(config.num_layers)]
