@@ -642,6 +642,39 @@ def test_timm_and_torchvision_refuse_what_they_cannot_hold():
         ck.export_state_dict(ours("Swinv2ForMaskedImageModeling", encoder_stride=8), "torchvision")
 
 
+def test_torchvision_checkpoints_shift_as_each_input_grid_asks(tmp_path, monkeypatch):
+    """torchvision decides on every call along which sides to shift (those where the input's grid spans more
+    than one window; its window never shrinks): a model read from its file does the same, so it gives
+    torchvision's numbers at input sizes other than its image_size (64 px here, window 4: a 30x100 input's
+    second stage is 4x13 patches, shifted along the width only, where a 64 px input's 8x8 is shifted both
+    ways and a 17x23 input's 2x3 not at all), on the
+    eager, grouped CPU, exact and interpreted-Triton paths, input gradients included."""
+    torch.manual_seed(0)
+    reference = perturb_(torchvision_swinv2(3, embed_dim=16, depths=[2, 2], num_heads=[2, 2], window=4)).eval()
+    save_file(reference.state_dict(), tmp_path / "tv.safetensors")
+    model = swinv2.Swinv2ForImageClassification.from_pretrained(tmp_path / "tv.safetensors", image_size=64,
+                                                                window_size=4).eval()
+    stage2 = model.swinv2.stages[1].blocks[1]
+    assert (stage2.shift_for(8, 8), stage2.shift_for(4, 13), stage2.shift_for(2, 3)) == ((2, 2), (0, 2), (0, 0))
+    for hw in ((30, 100), (64, 64), (150, 30), (17, 23)):
+        x = torch.randn(2, 3, *hw, generator=torch.Generator().manual_seed(hw[0]))
+        with torch.no_grad():
+            theirs = reference(x)
+            tolerance = 1e-5 * max(1.0, theirs.abs().max().item())
+            assert max_diff(model(x).logits, theirs) < tolerance, hw
+            assert max_diff(model(x, output_attentions=True).logits, theirs) < tolerance, hw
+            with monkeypatch.context() as context:  # the GPU path's Triton gathers, under the interpreter
+                context.setattr(kernels, "INTERPRET_ON_CPU", True)
+                context.setattr(kernels, "TRITON_FOUND", True)
+                assert max_diff(model(x).logits, theirs) < tolerance, hw
+        grads = []
+        for net, logits_of in ((model, lambda out: out.logits), (reference, lambda out: out)):
+            pixels = x.clone().requires_grad_()
+            logits_of(net(pixels)).square().sum().backward()
+            grads.append(pixels.grad)
+        assert max_diff(*grads) < 1e-4 * grads[1].abs().max().item(), hw
+
+
 PEER_GEOMETRIES = [  # (library, image (h, w), patch, window, depths): each way the layouts part, and alike
     ("timm", (64, 64), 4, 4, [2, 2]),  # whole windows everywhere: alike
     ("timm", (52, 52), 4, 5, [2, 2]),  # 13x13 patches: timm shifts, then pads

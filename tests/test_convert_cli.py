@@ -147,8 +147,9 @@ def test_torchvision_file_without_size_asks_for_it_instead_of_guessing(tmp_path,
         for model in (converted, direct):
             assert (model.swinv2(x).last_hidden_state - features).abs().max() < 1e-5
             assert (model(x).logits - logits).abs().max() < 1e-5
-        # what the old guess gave: stage 2 unshifted, where torchvision shifts it
-        assert (guessed.swinv2(x).last_hidden_state - features).abs().max() > 1e-3
+        # another size changes nothing torchvision computes (its layout takes the shifts from each input's
+        # grid, and its window never shrinks): only the size images are prepared at
+        assert (guessed.swinv2(x).last_hidden_state - features).abs().max() < 1e-5
 
 
 def test_simmim_model_converts_to_microsofts_simmim_layout(tmp_path):

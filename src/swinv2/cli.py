@@ -844,7 +844,7 @@ def _info(args: argparse.Namespace) -> int:
                 "channels": config.embed_dim * 2**i,
                 "tokens": [grid_h, grid_w],  # the padded token grid the stage runs on at image_size
                 "window": list(blocks[0].window),  # (height, width)
-                "shift": [max(block.shift[side] for block in blocks) for side in (0, 1)],
+                "shift": [max(block.shift_for(grid_h, grid_w)[side] for block in blocks) for side in (0, 1)],
             }
         )
         grid_h, grid_w = -(-grid_h // 2), -(-grid_w // 2)  # patch merging pads an odd grid

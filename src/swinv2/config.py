@@ -159,7 +159,8 @@ class Swinv2Config:
             each stage runs on (odd grids are padded before merging: rounded up), so a window shrinks to a
             narrow grid along that side only, and a grid is rolled, then padded. "torchvision": partial
             patches dropped; a square window that never shrinks (a smaller grid is padded up to it),
-            shifted along each side it does not cover whole; padded, then rolled. "microsoft" (the paper's
+            shifted along each side where the grid of each input (not the one at `image_size`) spans more
+            than one window; padded, then rolled. "microsoft" (the paper's
             code): partial patches dropped; as transformers, but sized from the grid's shorter side (a
             portrait grid's width). Each library's checkpoints are read with its own. They give other
             numbers where a grid is not whole windows (e.g. 224 px with window 8: stage 3 is 14x14 patches,
@@ -384,7 +385,8 @@ class Swinv2Config:
         `image_size`. transformers: square, from the patch grid's height halved with rounding down from stage
         to stage (Microsoft's code: from its shorter side). timm: each side from that side of the grid the
         stage runs on (halved with rounding up), so a window shrinks to a narrow grid along that side alone;
-        torchvision: a square window that never shrinks, shifted along the sides it does not cover whole."""
+        torchvision: a square window that never shrinks, shifted along the sides it does not cover whole (the
+        model decides that for each input's grid: `Swinv2Block.shift_for`)."""
         height, width = (size // patch for size, patch in zip(self.image_hw, self.patch_hw))
         if self.window_layout in ("transformers", "microsoft"):
             side = (height if self.window_layout == "transformers" else min(height, width)) // 2**stage

@@ -1328,12 +1328,16 @@ class Swinv2Block(nn.Module):
         layer_norm_eps: float = 1e-5,
         shift_mask_value: float = MASK_VALUE,
         shift_first: bool = False,
+        shift_per_input: bool = False,
     ) -> None:
         super().__init__()
         self.window = sides(window)  # (height, width), as the shift
         self.shift = sides(shift)
         self.shift_mask_value = shift_mask_value
         self.shift_first = shift_first  # rolled before padded to whole windows, as in timm (`window_layout`)
+        # torchvision's: the shift applies along the sides where the grid of each input spans more than one
+        # window, instead of being fixed at the config's image size (`shift_for`)
+        self.shift_per_input = shift_per_input
         self.attn = WindowAttention(dim, num_heads, window, pretrained_window, qkv_bias, attn_drop, attn_drop)
         self.norm1 = nn.LayerNorm(dim, eps=layer_norm_eps)
         self.drop_path = DropPath(drop_path)
@@ -1341,6 +1345,13 @@ class Swinv2Block(nn.Module):
         self.norm2 = nn.LayerNorm(dim, eps=layer_norm_eps)
         self._mask_cache: OrderedDict[tuple, Tensor] = OrderedDict()
         self._layout_cache: OrderedDict[tuple, tuple[Tensor, Tensor]] = OrderedDict()
+
+    def shift_for(self, height: int, width: int) -> tuple[int, int]:
+        """The shift `(down, right)` on a `(height, width)` grid (whole windows or not): `shift`, or with
+        `shift_per_input` its sides along which one window covers the grid set to 0."""
+        if not self.shift_per_input:
+            return self.shift
+        return tuple(s if side > win else 0 for side, win, s in zip((height, width), self.window, self.shift))
 
     def attention_mask(self, height: int, width: int, dtype: torch.dtype, device: torch.device) -> Tensor:
         """Position bias plus shifted-window mask for a padded grid: `(nW or 1, heads, N, N)`.
@@ -1361,7 +1372,8 @@ class Swinv2Block(nn.Module):
         """Whether CPU inference splits a padded grid's windows into `window_regions`: a shifted block whose
         folded mask would take more than REGION_MASK_BYTES in fp32."""
         (wh, ww), heads = self.window, self.attn.num_heads
-        return any(self.shift) and (height // wh) * (width // ww) * heads * (wh * ww) ** 2 * 4 > REGION_MASK_BYTES
+        windows = (height // wh) * (width // ww)
+        return any(self.shift_for(height, width)) and windows * heads * (wh * ww) ** 2 * 4 > REGION_MASK_BYTES
 
     def _folded_masks(
         self, height: int, width: int, dtype: torch.dtype, device: torch.device, regions: bool
@@ -1378,14 +1390,15 @@ class Swinv2Block(nn.Module):
             if cached is not None:
                 return cached
         bias = self.attn.position_bias().unsqueeze(0)  # (1, heads, N, N), in the weights' dtype
-        if not any(self.shift):
+        shift = self.shift_for(height, width)
+        if not any(shift):
             folded = bias.to(dtype)
         else:  # (0, -100 and -200 are exact in every float dtype: the shift mask is made in `dtype` itself)
             shift_mask = shifted_window_mask(
-                height, width, self.window, self.shift, device, dtype, self.shift_mask_value
+                height, width, self.window, shift, device, dtype, self.shift_mask_value
             ).unsqueeze(1)
             if split:
-                shift_mask = shift_mask[window_regions(height, width, self.window, self.shift)[1].to(device)]
+                shift_mask = shift_mask[window_regions(height, width, self.window, shift)[1].to(device)]
             if cacheable:  # summed at the bias's precision, written once in `dtype`: no fp32 (nW, heads, N, N)
                 folded = bias.new_empty((shift_mask.shape[0], *bias.shape[1:]), dtype=dtype)
                 torch.add(bias, shift_mask, out=folded)
@@ -1414,9 +1427,10 @@ class Swinv2Block(nn.Module):
         layout = _recall(self._layout_cache, key)
         if layout is None:
             if regions:
-                layout = region_layout(height, width, self.window, self.shift, split, self.shift_first)
+                layout = region_layout(height, width, self.window, self.shift_for(height, width), split,
+                                       self.shift_first)
             else:
-                layout = window_layout(height, width, self.window, self.shift, self.shift_first)
+                layout = window_layout(height, width, self.window, self.shift_for(height, width), self.shift_first)
             layout = _on_device(layout, device)
             _remember(self._layout_cache, key, layout)
         return layout
@@ -1578,7 +1592,7 @@ class Swinv2Block(nn.Module):
             padded = torch.cat((y.reshape(b, h * w, c), y.new_zeros(b, 1, c)), dim=1)  # row h * w: padding
             return padded[:, rows].view(-1, n, c)
         hp, wp = self._padded(h, w)
-        back = (-self.shift[0], -self.shift[1])
+        back = tuple(-s for s in self.shift_for(h, w))
         return window_partition(_shifted(y, back, self.shift_first, (0, 0, 0, wp - w, 0, hp - h)), self.window)
 
     def _from_windows(self, windows: Tensor, h: int, w: int, layout: tuple[Tensor, Tensor] | None) -> Tensor:
@@ -1594,7 +1608,8 @@ class Swinv2Block(nn.Module):
             b = windows.shape[0] * windows.shape[1] // (hp * wp)
             rows = self._symbolic_rows(h, w, windows.device, to_windows=False)
             return windows.reshape(b, hp * wp, c)[:, rows].view(b, h, w, c)
-        return _unshifted(window_reverse(windows, self.window, hp, wp), self.shift, self.shift_first, h, w)
+        shift = self.shift_for(h, w)
+        return _unshifted(window_reverse(windows, self.window, hp, wp), shift, self.shift_first, h, w)
 
     def _symbolic_rows(self, h, w, device: torch.device, to_windows: bool) -> Tensor:
         """`window_layout`'s row indices in closed form, for sizes that are symbols under `torch.compile`'s
@@ -1602,7 +1617,7 @@ class Swinv2Block(nn.Module):
         symbolic grid leave inductor's CPU code generator simplifying index expressions for minutes (one
         block on a 7x9 grid: 161 s -> 12 s to compile). `to_windows` rows point at `h * w` (a zero row) for
         padding."""
-        (wh, ww), (sh, sw) = self.window, self.shift
+        (wh, ww), (sh, sw) = self.window, self.shift_for(h, w)
         hp, wp = self._padded(h, w)
         # the grid a roll runs on: the padded one, or the grid itself when it is rolled before the padding
         rh, rw = (h, w) if self.shift_first else (hp, wp)
@@ -1701,12 +1716,14 @@ class Swinv2Stage(nn.Module):
         layer_norm_eps: float = 1e-5,
         shift_mask_value: float = MASK_VALUE,
         shift_first: bool = False,
+        shift_per_input: bool = False,
     ) -> None:
         super().__init__()
         self.blocks = nn.ModuleList(
             Swinv2Block(
                 dim, num_heads, window, 0 if i % 2 == 0 else shift, pretrained_window, mlp_ratio, qkv_bias,
                 hidden_act, drop, attn_drop, drop_paths[i], layer_norm_eps, shift_mask_value, shift_first,
+                shift_per_input,
             )
             for i in range(depth)
         )

@@ -206,6 +206,9 @@ def build_stages(config: Swinv2Config) -> nn.ModuleList:
     stages = []
     for i, (depth, heads) in enumerate(zip(config.depths, config.num_heads)):
         window, shift = config.stage_window(i)
+        per_input = config.window_layout == "torchvision"
+        if per_input:  # the shift where a grid spans more than one window; each input's grid says where it does
+            shift = (window[0] // 2, window[1] // 2)
         first = sum(config.depths[:i])
         stages.append(
             Swinv2Stage(
@@ -225,6 +228,7 @@ def build_stages(config: Swinv2Config) -> nn.ModuleList:
                 layer_norm_eps=config.layer_norm_eps,
                 shift_mask_value=config.shift_mask_value,
                 shift_first=config.window_layout == "timm",
+                shift_per_input=per_input,
             )
         )
     return nn.ModuleList(stages)
