@@ -642,6 +642,35 @@ def test_masked_image_modeling_crops_only_the_padding(tmp_path, rng):
     close(mine, theirs[..., :30, :29], "reconstruction of a padded input")
 
 
+def test_masked_image_modeling_drops_partial_patches_in_the_peer_layouts(tmp_path, rng):
+    """timm's, torchvision's and Microsoft's patch convolutions drop the pixels of a partial patch, and so do
+    their layouts here: a 30 x 29 input is read as its 28 x 28 whole patches (7 x 7, where transformers pads
+    to 8 x 8). The encoder's output, the reconstruction (of the pixels the model saw) and the loss over the
+    masked patches are transformers' on the cropped input (torchvision's layout: the same windows there)."""
+    config = PARITY_CONFIGS["two_stage"]
+    hf = hf_model("Swinv2ForMaskedImageModeling", config, encoder_stride=8)
+    hf.save_pretrained(tmp_path / "hf")
+    ours = swinv2.Swinv2ForMaskedImageModeling.from_pretrained(tmp_path / "hf", window_layout="torchvision")
+    x = input_for(config, rng, size=(30, 29))
+    mask = torch.rand(2, 49, generator=rng) < 0.5
+    # (transformers' head reads the mask at its config's 8 x 8 grid: its encoder, decoder and loss, written out)
+    with torch.no_grad():
+        encoded = hf.swinv2(x[..., :28, :28], bool_masked_pos=mask, output_hidden_states=True)
+        reconstruction = hf.decoder(encoded.last_hidden_state.transpose(1, 2).reshape(2, -1, 4, 4))
+        mine = ours(x, bool_masked_pos=mask, output_hidden_states=True)
+    pixels = mask.reshape(2, 1, 7, 7).repeat_interleave(4, 2).repeat_interleave(4, 3).float()
+    error = torch.nn.functional.l1_loss(x[..., :28, :28], reconstruction[..., :28, :28], reduction="none")
+    loss = (error * pixels).sum() / (pixels.sum() + 1e-5) / 3
+    assert mine.reconstruction.shape[-2:] == (28, 28)
+    close(mine.reconstruction, reconstruction[..., :28, :28], "reconstruction of the whole patches")
+    close(mine.loss, loss, "loss over the masked whole patches")
+    close(mine.hidden_states[0], encoded.hidden_states[0], "embeddings of the whole patches")
+    with pytest.raises(ValueError, match=r"must have 49 patches|49"):
+        ours(x, bool_masked_pos=torch.zeros(2, 64, dtype=torch.bool))  # transformers' 8 x 8 grid: not this one
+    with pytest.raises(ValueError, match=r"3x40 pixels hold no whole 4x4 patch.*resize the images to at least 4x4"):
+        ours(torch.randn(1, 3, 3, 40))
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.float64, torch.int64, torch.uint8])
 def test_numeric_zero_one_masks_are_taken_as_transformers_takes_them(dtype, tmp_path, rng):
     """bool_masked_pos given as 0/1 numbers: the reconstruction and the loss of transformers given the same

@@ -182,6 +182,34 @@ def test_masked_image_modeling_and_backbone_shapes(d: Draw):
         _assert_finite(name, m)
 
 
+@examples(15)
+@given(architectures(), st.sampled_from(["timm", "torchvision", "microsoft"]))
+def test_every_window_layout_computes_alike_on_every_path(d: Draw, layout: str):
+    """The other libraries' layouts (windows and shifts per side, shifts decided per input, partial patches
+    dropped) on random architectures and inputs of at least one patch: the grouped CPU path, the whole-block
+    path (hooks on the blocks' layers keep it) and the exact path give the same outputs, and the attention
+    probabilities of the exact path have one row per token of each window, summing to 1."""
+    patch = d.config["patch_size"]
+    d = Draw({**d.config, "window_layout": layout}, d.batch, max(d.height, patch), max(d.width, patch))
+    model = _built(swinv2.Swinv2ForImageClassification, d)
+    x = _pixels(d)
+    with torch.no_grad():
+        grouped = model(x, output_hidden_states=True)
+        exact = model(x, output_hidden_states=True, output_attentions=True)
+        handle = model.swinv2.stages[0].blocks[0].mlp.fc1.register_forward_hook(lambda *args: None)
+        whole = model(x, output_hidden_states=True)
+        handle.remove()
+    for other in (exact, whole):
+        torch.testing.assert_close(other.logits, grouped.logits, atol=1e-5, rtol=1e-5)
+        for a, b in zip(other.hidden_states, grouped.hidden_states):
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    assert exact.hidden_states[0].shape[1] == (d.height // patch) * (d.width // patch)  # whole patches only
+    for probs, stage in zip(exact.attentions, model.swinv2.stages):
+        wh, ww = stage.blocks[-1].window
+        assert probs.shape[-2:] == (wh * ww, wh * ww)
+        torch.testing.assert_close(probs.sum(-1), torch.ones_like(probs.sum(-1)), atol=1e-5, rtol=0)
+
+
 @examples(8)
 @given(architectures())
 def test_low_precision_stays_finite(d: Draw):

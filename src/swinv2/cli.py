@@ -829,7 +829,7 @@ def _info(args: argparse.Namespace) -> int:
     macs = count_macs(model, height, width)
     stages = []
     ph, pw = config.patch_hw
-    grid_h, grid_w = config.patch_grid(height, width)
+    grid_h, grid_w = model.base_model.embeddings.grid(height, width)
     # The window and shift are read from the built blocks, not re-derived here: the model sizes them from
     # the floor-halved grid (as transformers does) while the token grid is padded up, and a second formula
     # here drifted from the model's before.

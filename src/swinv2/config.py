@@ -375,11 +375,6 @@ class Swinv2Config:
         convolutions of timm, torchvision and Microsoft's code) instead of being zero-padded (transformers)."""
         return self.window_layout != "transformers"
 
-    def patch_grid(self, height: int, width: int) -> tuple[int, int]:
-        """The patch grid `(rows, columns)` of a `height x width` image (`drops_partial_patches`)."""
-        (ph, pw), drop = self.patch_hw, self.drops_partial_patches
-        return (height // ph, width // pw) if drop else (-(-height // ph), -(-width // pw))
-
     def stage_window(self, stage: int) -> tuple[tuple[int, int], tuple[int, int]]:
         """The window and shift of `stage`, each as (height, width), as `window_layout` sizes them at
         `image_size`. transformers: square, from the patch grid's height halved with rounding down from stage

@@ -333,8 +333,6 @@ def _check_matches_weights(pixel_values: Tensor, weight: Tensor) -> None:
         )
 
 
-
-
 def _check_bool_masked_pos(bool_masked_pos: Tensor, batch: int, grid: tuple[int, int]) -> Tensor:
     """`(B, num_patches)` or `(B, grid_h, grid_w)` bool (or 0/1 numbers) -> `(B, num_patches)`; one mask for
     every image, `(num_patches,)` or `(1, num_patches)`, is broadcast as transformers does."""
