@@ -1,9 +1,9 @@
 """The Swin Transformer V2 building blocks (Liu et al., arXiv 2111.09883), as the paper describes them.
 
 Tensors between blocks are channels-last token grids `(B, H, W, C)`. Attention runs inside
-non-overlapping windows of `(wh, ww)` tokens (square, but where timm's layout narrows one side to a narrow
-grid); every other block shifts the windows by half a window (a cyclic `roll`) and masks attention between
-tokens that the roll brought together.
+non-overlapping windows of `(wh, ww)` tokens (square, except where timm's layout narrows a window along the
+side of a grid narrower than it); every other block shifts the windows by half a window (a cyclic `roll`)
+and masks attention between tokens that the roll brought together.
 
 Swin V2's changes to Swin V1, all here:
 - residual post-normalisation: `x = x + norm(attn(x))`, `x = x + norm(mlp(x))`;
