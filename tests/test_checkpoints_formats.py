@@ -218,6 +218,25 @@ def test_mlp_widths_no_ratio_gives_are_refused():
         ck.infer_config(state, window_size=4, image_size=64)
 
 
+def test_timm_real_architecture_at_a_portrait_size_from_save_for_hf(tmp_path):
+    """swinv2_tiny_window8_256 built at 256 x 192 px and saved with timm's save_for_hf: its last stage is 8x6
+    patches, where timm narrows the window to 8x6 (unshifted); read from the folder, the model does the same
+    and gives timm's logits."""
+    import timm
+    from timm.models._hub import save_for_hf
+
+    torch.manual_seed(0)
+    reference = perturb_(timm.create_model("swinv2_tiny_window8_256", img_size=(256, 192), num_classes=7)).eval()
+    save_for_hf(reference, tmp_path / "portrait", model_args={"img_size": (256, 192), "num_classes": 7})
+    model = swinv2.Swinv2ForImageClassification.from_pretrained(tmp_path / "portrait")
+    assert (model.config.image_size, model.config.window_layout) == ([256, 192], "timm")
+    assert [(b.window, b.shift) for b in model.swinv2.stages[3].blocks] == [((8, 6), (0, 0))] * 2
+    x = torch.randn(1, 3, 256, 192, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        expected = reference(x)
+        assert max_diff(model(x).logits, expected) < 1e-5 * max(1.0, expected.abs().max().item())
+
+
 def test_timm_real_architecture_from_timm_hub_layout(tmp_path):
     """swinv2_tiny_window8_256 as timm publishes it: model.safetensors, config.json naming the model."""
     import timm
