@@ -388,7 +388,8 @@ class Swinv2Config:
             window, shift = stage_window(side, self.window_size)
             return (window, window), (shift, shift)
         grid = (-(-height // 2**stage), -(-width // 2**stage))
-        (wh, sh), (ww, sw) = (stage_window(side, self.window_size, self.window_layout == "timm") for side in grid)
+        shrink = self.window_layout == "timm"
+        (wh, sh), (ww, sw) = (stage_window(side, self.window_size, shrink=shrink) for side in grid)
         return (wh, ww), (sh, sw)
 
     # ------------------------------------------------------------------ validation

@@ -1426,11 +1426,11 @@ class Swinv2Block(nn.Module):
         key = (regions, split, height, width, device)
         layout = _recall(self._layout_cache, key)
         if layout is None:
+            shift = self.shift_for(height, width)
             if regions:
-                layout = region_layout(height, width, self.window, self.shift_for(height, width), split,
-                                       self.shift_first)
+                layout = region_layout(height, width, self.window, shift, split, self.shift_first)
             else:
-                layout = window_layout(height, width, self.window, self.shift_for(height, width), self.shift_first)
+                layout = window_layout(height, width, self.window, shift, self.shift_first)
             layout = _on_device(layout, device)
             _remember(self._layout_cache, key, layout)
         return layout

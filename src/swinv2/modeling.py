@@ -989,14 +989,14 @@ class Swinv2ForMaskedImageModeling(Swinv2PreTrainedModel):
         features = outputs.last_hidden_state.transpose(1, 2).reshape(batch, -1, gh, gw)
         reconstruction = decoded = self.decoder(features)
         ph, pw = self.config.patch_hw
+        grid = self.swinv2.embeddings.grid(height, width)
         stride, depth = self.config.encoder_stride, 2 ** (self.config.num_layers - 1)
         if stride == ph * depth == pw * depth:
             # Each token decodes to the pixels it was made from: only the padding of an input that is not a
             # multiple of the patch (or of the last stages' grids) is cut off, and where partial patches are
             # dropped, so are their pixels. Another stride gives pixels that line up with nothing in the input;
             # they are returned whole, as transformers returns them.
-            gh, gw = self.swinv2.embeddings.grid(height, width)
-            reconstruction = reconstruction[..., : min(height, gh * ph), : min(width, gw * pw)]
+            reconstruction = reconstruction[..., : min(height, grid[0] * ph), : min(width, grid[1] * pw)]
         loss = None
         if bool_masked_pos is not None:
             if ph != pw:
@@ -1010,7 +1010,6 @@ class Swinv2ForMaskedImageModeling(Swinv2PreTrainedModel):
                     f"input: encoder_stride ({stride}) must equal patch_size * 2**(num_stages - 1) = "
                     f"{ph * depth}; set encoder_stride={ph * depth} in the config"
                 )
-            grid = self.swinv2.embeddings.grid(height, width)
             mask = _check_bool_masked_pos(bool_masked_pos, batch, grid).reshape(batch, 1, *grid)
             # in fp32 at least (transformers' loss is fp32 for a half-precision model too)
             acc = torch.promote_types(pixel_values.dtype, torch.float32)
