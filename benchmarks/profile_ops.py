@@ -7,6 +7,7 @@ step and kernel launches per step (what bounds batch-1 latency on a GPU).
 
     python benchmarks/profile_ops.py --device cuda --dtype bf16 --task train --batch 128 --impls ours,timm --out prof
     python benchmarks/profile_ops.py --device cpu --task infer --batch 8 --impls ours,transformers
+    python benchmarks/profile_ops.py --device cpu --dtype fp32 --mode compile --batch 8 --impls ours
 """
 
 from __future__ import annotations
@@ -35,7 +36,8 @@ def profile_row(impl: str, row: bench.Row, steps: int, rows_shown: int) -> tuple
     """(summary line, operator table) of `steps` profiled steps of one implementation."""
     torch.manual_seed(0)
     model = BUILDERS[impl]().to(row.device)
-    step = bench.make_step(impl, model, row, None)
+    compiled = torch.compile(model, mode=bench.COMPILE_MODES[row.mode]) if row.mode in bench.COMPILE_MODES else None
+    step = bench.make_step(impl, model, row, compiled)
     for _ in range(3):  # caches, cuDNN/cuBLAS heuristics, the allocator's pools
         bench.timed(step, row.device)
     wall = min(bench.timed(step, row.device) for _ in range(3))
@@ -64,6 +66,7 @@ def main() -> int:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", default="bf16", choices=sorted(bench.DTYPES))
     p.add_argument("--task", default="infer", choices=["infer", "train"])
+    p.add_argument("--mode", default="eager", choices=["eager", "compile"], help="eager, or torch.compile")
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--impls", default="ours", help="comma-separated: ours, transformers, timm, torchvision")
     p.add_argument("--steps", type=int, default=3, help="profiled steps")
@@ -71,7 +74,7 @@ def main() -> int:
     p.add_argument("--out", default="", help="folder for one table per implementation (default: print)")
     args = p.parse_args()
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-    row = bench.Row(args.device, args.dtype, args.task, "eager", args.batch)
+    row = bench.Row(args.device, args.dtype, args.task, args.mode, args.batch)
     for impl in args.impls.split(","):
         t0 = time.perf_counter()
         summary, table = profile_row(impl, row, args.steps, args.rows)

@@ -722,8 +722,12 @@ def shifted_window_mask(
 
 # ---------------------------------------------------------------------------------------------- layers
 def _symbolic(*sizes) -> bool:
-    """Whether sizes are symbols (torch.compile with dynamic shapes) rather than numbers."""
-    return any(isinstance(size, torch.SymInt) for size in sizes)
+    """Whether sizes are symbols (torch.compile or torch.export with dynamic shapes) rather than numbers. (Code
+    that dynamo traces sees its symbolic sizes as ints, to `isinstance` too: there the graph's shape
+    environment tells.)"""
+    return any(isinstance(size, torch.SymInt) for size in sizes) or (
+        torch.compiler.is_compiling() and _tracing_symbolic_sizes()
+    )
 
 
 def _tracing_symbolic_sizes() -> bool:
@@ -773,11 +777,16 @@ def to_whole_patches(pixel_values: Tensor, patch_size: tuple[int, int], drop_par
     `drop_partial` cropped to them (as a strided patch convolution reads them: timm, torchvision)."""
     ph, pw = patch_size
     height, width = pixel_values.shape[-2:]
+    # Sizes are rounded as n // p * p and (n + p - 1) // p * p: under torch.compile's dynamic shapes these stay
+    # expressions that divide back exactly (n + (-n) % p grows into ones its symbolic algebra cannot simplify:
+    # minutes of compiling), and symbolic sizes are cropped or padded whether or not that is a no-op, so that
+    # one graph serves every size instead of one per remainder.
     if drop_partial:
-        crop_h, crop_w = height % ph, width % pw
-        return pixel_values[..., : height - crop_h, : width - crop_w] if crop_h or crop_w else pixel_values
-    pad_h, pad_w = (-height) % ph, (-width) % pw
-    return F.pad(pixel_values, (0, pad_w, 0, pad_h)) if pad_h or pad_w else pixel_values
+        whole_h, whole_w = height // ph * ph, width // pw * pw
+        cut = _symbolic(height, width) or (whole_h, whole_w) != (height, width)
+        return pixel_values[..., :whole_h, :whole_w] if cut else pixel_values
+    pad_h, pad_w = (height + ph - 1) // ph * ph - height, (width + pw - 1) // pw * pw - width
+    return F.pad(pixel_values, (0, pad_w, 0, pad_h)) if _symbolic(height, width) or pad_h or pad_w else pixel_values
 
 
 class PatchEmbeddings(nn.Module):
@@ -830,7 +839,7 @@ class PatchEmbeddings(nn.Module):
     def grid(self, height: int, width: int) -> tuple[int, int]:
         """The patch grid `(rows, columns)` of a `height x width` image."""
         (ph, pw), whole = self.patch_size, self.drop_partial_patches
-        return (height // ph, width // pw) if whole else (-(-height // ph), -(-width // pw))
+        return (height // ph, width // pw) if whole else ((height + ph - 1) // ph, (width + pw - 1) // pw)
 
     def _project(self, pixel_values: Tensor) -> Tensor:
         """`(B, C_in, H, W)` with H, W multiples of the patch -> `(B, H/p, W/p, C)`.
@@ -1574,7 +1583,8 @@ class Swinv2Block(nn.Module):
 
     def _padded(self, h: int, w: int) -> tuple[int, int]:
         """The grid padded up to whole windows."""
-        return h + (-h) % self.window[0], w + (-w) % self.window[1]
+        (wh, ww) = self.window
+        return (h + wh - 1) // wh * wh, (w + ww - 1) // ww * ww
 
     def _to_windows(self, x: Tensor, low: torch.dtype | None, layout: tuple[Tensor, Tensor] | None) -> Tensor:
         """`(B, H, W, C)` -> the shifted windows `(B * nW, N, C)`: pad, roll by -shift (or roll, then pad:
@@ -1689,8 +1699,8 @@ class PatchMerging(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """`(B, H, W, C)` -> `(B, ceil(H/2), ceil(W/2), 2C)`; odd sizes are zero-padded first."""
         h, w = x.shape[1:3]
-        if h % 2 or w % 2:
-            x = F.pad(x, (0, 0, 0, w % 2, 0, h % 2))
+        if _symbolic(h, w) or h % 2 or w % 2:  # (rounded up, and padded when symbolic: see `to_whole_patches`)
+            x = F.pad(x, (0, 0, 0, (w + 1) // 2 * 2 - w, 0, (h + 1) // 2 * 2 - h))
         x = torch.cat([x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]], dim=-1)
         return self.norm(apply_linear(self.reduction, x))
 
