@@ -722,9 +722,9 @@ def shifted_window_mask(
 
 # ---------------------------------------------------------------------------------------------- layers
 def _symbolic(*sizes) -> bool:
-    """Whether sizes are symbols (torch.compile or torch.export with dynamic shapes) rather than numbers. (Code
-    that dynamo traces sees its symbolic sizes as ints, to `isinstance` too: there the graph's shape
-    environment tells.)"""
+    """Whether sizes are symbols (torch.compile or torch.export with dynamic shapes) rather than numbers. Code
+    that dynamo traces sees its symbolic sizes as ints, to `isinstance` too: there this says whether the
+    graph has symbolic sizes at all (the batch's alone is enough)."""
     return any(isinstance(size, torch.SymInt) for size in sizes) or (
         torch.compiler.is_compiling() and _tracing_symbolic_sizes()
     )
@@ -772,20 +772,25 @@ def _window_groups(count: int, n: int, mask: Tensor, tokens: int) -> Iterator[tu
             yield slice(image_start + start, image_start + end), mask[start:end]
 
 
+def _ceil_div(size, unit):
+    """`ceil(size / unit)` for ints and for symbolic sizes. Written `(size + unit - 1) // unit`, which dynamo's
+    and inductor's symbolic algebra divide back exactly; `size + (-size) % unit` nests into guards they take
+    minutes over under torch.compile's dynamic shapes."""
+    return (size + unit - 1) // unit
+
+
 def to_whole_patches(pixel_values: Tensor, patch_size: tuple[int, int], drop_partial: bool = False) -> Tensor:
     """`(B, C, H, W)` zero-padded on the right and bottom to whole patches (as transformers pads), or with
     `drop_partial` cropped to them (as a strided patch convolution reads them: timm, torchvision)."""
     ph, pw = patch_size
     height, width = pixel_values.shape[-2:]
-    # Sizes are rounded as n // p * p and (n + p - 1) // p * p: under torch.compile's dynamic shapes these stay
-    # expressions that divide back exactly (n + (-n) % p grows into ones its symbolic algebra cannot simplify:
-    # minutes of compiling), and symbolic sizes are cropped or padded whether or not that is a no-op, so that
-    # one graph serves every size instead of one per remainder.
+    # Symbolic sizes are cropped or padded whether or not that is a no-op: one graph for every size, instead of
+    # one per remainder.
     if drop_partial:
         whole_h, whole_w = height // ph * ph, width // pw * pw
         cut = _symbolic(height, width) or (whole_h, whole_w) != (height, width)
         return pixel_values[..., :whole_h, :whole_w] if cut else pixel_values
-    pad_h, pad_w = (height + ph - 1) // ph * ph - height, (width + pw - 1) // pw * pw - width
+    pad_h, pad_w = _ceil_div(height, ph) * ph - height, _ceil_div(width, pw) * pw - width
     return F.pad(pixel_values, (0, pad_w, 0, pad_h)) if _symbolic(height, width) or pad_h or pad_w else pixel_values
 
 
@@ -839,7 +844,7 @@ class PatchEmbeddings(nn.Module):
     def grid(self, height: int, width: int) -> tuple[int, int]:
         """The patch grid `(rows, columns)` of a `height x width` image."""
         (ph, pw), whole = self.patch_size, self.drop_partial_patches
-        return (height // ph, width // pw) if whole else ((height + ph - 1) // ph, (width + pw - 1) // pw)
+        return (height // ph, width // pw) if whole else (_ceil_div(height, ph), _ceil_div(width, pw))
 
     def _project(self, pixel_values: Tensor) -> Tensor:
         """`(B, C_in, H, W)` with H, W multiples of the patch -> `(B, H/p, W/p, C)`.
@@ -1583,8 +1588,7 @@ class Swinv2Block(nn.Module):
 
     def _padded(self, h: int, w: int) -> tuple[int, int]:
         """The grid padded up to whole windows."""
-        (wh, ww) = self.window
-        return (h + wh - 1) // wh * wh, (w + ww - 1) // ww * ww
+        return _ceil_div(h, self.window[0]) * self.window[0], _ceil_div(w, self.window[1]) * self.window[1]
 
     def _to_windows(self, x: Tensor, low: torch.dtype | None, layout: tuple[Tensor, Tensor] | None) -> Tensor:
         """`(B, H, W, C)` -> the shifted windows `(B * nW, N, C)`: pad, roll by -shift (or roll, then pad:
@@ -1699,8 +1703,8 @@ class PatchMerging(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """`(B, H, W, C)` -> `(B, ceil(H/2), ceil(W/2), 2C)`; odd sizes are zero-padded first."""
         h, w = x.shape[1:3]
-        if _symbolic(h, w) or h % 2 or w % 2:  # (rounded up, and padded when symbolic: see `to_whole_patches`)
-            x = F.pad(x, (0, 0, 0, (w + 1) // 2 * 2 - w, 0, (h + 1) // 2 * 2 - h))
+        if _symbolic(h, w) or h % 2 or w % 2:  # (padded when symbolic: see `to_whole_patches`)
+            x = F.pad(x, (0, 0, 0, _ceil_div(w, 2) * 2 - w, 0, _ceil_div(h, 2) * 2 - h))
         x = torch.cat([x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]], dim=-1)
         return self.norm(apply_linear(self.reduction, x))
 
