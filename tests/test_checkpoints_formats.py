@@ -299,9 +299,9 @@ def test_timm_hub_folder_follows_its_model_args(tmp_path, kwargs, expected):
 
 
 def test_timm_hub_folder_settings_that_cannot_be_computed_are_refused(tmp_path):
-    """global_pool other than 'avg' (and timm's always_partition, a non-square window, an argument with no
-    counterpart) would give other numbers than timm's: an error naming the setting, not a silent 'avg'. An
-    older folder without model_args gives its size by pretrained_cfg.input_size, and keyword arguments of
+    """global_pool other than 'avg' (and an argument with no counterpart, or a window_size that is none of
+    timm's spellings) would give other numbers than timm's: an error naming the setting, not a silent 'avg'.
+    An older folder without model_args gives its size by pretrained_cfg.input_size, and keyword arguments of
     from_pretrained win over the file."""
     import json
 
@@ -313,20 +313,51 @@ def test_timm_hub_folder_settings_that_cannot_be_computed_are_refused(tmp_path):
     folder = tmp_path / "edited"
     timm_hub_folder(folder, img_size=64)
     original = json.loads((folder / "config.json").read_text())
-    for change, error in [
-        ({"always_partition": True}, r"always_partition=True keeps windows larger"),
-        ({"window_size": [8, 4]}, r"window_size=\[8, 4\] is not one square window"),
-        ({"norm_layer": "rmsnorm"}, r"model_args norm_layer have no counterpart"),
+    for change, error, message in [
+        ({"norm_layer": "rmsnorm"}, ck.CheckpointError, r"model_args norm_layer have no counterpart"),
+        ({"window_size": [8, 4, 2]}, ValueError, r"window_size must be .* one of either per stage \(4\)"),
+        ({"always_partition": "yes"}, ValueError, r"always_partition must be true or false"),
     ]:
         edited = {**original, "model_args": {**original["model_args"], **change}}
         (folder / "config.json").write_text(json.dumps(edited))
-        with pytest.raises(ck.CheckpointError, match=error):
+        with pytest.raises(error, match=message):
             swinv2.Swinv2ForImageClassification.from_pretrained(folder)
     del original["model_args"]  # timm before model_args: the size is pretrained_cfg's input_size
     (folder / "config.json").write_text(json.dumps(original))
     assert swinv2.Swinv2ForImageClassification.from_pretrained(folder).config.image_size == 64
     overridden = swinv2.Swinv2ForImageClassification.from_pretrained(folder, image_size=128, window_size=4)
     assert (overridden.config.image_size, overridden.config.window_size) == (128, 4)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "window_size"),
+    [
+        (dict(window_size=(8, 4)), [8, 4]),
+        (dict(window_size=(2, 6), always_partition=True), [2, 6]),
+        (dict(always_partition=True), 8),  # stage 4's 2x2 grid padded to one 8x8 window, shifted by 4
+        (dict(window_size=[8, (4, 2), 3, 3]), [8, [4, 2], 3, 3]),
+        (dict(window_size=[(5, 5), (5, 5), (5, 5), (5, 5)], always_partition=True), 5),
+    ],
+    ids=["8x4", "2x6-always-partition", "always-partition", "per-stage", "per-stage-same"],
+)
+def test_timm_rectangular_per_stage_windows_and_always_partition_are_timms(tmp_path, kwargs, window_size):
+    """timm's window_size as (height, width) or one per stage, and always_partition=True (windows that never
+    shrink, every other block shifted whatever its grid), read from a Hub folder: timm's logits at img_size
+    and at a size of another shape (atol 1e-4; measured <= 1.2e-7 on 300 random small timm models of these
+    settings, and gradients within 1.1e-6 relative on 40)."""
+    reference = timm_hub_folder(tmp_path, img_size=64, strict_img_size=False, **kwargs)
+    model = swinv2.Swinv2ForImageClassification.from_pretrained(tmp_path)
+    assert model.config.window_size == window_size
+    assert model.config.always_partition == kwargs.get("always_partition", False)
+    for size in [(64, 64), (96, 40)]:
+        x = torch.randn(2, 3, *size, generator=torch.Generator().manual_seed(size[1]))
+        with torch.no_grad():
+            expected = reference(x)
+            diff = max_diff(model(x).logits, expected)
+        assert expected.abs().max() > 0.5
+        assert diff < 1e-4, f"{kwargs} at {size}: max |logits difference| {diff:.2e}"
+    written = ck.ours_to_timm(model)  # back to timm: the same model loads strictly
+    reference.load_state_dict(written, strict=True)
 
 
 def test_timm_checkpoint_without_window_asks_for_it(tmp_path):
@@ -890,18 +921,50 @@ def test_a_checkpoint_of_only_nested_mappings_names_them(tmp_path):
         swinv2.Swinv2Model.from_pretrained(tmp_path / "nested.pth")
 
 
-def test_rectangular_torchvision_window_is_refused():
-    """torchvision takes window_size=[4, 2]; swinv2 (as transformers) has square windows only, and would
-    otherwise read the width as the window and compute something else."""
-    torch.manual_seed(0)
+def test_rectangular_torchvision_window_is_torchvisions(tmp_path):
+    """torchvision takes window_size=[4, 2] (its coordinate tables record it): read as that window, its
+    logits at inputs of several shapes (atol 1e-4; 60 random rectangular models measured <= 1.2e-7), and
+    written back for torchvision's strict load."""
     from torchvision.models.swin_transformer import PatchMergingV2, SwinTransformerBlockV2
 
-    reference = SwinTransformer(
+    torch.manual_seed(0)
+    reference = perturb_(SwinTransformer(
         patch_size=[4, 4], embed_dim=16, depths=[2, 2], num_heads=[2, 2], window_size=[4, 2], num_classes=3,
         block=SwinTransformerBlockV2, downsample_layer=PatchMergingV2,
-    )
-    with pytest.raises(ck.CheckpointError, match=r"stage 1 has 4x2 windows.*square windows only"):
-        ck.infer_config(reference.state_dict(), "torchvision")
+    ))
+    torch.save(reference.state_dict(), tmp_path / "weights.pth")
+    model = swinv2.Swinv2ForImageClassification.from_pretrained(tmp_path / "weights.pth", image_size=64)
+    assert (model.config.window_size, model.config.window_layout) == ([4, 2], "torchvision")
+    for size in [(64, 64), (36, 70), (20, 12)]:
+        x = torch.randn(2, 3, *size, generator=torch.Generator().manual_seed(size[0]))
+        with torch.no_grad():
+            expected = reference(x)
+            diff = max_diff(model(x).logits, expected)
+            # (pooled, the noise images look alike: the token features show a wrong window at once)
+            features = reference.norm(reference.features(x)).flatten(1, 2)
+            feature_diff = max_diff(model.swinv2(x).last_hidden_state, features)
+        assert features.std() > 0.5
+        assert diff < 1e-4 and feature_diff < 1e-4, f"at {size}: max differences {diff:.2e}, {feature_diff:.2e}"
+    written = ck.ours_to_torchvision(model)
+    assert written["features.1.0.attn.relative_coords_table"].shape == (1, 7, 3, 2)
+    reference.load_state_dict(written, strict=True)
+
+
+def test_windows_a_format_cannot_hold_are_refused_by_name():
+    """Microsoft's code has one square window for every stage; torchvision one window for every stage; and a
+    rectangular coordinate table in a Microsoft file is no file of its code."""
+    rectangular = ours(window_layout="timm", window_size=[4, 2])
+    with pytest.raises(ck.CheckpointError, match=r"Microsoft's Swin V2 has one square window.*window_size \[4, 2\]"):
+        ck.ours_to_microsoft(rectangular)
+    with pytest.raises(ck.CheckpointError, match=r"Microsoft's .* timm's always_partition"):
+        ck.ours_to_microsoft(ours(window_layout="timm", always_partition=True))
+    per_stage = ours(window_layout="torchvision", window_size=[4, [4, 2]])
+    with pytest.raises(ck.CheckpointError, match=r"torchvision's Swin V2 has one window for every stage"):
+        ck.ours_to_torchvision(per_stage)
+    state = ck.ours_to_microsoft(ours())
+    state["layers.0.blocks.0.attn.relative_coords_table"] = torch.zeros(1, 7, 3, 2)
+    with pytest.raises(ck.CheckpointError, match=r"stage 1 has 4x2 windows .* microsoft's Swin V2 has square"):
+        ck.infer_config(state, "microsoft")
 
 
 def test_shard_index_without_weight_map_is_named(tmp_path):

@@ -169,6 +169,40 @@ def test_nonsense_values_are_refused_naming_the_field_and_a_fix(field, value):
             cls(config)
 
 
+def test_timm_and_torchvision_windows_and_always_partition(tmp_path):
+    """window_size as timm takes it ((height, width), one per stage; two ints are always one window) and
+    timm's always_partition, with the layouts that have them; the stage windows they give; the round trip
+    through config.json; and errors that name the field and the fix."""
+    small = dict(image_size=64, embed_dim=8, depths=[2, 2, 2], num_heads=[2, 2, 2])
+    config = Swinv2Config(**small, window_layout="timm", window_size=(8, 4))
+    assert [config.target_window(i) for i in range(3)] == [(8, 4)] * 3
+    assert [config.stage_window(i) for i in range(3)] == [((8, 4), (4, 2)), ((8, 4), (0, 2)), ((4, 4), (0, 0))]
+    config = Swinv2Config(**small, window_layout="timm", window_size=[8, (4, 2), 3])
+    assert [config.target_window(i) for i in range(3)] == [(8, 8), (4, 2), (3, 3)]
+    assert config.window_size == [8, [4, 2], 3]  # as config.json gives it back
+    always = Swinv2Config(**small, window_layout="timm", window_size=8, always_partition=True)
+    assert always.stage_window(2) == ((8, 8), (4, 4))  # a 4x4 grid: padded to the window, and shifted
+    config = Swinv2Config(**small, window_layout="torchvision", window_size=[2, 6])
+    assert config.stage_window(0) == ((2, 6), (1, 3))
+    for saved in (config, always):
+        saved.save_pretrained(tmp_path)
+        assert Swinv2Config.from_pretrained(tmp_path) == saved
+    assert "always_partition" not in config.to_dict() and always.to_dict()["always_partition"] is True
+    with pytest.raises(ValueError, match=r"window_size \[8, 4\]: window_layout 'transformers' has one square "
+                                         r"window side.*window_layout='timm' or 'torchvision'"):
+        Swinv2Config(**small, window_size=[8, 4])
+    with pytest.raises(ValueError, match=r"window_size \[8, 8, 8\]: window_layout 'microsoft' has one square"):
+        Swinv2Config(**small, window_size=[8, 8, 8], window_layout="microsoft")
+    with pytest.raises(ValueError, match=r"window_size must be .*one of either per stage \(3\), got \[8, 4, 2, 1\]"):
+        Swinv2Config(**small, window_size=[8, 4, 2, 1], window_layout="timm")
+    with pytest.raises(ValueError, match=r"window_size must be .*got \[8, \[4, 0\], 2\]"):
+        Swinv2Config(**small, window_size=[8, [4, 0], 2], window_layout="timm")
+    with pytest.raises(ValueError, match=r"always_partition is timm's setting and needs window_layout='timm'"):
+        Swinv2Config(**small, always_partition=True)
+    with pytest.raises(ValueError, match=r"always_partition must be true or false"):
+        Swinv2Config(**small, window_layout="timm", always_partition=1)
+
+
 def test_wrong_types_in_config_json(tmp_path):
     data = Swinv2Config().to_dict()
     data["depths"] = "2,2,6,2"

@@ -120,6 +120,39 @@ def test_cpu_inference_in_groups_matches_exact_path(
     assert len(calls) == 4 + split if tokens >= 3 * 9 * 16 else len(calls) > 4 + split
 
 
+@pytest.mark.parametrize(
+    "layout",
+    [
+        dict(window_layout="timm", window_size=[4, 2]),
+        dict(window_layout="timm", window_size=[[2, 6], 3], always_partition=True),
+        dict(window_layout="torchvision", window_size=[3, 5]),
+    ],
+    ids=["timm-4x2", "timm-per-stage-always-partition", "torchvision-3x5"],
+)
+@pytest.mark.parametrize("split", [False, True])
+def test_cpu_inference_with_rectangular_windows_matches_exact_path(
+    layout: dict, split: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """timm's and torchvision's rectangular and per-stage windows, and windows that never shrink but shift
+    (always_partition), through the grouped CPU inference and the training path: the exact path's numbers."""
+    model = _model(**layout, drop_path_rate=0.0)
+    x = torch.randn(3, 3, 44, 28)
+    with torch.no_grad():
+        exact = model(x, output_attentions=True).logits
+    monkeypatch.setattr(layers, "CPU_GROUP_TOKENS_PER_THREAD", 24)  # several groups per image
+    if split:
+        monkeypatch.setattr(layers, "REGION_MASK_BYTES", 0)
+    with torch.inference_mode():
+        grouped = model(x).logits
+    torch.testing.assert_close(grouped, exact, rtol=1e-5, atol=1e-5)
+    pixels = x.clone().requires_grad_()
+    model.train()(pixels).logits.sum().backward()
+    trained = pixels.grad
+    pixels.grad = None
+    model(pixels, output_attentions=True).logits.sum().backward()
+    torch.testing.assert_close(trained, pixels.grad, rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("grid", [(12, 8), (11, 10), (8, 8), (4, 16), (5, 3)])
 def test_region_masks_are_the_folded_mask_of_their_windows(
     grid: tuple[int, int], monkeypatch: pytest.MonkeyPatch
@@ -915,12 +948,15 @@ def test_data_parallel_replicas_get_caches_of_their_own() -> None:
 def test_closed_form_layout_rows_are_the_layout_moves() -> None:
     """The gather rows used under torch.compile's dynamic shapes equal `window_layout`, which is built with
     the pad, roll and partition of the eager path, for every grid up to 13x13, several windows/shifts and both
-    orders of shift and padding, square windows and (timm's, torchvision's) per-side ones."""
+    orders of shift and padding, square windows and (timm's, torchvision's) per-side ones, and shifts that
+    exceed the grid (timm's always_partition)."""
     from swinv2.layers import Swinv2Block, window_layout
 
     for window, shift, shift_first in ((4, 2, False), (4, 0, False), (3, 1, False), (7, 3, False), (1, 0, False),
                                        (4, 2, True), (3, 1, True), (7, 3, True), ((4, 3), (2, 0), True),
-                                       ((2, 5), (1, 2), False), ((4, 4), (0, 2), False), ((3, 5), (1, 2), True)):
+                                       ((2, 5), (1, 2), False), ((4, 4), (0, 2), False), ((3, 5), (1, 2), True),
+                                       # timm's always_partition: shifts larger than small grids
+                                       ((8, 8), (4, 4), True), ((6, 3), (3, 1), True)):
         block = Swinv2Block(8, 2, window=window, shift=shift, shift_first=shift_first)
         for h in range(1, 14):
             for w in range(1, 14):

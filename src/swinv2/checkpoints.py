@@ -47,6 +47,7 @@ from .config import (
     Swinv2Config,
     preset_kwargs,
     stage_window,
+    stage_windows,
     transformers_config_fields,
 )
 from .errors import Swinv2Error
@@ -599,6 +600,12 @@ def ours_to_microsoft(model: torch.nn.Module) -> dict[str, Tensor]:
     A SimMIM model (mask token and decoder) is written as SimMIM writes it: the encoder under `encoder.`.
     """
     config = model.config
+    if not isinstance(config.window_size, int) or config.always_partition:
+        setting = "always_partition" if isinstance(config.window_size, int) else f"window_size {config.window_size!r}"
+        raise CheckpointError(
+            f"Microsoft's Swin V2 has one square window for every stage, shrunk to small grids, and this model has "
+            f"timm's {setting}; convert to timm or hf, which keep it"
+        )
     state = model_state_canonical(model)
     out = _rename_all(state, MICROSOFT_NAMES, reverse=True)
     for i, (stage, (height, width)) in enumerate(zip(_encoder(model).stages, _microsoft_stage_grids(config))):
@@ -702,8 +709,14 @@ def ours_to_torchvision(model: torch.nn.Module) -> dict[str, Tensor]:
         elif match[3] == "q_bias":
             prefix = key.removesuffix("q_bias")
             fused[prefix + "qkv.bias"] = torch.cat([value, torch.zeros_like(value), state[prefix + "v_bias"]])
+    windows = {config.target_window(i) for i in range(config.num_layers)}
+    if len(windows) > 1:
+        raise CheckpointError(
+            f"torchvision's Swin V2 has one window for every stage, and this model has window_size "
+            f"{config.window_size!r}; convert to hf or timm, which keep per-stage windows"
+        )
     out = _rename_all(fused, TORCHVISION_NAMES, reverse=True)
-    window = config.window_size
+    window = windows.pop()
     for i, stage in enumerate(_encoder(model).stages):
         table = relative_coords_table(window, config.pretrained_window_sizes[i])[None]
         for j, block in enumerate(stage.blocks):
@@ -943,6 +956,7 @@ TIMM_MODEL_ARGS = {
     "qkv_bias": "qkv_bias",
     "drop_path_rate": "drop_path_rate",
     "act_layer": "hidden_act",
+    "always_partition": "always_partition",
 }
 # What a timm model name fixes besides width and depth (`swinv2_base_window12to16_192to256`: window 16, pretrained
 # windows (12, 12, 12, 6), 256 px), which the tensors do not tell.
@@ -978,11 +992,7 @@ def _timm_config_fields(data: dict[str, Any], path: Path) -> dict[str, Any]:
                 f"global_pool={pool!r}",
                 "is not the mean over the tokens that Swin V2's classifier (transformers', Microsoft's) reads",
             )
-    if args.get("always_partition"):
-        raise refuse(
-            "always_partition=True", "keeps windows larger than a stage's grid, where transformers shrinks them"
-        )
-    known = set(TIMM_MODEL_ARGS) | TIMM_INPUT_CHECKS | TIMM_DROPOUTS | {"global_pool", "always_partition"}
+    known = set(TIMM_MODEL_ARGS) | TIMM_INPUT_CHECKS | TIMM_DROPOUTS | {"global_pool"}
     unknown = sorted(set(args) - known)
     if unknown:
         raise refuse(f"model_args {', '.join(unknown)}", "have no counterpart in Swinv2Config")
@@ -1007,19 +1017,27 @@ def _timm_config_fields(data: dict[str, Any], path: Path) -> dict[str, Any]:
         if isinstance(fields.get(name), (list, tuple)):
             height, width = fields[name]
             fields[name] = height if height == width else [height, width]
-    if "window_size" in fields:
-        fields["window_size"] = _timm_square_window(fields["window_size"], refuse)
+    if "window_size" in fields and "depths" in {**named, **fields}:
+        fields["window_size"] = compact_window_size(fields["window_size"], len({**named, **fields}["depths"]))
     return fields
 
 
-def _timm_square_window(window: Any, refuse: Callable[[str, str], CheckpointError]) -> Any:
-    """timm's window_size (an int, a (height, width) pair, or one of either per stage) as our one square side:
-    every side it names must be the same."""
-    sides = window if isinstance(window, (list, tuple)) else [window]
-    flat = {side for stage in sides for side in (stage if isinstance(stage, (list, tuple)) else [stage])}
-    if len(flat) != 1:
-        raise refuse(f"window_size={window!r}", "is not one square window for every stage, as swinv2's windows are")
-    return flat.pop()
+def compact_window_size(window_size: Any, num_stages: int) -> Any:
+    """`window_size` in its shortest spelling: one side where every stage has the same square window, one
+    `[height, width]` where every stage has the same window, else one entry per stage (a side where square,
+    unless two sides would read as one `[height, width]`).
+    A value that is none of timm's spellings is returned as it is, for the config to name."""
+    try:
+        windows = stage_windows(window_size, num_stages)
+    except ValueError:
+        return window_size
+    if len(set(windows)) == 1:
+        height, width = windows[0]
+        return height if height == width else [height, width]
+    per_stage = [height if height == width else [height, width] for height, width in windows]
+    if len(per_stage) == 2 and all(isinstance(side, int) for side in per_stage):
+        return [list(window) for window in windows]  # ([8, 4] would be one 8x4 window)
+    return per_stage
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -1226,7 +1244,7 @@ def _geometry(
     hint: dict[str, Any],
 ) -> dict[str, Any]:
     """Window, image size and pretrained windows told by persisted buffers and position embeddings."""
-    windows: dict[int, int] = {}
+    windows: dict[int, tuple[int, int]] = {}
     pretrained: dict[int, int] = {}
     masks: dict[int, int] = {}
     for key, value in full.items():
@@ -1237,20 +1255,28 @@ def _geometry(
         if match[2] == "attn_mask":
             masks[stage] = value.shape[0]
         else:
-            if value.shape[-3] != value.shape[-2]:
+            height, width = (value.shape[-3] + 1) // 2, (value.shape[-2] + 1) // 2
+            if height != width and fmt != "torchvision":
                 raise CheckpointError(
-                    f"the checkpoint's stage {stage + 1} has {(value.shape[-3] + 1) // 2}x"
-                    f"{(value.shape[-2] + 1) // 2} windows (its relative_coords_table): swinv2, as transformers, "
-                    "has square windows only"
+                    f"the checkpoint's stage {stage + 1} has {height}x{width} windows (its relative_coords_table): "
+                    f"{fmt}'s Swin V2 has square windows only; a rectangular window is timm's or torchvision's, "
+                    "whose files are read as theirs"
                 )
-            windows[stage] = (value.shape[-2] + 1) // 2
-            pretrained[stage] = _pretrained_window(value, windows[stage])
+            windows[stage] = (height, width)
+            pretrained[stage] = _pretrained_window(value, height)
     out: dict[str, Any] = {}
-    if windows:
-        out["window_size"] = max(windows.values())
-        if sorted(pretrained) == list(range(len(depths))):
-            out["pretrained_window_sizes"] = [pretrained[i] for i in range(len(depths))]
+    if sorted(pretrained) == list(range(len(depths))):
+        out["pretrained_window_sizes"] = [pretrained[i] for i in range(len(depths))]
     positions = canonical.get("embeddings.position_embeddings")
+    if fmt == "torchvision" and windows:  # its target windows, which never shrink: (height, width), per stage
+        if sorted(windows) == list(range(len(depths))):
+            out["window_size"] = compact_window_size([windows[i] for i in range(len(depths))], len(depths))
+        elif len(set(windows.values())) == 1:
+            out["window_size"] = compact_window_size(windows[min(windows)], len(depths))
+        return out  # (it persists no shift mask, which would tell the image size)
+    windows = {stage: w[0] for stage, w in windows.items()}
+    if windows:  # (windows shrink to small grids: the largest is the target)
+        out["window_size"] = max(windows.values())
     if fmt.startswith("microsoft") and windows:
         out.update(_microsoft_image_size(windows, masks, depths, patch, out["window_size"], positions, hint))
         return out
@@ -1730,12 +1756,16 @@ def _peer_geometry(config: Swinv2Config, fmt: str) -> list[str]:
     if (h % ph or w % pw) and not config.drops_partial_patches:
         return [f"patch {ph}x{pw} does not divide the image {h}x{w}: {fmt} drops the last pixels, this config "
                 "pads them to a whole patch"]
-    window = config.window_size
     grid = (h // ph, w // pw)  # the grid each stage runs on: odd grids are padded before merging
+    # timm's always_partition is the config's own (a timm file read, or the timm model it is written for)
+    always = fmt == "timm" and config.always_partition
     lines = []
     for stage, depth in enumerate(config.depths):
         ours, shift = config.stage_window(stage)
-        theirs, shifts = zip(*(stage_window(side, window, shrink=fmt == "timm") for side in grid))
+        theirs, shifts = zip(*(
+            stage_window(side, target, shrink=fmt == "timm" and not always, always_shift=always)
+            for side, target in zip(grid, config.target_window(stage))
+        ))
         if depth < 2:  # only every other block is shifted
             shift, shifts = (0, 0), (0, 0)
         # Shifting first moves the padding into other windows, unless the padding is the half window the

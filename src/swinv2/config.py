@@ -34,12 +34,40 @@ SHIFT_MASK_VALUE = -200.0
 WINDOW_LAYOUTS = ("transformers", "timm", "torchvision", "microsoft")
 
 
-def stage_window(resolution: int, window: int, shrink: bool = True) -> tuple[int, int]:
+def stage_window(resolution: int, window: int, shrink: bool = True, always_shift: bool = False) -> tuple[int, int]:
     """A stage's window and shift from its grid side `resolution`: a window larger than the grid shrinks to
     the grid (transformers, timm; with `shrink=False` it stays, and the grid is padded up to it, as in
-    torchvision), and where one window covers the grid nothing is shifted."""
+    torchvision), and where one window covers the grid nothing is shifted (with `always_shift`, half a window
+    all the same: timm's `always_partition`)."""
     own = max(1, min(window, resolution)) if shrink else window
-    return own, (0 if resolution <= own else window // 2)
+    return own, (window // 2 if always_shift or resolution > own else 0)
+
+
+def stage_windows(window_size: Any, num_stages: int) -> list[tuple[int, int]]:
+    """Each stage's target window `(height, width)` from `window_size` as timm takes it: one side for every
+    stage, one `(height, width)` for every stage (a list of two ints is always that), or one of either per
+    stage. Raises a ValueError naming the field for anything else."""
+    def side(value: Any) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+    def window(value: Any) -> tuple[int, int] | None:
+        if side(value):
+            return value, value
+        if isinstance(value, Sequence) and not isinstance(value, str) and len(value) == 2 and all(map(side, value)):
+            return int(value[0]), int(value[1])
+        return None
+
+    single = window(window_size)
+    if single is not None:
+        return [single] * num_stages
+    if isinstance(window_size, Sequence) and not isinstance(window_size, str) and len(window_size) == num_stages:
+        windows = [window(value) for value in window_size]
+        if all(w is not None for w in windows):
+            return windows
+    raise ValueError(
+        f"window_size must be a positive int (a square window), a pair of them (height, width), or one of either "
+        f"per stage ({num_stages}), got {window_size!r}{_fix('window_size')}"
+    )
 
 _COMMON_DEFAULTS: dict[str, Any] = {
     "output_hidden_states": False,
@@ -90,6 +118,11 @@ def _pair(value: int | Sequence[int], name: str) -> tuple[int, int]:
     raise ValueError(f"{name} must be an int or a pair of ints (height, width), got {value!r}{_fix(name)}")
 
 
+def _lists(value: Any) -> Any:
+    """Tuples as lists, nested too: what config.json gives back."""
+    return [_lists(v) for v in value] if isinstance(value, (list, tuple)) else value
+
+
 def _int_list(value: Any, name: str) -> list[int]:
     if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
         raise ValueError(f"{name} must be a list of ints, got {value!r}")
@@ -125,7 +158,9 @@ class Swinv2Config:
         embed_dim: width of the first stage; stage i has `embed_dim * 2**i` channels.
         depths: number of blocks per stage.
         num_heads: attention heads per stage.
-        window_size: side of the attention windows.
+        window_size: side of the square attention windows. With `window_layout` "timm" or "torchvision" also
+            as those libraries take it: `(height, width)`, or one side or `(height, width)` per stage (a list of
+            two ints is always one `(height, width)`).
         pretrained_window_sizes: per stage, the window the weights were trained with (0: this window);
             the log-spaced coordinates of the continuous position bias are normalised by it.
         mlp_ratio: hidden width of the MLP relative to the stage width.
@@ -166,6 +201,9 @@ class Swinv2Config:
             numbers where a grid is not whole windows (e.g. 224 px with window 8: stage 3 is 14x14 patches,
             stage 4 7x7), is not square, a small stage follows an odd grid, or an image is no whole number
             of patches.
+            `always_partition` (with window_layout "timm" only): timm's `always_partition=True`, windows that
+            never shrink (a smaller grid is padded up to them) and every other block shifted by half a window
+            whatever the grid.
     """
 
     model_type = "swinv2"
@@ -179,7 +217,7 @@ class Swinv2Config:
         embed_dim: int = 96,
         depths: Sequence[int] = (2, 2, 6, 2),
         num_heads: Sequence[int] = (3, 6, 12, 24),
-        window_size: int = 7,
+        window_size: int | Sequence[int] | Sequence[int | Sequence[int]] = 7,
         pretrained_window_sizes: Sequence[int] = (0, 0, 0, 0),
         mlp_ratio: float = 4.0,
         qkv_bias: bool = True,
@@ -202,7 +240,7 @@ class Swinv2Config:
         self.embed_dim = embed_dim
         self.depths = list(depths) if isinstance(depths, (list, tuple)) else depths
         self.num_heads = list(num_heads) if isinstance(num_heads, (list, tuple)) else num_heads
-        self.window_size = window_size
+        self.window_size = _lists(window_size)
         self.pretrained_window_sizes = (
             list(pretrained_window_sizes)
             if isinstance(pretrained_window_sizes, (list, tuple))
@@ -232,6 +270,7 @@ class Swinv2Config:
         self.check_finite_inputs = kwargs.pop("check_finite_inputs", None)
         self.shift_mask_value = kwargs.pop("shift_mask_value", SHIFT_MASK_VALUE)
         self.window_layout = kwargs.pop("window_layout", "transformers")
+        self.always_partition = kwargs.pop("always_partition", False)
 
         id2label = kwargs.pop("id2label", None)
         label2id = kwargs.pop("label2id", None)
@@ -379,18 +418,27 @@ class Swinv2Config:
         """The window and shift of `stage`, each as (height, width), as `window_layout` sizes them at
         `image_size`. transformers: square, from the patch grid's height halved with rounding down from stage
         to stage (Microsoft's code: from its shorter side). timm: each side from that side of the grid the
-        stage runs on (halved with rounding up), so a window shrinks to a narrow grid along that side alone;
-        torchvision: a square window that never shrinks, shifted along the sides it does not cover whole (the
-        model decides that for each input's grid: `Swinv2Block.shift_for`)."""
+        stage runs on (halved with rounding up), so a window shrinks to a narrow grid along that side alone
+        (with `always_partition`, never, and every shifted block shifts by half of it); torchvision: a window
+        that never shrinks, shifted along the sides it does not cover whole (the model decides that for each
+        input's grid: `Swinv2Block.shift_for`). timm's and torchvision's windows are `target_window`'s."""
         height, width = (size // patch for size, patch in zip(self.image_hw, self.patch_hw))
         if self.window_layout in ("transformers", "microsoft"):
             side = (height if self.window_layout == "transformers" else min(height, width)) // 2**stage
             window, shift = stage_window(side, self.window_size)
             return (window, window), (shift, shift)
         grid = (-(-height // 2**stage), -(-width // 2**stage))
-        shrink = self.window_layout == "timm"
-        (wh, sh), (ww, sw) = (stage_window(side, self.window_size, shrink=shrink) for side in grid)
+        shrink = self.window_layout == "timm" and not self.always_partition
+        (wh, sh), (ww, sw) = (
+            stage_window(side, target, shrink=shrink, always_shift=self.always_partition)
+            for side, target in zip(grid, self.target_window(stage))
+        )
         return (wh, ww), (sh, sw)
+
+    def target_window(self, stage: int) -> tuple[int, int]:
+        """The window `(height, width)` that `window_size` gives `stage`, before `stage_window` fits it to
+        the stage's grid."""
+        return stage_windows(self.window_size, len(self.depths))[stage]
 
     # ------------------------------------------------------------------ validation
     def validate(self) -> None:
@@ -402,7 +450,7 @@ class Swinv2Config:
             raise ValueError(f"image_size must be positive, got {self.image_size!r}{_fix('image_size')}")
         if min(patch) < 1:
             raise ValueError(f"patch_size must be positive, got {self.patch_size!r}{_fix('patch_size')}")
-        for name in ("num_channels", "embed_dim", "window_size", "encoder_stride"):
+        for name in ("num_channels", "embed_dim", "encoder_stride"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}{_fix(name)}")
@@ -424,6 +472,8 @@ class Swinv2Config:
             )
         if any(d < 1 for d in self.depths):
             raise ValueError(f"depths must all be >= 1, got {self.depths}")
+        self.window_size = _lists(self.window_size)
+        stage_windows(self.window_size, len(self.depths))
         if any(h < 1 for h in self.num_heads):
             raise ValueError(f"num_heads must all be >= 1, got {self.num_heads}")
         if any(w < 0 for w in self.pretrained_window_sizes):
@@ -467,6 +517,17 @@ class Swinv2Config:
         if self.window_layout not in WINDOW_LAYOUTS:
             raise ValueError(
                 f"window_layout must be one of {', '.join(map(repr, WINDOW_LAYOUTS))}, got {self.window_layout!r}"
+            )
+        if not isinstance(self.window_size, int) and self.window_layout in ("transformers", "microsoft"):
+            raise ValueError(
+                f"window_size {self.window_size!r}: window_layout {self.window_layout!r} has one square window "
+                "side for every stage (an int), as transformers and Microsoft's code; rectangular and per-stage "
+                "windows are timm's and torchvision's (window_layout='timm' or 'torchvision')"
+            )
+        _flag(self.always_partition, "always_partition")
+        if self.always_partition and self.window_layout != "timm":
+            raise ValueError(
+                f"always_partition is timm's setting and needs window_layout='timm', got {self.window_layout!r}"
             )
         if self.hidden_act in LEARNABLE_ACTIVATIONS:
             raise ValueError(
@@ -564,6 +625,8 @@ class Swinv2Config:
             out["shift_mask_value"] = self.shift_mask_value
         if self.window_layout != "transformers":
             out["window_layout"] = self.window_layout
+        if self.always_partition:
+            out["always_partition"] = True
         for key, value in self.extra.items():
             out.setdefault(key, value)
         return out
@@ -646,7 +709,7 @@ CONFIG_FIELDS = frozenset(
     set(inspect.signature(Swinv2Config.__init__).parameters) - {"self", "kwargs"}
 ) | set(_COMMON_DEFAULTS) | {
     "id2label", "label2id", "num_labels", "dtype", "use_gradient_checkpointing", "check_finite_inputs",
-    "shift_mask_value", "window_layout",
+    "shift_mask_value", "window_layout", "always_partition",
 } | GENERIC_FIELDS
 
 
