@@ -1017,8 +1017,9 @@ def _timm_config_fields(data: dict[str, Any], path: Path) -> dict[str, Any]:
         if isinstance(fields.get(name), (list, tuple)):
             height, width = fields[name]
             fields[name] = height if height == width else [height, width]
-    if "window_size" in fields and "depths" in {**named, **fields}:
-        fields["window_size"] = compact_window_size(fields["window_size"], len({**named, **fields}["depths"]))
+    depths = fields.get("depths", named.get("depths"))
+    if "window_size" in fields and isinstance(depths, (list, tuple)):
+        fields["window_size"] = compact_window_size(fields["window_size"], len(depths))
     return fields
 
 

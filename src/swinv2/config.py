@@ -47,6 +47,7 @@ def stage_windows(window_size: Any, num_stages: int) -> list[tuple[int, int]]:
     """Each stage's target window `(height, width)` from `window_size` as timm takes it: one side for every
     stage, one `(height, width)` for every stage (a list of two ints is always that), or one of either per
     stage. Raises a ValueError naming the field for anything else."""
+
     def side(value: Any) -> bool:
         return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
@@ -68,6 +69,7 @@ def stage_windows(window_size: Any, num_stages: int) -> list[tuple[int, int]]:
         f"window_size must be a positive int (a square window), a pair of them (height, width), or one of either "
         f"per stage ({num_stages}), got {window_size!r}{_fix('window_size')}"
     )
+
 
 _COMMON_DEFAULTS: dict[str, Any] = {
     "output_hidden_states": False,
