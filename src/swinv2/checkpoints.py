@@ -1810,10 +1810,13 @@ def _warn_peer_geometry(config: Swinv2Config, fmt: str, reading: bool) -> None:
     if not lines:
         return
     who = f"this {fmt} checkpoint" if reading else f"the {fmt} model that loads this file"
+    # (timm's always_partition shifts grids of one window, which no other library does at any size)
+    official = isinstance(config.window_size, int) and not config.always_partition
     warnings.warn(
         f"at image_size {config.image_size}, {who} lays its windows out otherwise than swinv2 "
-        f"({'; '.join(lines)}), so its outputs differ from {fmt}'s here; image sizes where every stage's grid "
-        "is square and whole windows (the official ones) agree",
+        f"({'; '.join(lines)}), so its outputs differ from {fmt}'s here"
+        + ("; image sizes where every stage's grid is square and whole windows (the official ones) agree"
+           if official else ""),
         stacklevel=4,
     )
 
