@@ -1644,7 +1644,9 @@ class Swinv2Block(nn.Module):
             y, x = torch.where(inside, (y + sh) % rh, y), torch.where(inside, (x + sw) % rw, x)
             return torch.where((y < h) & (x < w), y * w + x, h * w)
         g = torch.arange(h * w, device=device)  # grid row -> its place in the rolled, padded window-major grid
-        y, x = (g // w - sh) % rh, (g % w - sw) % rw
+        # (rolled back by adding what is left of a turn: an operand that may be negative gives the indices
+        # bounds that inductor's CPU code generator fails on, with the batch's size alone symbolic)
+        y, x = (g // w + (rh - sh % rh)) % rh, (g % w + (rw - sw % rw)) % rw
         return ((y // wh) * (wp // ww) + x // ww) * (wh * ww) + (y % wh) * ww + x % ww
 
     def _forward_fused(
