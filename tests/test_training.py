@@ -522,6 +522,10 @@ def test_resume_checks_the_architecture_and_fresh_runs_do_not_overwrite(tiny_con
     Swinv2Config(**{**TINY_MODEL, "embed_dim": 32}).to_json_file(wider)
     with pytest.raises(TrainingError, match=r"(?s)another architecture.*embed_dim: 16 there, 32 in --model"):
         train(_config(tiny_config, photos, run, model=str(wider), resume="latest", max_steps=3))
+    timm_layout = tmp_path / "timm-layout.json"  # the same tensors, other numbers
+    Swinv2Config(**TINY_MODEL, window_layout="timm").to_json_file(timm_layout)
+    with pytest.raises(TrainingError, match=r"(?s)another architecture.*window_layout: transformers there, timm"):
+        train(_config(tiny_config, photos, run, model=str(timm_layout), resume="latest", max_steps=3))
     with pytest.raises(TrainingError, match=r"(?s)classification checkpoint, not simmim.*swinv2 train"):
         train(_config(tiny_config, photos, run, task="simmim", resume="latest", mask_patch_size=8))
     # settings that shape the optimisation cannot change on resume (they would be recorded but not used)

@@ -522,7 +522,8 @@ def _architectures(config: Swinv2Config) -> list[str]:
 
 
 ARCH_FIELDS = ("image_size", "patch_size", "num_channels", "embed_dim", "depths", "num_heads", "window_size",
-               "mlp_ratio", "use_absolute_embeddings")
+               "pretrained_window_sizes", "mlp_ratio", "qkv_bias", "use_absolute_embeddings", "window_layout",
+               "always_partition")
 
 
 def _set_labels(config: Swinv2Config, class_names: Sequence[str]) -> None:
