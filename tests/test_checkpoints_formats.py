@@ -360,6 +360,29 @@ def test_timm_rectangular_per_stage_windows_and_always_partition_are_timms(tmp_p
     reference.load_state_dict(written, strict=True)
 
 
+def test_timm_model_resized_to_a_non_square_size_is_timms(tmp_path):
+    """timm's `set_input_size` to a non-square image scales each stage's window per side (64 px, window 8 ->
+    96x64 px, windows 12x8), and save_for_hf records them per stage: read as that model, its logits (atol
+    1e-4; measured 2.4e-7 on swinv2-tiny resized 256 -> 384x256 and three other resizes). These were refused
+    as non-square windows before."""
+    import timm
+    from timm.models._hub import save_for_hf
+
+    torch.manual_seed(0)
+    reference = perturb_(timm.create_model("swinv2_tiny_window8_256", img_size=64, num_classes=5))
+    reference.set_input_size(img_size=(96, 64))
+    assert reference.layers[0].blocks[0].window_size == (12, 8)
+    save_for_hf(reference, tmp_path, safe_serialization=True)
+    model = swinv2.Swinv2ForImageClassification.from_pretrained(tmp_path)
+    assert (model.config.image_size, model.config.window_size) == ([96, 64], [12, 8])
+    x = torch.randn(2, 3, 96, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = reference(x)
+        diff = max_diff(model(x).logits, expected)
+    assert expected.abs().max() > 0.5
+    assert diff < 1e-4, f"max |logits difference| {diff:.2e}"
+
+
 def test_timm_checkpoint_without_window_asks_for_it(tmp_path):
     path = tmp_path / "weights.safetensors"
     save_file(timm_small().state_dict(), path)
