@@ -99,14 +99,23 @@ def test_kernel_half_precision_close_to_fp32(dtype: torch.dtype) -> None:
     torch.testing.assert_close(actual, expected, rtol=0.05, atol=0.05)
 
 
-def test_model_uses_kernel_and_matches_exact_path(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize(
+    "layout",
+    [
+        dict(window_size=4),
+        dict(window_size=[4, 2], window_layout="timm", always_partition=True),
+        dict(window_size=[3, 5], window_layout="torchvision"),
+    ],
+    ids=["square", "timm-4x2-always-partition", "torchvision-3x5"],
+)
+def test_model_uses_kernel_and_matches_exact_path(layout: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The kernel, the gathers and the fused norms on square windows, timm's and torchvision's rectangular
+    ones and timm's always_partition (shifts larger than a stage's grid)."""
     monkeypatch.setattr(kernels, "INTERPRET_ON_CPU", True)
     calls = []
     launch = kernels.window_attention
     monkeypatch.setattr(kernels, "window_attention", lambda *a: calls.append(1) or launch(*a))
-    config = Swinv2Config(
-        image_size=32, patch_size=4, embed_dim=16, depths=[2, 2], num_heads=[2, 4], window_size=4
-    )
+    config = Swinv2Config(image_size=32, patch_size=4, embed_dim=16, depths=[2, 2], num_heads=[2, 4], **layout)
     torch.manual_seed(0)
     model = Swinv2Model(config).to(DEVICE).eval()
     with torch.no_grad():
