@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -330,3 +331,34 @@ def test_a_model_without_head_is_not_written_for_torchvision(tmp_path, capsys):
     x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         assert (timm_model(x) - encoder(x).pooler_output).abs().max() < 1e-5
+
+
+def test_to_hf_says_where_transformers_computes_otherwise(tmp_path, capsys):
+    """A folder written for transformers from another library's layout: where transformers would compute other
+    numbers at image_size (timm's layout at 40x24 px: stage 2's 5x3 grid, a window 4x3 for timm, 4x4 for
+    transformers), or builds no model at all (timm's rectangular windows), convert says so, and it is true;
+    where transformers computes alike it is silent, and transformers' logits are ours (atol 1e-5)."""
+    import transformers
+
+    cases = [
+        (dict(window_layout="timm", shift_mask_value=-100.0), (64, 64), None),
+        (dict(window_layout="timm", image_size=[40, 24]), (40, 24), r"stage 2 \(5x3 patches\): transformers window"),
+        (dict(window_layout="timm", window_size=[4, 2]), (64, 64), r"transformers builds no model of this config"),
+    ]
+    for i, (fields, size, warning) in enumerate(cases):
+        capsys.readouterr()
+        folder = tmp_path / f"hf{i}"
+        assert run(hf_folder(small_model(**fields), tmp_path / f"source{i}"), folder, "--to", "hf") == 0
+        err = capsys.readouterr().err
+        if warning is None:
+            assert "warning" not in err
+        else:
+            assert re.search(warning, " ".join(err.split())), err
+        if "builds no model" in (warning or ""):
+            continue
+        x = torch.randn(2, 3, *size, generator=torch.Generator().manual_seed(i))
+        with torch.no_grad():
+            theirs = transformers.Swinv2ForImageClassification.from_pretrained(folder).eval()(x).logits
+            ours = swinv2.Swinv2ForImageClassification.from_pretrained(folder)(x).logits
+        diff = (theirs - ours).abs().max().item()
+        assert (diff > 1e-3) if warning else (diff < 1e-5), f"{fields}: {diff:.2e}"

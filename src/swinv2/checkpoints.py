@@ -1753,6 +1753,8 @@ def _peer_geometry(config: Swinv2Config, fmt: str) -> list[str]:
     alike)."""
     if fmt == "microsoft":
         return _microsoft_geometry(config)
+    if fmt == "hf":
+        return _transformers_geometry(config)
     (h, w), (ph, pw) = config.image_hw, config.patch_hw
     if (h % ph or w % pw) and not config.drops_partial_patches:
         return [f"patch {ph}x{pw} does not divide the image {h}x{w}: {fmt} drops the last pixels, this config "
@@ -1787,6 +1789,46 @@ def _peer_geometry(config: Swinv2Config, fmt: str) -> list[str]:
     return lines
 
 
+def _transformers_geometry(config: Swinv2Config) -> list[str]:
+    """`_peer_geometry` for transformers, which loads a folder written as `hf`: nothing where the config has its
+    layout; else the partial patches it pads, and each stage whose window or shift it sizes otherwise (square,
+    from the grid's height) or whose grid it pads before shifting (where timm's layout shifts first). A config
+    it cannot build (`transformers_builds`) is not compared."""
+    if config.window_layout == "transformers" or not transformers_builds(config):
+        return []
+    theirs_config = copy.deepcopy(config)
+    theirs_config.window_layout = "transformers"
+    (h, w), (ph, pw) = config.image_hw, config.patch_hw
+    lines = []
+    if h % ph or w % pw:
+        lines.append(f"patch {ph}x{pw} does not divide the image {h}x{w}: transformers pads the last pixels to a "
+                     "whole patch, this config drops them")
+    grid = (h // ph, w // pw)  # the grid this config's stages run on
+    for stage, depth in enumerate(config.depths):
+        ours, shift = config.stage_window(stage)
+        theirs, shifts = theirs_config.stage_window(stage)
+        if depth < 2:  # only every other block is shifted
+            shift, shifts = (0, 0), (0, 0)
+        pads = config.window_layout == "timm" and any(  # (as in _peer_geometry)
+            s and -side % win and not (-side % win == s and win == 2 * s) for side, win, s in zip(grid, ours, shift)
+        )
+        if theirs != ours or shifts != shift:
+            lines.append(
+                f"stage {stage + 1} ({grid[0]}x{grid[1]} patches): transformers window {theirs[0]}x{theirs[1]} shift "
+                f"{shifts[0]},{shifts[1]} against this config's window {ours[0]}x{ours[1]} shift {shift[0]},{shift[1]}"
+            )
+        elif pads:
+            lines.append(f"stage {stage + 1} ({grid[0]}x{grid[1]} patches): transformers pads the grid before it "
+                         "shifts, where this config does the other (window_layout='timm')")
+        grid = tuple(-(-side // 2) for side in grid)
+    return lines
+
+
+def transformers_builds(config: Swinv2Config) -> bool:
+    """Whether transformers builds a model of `config`: one square window side, no timm always_partition."""
+    return isinstance(config.window_size, int) and not config.always_partition
+
+
 def _microsoft_geometry(config: Swinv2Config) -> list[str]:
     """`_peer_geometry` for Microsoft's code: the stages whose window or shift it sizes otherwise (portrait)."""
     lines = []
@@ -1809,12 +1851,14 @@ def _warn_peer_geometry(config: Swinv2Config, fmt: str, reading: bool) -> None:
     lines = _peer_geometry(config, fmt)
     if not lines:
         return
-    who = f"this {fmt} checkpoint" if reading else f"the {fmt} model that loads this file"
+    library = "transformers" if fmt == "hf" else fmt
+    possessive = "'" if library.endswith("s") else "'s"
+    who = f"this {library} checkpoint" if reading else f"the {library} model that loads this file"
     # (timm's always_partition shifts grids of one window, which no other library does at any size)
     official = isinstance(config.window_size, int) and not config.always_partition
     warnings.warn(
         f"at image_size {config.image_size}, {who} lays its windows out otherwise than swinv2 "
-        f"({'; '.join(lines)}), so its outputs differ from {fmt}'s here"
+        f"({'; '.join(lines)}), so its outputs differ from {library}{possessive} here"
         + ("; image sizes where every stage's grid is square and whole windows (the official ones) agree"
            if official else ""),
         stacklevel=4,
@@ -2038,6 +2082,14 @@ def convert(
     if fmt != "hf":
         write_checkpoint(model, destination, fmt)
         return source_fmt, model
+    if not transformers_builds(config):
+        warnings.warn(
+            f"transformers builds no model of this config (window_size {config.window_size!r}"
+            f"{', always_partition' if config.always_partition else ''}: its windows are one square side, sized "
+            "to each stage's grid): the folder loads in swinv2 (from_pretrained), not in transformers",
+            stacklevel=2,
+        )
+    _warn_peer_geometry(config, "hf", reading=False)
     from .processing import PREPROCESSOR_CONFIG_NAME, Swinv2ImageProcessor
 
     # The source's image settings go along: without them the folder's processor would be rebuilt from
