@@ -1002,6 +1002,8 @@ def test_convert_refuses_to_write_over_its_source_or_into_a_folder(tmp_path):
         ck.convert(tmp_path / "hf", tmp_path / "hf" / "model.safetensors", "timm")
     with pytest.raises(ck.CheckpointError, match=r"is where .* is read from"):
         ck.convert(tmp_path / "hf", tmp_path / "hf", "hf")
+    with pytest.raises(ck.CheckpointError, match=r"is where .* is read from"):  # a timm folder there
+        ck.convert(tmp_path / "hf", tmp_path / "hf", "timm")
     (tmp_path / "out.pth").mkdir()
     with pytest.raises(ck.WriteError, match=r"out.pth is a folder: name the file"):
         ck.convert(tmp_path / "hf", tmp_path / "out.pth", "timm")

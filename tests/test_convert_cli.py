@@ -362,3 +362,55 @@ def test_to_hf_says_where_transformers_computes_otherwise(tmp_path, capsys):
             ours = swinv2.Swinv2ForImageClassification.from_pretrained(folder)(x).logits
         diff = (theirs - ours).abs().max().item()
         assert (diff > 1e-3) if warning else (diff < 1e-5), f"{fields}: {diff:.2e}"
+
+
+@pytest.mark.parametrize(
+    ("kind", "fields"),
+    [
+        ("Swinv2ForImageClassification", {}),
+        ("Swinv2ForImageClassification", dict(window_layout="timm", window_size=[4, 2], always_partition=True,
+                                              image_size=[64, 48], num_channels=1, hidden_act="relu")),
+        ("Swinv2Model", dict(window_layout="timm", window_size=[4, [2, 4]], pretrained_window_sizes=[6, 3])),
+    ],
+    ids=["default", "timm-rectangular-always-partition-1-channel-relu", "encoder-per-stage-windows"],
+)
+def test_timm_folder_is_built_by_timm_as_written(tmp_path, kind, fields):
+    """`--to timm` with a folder writes what timm's save_for_hf writes (config.json with architecture,
+    model_args and pretrained_cfg, model.safetensors): `timm.create_model("local-dir:...", pretrained=True)`
+    builds the same model (logits or pooled features within 1e-5), its pretrained_cfg carries the source's
+    image settings, and swinv2 reads the folder back as the same config."""
+    import timm
+
+    from swinv2.processing import Swinv2ImageProcessor
+
+    source = hf_folder(small_model(kind, **fields), tmp_path / "source")
+    if fields.get("num_channels") == 1:  # image settings of the source's own, for timm's pretrained_cfg
+        processor = Swinv2ImageProcessor(image_mean=0.5, image_std=[0.25], resample="bilinear", num_channels=1)
+        with pytest.warns(UserWarning, match=r"no transformers image processor applies images of 1 channel"):
+            processor.save_pretrained(source)
+    assert run(source, tmp_path / "timm", "--to", "timm") == 0
+    assert sorted(p.name for p in (tmp_path / "timm").iterdir()) == ["config.json", "model.safetensors"]
+    theirs = timm.create_model(f"local-dir:{tmp_path / 'timm'}", pretrained=True).eval()
+    ours = getattr(swinv2, kind).from_pretrained(source)
+    channels, (height, width) = ours.config.num_channels, ours.config.image_hw
+    x = torch.randn(2, channels, height, width, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = ours(x).logits if kind == "Swinv2ForImageClassification" else ours(x).pooler_output
+        diff = (theirs(x) - expected).abs().max().item()
+    assert expected.std() > 0.05 and diff < 1e-5, diff
+    if channels == 1:
+        assert (theirs.pretrained_cfg["mean"], theirs.pretrained_cfg["std"]) == ([0.5], [0.25])
+        assert theirs.pretrained_cfg["interpolation"] == "bilinear"
+    back = swinv2.Swinv2Config.from_pretrained(tmp_path / "timm")
+    for name in ("always_partition", "image_size", "num_channels", "hidden_act", "depths"):
+        assert getattr(back, name) == getattr(ours.config, name), name
+    stages = range(back.num_layers)  # (the same windows, perhaps spelled as timm reads them: [[4, 4], [2, 4]])
+    assert [back.target_window(i) for i in stages] == [ours.config.target_window(i) for i in stages]
+    assert back.pretrained_window_sizes[: back.num_layers] == ours.config.pretrained_window_sizes[: back.num_layers]
+
+
+def test_timm_folder_refuses_an_activation_timm_computes_otherwise(tmp_path, capsys):
+    source = hf_folder(small_model(hidden_act="gelu_new"), tmp_path / "source")
+    assert run(source, tmp_path / "timm", "--to", "timm") == 2
+    assert "hidden_act 'gelu_new' is none that timm computes alike" in capsys.readouterr().err
+    assert not (tmp_path / "timm").exists()

@@ -659,6 +659,79 @@ def ours_to_timm(model: torch.nn.Module) -> dict[str, Tensor]:
     return _rename_all(state, TIMM_NAMES, reverse=True)
 
 
+# timm's registered Swin V2 models: a written folder names the one of its family (its model_args give the rest)
+TIMM_ARCHITECTURES = (
+    "swinv2_tiny_window8_256", "swinv2_tiny_window16_256", "swinv2_small_window8_256", "swinv2_small_window16_256",
+    "swinv2_base_window8_256", "swinv2_base_window16_256", "swinv2_base_window12_192",
+    "swinv2_base_window12to16_192to256", "swinv2_base_window12to24_192to384", "swinv2_large_window12_192",
+    "swinv2_large_window12to16_192to256", "swinv2_large_window12to24_192to384",
+)
+# Activations that timm's `get_act_layer` and transformers (hence `hidden_act`) name alike, computing alike.
+TIMM_ACTIVATIONS = ("gelu", "relu", "silu", "swish", "mish", "tanh", "sigmoid", "relu6", "selu", "quick_gelu",
+                    "leaky_relu")
+_TIMM_INTERPOLATION = {0: "nearest", 2: "bilinear", 3: "bicubic"}  # (Pillow's filter numbers)
+
+
+def timm_hub_config(model: torch.nn.Module, processor: Any = None) -> dict[str, Any]:
+    """The config.json that timm's `save_for_hf` writes beside a model's weights, for `model`: the
+    `architecture` of its family and the `model_args` that rebuild it exactly (size, patch, channels, classes,
+    widths, depths, heads, windows, pretrained windows, MLP ratio, qkv bias, activation, always_partition),
+    and a `pretrained_cfg` with its input size and, from `processor` (else swinv2's defaults), its mean, std
+    and interpolation. `timm.create_model("local-dir:FOLDER", pretrained=True)` builds it."""
+    config = model.config
+    if config.hidden_act not in TIMM_ACTIVATIONS:
+        raise CheckpointError(
+            f"timm's Swin V2 takes act_layer by name, and this model's hidden_act {config.hidden_act!r} is none that "
+            f"timm computes alike ({', '.join(TIMM_ACTIVATIONS)}); write the weights alone (a .safetensors or .pth "
+            "path) and build timm's model with an act_layer of your own"
+        )
+    (height, width), (patch_h, patch_w) = config.image_hw, config.patch_hw
+    classes = config.num_labels if any(k.startswith("classifier.") for k in model.state_dict()) else 0
+    layers = config.num_layers
+    args: dict[str, Any] = {
+        "img_size": height if height == width else [height, width],
+        "patch_size": patch_h if patch_h == patch_w else [patch_h, patch_w],
+        "in_chans": config.num_channels,
+        "num_classes": classes,
+        "embed_dim": config.embed_dim,
+        "depths": list(config.depths),
+        "num_heads": list(config.num_heads),
+        "window_size": compact_window_size(config.window_size, layers),
+        "pretrained_window_sizes": list(config.pretrained_window_sizes)[:layers],
+        "mlp_ratio": config.mlp_ratio,
+        "qkv_bias": config.qkv_bias,
+    }
+    if config.hidden_act != "gelu":
+        args["act_layer"] = config.hidden_act
+    if config.always_partition:
+        args["always_partition"] = True
+    family = (config.embed_dim, tuple(config.depths), tuple(config.num_heads))
+    named = [name for name in TIMM_ARCHITECTURES if (kw := preset_kwargs(name))
+             and (kw["embed_dim"], tuple(kw["depths"]), tuple(kw["num_heads"])) == family]
+    exact = [name for name in named if preset_kwargs(name)["window_size"] == config.window_size]
+    architecture = (exact or named or ["swinv2_tiny_window8_256"])[0]
+    mean = getattr(processor, "image_mean", [0.485, 0.456, 0.406])
+    std = getattr(processor, "image_std", [0.229, 0.224, 0.225])
+    pretrained_cfg = {
+        "input_size": [config.num_channels, height, width],
+        "fixed_input_size": True,
+        "interpolation": _TIMM_INTERPOLATION.get(getattr(processor, "resample", 3), "bicubic"),
+        "mean": mean if isinstance(mean, list) else [mean] * config.num_channels,
+        "std": std if isinstance(std, list) else [std] * config.num_channels,
+        "crop_pct": 1.0,  # (swinv2's processor resizes to the input size, as the Swin V2 checkpoints')
+        "crop_mode": "center",
+        "num_classes": classes,
+    }
+    return {
+        "architecture": architecture,
+        "num_classes": classes,
+        "num_features": config.hidden_size,
+        "global_pool": "avg",
+        "pretrained_cfg": pretrained_cfg,
+        "model_args": args,
+    }
+
+
 def _refuse_extras(state: dict[str, Tensor], fmt: str) -> None:
     """timm and torchvision have no absolute position embeddings, mask token or SimMIM decoder."""
     extras = [
@@ -1026,7 +1099,7 @@ def _timm_config_fields(data: dict[str, Any], path: Path) -> dict[str, Any]:
 def compact_window_size(window_size: Any, num_stages: int) -> Any:
     """`window_size` in its shortest spelling: one side where every stage has the same square window, one
     `[height, width]` where every stage has the same window, else one entry per stage (a side where square,
-    unless two sides would read as one `[height, width]`).
+    unless the first of two stages: timm would read the two as one `[height, width]`).
     A value that is none of timm's spellings is returned as it is, for the config to name."""
     try:
         windows = stage_windows(window_size, num_stages)
@@ -1036,8 +1109,8 @@ def compact_window_size(window_size: Any, num_stages: int) -> Any:
         height, width = windows[0]
         return height if height == width else [height, width]
     per_stage = [height if height == width else [height, width] for height, width in windows]
-    if len(per_stage) == 2 and all(isinstance(side, int) for side in per_stage):
-        return [list(window) for window in windows]  # ([8, 4] would be one 8x4 window)
+    if len(per_stage) == 2 and isinstance(per_stage[0], int):
+        return [list(window) for window in windows]  # (timm reads [8, 4], and [8, [4, 2]], as one window)
     return per_stage
 
 
@@ -1982,13 +2055,17 @@ def write_checkpoint(model: torch.nn.Module, path: str | os.PathLike, fmt: str) 
 
     `hf`: a `save_pretrained` folder. `microsoft`: a `.pth` holding `{"model": state_dict}` as Microsoft's
     code reads it. `timm`/`torchvision`: a plain state dict, as `.safetensors` or `.pth` by the suffix of
-    `path`. Our config rides along where the format allows it (safetensors metadata, a `"swinv2_config"`
+    `path`, or for timm and a `path` without a suffix a folder as timm's `save_for_hf` writes it
+    (`write_timm_folder`). Our config rides along where the format allows it (safetensors metadata, a `"swinv2_config"`
     entry beside Microsoft's `"model"`), so that reading the file back needs no config; plain `.pth` state
     dicts for timm or torchvision carry none, as those libraries load them with `load_state_dict`.
     """
     path = Path(path)
     if fmt == "hf":
         save_pretrained(model, path)
+        return path
+    if fmt == "timm" and not path.suffix:
+        write_timm_folder(model, path)
         return path
     if fmt == "torchvision" and not any(k.startswith("classifier.") for k in model.state_dict()):
         # torchvision's SwinTransformer always has its classifier: a file without one fails its strict load
@@ -2018,6 +2095,23 @@ def write_checkpoint(model: torch.nn.Module, path: str | os.PathLike, fmt: str) 
     else:
         raise CheckpointError(f"{path}: give the {fmt} file a .safetensors or .pth suffix")
     return path
+
+
+def write_timm_folder(model: torch.nn.Module, folder: str | os.PathLike, processor: Any = None) -> Path:
+    """`model` as timm's `save_for_hf` writes one: `model.safetensors` in timm's layout and the config.json of
+    `timm_hub_config`, each written atomically, in `folder`."""
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    text = json.dumps(timm_hub_config(model, processor), indent=2) + "\n"  # (refused before anything is written)
+    state = {k: v.detach().to("cpu").contiguous().clone() for k, v in ours_to_timm(model).items()}
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise OSError(f"cannot create the output folder {folder}: {err.strerror}") from err
+    atomic_write(folder / SAFE_WEIGHTS_NAME, lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
+    atomic_write(folder / CONFIG_NAME, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+    return folder
 
 
 def model_class_for(state: dict[str, Tensor]) -> type:
@@ -2051,7 +2145,8 @@ def convert(
     if weights_path is None:
         raise CheckpointError(f"no weights found at {source}")
     target = Path(destination).resolve()
-    if target in (weights_path.resolve(), weights_path.parent.resolve() if fmt == "hf" else None):
+    folder = fmt == "hf" or (fmt == "timm" and not target.suffix)
+    if target in (weights_path.resolve(), weights_path.parent.resolve() if folder else None):
         raise CheckpointError(f"{destination} is where {source} is read from: write the converted copy elsewhere")
     state, embedded = read_weights(weights_path)
     canonical, source_fmt = to_canonical(state)
@@ -2079,17 +2174,10 @@ def convert(
         except UserWarning as err:
             raise CheckpointError(f"{source} does not fill a {cls.__name__}: {err}") from err
     model.to(dtype=_target_dtype("auto", state)).eval()
-    if fmt != "hf":
+    timm_folder = fmt == "timm" and not target.suffix
+    if fmt != "hf" and not timm_folder:
         write_checkpoint(model, destination, fmt)
         return source_fmt, model
-    if not transformers_builds(config):
-        warnings.warn(
-            f"transformers builds no model of this config (window_size {config.window_size!r}"
-            f"{', always_partition' if config.always_partition else ''}: its windows are one square side, sized "
-            "to each stage's grid): the folder loads in swinv2 (from_pretrained), not in transformers",
-            stacklevel=2,
-        )
-    _warn_peer_geometry(config, "hf", reading=False)
     from .processing import PREPROCESSOR_CONFIG_NAME, Swinv2ImageProcessor
 
     # The source's image settings go along: without them the folder's processor would be rebuilt from
@@ -2099,11 +2187,23 @@ def convert(
         processor = Swinv2ImageProcessor.from_json_file(own[0]) if own else None
     except (ValueError, TypeError) as err:
         raise CheckpointError(f"cannot read the image settings of {source} ({own[0]}): {err}") from err
+    if not timm_folder and not transformers_builds(config):
+        warnings.warn(
+            f"transformers builds no model of this config (window_size {config.window_size!r}"
+            f"{', always_partition' if config.always_partition else ''}: its windows are one square side, sized "
+            "to each stage's grid): the folder loads in swinv2 (from_pretrained), not in transformers",
+            stacklevel=2,
+        )
+    if not timm_folder:
+        _warn_peer_geometry(config, "hf", reading=False)
     created = [p for p in (target, *target.parents) if not p.exists()]
     try:
-        write_checkpoint(model, target, fmt)
-        if processor is not None:
-            processor.save_pretrained(target)
+        if timm_folder:  # (timm keeps the image settings in its config.json's pretrained_cfg)
+            write_timm_folder(model, target, processor)
+        else:
+            write_checkpoint(model, target, fmt)
+            if processor is not None:
+                processor.save_pretrained(target)
     except BaseException:
         if created:  # a failed write leaves no folder behind (only what this call made: never the user's)
             shutil.rmtree(created[-1], ignore_errors=True)

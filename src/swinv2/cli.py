@@ -51,7 +51,8 @@ def _add_convert_parser(sub: argparse._SubParsersAction) -> None:
         "destination",
         metavar="DST",
         help="output: a folder for --to hf, else a file (.pth for microsoft; .safetensors or .pth for timm "
-        "and torchvision)",
+        "and torchvision); for --to timm a name without a suffix is a folder as timm's save_for_hf writes it "
+        "(timm.create_model('local-dir:DST', pretrained=True) builds it)",
     )
     parser.add_argument(
         "--to", required=True, choices=("hf", "microsoft", "timm", "torchvision"), help="layout to write"
