@@ -600,7 +600,7 @@ def ours_to_microsoft(model: torch.nn.Module) -> dict[str, Tensor]:
     A SimMIM model (mask token and decoder) is written as SimMIM writes it: the encoder under `encoder.`.
     """
     config = model.config
-    if not isinstance(config.window_size, int) or config.always_partition:
+    if not square_windows(config):
         setting = "always_partition" if isinstance(config.window_size, int) else f"window_size {config.window_size!r}"
         raise CheckpointError(
             f"Microsoft's Swin V2 has one square window for every stage, shrunk to small grids, and this model has "
@@ -706,10 +706,10 @@ def timm_hub_config(model: torch.nn.Module, processor: Any = None) -> dict[str, 
     if config.always_partition:
         args["always_partition"] = True
     family = (config.embed_dim, tuple(config.depths), tuple(config.num_heads))
-    named = [name for name in TIMM_ARCHITECTURES if (kw := preset_kwargs(name))
-             and (kw["embed_dim"], tuple(kw["depths"]), tuple(kw["num_heads"])) == family]
-    exact = [name for name in named if preset_kwargs(name)["window_size"] == config.window_size]
-    architecture = (exact or named or ["swinv2_tiny_window8_256"])[0]
+    named = {name: kw for name in TIMM_ARCHITECTURES if (kw := preset_kwargs(name))
+             and (kw["embed_dim"], tuple(kw["depths"]), tuple(kw["num_heads"])) == family}
+    exact = [name for name, kw in named.items() if kw["window_size"] == config.window_size]
+    architecture = (exact or list(named) or ["swinv2_tiny_window8_256"])[0]
     mean = getattr(processor, "image_mean", [0.485, 0.456, 0.406])
     std = getattr(processor, "image_std", [0.229, 0.224, 0.225])
     pretrained_cfg = {
@@ -1812,8 +1812,9 @@ def load_pretrained(
 
 
 def _peer_geometry(config: Swinv2Config, fmt: str) -> list[str]:
-    """Where, at `config.image_size`, timm or torchvision (`fmt`) lays its windows out otherwise than swinv2
-    with `config`: one line per difference, empty where they compute alike.
+    """Where, at `config.image_size`, timm, torchvision or transformers (`fmt` "hf": a folder written for it,
+    which it reads with its own layout) lays its windows out otherwise than swinv2 with `config`: one line per
+    difference, empty where they compute alike.
 
     timm (1.0) drops an image's partial patches, sizes window and shift per side from the grid each stage
     runs on, and shifts before it pads the grid to whole windows; torchvision drops partial patches, never
@@ -1826,22 +1827,32 @@ def _peer_geometry(config: Swinv2Config, fmt: str) -> list[str]:
     alike)."""
     if fmt == "microsoft":
         return _microsoft_geometry(config)
-    if fmt == "hf":
-        return _transformers_geometry(config)
+    library = "transformers" if fmt == "hf" else fmt
+    if fmt == "hf" and (config.window_layout == "transformers" or not square_windows(config)):
+        return []  # (its own layout; or a config it builds no model of, which convert says apart)
     (h, w), (ph, pw) = config.image_hw, config.patch_hw
-    if (h % ph or w % pw) and not config.drops_partial_patches:
+    lines = []
+    if (h % ph or w % pw) and fmt == "hf":  # (the config drops them: not transformers' layout)
+        lines.append(f"patch {ph}x{pw} does not divide the image {h}x{w}: transformers pads the last pixels to a "
+                     "whole patch, this config drops them")
+    elif (h % ph or w % pw) and not config.drops_partial_patches:
         return [f"patch {ph}x{pw} does not divide the image {h}x{w}: {fmt} drops the last pixels, this config "
                 "pads them to a whole patch"]
     grid = (h // ph, w // pw)  # the grid each stage runs on: odd grids are padded before merging
     # timm's always_partition is the config's own (a timm file read, or the timm model it is written for)
     always = fmt == "timm" and config.always_partition
-    lines = []
+    if fmt == "hf":
+        transformers_config = copy.deepcopy(config)
+        transformers_config.window_layout = "transformers"
     for stage, depth in enumerate(config.depths):
         ours, shift = config.stage_window(stage)
-        theirs, shifts = zip(*(
-            stage_window(side, target, shrink=fmt == "timm" and not always, always_shift=always)
-            for side, target in zip(grid, config.target_window(stage))
-        ))
+        if fmt == "hf":  # square, from the grid's height at image_size
+            theirs, shifts = transformers_config.stage_window(stage)
+        else:
+            theirs, shifts = zip(*(
+                stage_window(side, target, shrink=fmt == "timm" and not always, always_shift=always)
+                for side, target in zip(grid, config.target_window(stage))
+            ))
         if depth < 2:  # only every other block is shifted
             shift, shifts = (0, 0), (0, 0)
         # Shifting first moves the padding into other windows, unless the padding is the half window the
@@ -1851,54 +1862,20 @@ def _peer_geometry(config: Swinv2Config, fmt: str) -> list[str]:
         )
         if theirs != ours or shifts != shift:
             lines.append(
-                f"stage {stage + 1} ({grid[0]}x{grid[1]} patches): {fmt} window {theirs[0]}x{theirs[1]} shift "
+                f"stage {stage + 1} ({grid[0]}x{grid[1]} patches): {library} window {theirs[0]}x{theirs[1]} shift "
                 f"{shifts[0]},{shifts[1]} against this config's window {ours[0]}x{ours[1]} shift {shift[0]},{shift[1]}"
             )
         elif pads:
             order = "shifts before it pads the grid" if fmt == "timm" else "pads the grid before it shifts"
-            lines.append(f"stage {stage + 1} ({grid[0]}x{grid[1]} patches): {fmt} {order}, where this config does "
-                         f"the other (window_layout={config.window_layout!r})")
+            lines.append(f"stage {stage + 1} ({grid[0]}x{grid[1]} patches): {library} {order}, where this config "
+                         f"does the other (window_layout={config.window_layout!r})")
         grid = tuple(-(-side // 2) for side in grid)
     return lines
 
 
-def _transformers_geometry(config: Swinv2Config) -> list[str]:
-    """`_peer_geometry` for transformers, which loads a folder written as `hf`: nothing where the config has its
-    layout; else the partial patches it pads, and each stage whose window or shift it sizes otherwise (square,
-    from the grid's height) or whose grid it pads before shifting (where timm's layout shifts first). A config
-    it cannot build (`transformers_builds`) is not compared."""
-    if config.window_layout == "transformers" or not transformers_builds(config):
-        return []
-    theirs_config = copy.deepcopy(config)
-    theirs_config.window_layout = "transformers"
-    (h, w), (ph, pw) = config.image_hw, config.patch_hw
-    lines = []
-    if h % ph or w % pw:
-        lines.append(f"patch {ph}x{pw} does not divide the image {h}x{w}: transformers pads the last pixels to a "
-                     "whole patch, this config drops them")
-    grid = (h // ph, w // pw)  # the grid this config's stages run on
-    for stage, depth in enumerate(config.depths):
-        ours, shift = config.stage_window(stage)
-        theirs, shifts = theirs_config.stage_window(stage)
-        if depth < 2:  # only every other block is shifted
-            shift, shifts = (0, 0), (0, 0)
-        pads = config.window_layout == "timm" and any(  # (as in _peer_geometry)
-            s and -side % win and not (-side % win == s and win == 2 * s) for side, win, s in zip(grid, ours, shift)
-        )
-        if theirs != ours or shifts != shift:
-            lines.append(
-                f"stage {stage + 1} ({grid[0]}x{grid[1]} patches): transformers window {theirs[0]}x{theirs[1]} shift "
-                f"{shifts[0]},{shifts[1]} against this config's window {ours[0]}x{ours[1]} shift {shift[0]},{shift[1]}"
-            )
-        elif pads:
-            lines.append(f"stage {stage + 1} ({grid[0]}x{grid[1]} patches): transformers pads the grid before it "
-                         "shifts, where this config does the other (window_layout='timm')")
-        grid = tuple(-(-side // 2) for side in grid)
-    return lines
-
-
-def transformers_builds(config: Swinv2Config) -> bool:
-    """Whether transformers builds a model of `config`: one square window side, no timm always_partition."""
+def square_windows(config: Swinv2Config) -> bool:
+    """Whether `config` has what transformers and Microsoft's code can build: one square window side for every
+    stage (shrunk to small grids), no timm always_partition."""
     return isinstance(config.window_size, int) and not config.always_partition
 
 
@@ -2187,7 +2164,7 @@ def convert(
         processor = Swinv2ImageProcessor.from_json_file(own[0]) if own else None
     except (ValueError, TypeError) as err:
         raise CheckpointError(f"cannot read the image settings of {source} ({own[0]}): {err}") from err
-    if not timm_folder and not transformers_builds(config):
+    if not timm_folder and not square_windows(config):
         warnings.warn(
             f"transformers builds no model of this config (window_size {config.window_size!r}"
             f"{', always_partition' if config.always_partition else ''}: its windows are one square side, sized "

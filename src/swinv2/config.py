@@ -242,7 +242,7 @@ class Swinv2Config:
         self.embed_dim = embed_dim
         self.depths = list(depths) if isinstance(depths, (list, tuple)) else depths
         self.num_heads = list(num_heads) if isinstance(num_heads, (list, tuple)) else num_heads
-        self.window_size = _lists(window_size)
+        self.window_size = window_size  # (lists, as config.json gives it back: `validate`)
         self.pretrained_window_sizes = (
             list(pretrained_window_sizes)
             if isinstance(pretrained_window_sizes, (list, tuple))
