@@ -2122,8 +2122,8 @@ def convert(
     if weights_path is None:
         raise CheckpointError(f"no weights found at {source}")
     target = Path(destination).resolve()
-    folder = fmt == "hf" or (fmt == "timm" and not target.suffix)
-    if target in (weights_path.resolve(), weights_path.parent.resolve() if folder else None):
+    timm_folder = fmt == "timm" and not target.suffix  # (`write_checkpoint`'s rule)
+    if target in (weights_path.resolve(), weights_path.parent.resolve() if fmt == "hf" or timm_folder else None):
         raise CheckpointError(f"{destination} is where {source} is read from: write the converted copy elsewhere")
     state, embedded = read_weights(weights_path)
     canonical, source_fmt = to_canonical(state)
@@ -2151,7 +2151,6 @@ def convert(
         except UserWarning as err:
             raise CheckpointError(f"{source} does not fill a {cls.__name__}: {err}") from err
     model.to(dtype=_target_dtype("auto", state)).eval()
-    timm_folder = fmt == "timm" and not target.suffix
     if fmt != "hf" and not timm_folder:
         write_checkpoint(model, destination, fmt)
         return source_fmt, model
