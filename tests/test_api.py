@@ -347,6 +347,10 @@ def test_input_embeddings_compute_transformers_patch_embeddings(tmp_path, rng):
     ours = Swinv2ForImageClassification.from_pretrained(tmp_path).eval()
     theirs_module, ours_module = hf.get_input_embeddings(), ours.get_input_embeddings()
     assert type(ours_module).__name__ == type(theirs_module).__name__
+    assert ours.get_input_embeddings() is ours_module  # one object, as transformers' submodule is
+    for name in ("image_size", "patch_size", "num_channels", "num_patches", "grid_size"):
+        mine, theirs = getattr(ours_module, name), getattr(theirs_module, name)
+        assert mine == (tuple(theirs) if isinstance(theirs, list) else theirs), name
     for size in ((32, 32), (30, 29)):
         x = torch.randn(2, 3, *size, generator=rng)
         with torch.no_grad():

@@ -216,36 +216,43 @@ def test_integer_and_grid_shaped_masks_mean_the_same(mim, x):
 @pytest.mark.parametrize(
     ("head_mask", "error", "message"),
     [
-        (torch.ones(2, 2, 2, 2), ValueError, r"head_mask has shape \(2, 2, 2, 2\); .* must be a list with one "
-         r"\(num_heads_i,\) or \(depth_i, num_heads_i\) tensor \(or None\) per stage \(num_heads \[2, 4\] differ"),
+        (torch.ones(2, 2, 2, 2), ValueError, r"head_mask has shape \(2, 2, 2, 2\); .* must be \(num_stages, "
+         r"max\(depths\), num_heads or 1, .* with heads 1; or a list with one \(num_heads_i,\) or \(depth_i, "
+         r"num_heads_i\) tensor \(or None\) per stage \(num_heads \[2, 4\] differ"),
+        (torch.ones(2, 2, 2, 1, 1), ValueError, r"head_mask has shape \(2, 2, 2, 1, 1\); for num_heads=\[2, 4\] "
+         r".* must be \(num_stages, max\(depths\), num_heads or 1, 1 or N, 1 or N\) .* with heads 1; or a list"),
+        (torch.ones(2, 2, 1, 1, 3), ValueError, r"a block's head_mask of shape \(1, 1, 3\) does not broadcast over "
+         r"its attention probabilities \(2 heads, 16x16 window tokens\); give \(2,\) or \(2 or 1, 16 or 1, 16 or 1\)"),
         (torch.ones(1, 2, 2), ValueError, r"head_mask has shape \(1, 2, 2\); "),
         ([torch.ones(2)], ValueError, r"one entry per stage \(2: .*got 1 entries"),
-        ([torch.ones(3), None], ValueError, r"stage 1 must have shape \(2,\) or \(2, 2\) \(stage 1 has 2 blocks of "
-         r"2 heads\), got \(3,\)"),
-        ([None, torch.ones(3, 4)], ValueError, r"stage 2 must have shape \(4,\) or \(2, 4\).*got \(3, 4\)"),
+        ([torch.ones(3), None], ValueError, r"stage 1 must have shape \(2,\), \(2, 2\) or \(2, 2 or 1, N or 1, N or "
+         r"1\) \(stage 1 has 2 blocks of 2 heads\), got \(3,\)"),
+        ([None, torch.ones(3, 4)], ValueError, r"stage 2 must have shape \(4,\), \(2, 4\) or .*got \(3, 4\)"),
         ("all", TypeError, "head_mask must be a tensor .* or a list with one entry per stage, got str"),
     ],
-    ids=["rank4", "rank3-one-stage", "too-few-stages", "stage-heads", "stage-depth", "string"],
+    ids=["rank4", "rank5-heads-differ", "rank5-tokens", "rank3-one-stage", "too-few-stages", "stage-heads",
+         "stage-depth", "string"],
 )
 def test_bad_head_mask(classifier, x, head_mask, error, message):
     with pytest.raises(error, match=message):
         classifier(x, head_mask=head_mask)
 
 
-@pytest.mark.parametrize("shape", [(3,), (5,), (1, 2), (2, 2, 3), (2, 2, 2, 1, 2)])
+@pytest.mark.parametrize("shape", [(3,), (5,), (1, 2), (2, 2, 3), (2, 3, 2, 1, 1), (2, 2, 3, 1, 1)])
 def test_head_mask_error_names_the_shape_given_and_every_form(x, shape):
     """The shape passed (a (3,) mask was reported as (2, 3), after its expansion to one row per stage), and
     every form that fits this model, the per-block ones included; each of them runs."""
     model = built(swinv2.Swinv2Model, num_heads=[2, 2])  # depths [2, 2]: every form fits
-    forms = [(2,), (2, 2), (2, 2, 2), (2, 2, 2, 1, 1)]
+    forms = [(2,), (2, 2), (2, 2, 2)]
     with pytest.raises(ValueError) as caught:
         model(x, head_mask=torch.ones(shape))
     message = str(caught.value)
     assert message.startswith(f"head_mask has shape {shape};")
     assert all(str(form) in message for form in forms) and "a list with one (num_heads_i,)" in message
+    assert "(num_stages, max(depths), num_heads or 1, 1 or N, 1 or N)" in message
     with torch.no_grad():
         plain = model(x).last_hidden_state
-        for form in forms:
+        for form in [*forms, (2, 2, 2, 1, 1), (2, 2, 1, 1, 1), (2, 2, 2, 16, 16), (2, 2, 1, 1, 16)]:
             torch.testing.assert_close(model(x, head_mask=torch.ones(form)).last_hidden_state, plain)
 
 

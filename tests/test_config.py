@@ -256,5 +256,22 @@ def test_from_pretrained_records_the_dtype_it_loaded(tmp_path) -> None:
     config = Swinv2Config(image_size=32, embed_dim=16, depths=[2], num_heads=[2], window_size=4)
     config.torch_dtype = "bfloat16"
     Swinv2Model(config).to(torch.bfloat16).save_pretrained(tmp_path)
-    assert Swinv2Model.from_pretrained(tmp_path).config.torch_dtype == "float32"
-    assert Swinv2Model.from_pretrained(tmp_path, dtype="auto").config.torch_dtype == "bfloat16"
+    assert Swinv2Model.from_pretrained(tmp_path).config.torch_dtype == torch.float32
+    assert Swinv2Model.from_pretrained(tmp_path, dtype="auto").config.dtype == torch.bfloat16
+
+
+def test_generic_attributes_read_as_transformers_reads_them(tmp_path) -> None:
+    """Code written for transformers reads a config's generic attributes: the same values here, the dtype as a
+    torch.dtype (config.json spells it), and the folder it came from as name_or_path."""
+    from swinv2 import Swinv2Model
+
+    kwargs = dict(image_size=32, embed_dim=16, depths=[2], num_heads=[2], window_size=4)
+    ours, theirs = Swinv2Config(**kwargs, torch_dtype="float16"), transformers.Swinv2Config(**kwargs, dtype="float16")
+    names = ["dtype", "torch_dtype", "pruned_heads", "is_encoder_decoder", "is_decoder", "tie_word_embeddings",
+             "add_cross_attention", "attribute_map", "name_or_path", "pad_token_id", "tokenizer_class"]
+    assert {n: getattr(ours, n) for n in names} == {n: getattr(theirs, n) for n in names}
+    assert json.loads(ours.to_json_string())["torch_dtype"] == "float16" and "pruned_heads" not in ours.to_dict()
+    Swinv2Model(Swinv2Config(**kwargs)).save_pretrained(tmp_path)
+    assert Swinv2Model.from_pretrained(tmp_path).config.name_or_path == str(tmp_path)
+    assert Swinv2Config.from_pretrained(tmp_path).name_or_path == str(tmp_path)
+    assert Swinv2Config(**kwargs).name_or_path == "" and Swinv2Config(**kwargs).torch_dtype is None

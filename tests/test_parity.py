@@ -242,6 +242,24 @@ def test_head_mask_per_block_as_transformers_broadcasts_it(tmp_path, rng):
                 close(a, b, "attentions with a per-block head_mask")
 
 
+def test_head_mask_broadcast_forms_as_transformers_multiplies_them(tmp_path, rng):
+    """transformers multiplies block j of stage i's probabilities `(B * windows, heads, N, N)` by
+    `head_mask[i, j]` as it broadcasts: one value per block, or one per head and token pair. Stages of
+    different depths index a mask as deep as the deepest."""
+    config = dict(image_size=32, patch_size=2, embed_dim=16, depths=[2, 1], num_heads=[2, 2], window_size=4)
+    hf = hf_model("Swinv2Model", config)
+    ours = ours_from_hf("Swinv2Model", hf, tmp_path)
+    x = input_for(config, rng)
+    for shape in ((2, 2, 1, 1, 1), (2, 2, 2, 16, 16), (2, 2, 1, 16, 1)):
+        head_mask = torch.rand(shape, generator=rng)
+        with torch.no_grad():
+            theirs = hf(x, head_mask=head_mask, output_attentions=True)
+            mine = ours(x, head_mask=head_mask, output_attentions=True)
+        close(mine.last_hidden_state, theirs.last_hidden_state, f"last_hidden_state, head_mask {shape}")
+        for a, b in zip(mine.attentions, theirs.attentions):
+            close(a, b, f"attentions, head_mask {shape}")
+
+
 def test_head_mask_per_stage_list_against_explicit_reference(rng):
     """A per-stage head mask with different head counts: zeroing a head equals zeroing its slice of the
     attention output before the projection (computed here by hand on one block)."""

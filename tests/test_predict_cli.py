@@ -252,6 +252,8 @@ def test_bad_files_are_named_and_skipped(workdir, mixed_folder):
         "readme.txt",
         "truncated.jpg",
     ]
+    empty = next(e for e in out["errors"] if e["input"].endswith("empty.jpg"))
+    assert empty["error"] == "empty file (0 bytes)"  # the input is named beside it, not again in the message
 
 
 def test_globs_and_missing_inputs(workdir):
@@ -268,6 +270,11 @@ def test_globs_and_missing_inputs(workdir):
     assert "nope.jpg: no such file or folder" in proc.stderr
     proc = swinv2_cli("predict", workdir / "named", str(workdir / "photos" / "*.bmp"))
     assert proc.returncode == 1 and "no files match this pattern" in proc.stderr
+    pipe = workdir / "a-pipe"
+    if not pipe.exists():
+        os.mkfifo(pipe)
+    proc = swinv2_cli("predict", workdir / "named", pipe)  # exists, but is no file to read an image from
+    assert proc.returncode == 1 and "a-pipe: not a regular file (a pipe, socket or device)" in proc.stderr
 
 
 def test_model_problems_are_one_line(workdir, tmp_path):
@@ -332,11 +339,14 @@ def test_image_settings_for_another_channel_count_are_one_line(workdir, tmp_path
         (["--batch-size", "x"], "positive integer"),
         (["--json", "--csv", "out.csv"], "not allowed with"),
         (["--device", "tpu"], "invalid choice"),
+        (["--bogus"], "unrecognized arguments: --bogus"),
     ],
 )
 def test_usage_errors_exit_2(workdir, args, message):
+    """One line, named by the command (an unknown flag too, which argparse leaves to the top-level parser)."""
     proc = swinv2_cli("predict", workdir / "named", workdir / "photos", *args)
     assert proc.returncode == 2 and message in proc.stderr
+    assert proc.stderr.startswith("swinv2 predict: error: ") and len(proc.stderr.strip().splitlines()) == 1
 
 
 def test_no_command_and_missing_inputs_are_usage_errors(workdir):

@@ -151,6 +151,19 @@ def test_numpy_float_and_tensor_inputs(photos):
     assert max_diff(ours([a.astype(np.float64) for a in arrays]).pixel_values, ref_255) <= TOL
 
 
+def test_floats_that_look_rescaled_warn_as_transformers_does(photos):
+    """Floats in [0, 1] with do_rescale=True are rescaled again (as transformers does, which warns): a warning
+    names the fix; 8-bit values, whole-valued floats and do_rescale=False give none."""
+    array = np.asarray(photos[0])
+    for images in (array.astype(np.float32) / 255, torch.from_numpy(array).permute(2, 0, 1).float() / 255):
+        with pytest.warns(UserWarning, match=r"floats in \[0, 1\].* pass do_rescale=False"):
+            Swinv2ImageProcessor(size=32)(images)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        Swinv2ImageProcessor(size=32)([array, array.astype(np.float64), photos[1]])
+        Swinv2ImageProcessor(size=32, do_rescale=False)(array.astype(np.float32) / 255)
+
+
 @pytest.mark.parametrize(
     "mean, std",
     [(np.float32(0.5), np.float32(0.25)), (np.array(0.4), np.float64(0.3)),
@@ -538,6 +551,11 @@ def test_missing_sources_are_named(tmp_path):
         (dict(image_mean=[0.5, 0.5], num_channels=3), "image_mean has 2 values but the images have 3 channels"),
         (dict(image_std=[0.0, 1.0, 1.0]), "must not contain 0"),
         (dict(crop_pct=1.5), r"crop_pct must be in \(0, 1\]"),
+        # as a hand-edited preprocessor_config.json may hold them: the message names the setting
+        (dict(rescale_factor="a"), "rescale_factor must be a number, got 'a'"),
+        (dict(crop_pct="a"), "crop_pct must be a number, got 'a'"),
+        (dict(num_channels="three"), "num_channels must be a number, got 'three'"),
+        (dict(num_channels=2.5), "num_channels must be a whole number, got 2.5"),
     ],
 )
 def test_bad_settings_are_explained(kwargs, message):

@@ -989,7 +989,13 @@ def resolve_source(
 def resolve_config(name_or_path: str | os.PathLike, **overrides: Any) -> Swinv2Config:
     """The config for a folder, a weights file (inferred from its tensors when it has no config.json), an
     official checkpoint's name in any spelling (`swinv2-tiny-patch4-window8-256`, `microsoft/...`,
-    `swinv2_tiny_window8_256`), or a hub id."""
+    `swinv2_tiny_window8_256`), or a hub id; its `name_or_path` says which."""
+    config = _config_for(name_or_path, **overrides)
+    config.name_or_path = name_or_path
+    return config
+
+
+def _config_for(name_or_path: str | os.PathLike, **overrides: Any) -> Swinv2Config:
     text = str(name_or_path)
     if not Path(text).expanduser().exists():
         owner, _, repo = text.rpartition("/")
@@ -1439,8 +1445,8 @@ def _target_dtype(torch_dtype: Any, state: dict[str, Tensor], config: Swinv2Conf
         return torch.float32
     if torch_dtype == "auto":
         named = getattr(config, "torch_dtype", None)
-        if isinstance(named, str) and _dtype_named(named) is not None:
-            return _dtype_named(named)
+        if isinstance(named, torch.dtype):
+            return named
         floats = [v.dtype for v in state.values() if v.is_floating_point()]
         return floats[0] if floats else torch.float32
     if isinstance(torch_dtype, str):
@@ -1806,7 +1812,8 @@ def load_pretrained(
     model = cls(config, **model_kwargs)
     info = load_into_model(model, canonical, fmt, strict, ignore_mismatched_sizes, str(weights_path))
     model.to(device=device, dtype=dtype)
-    model.config.torch_dtype = str(model.dtype).removeprefix("torch.")  # what it holds now, as in transformers
+    model.config.torch_dtype = model.dtype  # what it holds now, as in transformers
+    model.config.name_or_path = name_or_path
     model.eval()
     return model, info
 

@@ -13,8 +13,27 @@ from typing import Any
 from .errors import Swinv2Error, nonfinite_outputs
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its errors on one line as every other error of the command (argparse prints the usage
+    block first); the subcommands' parsers are of this class too."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+    def parse_args(self, args: Any = None, namespace: Any = None) -> argparse.Namespace:  # type: ignore[override]
+        # an argument no parser took is the chosen command's to report (`swinv2 predict: error: ...`), not the
+        # top-level parser's, which argparse would otherwise name
+        parsed, extras = self.parse_known_args(args, namespace)
+        if extras:
+            commands = next((a.choices for a in self._actions if isinstance(a, argparse._SubParsersAction)), {})
+            commands.get(getattr(parsed, "command", None), self).error(
+                f"unrecognized arguments: {' '.join(extras)}"
+            )
+        return parsed
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="swinv2", description="Swin Transformer V2: predict, train, convert, benchmark."
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -594,6 +613,8 @@ def _collect_inputs(inputs: list[str]) -> tuple[list[Path], list[tuple[str, str]
             if not found:
                 missing.append((text, "no files match this pattern"))
             files.extend(found)
+        elif path.exists():
+            missing.append((text, "not a regular file (a pipe, socket or device); give an image file or a folder"))
         else:
             missing.append((text, "no such file or folder"))
     seen: set[Path] = set()
@@ -654,7 +675,7 @@ def _predict(args: argparse.Namespace) -> int:
                     bar.write(message, file=sys.stderr)  # above the bar, which stays on the last line
                 else:
                     print(message, file=sys.stderr)
-                failures.append((str(path), str(err)))
+                failures.append((str(path), str(err).removeprefix(f"{path}: ")))  # the input is named beside it
             if bar is not None:
                 bar.update(1)
         if not images:

@@ -15,7 +15,9 @@ import re
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
+
+import torch
 
 # transformers' names (ACT2FN), without its two with learnable parameters (prelu, xielu), so that a config
 # written here loads in transformers; and "selu", which the documentation lists though transformers 4.57 has
@@ -98,6 +100,17 @@ GENERIC_FIELDS = frozenset({
     "tf_legacy_loss", "tie_encoder_decoder", "tie_word_embeddings", "tokenizer_class", "top_k", "top_p",
     "transformers_version", "typical_p", "use_bfloat16",
 })
+
+
+# What transformers' PretrainedConfig answers for generic fields that config.json did not set: read by code
+# written for transformers (`config.is_encoder_decoder`, `config.pruned_heads`), never written by to_dict.
+_GENERIC_DEFAULTS: dict[str, Any] = {
+    "is_encoder_decoder": False, "is_decoder": False, "add_cross_attention": False, "tie_word_embeddings": True,
+    "tie_encoder_decoder": False, "pruned_heads": {}, "tokenizer_class": None, "prefix": None,
+    "bos_token_id": None, "pad_token_id": None, "eos_token_id": None, "sep_token_id": None,
+    "decoder_start_token_id": None, "finetuning_task": None, "task_specific_params": None,
+    "cross_attention_hidden_size": None, "tf_legacy_loss": False, "use_bfloat16": False,
+}
 
 
 def _dtype_name(dtype: Any) -> str | None:
@@ -319,6 +332,8 @@ class Swinv2Config:
         extra = self.__dict__.get("extra", {})  # (not self.extra: unset while copy or pickle rebuild a config)
         if name in extra:
             return extra[name]
+        if name in _GENERIC_DEFAULTS:
+            return copy.copy(_GENERIC_DEFAULTS[name])  # a fresh {} for pruned_heads
         raise AttributeError(f"'{type(self).__name__}' object has no attribute {name!r}")
 
     def __setattr__(self, name: str, value: Any) -> None:
@@ -342,6 +357,32 @@ class Swinv2Config:
                 setattr(updated, key, value)
         updated.validate()
         self.__dict__.update(updated.__dict__)
+
+    # ------------------------------------------------------------------ transformers' generic attributes
+    attribute_map: ClassVar[dict[str, str]] = {"num_attention_heads": "num_heads", "num_hidden_layers": "num_layers"}
+
+    @property
+    def torch_dtype(self) -> torch.dtype | str | None:
+        """The dtype the weights were saved or loaded in, as a `torch.dtype` (config.json spells it "float32");
+        None when unknown. `dtype` is its newer name."""
+        name = self.__dict__.get("_dtype_name")
+        dtype = getattr(torch, name, None) if name is not None else None
+        return dtype if isinstance(dtype, torch.dtype) else name
+
+    @torch_dtype.setter
+    def torch_dtype(self, value: torch.dtype | str | None) -> None:
+        self._dtype_name = _dtype_name(value)
+
+    dtype = torch_dtype
+
+    @property
+    def name_or_path(self) -> str:
+        """The folder, file or name the config was read from ("" for one built in code), as in transformers."""
+        return self.__dict__.get("_name_or_path", "")
+
+    @name_or_path.setter
+    def name_or_path(self, value: str | os.PathLike) -> None:
+        self._name_or_path = str(value)
 
     # ------------------------------------------------------------------ derived values
     @property
@@ -614,11 +655,11 @@ class Swinv2Config:
             "label2id": dict(self.label2id),
         }
         for name in _COMMON_DEFAULTS:
-            value = getattr(self, name)
+            value = self._dtype_name if name == "torch_dtype" else getattr(self, name)
             if value is not None or name == "problem_type":
                 out[name] = value
-        if self.torch_dtype is not None:  # under both names: transformers reads dtype first, older ones torch_dtype
-            out["dtype"] = self.torch_dtype
+        if self._dtype_name is not None:  # under both names: transformers reads dtype first, older ones torch_dtype
+            out["dtype"] = self._dtype_name
         if self.use_gradient_checkpointing:
             out["use_gradient_checkpointing"] = True
         if self.check_finite_inputs is not None:

@@ -1255,7 +1255,15 @@ class WindowAttention(nn.Module):
         probs = scores.softmax(dim=-1)
         probs = F.dropout(probs, self.attn_drop, self.training)
         if head_mask is not None:
-            probs = probs * head_mask.view(-1, 1, 1).to(probs.dtype)
+            if head_mask.dim() == 1:  # (heads,)
+                head_mask = head_mask.view(-1, 1, 1)
+            elif any(size not in (1, full) for size, full in zip(head_mask.shape, (self.num_heads, n, n))):
+                raise ValueError(
+                    f"a block's head_mask of shape {tuple(head_mask.shape)} does not broadcast over its attention "
+                    f"probabilities ({self.num_heads} heads, {n}x{n} window tokens); give ({self.num_heads},) or "
+                    f"({self.num_heads} or 1, {n} or 1, {n} or 1)"
+                )
+            probs = probs * head_mask.to(probs.dtype)
         out = (probs.to(v.dtype) @ v).transpose(1, 2).reshape(b_, n, c)
         # returned in the dtype transformers' scores have: the GEMM's, widened by the fp32 logit scale and
         # bias under autocast (a half-precision model's probabilities are half precision)

@@ -385,17 +385,20 @@ def _head_mask_forms(config: Swinv2Config) -> dict[tuple[int, ...], str]:
         forms[(stages, heads[0])] = "one row per stage, for each of its blocks"
         if len(set(depths)) == 1:
             forms[(stages, depths[0], heads[0])] = "one row per block"
-            forms[(stages, depths[0], heads[0], 1, 1)] = "one row per block, transformers' form"
     return forms
 
 
+_FIVE_D = "(num_stages, max(depths), num_heads or 1, 1 or N, 1 or N) with N a window's tokens (transformers' form)"
+
+
 def _stage_head_masks(head_mask: Any, config: Swinv2Config) -> list[Tensor | None] | None:
-    """Normalise `head_mask` to one `(depth_i, heads_i)` tensor (or None) per stage.
+    """Normalise `head_mask` to one tensor (or None) per stage, `(depth_i, heads_i)` or `(depth_i, heads, n, n)`.
 
     Accepted: `(num_heads,)` for every block, `(num_stages, num_heads)` one row per stage (both need the
-    same head count in every stage), `(num_stages, depth, num_heads)` or transformers' broadcastable
-    `(num_stages, depth, num_heads, 1, 1)` one row per block (the same depth and head count in every stage),
-    or a sequence with one entry per stage of shape `(heads_i,)` or `(depth_i, heads_i)` (or None).
+    same head count in every stage), `(num_stages, depth, num_heads)` one row per block (the same depth and
+    head count in every stage), transformers' `(num_stages, max(depths), heads, n, n)` that multiplies each
+    block's probabilities `(heads_i, N, N)` as it broadcasts (heads 1 or heads_i, n 1 or N), or a sequence
+    with one entry per stage of shape `(heads_i,)`, `(depth_i, heads_i)` or `(depth_i, heads, n, n)` (or None).
     """
     if head_mask is None:
         return None
@@ -406,21 +409,27 @@ def _stage_head_masks(head_mask: Any, config: Swinv2Config) -> list[Tensor | Non
             f"stage, got {type(head_mask).__name__}"
         )
     if isinstance(head_mask, Tensor):
-        forms = _head_mask_forms(config)
-        if tuple(head_mask.shape) not in forms:
+        forms, shape = _head_mask_forms(config), tuple(head_mask.shape)
+        broadcast = (  # transformers' form, multiplied onto each block's probabilities as it broadcasts
+            len(shape) == 5 and shape[:2] == (len(depths), max(depths)) and (shape[2] == 1 or set(heads) == {shape[2]})
+        )
+        if shape not in forms and not broadcast:
             per_stage = "a list with one (num_heads_i,) or (depth_i, num_heads_i) tensor (or None) per stage"
-            listed = "; ".join(f"{shape} for {what}" for shape, what in forms.items())
+            listed = "; ".join(f"{form} for {what}" for form, what in forms.items())
             accepted = (
-                f"a tensor of shape {listed}; or {per_stage}" if forms
-                else f"{per_stage} (num_heads {heads} differ between stages, so no one tensor fits them all)"
+                f"a tensor of shape {listed}; or {_FIVE_D}; or {per_stage}" if forms
+                else f"{_FIVE_D} with heads 1; or {per_stage} (num_heads {heads} differ between stages)"
             )
             raise ValueError(
-                f"head_mask has shape {tuple(head_mask.shape)}; for num_heads={heads} and depths={depths} it "
+                f"head_mask has shape {shape}; for num_heads={heads} and depths={depths} it "
                 f"must be {accepted}"
             )
-        if head_mask.dim() == 1:
-            head_mask = head_mask.unsqueeze(0).expand(len(depths), -1)
-        head_mask = list(head_mask.reshape(head_mask.shape[:3]))  # one (heads,) or (depth, heads) per stage
+        if broadcast:
+            head_mask = [head_mask[i, :depth] for i, depth in enumerate(depths)]  # (depth_i, heads, n, n) each
+        else:
+            if head_mask.dim() == 1:
+                head_mask = head_mask.unsqueeze(0).expand(len(depths), -1)
+            head_mask = list(head_mask)  # one (heads,) or (depth, heads) per stage
     if len(head_mask) != len(depths):
         raise ValueError(
             f"head_mask needs one entry per stage ({len(depths)}: shapes (num_heads_i,) or (depth_i, num_heads_i), "
@@ -435,10 +444,14 @@ def _stage_head_masks(head_mask: Any, config: Swinv2Config) -> list[Tensor | Non
         given = tuple(mask.shape)
         if mask.dim() == 1:
             mask = mask.unsqueeze(0).expand(depths[i], -1)
+        if mask.dim() == 4 and mask.shape[0] == depths[i] and mask.shape[1] in (1, heads[i]):
+            out.append(mask)  # the window tokens are checked by each block, which knows them
+            continue
         if tuple(mask.shape) != (depths[i], heads[i]):
             raise ValueError(
-                f"head_mask for stage {i + 1} must have shape ({heads[i]},) or ({depths[i]}, {heads[i]}) "
-                f"(stage {i + 1} has {depths[i]} blocks of {heads[i]} heads), got {given}"
+                f"head_mask for stage {i + 1} must have shape ({heads[i]},), ({depths[i]}, {heads[i]}) or "
+                f"({depths[i]}, {heads[i]} or 1, N or 1, N or 1) (stage {i + 1} has {depths[i]} blocks of "
+                f"{heads[i]} heads), got {given}"
             )
         out.append(mask)
     return out
@@ -520,11 +533,23 @@ class Swinv2PatchEmbeddings(nn.Module):
     wrapper, so forward hooks registered here go on `.projection`, where they see every call.
     """
 
-    def __init__(self, projection: nn.Module, patch_size: tuple[int, int], drop_partial_patches: bool = False) -> None:
+    def __init__(
+        self,
+        projection: nn.Module,
+        patch_size: tuple[int, int],
+        drop_partial_patches: bool = False,
+        image_size: tuple[int, int] | None = None,
+        num_channels: int | None = None,
+    ) -> None:
         super().__init__()
         self.projection = projection
         self.patch_size = patch_size
         self.drop_partial_patches = drop_partial_patches
+        # transformers' attributes: the configured image size and its grid of patches
+        self.image_size = image_size
+        self.num_channels = num_channels
+        self.grid_size = None if image_size is None else tuple(s // p for s, p in zip(image_size, patch_size))
+        self.num_patches = None if self.grid_size is None else math.prod(self.grid_size)
 
     def forward(self, pixel_values: Tensor) -> tuple[Tensor, tuple[int, int]]:
         """`(B, C_in, H, W)` -> patch vectors `(B, L, C)` and the grid `(H/p, W/p)` (padded as transformers, or
@@ -611,7 +636,14 @@ class Swinv2PreTrainedModel(nn.Module):
         whose `.projection` is the patch convolution (image -> patch vectors, before the embedding's
         LayerNorm): freezing it leaves the norm trainable."""
         embeddings = self.base_model.embeddings
-        return Swinv2PatchEmbeddings(embeddings.proj, embeddings.patch_size, embeddings.drop_partial_patches)
+        kept = self.__dict__.get("_input_embeddings")  # the same object on every call, as transformers returns
+        if kept is None or kept.projection is not embeddings.proj:
+            kept = Swinv2PatchEmbeddings(
+                embeddings.proj, embeddings.patch_size, embeddings.drop_partial_patches,
+                self.config.image_hw, embeddings.num_channels,
+            )
+            self.__dict__["_input_embeddings"] = kept  # not a submodule: the state dict keeps its keys
+        return kept
 
     def get_output_embeddings(self) -> None:
         """None: an image model has no output embeddings to tie (as transformers answers for Swin V2)."""

@@ -233,6 +233,20 @@ def _resample(value: Any) -> int:
     return int(value)
 
 
+def _number(value: Any, name: str, kind: type = float) -> float | int:
+    """`value` as a float (or int), or an error that names the setting: preprocessor_config.json may hold a
+    string or a list where a number belongs."""
+    if isinstance(value, (bool, str, bytes)) or np.ndim(value) != 0:
+        raise ValueError(f"{name} must be a number, got {value!r}")
+    try:
+        number = kind(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number, got {value!r}") from None
+    if kind is int and number != value:
+        raise ValueError(f"{name} must be a whole number, got {value!r}")
+    return number
+
+
 def _channel_stats(values: Any, name: str) -> list[float] | float:
     """One number, or a list of one per channel; numpy scalars, arrays and tensors are taken as transformers
     takes them (np.float32(0.5) is 0.5)."""
@@ -439,6 +453,15 @@ def _flatten(images: Any) -> list[Any]:
     )
 
 
+def _looks_rescaled(image: Any) -> bool:
+    """Whether an array or tensor image holds floats in [0, 1] (transformers' test for images rescaled twice)."""
+    if isinstance(image, Tensor):
+        return bool(image.is_floating_point() and image.numel() > 0 and image.min() >= 0 and image.max() <= 1)
+    if isinstance(image, np.ndarray) and np.issubdtype(image.dtype, np.floating) and image.size:
+        return bool(image.min() >= 0 and image.max() <= 1)
+    return False
+
+
 # ---------------------------------------------------------------------------------------------- processor
 class Swinv2ImageProcessor:
     """Resize, (centre-crop,) rescale and normalise images into `pixel_values` for a Swin V2 model.
@@ -494,7 +517,7 @@ class Swinv2ImageProcessor:
         self.do_rescale = bool(do_rescale)
         if rescale_factor is None:
             raise ValueError("rescale_factor must be a number (1/255 maps 8-bit values to [0, 1]), got None")
-        self.rescale_factor = float(rescale_factor)
+        self.rescale_factor = _number(rescale_factor, "rescale_factor")
         self.do_normalize = bool(do_normalize)
         self.image_mean = _channel_stats(
             image_mean if image_mean is not None else list(IMAGENET_DEFAULT_MEAN), "image_mean"
@@ -513,10 +536,10 @@ class Swinv2ImageProcessor:
             # transformers reads from the BitImageProcessor file we write for it); cropping nothing wrote a file
             # that transformers applied with this crop
             self.crop_size = {"height": 224, "width": 224}
-        if crop_pct is not None and not 0 < float(crop_pct) <= 1:
+        if crop_pct is not None and not 0 < _number(crop_pct, "crop_pct") <= 1:
             raise ValueError(f"crop_pct must be in (0, 1], got {crop_pct!r}")
         self.crop_pct = float(crop_pct) if crop_pct is not None else None
-        if num_channels is not None and (isinstance(num_channels, bool) or int(num_channels) < 1):
+        if num_channels is not None and _number(num_channels, "num_channels", int) < 1:
             raise ValueError(f"num_channels must be a positive int, got {num_channels!r}")
         self.num_channels = int(num_channels) if num_channels is not None else None
         for name in ("image_mean", "image_std"):
@@ -598,6 +621,13 @@ class Swinv2ImageProcessor:
         if return_tensors not in ("pt", "np", None):
             raise ValueError(f"return_tensors must be 'pt', 'np' or None, got {return_tensors!r}")
         flat = _flatten(images)
+        if self.do_rescale and any(_looks_rescaled(image) for image in flat):
+            warnings.warn(
+                "the images are floats in [0, 1], which look rescaled already, and do_rescale=True multiplies "
+                f"them by rescale_factor={self.rescale_factor:g} again; pass do_rescale=False for such images "
+                "(or give 8-bit values)",
+                stacklevel=2,
+            )
         first = flat[0] if flat else None
         if layout is None and isinstance(first, (np.ndarray, Tensor)) and first.ndim == 3:
             # as transformers: the first image's layout is the batch's (a (1, 37, 3) strip after a (24, 22, 3)
@@ -716,7 +746,7 @@ class Swinv2ImageProcessor:
         kind = str(settings.get("image_processor_type") or settings.get("feature_extractor_type") or "")
         name = kind.removesuffix("Fast").removesuffix("ImageProcessor").removesuffix("FeatureExtractor")
         defaults = HF_DEFAULTS.get(name, HF_DEFAULTS["ViT"])
-        channels = int(settings.get("num_channels") or 3)
+        channels = _number(settings.get("num_channels") or 3, "num_channels", int)
         for key, value in defaults.items():
             if key not in settings or (settings[key] is None and key in _NULL_MEANS_DEFAULT):
                 if key in ("image_mean", "image_std") and channels != 3:
