@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import logging
+import math
+import os
 import re
 import warnings
 from pathlib import Path
@@ -1118,6 +1120,21 @@ def test_pickle_that_runs_code_is_refused(tmp_path):
     assert marker.exists()
 
 
+class _RunsACommand:
+    def __reduce__(self):
+        return (os.system, ("true",))
+
+
+def test_pickle_naming_a_blocked_module_is_refused_as_unsafe_not_corrupt(tmp_path):
+    """torch blocks os and sys outright, with its own words ("unsupported GLOBAL posix.system whose module
+    posix is blocked"): such a file is named for the object it holds, not sent to be downloaded again."""
+    path = tmp_path / "evil.pth"
+    torch.save({"model": timm_small().state_dict(), "extra": _RunsACommand()}, path)
+    refused = r"Python objects besides tensors \((posix|nt|os)\.system\).*not loaded"
+    with pytest.raises(ck.CheckpointError, match=refused):
+        swinv2.Swinv2Model.from_pretrained(path, window_size=4, image_size=64)
+
+
 def test_a_damaged_pickle_is_named_corrupt_not_unsafe(tmp_path):
     """weights_only refuses bytes that are no pickle ("Unsupported operand") under the same heading as a real
     object: the first is a damaged file to download again, not one to re-save; the second names its object."""
@@ -1446,3 +1463,84 @@ def test_portrait_microsoft_windows_are_named_and_written_as_microsoft_builds_th
         x = torch.randn(1, 3, *hw, generator=torch.Generator().manual_seed(2))
         with torch.no_grad():
             assert max_diff(loaded(x).logits, model(x).logits) == 0.0  # read back into swinv2: the same model
+
+
+
+def _at_the_clamp(model: torch.nn.Module) -> torch.nn.Module:
+    """Every head's logit scale at its clamp (log 100), as many heads of trained Swin V2 models are: there the
+    shift mask's value shows in the outputs."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("logit_scale"):
+                p.fill_(math.log(100.0))
+    return model
+
+
+# heads of 1 and 2 channels: cosines near +-1, so that masked pairs score high at the clamp
+CLAMPED = dict(embed_dim=8, num_heads=(8, 8))
+CLAMPED_FIELDS = dict(image_size=64, embed_dim=8, depths=[2, 2], num_heads=[8, 8], window_size=4, num_labels=5)
+
+
+def test_a_state_dict_computed_with_another_layout_is_named_with_the_fix():
+    """load_state_dict converts a timm state dict, but the model computes with its own config: where timm's
+    mask value or window layout would give other outputs, a warning names the config fields that compute as
+    timm does; a model built with them gives timm's outputs, and warns of nothing."""
+    reference = _at_the_clamp(timm_small(**CLAMPED))
+    x = images(64)
+    plain = swinv2.Swinv2ForImageClassification(swinv2.Swinv2Config(**CLAMPED_FIELDS)).eval()
+    with pytest.warns(UserWarning, match=r"the timm model this state dict comes from computes otherwise .* masks "
+                      r"shifted windows with -100 where swinv2 has shift_mask_value -200.*build the model with "
+                      r"window_layout='timm' and shift_mask_value=-100"):
+        plain.load_state_dict(reference.state_dict())
+    with torch.no_grad():
+        assert max_diff(plain(x).logits, reference(x)) > 1e-4 * reference(x).abs().max().item()  # as warned
+    as_timm = swinv2.Swinv2ForImageClassification(
+        swinv2.Swinv2Config(**CLAMPED_FIELDS, window_layout="timm", shift_mask_value=-100)
+    ).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        as_timm.load_state_dict(reference.state_dict())
+        with torch.no_grad():
+            assert max_diff(as_timm(x).logits, reference(x)) <= 1e-5 * reference(x).abs().max().item()
+        plain.load_state_dict(timm_small(**CLAMPED).state_dict())  # scales far from the clamp: the masks agree
+
+
+def test_convert_warns_where_the_target_library_masks_otherwise(tmp_path):
+    """transformers adds its -100 shift mask twice, timm once: converting timm weights with heads at the clamp
+    for transformers says the outputs can differ; with heads far from the clamp it says nothing, and
+    transformers computes what timm did."""
+    import transformers
+
+    config = swinv2.Swinv2Config(**CLAMPED_FIELDS)
+    torch.save(_at_the_clamp(timm_small(**CLAMPED)).state_dict(), tmp_path / "clamped.pth")
+    with pytest.warns(UserWarning, match=r"transformers model that loads this file .* masks shifted windows with "
+                      r"-200 where swinv2 has shift_mask_value -100.* \(here up to 100\.0\)"):
+        ck.convert(tmp_path / "clamped.pth", tmp_path / "hf", "hf", config)
+    torch.save(timm_small(**CLAMPED).state_dict(), tmp_path / "quiet.pth")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ck.convert(tmp_path / "quiet.pth", tmp_path / "hf-quiet", "hf", config)
+    theirs = transformers.Swinv2ForImageClassification.from_pretrained(tmp_path / "hf-quiet").eval()
+    with torch.no_grad():
+        assert max_diff(theirs(images(64)).logits, timm_small(**CLAMPED)(images(64))) <= 1e-5
+
+
+def test_a_checkpoint_cut_short_is_refused_not_loaded_with_a_new_final_norm(tmp_path):
+    """A timm file without its last stage reads as a one-stage model whose final norm and classifier input
+    are narrower than the file's: that is another encoder (an error naming the weight), not a new head of
+    another size (a warning, still); ignore_mismatched_sizes=True loads it anyway, re-initialising them."""
+    whole = timm_small().state_dict()
+    torch.save({k: v for k, v in whole.items() if not k.startswith("layers.1.")}, tmp_path / "cut.pth")
+    with pytest.raises(ck.CheckpointError, match=r"weight norm\.weight has shape \(64,\) in the checkpoint but "
+                       r"\(32,\) in the model .*ignore_mismatched_sizes=True"):
+        swinv2.Swinv2ForImageClassification.from_pretrained(tmp_path / "cut.pth", image_size=64, window_size=4)
+    with pytest.warns(UserWarning, match=r"newly initialised.*norm\.weight \(checkpoint \(64,\), model \(32,\)\)"):
+        swinv2.Swinv2ForImageClassification.from_pretrained(
+            tmp_path / "cut.pth", image_size=64, window_size=4, ignore_mismatched_sizes=True
+        )
+    torch.save(whole, tmp_path / "whole.pth")
+    new_head = r"newly initialised.*head\.fc\.weight \(checkpoint \(5, 64\), model \(3, 64\)\)"
+    with pytest.warns(UserWarning, match=new_head):
+        swinv2.Swinv2ForImageClassification.from_pretrained(
+            tmp_path / "whole.pth", image_size=64, window_size=4, num_labels=3
+        )

@@ -272,6 +272,33 @@ def test_a_failed_write_leaves_no_file_nor_folder(tmp_path, capsys, monkeypatch)
     (tmp_path / "existing").mkdir()
     assert run(source, tmp_path / "existing", "--to", "hf") == 2
     assert (tmp_path / "existing").is_dir()
+    capsys.readouterr()
+
+    def full_torch(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", full_torch)  # a file under folders this convert makes: none is left
+    assert run(source, tmp_path / "new2" / "a" / "b" / "ms.pth", "--to", "microsoft") == 2
+    assert "No space left on device" in capsys.readouterr().err and not (tmp_path / "new2").exists()
+
+
+def test_a_folder_is_replaced_whole_or_not_at_all(tmp_path, capsys):
+    """Converting into an existing folder writes its files together: where one cannot be written (here
+    config.json is a folder), the weights already there are not replaced either, nothing is left beside the
+    folder, and the error names the obstacle, not the staging folder's file."""
+    first, second = hf_folder(small_model(seed=1), tmp_path / "a"), hf_folder(small_model(seed=2), tmp_path / "b")
+    for fmt, target in (("hf", tmp_path / "out-hf"), ("timm", tmp_path / "out-timm")):
+        assert run(first, target, "--to", fmt) == 0
+        before = (target / "model.safetensors").read_bytes()
+        (target / "config.json").unlink()
+        (target / "config.json").mkdir()
+        assert run(second, target, "--to", fmt) == 2
+        err = capsys.readouterr().err
+        assert f"{target / 'config.json'} is a folder (or not a regular file) where the checkpoint has a file" in err
+        assert (target / "model.safetensors").read_bytes() == before
+        assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging folder left
+        (target / "config.json").rmdir()
+        assert run(second, target, "--to", fmt) == 0 and (target / "model.safetensors").read_bytes() != before
 
 
 @pytest.mark.parametrize("name", ["hf.pth", "hf.safetensors", "hf.bin", "hf.PT"])

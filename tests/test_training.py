@@ -552,12 +552,16 @@ def test_a_run_removes_the_temporaries_an_interrupted_checkpoint_write_left(tiny
     for path in stale + kept:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(half)
+    staging = run / ".last.k2l3m4n5.staging"  # staged_folder's, for an export cut short
+    (staging / "model.safetensors").parent.mkdir()
+    (staging / "model.safetensors").write_bytes(half)
+    stale.append(staging)
     with caplog.at_level(logging.INFO, logger="swinv2"):
         resumed = train(_config(tiny_config, photos, run, max_steps=2, checkpoint_every=1, keep_checkpoints=5,
                                 resume="latest"))
     assert resumed.steps == 2
     assert [p for p in stale if p.exists()] == [] and all(p.read_bytes() == half for p in kept)
-    assert "removed 3 temporary file(s) left by an interrupted write" in caplog.text
+    assert "removed 4 temporary file(s) left by an interrupted write" in caplog.text
     assert sorted(p.name for p in checkpoints.glob("step_*.pt")) == ["step_00000001.pt", "step_00000002.pt"]
 
     # killed while writing its first checkpoint: no checkpoint, one temporary; a new run starts and cleans up

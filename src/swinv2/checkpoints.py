@@ -20,6 +20,7 @@ them; they also tell window and image size when a checkpoint comes without a con
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import errno
 import functools
@@ -32,7 +33,7 @@ import re
 import shutil
 import tempfile
 import warnings
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -92,6 +93,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
     if path.exists() and not path.is_file():  # a device or pipe would be replaced by a regular file
         raise WriteError(f"{path} is not a regular file (a device, pipe or socket); name a file to write")
     tmp = None
+    created = [p for p in path.parents if not p.exists()]  # (deepest first) removed again if the write fails
     try:
         # inside the try: a read-only or full folder fails here already, and gets the same message
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -112,6 +114,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
             free = 0.0
         if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
+        _remove_empty(created)
         # The writers' own errors for a full disk or a failed device say little (torch.save: a RuntimeError
         # from its stream writer, safetensors: SafetensorError): name the file, the free space and the fix.
         # Other errors of a writer (an exporter's, say) are its own business and pass unchanged.
@@ -134,6 +137,65 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
         pass
     finally:
         os.close(dir_fd)
+
+
+def _remove_empty(folders: Sequence[Path]) -> None:
+    """Remove the folders a failed write created (deepest first), as long as they are empty."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except FileNotFoundError:
+            continue
+        except OSError:
+            return
+
+
+@contextlib.contextmanager
+def staged_folder(target: str | os.PathLike, stale: Callable[[str], bool] | None = None) -> Iterator[Path]:
+    """Write a folder of files as one change: yields an empty folder beside `target` to write into; when the
+    block ends, its files replace `target`'s of the same names (a new `target` appears whole, by one rename),
+    and `target`'s files that `stale(name)` calls outdated and that were not written again are removed. When
+    the block fails, or a file would replace a folder, `target` is left as it was, and so are its parents
+    (those this call made are removed)."""
+    target = Path(os.path.realpath(target))
+    if target.exists() and not target.is_dir():
+        raise WriteError(f"{target} is a file, not a folder: name a folder to write the checkpoint into")
+    created = [p for p in (target, *target.parents) if not p.exists()]
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        stage = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".staging", dir=target.parent))
+    except OSError as err:
+        _remove_empty(created)
+        raise WriteError(f"cannot create the output folder {target}: {err.strerror}") from err
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(stage, 0o777 & ~umask)  # (mkdtemp makes it 0700) the mode a plain mkdir would give
+    try:
+        yield stage
+        files = sorted(stage.iterdir())
+        blocked = [target / f.name for f in files if (target / f.name).exists() and not (target / f.name).is_file()]
+        if blocked:
+            raise WriteError(
+                f"{blocked[0]} is a folder (or not a regular file) where the checkpoint has a file: move it away "
+                "or write elsewhere. Nothing was written"
+            )
+        if not target.exists():
+            os.replace(stage, target)
+            return
+        for f in files:
+            os.replace(f, target / f.name)
+        written = {f.name for f in files}
+        for old in target.iterdir():
+            if stale is not None and old.name not in written and stale(old.name) and old.is_file():
+                old.unlink()
+    except BaseException as err:
+        shutil.rmtree(stage, ignore_errors=True)
+        _remove_empty(created)
+        if isinstance(err, WriteError) and str(stage) in str(err):  # name the folder asked for, not the stage
+            raise WriteError(str(err).replace(str(stage), str(target))) from err
+        raise
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
 
 
 def load_state_dict_file(path: str | os.PathLike) -> dict[str, Tensor]:
@@ -224,7 +286,9 @@ def torch_load(path: Path) -> Any:
         # numpy.core.multiarray._reconstruct ...") and bytes that are no pickle at all ("Unsupported operand
         # 200", "Can only append to lists"), under the same "Weights only load failed" heading: only the first
         # is a file to re-save, the second is damaged.
-        refused = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+        # (a module torch blocks outright, os or sys: "Trying to load unsupported GLOBAL posix.system whose module
+        # posix is blocked")
+        refused = re.search(r"[Uu]nsupported (?:global: )?GLOBAL (\S+)", text)
         if refused:
             raise CheckpointError(
                 f"{path} holds Python objects besides tensors ({refused[1]}), which could run code when "
@@ -625,7 +689,7 @@ def ours_to_microsoft(model: torch.nn.Module) -> dict[str, Tensor]:
             if j % 2 and shift > 0:  # every other block is shifted
                 pad_h, pad_w = -height % window, -width % window
                 out[prefix + "attn_mask"] = shifted_window_mask(height + pad_h, width + pad_w, window, shift)
-    _warn_peer_geometry(config, "microsoft", reading=False)
+    _warn_peer_geometry(config, "microsoft", reading=False, state=out)
     if any(k.startswith("decoder.") for k in out):
         out = {(k if k.startswith("decoder.") else "encoder." + k): v for k, v in out.items()}
     return out
@@ -655,7 +719,7 @@ def ours_to_timm(model: torch.nn.Module) -> dict[str, Tensor]:
     """A model's weights in timm's `SwinTransformerV2` layout (timm persists no buffers)."""
     state = model_state_canonical(model)
     _refuse_extras(state, "timm")
-    _warn_peer_geometry(model.config, "timm", reading=False)
+    _warn_peer_geometry(model.config, "timm", reading=False, state=state)
     return _rename_all(state, TIMM_NAMES, reverse=True)
 
 
@@ -799,7 +863,7 @@ def ours_to_torchvision(model: torch.nn.Module) -> dict[str, Tensor]:
                 out[prefix + "qkv.bias"] = block.attn.qkv.weight.new_zeros(3 * dim).detach().cpu()
             out[prefix + "relative_coords_table"] = table.clone()
             out[prefix + "relative_position_index"] = relative_position_index(window).flatten()
-    _warn_peer_geometry(config, "torchvision", reading=False)
+    _warn_peer_geometry(config, "torchvision", reading=False, state=out)
     return out
 
 
@@ -1550,12 +1614,13 @@ def load_into_model(
     source: str = "",
     relax: Mapping[str, str] = PYTHON_RELAX,
 ) -> dict[str, list]:
-    """Copy a canonical state dict into `model`. Heads that do not fit (and the encoder's final norm, which a
-    backbone checkpoint has not) are initialised afresh with a warning; any other missing, unexpected or
-    mis-shaped weight is an error listing them. Returns what transformers' `output_loading_info` gives:
-    the model's `missing_keys`, the checkpoint's `unexpected_keys`, `mismatched_keys` as `(key, checkpoint
-    shape, model shape)` and `error_msgs`, every key named as the checkpoint's format names it (a missing
-    weight: as that format would name it). `relax` says how to load anyway, for the error messages."""
+    """Copy a canonical state dict into `model`. Heads of another size (labels) and missing ones (and the
+    encoder's final norm, which a backbone checkpoint has not) are initialised afresh with a warning; any other
+    missing, unexpected or mis-shaped weight is an error listing them. Returns what transformers'
+    `output_loading_info` gives: the model's `missing_keys`, the checkpoint's `unexpected_keys`,
+    `mismatched_keys` as `(key, checkpoint shape, model shape)` and `error_msgs`, every key named as the
+    checkpoint's format names it (a missing weight: as that format would name it). `relax` says how to load
+    anyway, for the error messages."""
     state = _fit_to_model(model, state)
     own = model.state_dict()
     prefix = "swinv2." if any(k.startswith("swinv2.") for k in own) else ""
@@ -1582,10 +1647,17 @@ def load_into_model(
     unexpected = [k for k in unexpected if k not in ignored_heads]
     mismatched = [k for k in state if k in own and state[k].shape != own[k].shape]
     fresh: dict[str, str] = {}  # re-initialised weight -> its two shapes, for the warning
+    # A head of another size (other labels) is a new head; the final norm, or a classifier reading features of
+    # another width, is another encoder (a config or a checkpoint cut short): an error like any other weight.
+    other_encoder = {
+        k for k in mismatched
+        if k.startswith(("norm.", "swinv2.norm."))
+        or (k.startswith("classifier.weight") and state[k].shape[1:] != own[k].shape[1:])
+    }
     for key in mismatched:
         if key.endswith("position_embeddings") and state[key].dim() == 3:
             state[key] = _resize_positions(state[key], _encoder(model).embeddings.grid_size)
-        elif key.startswith(head_like) or ignore_mismatched_sizes:
+        elif (key.startswith(head_like) and key not in other_encoder) or ignore_mismatched_sizes:
             fresh[key] = f"{named([key])[0]} (checkpoint {tuple(state[key].shape)}, model {tuple(own[key].shape)})"
         else:
             raise CheckpointError(
@@ -1645,7 +1717,11 @@ def in_model_keys(model: torch.nn.Module, state: Any) -> Any:
         return state
     if fmt not in _READERS:
         return state
-    return _unknown_keys_as_given(_fit_to_model(model, _READERS[fmt](dict(state))), state, model.state_dict())
+    canonical = _READERS[fmt](dict(state))
+    config = getattr(model, "config", None)
+    if isinstance(config, Swinv2Config):  # (weights of another library, computed with this model's layout)
+        _warn_peer_geometry(config, fmt.removesuffix("-simmim"), reading=None, state=canonical)
+    return _unknown_keys_as_given(_fit_to_model(model, canonical), state, model.state_dict())
 
 
 def _unknown_keys_as_given(converted: dict[str, Any], given: Mapping[str, Any], own: Mapping[str, Any]) -> dict:
@@ -1807,7 +1883,7 @@ def load_pretrained(
             config = Swinv2Config.from_dict(config.to_dict(), **config_overrides)
         config = _with_library_layout(config, fmt, keep=config_overrides)
     if fmt in ("timm", "torchvision", "microsoft", "microsoft-simmim"):
-        _warn_peer_geometry(config, fmt.removesuffix("-simmim"), reading=True)
+        _warn_peer_geometry(config, fmt.removesuffix("-simmim"), reading=True, state=canonical)
     dtype = _target_dtype(torch_dtype, state, config)
     model = cls(config, **model_kwargs)
     info = load_into_model(model, canonical, fmt, strict, ignore_mismatched_sizes, str(weights_path))
@@ -1903,21 +1979,64 @@ def _microsoft_geometry(config: Swinv2Config) -> list[str]:
     return lines
 
 
-def _warn_peer_geometry(config: Swinv2Config, fmt: str, reading: bool) -> None:
-    """Warn where a timm, torchvision or Microsoft model computes otherwise than swinv2 at `config.image_size`."""
+# What each library adds to the scores of token pairs that a shifted window joins across regions: transformers
+# adds its -100 mask twice (`SHIFT_MASK_VALUE`), the others once.
+PEER_MASK_VALUES = {"hf": SHIFT_MASK_VALUE, "timm": MASK_VALUE, "torchvision": MASK_VALUE, "microsoft": MASK_VALUE}
+
+
+def _mask_value_difference(config: Swinv2Config, fmt: str, state: Mapping[str, Any] | None) -> str | None:
+    """A line when the library masks shifted windows with another value than `config` and the weights' logit
+    scales let that show: a masked score can come within `2 s + 16 - |mask|` of an unmasked one (cosines in
+    [-1, 1] times the head's scale s <= 100, the position bias in (0, 16)), so where even the weaker mask
+    leaves masked pairs more than ~1e-6 of the weight (s above ~35), the two masks give other outputs."""
+    theirs = PEER_MASK_VALUES[fmt]
+    if state is None or config.shift_mask_value == theirs:
+        return None
+    scales = [v for k, v in state.items() if k.endswith("logit_scale") and isinstance(v, Tensor) and v.numel()]
+    if not scales:
+        return None
+    largest = max(float(v.detach().float().clamp(max=math.log(100.0)).exp().max()) for v in scales)
+    weaker = min(abs(config.shift_mask_value), abs(theirs))
+    if 2 * largest + 16 - weaker < math.log(1e-6):
+        return None
+    return (f"it masks shifted windows with {theirs:g} where swinv2 has shift_mask_value {config.shift_mask_value:g}, "
+            f"which shows where a head's logit scale is near its clamp of 100 (here up to {largest:.1f})")
+
+
+def _warn_peer_geometry(
+    config: Swinv2Config, fmt: str, reading: bool | None, state: Mapping[str, Any] | None = None
+) -> None:
+    """Warn where a transformers, timm, torchvision or Microsoft model computes otherwise than swinv2 at
+    `config.image_size`, or with its weights' logit scales (`state`) masks shifted windows otherwise.
+    `reading`: True for a checkpoint read, False for one written, None for a state dict loaded into a model."""
+    mask = _mask_value_difference(config, fmt, state)
     lines = _peer_geometry(config, fmt)
-    if not lines:
+    if not lines and mask is None:
         return
     library = "transformers" if fmt == "hf" else fmt
     possessive = "'" if library.endswith("s") else "'s"
-    who = f"this {library} checkpoint" if reading else f"the {library} model that loads this file"
+    kind = {True: f"this {library} checkpoint", False: f"the {library} model that loads this file",
+            None: f"the {library} model this state dict comes from"}[reading]
     # (timm's always_partition shifts grids of one window, which no other library does at any size)
     official = isinstance(config.window_size, int) and not config.always_partition
+    parts = []
+    if lines:
+        parts.append(
+            f"at image_size {config.image_size} it lays its windows out otherwise than swinv2 ({'; '.join(lines)})"
+            + ("; image sizes where every stage's grid is square and whole windows (the official ones) agree"
+               if official else "")
+        )
+    if mask is not None:
+        parts.append(mask)
+    fix = ""
+    if reading is None:
+        theirs = library_layout(fmt)
+        fix = (f"; to compute as {library} does, build the model with window_layout={theirs['window_layout']!r} "
+               f"and shift_mask_value={theirs['shift_mask_value']:g} (from_pretrained of the file sets them)")
     warnings.warn(
-        f"at image_size {config.image_size}, {who} lays its windows out otherwise than swinv2 "
-        f"({'; '.join(lines)}), so its outputs differ from {library}{possessive} here"
-        + ("; image sizes where every stage's grid is square and whole windows (the official ones) agree"
-           if official else ""),
+        f"{kind} computes otherwise than swinv2 with this config: {'; and '.join(parts)}, so its outputs "
+        f"{'differ' if lines else 'can differ (by up to ~1e-2 where masked pairs score high)'} "
+        f"from {library}{possessive}{fix}",
         stacklevel=4,
     )
 
@@ -1971,11 +2090,6 @@ def save_pretrained(
     be read instead of, or with, the new ones."""
     from safetensors.torch import save_file
 
-    folder = Path(save_directory)
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise OSError(f"cannot create the output folder {folder}: {err.strerror}") from err
     with_prefix = any(k.startswith("swinv2.") for k in model.state_dict())
     state = ours_to_hf(model_state_canonical(model), with_prefix)
     state = {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}
@@ -1991,29 +2105,28 @@ def save_pretrained(
 
     weights_name, index_name = weight_names(variant, safe_serialization)
     shards = _shards(state, parse_size(max_shard_size))
-    written = {CONFIG_NAME}
-    if len(shards) == 1:
-        write(folder / weights_name, state)
-        written.add(weights_name)
-    else:
-        stem, suffix = weights_name.rsplit(".", 1)
-        weight_map = {}
-        for i, shard in enumerate(shards, 1):
-            name = f"{stem}-{i:05d}-of-{len(shards):05d}.{suffix}"
-            write(folder / name, shard)
-            weight_map.update(dict.fromkeys(shard, name))
-            written.add(name)
-        total = sum(t.numel() * t.element_size() for t in state.values())
-        index = json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2, sort_keys=True)
-        atomic_write(folder / index_name, lambda tmp: Path(tmp).write_text(index + "\n", encoding="utf-8"))
-        written.add(index_name)
-    text = json.dumps(config_dict, indent=2, sort_keys=True) + "\n"
-    atomic_write(folder / CONFIG_NAME, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
-    ours = set(weight_names(variant))
-    for path in folder.iterdir():
-        stale = path.name in ours or _SHARD.sub("", path.name) in ours
-        if stale and path.name not in written and path.is_file():
-            path.unlink()
+    with staged_folder(save_directory, stale=_weight_file_of(variant)) as folder:
+        if len(shards) == 1:
+            write(folder / weights_name, state)
+        else:
+            stem, suffix = weights_name.rsplit(".", 1)
+            weight_map = {}
+            for i, shard in enumerate(shards, 1):
+                name = f"{stem}-{i:05d}-of-{len(shards):05d}.{suffix}"
+                write(folder / name, shard)
+                weight_map.update(dict.fromkeys(shard, name))
+            total = sum(t.numel() * t.element_size() for t in state.values())
+            index = json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2, sort_keys=True)
+            atomic_write(folder / index_name, lambda tmp: Path(tmp).write_text(index + "\n", encoding="utf-8"))
+        text = json.dumps(config_dict, indent=2, sort_keys=True) + "\n"
+        atomic_write(folder / CONFIG_NAME, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+
+
+def _weight_file_of(variant: str | None) -> Callable[[str], bool]:
+    """Whether a file name is a weights file (or shard, or index) that `save_pretrained` with `variant` could
+    have written in any format: one such file not written again would be read instead of, or with, the new."""
+    names = set(weight_names(variant))
+    return lambda name: name in names or _SHARD.sub("", name) in names
 
 
 # ---------------------------------------------------------------------------------------------- other formats
@@ -2083,18 +2196,15 @@ def write_checkpoint(model: torch.nn.Module, path: str | os.PathLike, fmt: str) 
 
 def write_timm_folder(model: torch.nn.Module, folder: str | os.PathLike, processor: Any = None) -> Path:
     """`model` as timm's `save_for_hf` writes one: `model.safetensors` in timm's layout and the config.json of
-    `timm_hub_config`, each written atomically, in `folder`."""
+    `timm_hub_config`, in `folder`, together (`staged_folder`)."""
     from safetensors.torch import save_file
 
     folder = Path(folder)
     text = json.dumps(timm_hub_config(model, processor), indent=2) + "\n"  # (refused before anything is written)
     state = {k: v.detach().to("cpu").contiguous().clone() for k, v in ours_to_timm(model).items()}
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise OSError(f"cannot create the output folder {folder}: {err.strerror}") from err
-    atomic_write(folder / SAFE_WEIGHTS_NAME, lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
-    atomic_write(folder / CONFIG_NAME, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+    with staged_folder(folder) as stage:
+        atomic_write(stage / SAFE_WEIGHTS_NAME, lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
+        atomic_write(stage / CONFIG_NAME, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
     return folder
 
 
@@ -2178,17 +2288,12 @@ def convert(
             stacklevel=2,
         )
     if not timm_folder:
-        _warn_peer_geometry(config, "hf", reading=False)
-    created = [p for p in (target, *target.parents) if not p.exists()]
-    try:
-        if timm_folder:  # (timm keeps the image settings in its config.json's pretrained_cfg)
-            write_timm_folder(model, target, processor)
-        else:
-            write_checkpoint(model, target, fmt)
-            if processor is not None:
-                processor.save_pretrained(target)
-    except BaseException:
-        if created:  # a failed write leaves no folder behind (only what this call made: never the user's)
-            shutil.rmtree(created[-1], ignore_errors=True)
-        raise
+        _warn_peer_geometry(config, "hf", reading=False, state=model.state_dict())
+    if timm_folder:  # (timm keeps the image settings in its config.json's pretrained_cfg)
+        write_timm_folder(model, target, processor)
+        return source_fmt, model
+    with staged_folder(target, stale=_weight_file_of(None)) as stage:  # weights and image settings together
+        write_checkpoint(model, stage, fmt)
+        if processor is not None:
+            processor.save_pretrained(stage)
     return source_fmt, model

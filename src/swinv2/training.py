@@ -37,6 +37,7 @@ import math
 import os
 import random
 import re
+import shutil
 import sys
 import time
 import types
@@ -756,9 +757,11 @@ def _run_lock(folder: Path) -> Iterator[None]:
 
 
 # The temporary names of checkpoints.atomic_write: tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp") adds
-# eight characters of tempfile's alphabet. A SIGKILL (or power loss) between the write and the rename leaves
-# one behind, up to a whole checkpoint's size; nothing else writes names of this shape.
+# eight characters of tempfile's alphabet; checkpoints.staged_folder's folders end in ".staging" instead. A
+# SIGKILL (or power loss) between the write and the rename leaves one behind, up to a whole checkpoint's size;
+# nothing else writes names of this shape.
 _STALE_TEMPORARY = re.compile(r"\..+\.[a-z0-9_]{8}\.tmp")
+_STALE_STAGING = re.compile(r"\..+\.[a-z0-9_]{8}\.staging")
 # Where a run writes through atomic_write: the run folder (metrics, settings, eval.json, plots), its
 # checkpoints and its two exports.
 _ATOMIC_FOLDERS = (".", CHECKPOINT_DIR, "best", "last")
@@ -774,11 +777,16 @@ def remove_stale_temporaries(run: Path) -> list[Path]:
         if not folder.is_dir():
             continue
         for path in folder.iterdir():
-            if _STALE_TEMPORARY.fullmatch(path.name) and path.is_file() and not path.is_symlink():
+            if path.is_symlink():
+                continue
+            if _STALE_TEMPORARY.fullmatch(path.name) and path.is_file():
                 try:
                     path.unlink()
                 except FileNotFoundError:
                     continue
+                removed.append(path)
+            elif _STALE_STAGING.fullmatch(path.name) and path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
                 removed.append(path)
     return sorted(removed)
 
