@@ -260,6 +260,16 @@ def test_folder_without_config_or_weights(tmp_path):
         Swinv2Model.from_pretrained(tmp_path / "missing" / "model")
 
 
+def test_a_folder_of_several_weight_files_names_them(tmp_path, classifier):
+    """No file of transformers' names and more than one other: the error lists them, for the user to choose."""
+    for name in ("epoch1.pth", "epoch2.pth"):
+        torch.save(classifier.state_dict(), tmp_path / name)
+    with pytest.raises(CheckpointError, match=r"holds several weight files \(epoch1\.pth, epoch2\.pth\)"):
+        Swinv2ForImageClassification.from_pretrained(tmp_path)
+    loaded = Swinv2ForImageClassification.from_pretrained(tmp_path / "epoch2.pth", config=classifier.config)
+    assert torch.equal(loaded.classifier.weight, classifier.classifier.weight)
+
+
 def test_missing_and_unexpected_keys_are_listed(classifier, tmp_path):
     from safetensors.torch import load_file, save_file
 

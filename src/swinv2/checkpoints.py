@@ -406,8 +406,31 @@ def find_weights(folder: Path, variant: str | None = None, use_safetensors: bool
             return folder / name
     if variant or use_safetensors is not None:
         return None
-    candidates = sorted(p for p in folder.iterdir() if p.name.endswith(WEIGHT_SUFFIXES) and p.is_file())
+    candidates = _weight_files(folder)
     return candidates[0] if len(candidates) == 1 else None
+
+
+def _weight_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.name.endswith(WEIGHT_SUFFIXES) and p.is_file())
+
+
+def _no_weights(
+    where: str | os.PathLike, variant: str | None = None, use_safetensors: bool | None = None
+) -> CheckpointError:
+    """The error for a folder `find_weights` found no weights in: none, or several files and none by name."""
+    expected = " or ".join(weight_names(variant, use_safetensors))
+    several = _weight_files(Path(where)) if Path(where).is_dir() else []
+    if len(several) > 1 and not variant and use_safetensors is None:
+        names = ", ".join(p.name for p in several[:5]) + (", ..." if len(several) > 5 else "")
+        return CheckpointError(
+            f"{where} holds several weight files ({names}) and none named {expected}: give the path to the one "
+            "to load"
+        )
+    return CheckpointError(
+        f"no weights found at {where}: expected {expected}"
+        + ("" if variant or use_safetensors is not None else " (or a single .safetensors/.bin/.pth file)")
+        + " in the folder"
+    )
 
 
 def _is_shard_index(path: Path) -> bool:
@@ -1852,13 +1875,7 @@ def load_pretrained(
         name_or_path, revision, cache_dir, local_files_only, subfolder, variant, use_safetensors
     )
     if weights_path is None:
-        where = Path(name_or_path) / subfolder if subfolder else name_or_path
-        expected = " or ".join(weight_names(variant, use_safetensors))
-        raise CheckpointError(
-            f"no weights found at {where}: expected {expected}"
-            + ("" if variant or use_safetensors is not None else " (or a single .safetensors/.bin/.pth file)")
-            + " in the folder"
-        )
+        raise _no_weights(Path(name_or_path) / subfolder if subfolder else name_or_path, variant, use_safetensors)
     state, embedded = read_weights(weights_path)
     canonical, fmt = to_canonical(state)
     config = _as_config(config)
@@ -2237,7 +2254,7 @@ def convert(
         )
     config_path, weights_path = resolve_source(source)
     if weights_path is None:
-        raise CheckpointError(f"no weights found at {source}")
+        raise _no_weights(source)
     target = Path(destination).resolve()
     timm_folder = fmt == "timm" and not target.suffix  # (`write_checkpoint`'s rule)
     if target in (weights_path.resolve(), weights_path.parent.resolve() if fmt == "hf" or timm_folder else None):
