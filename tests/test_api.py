@@ -591,3 +591,18 @@ def test_constructor_refuses_other_configs_naming_them():
     with pytest.raises(TypeError, match=r"must be a swinv2\.Swinv2Config \(or transformers' Swinv2Config, which is "
                        r"converted\), got builtins\.dict"):
         Swinv2Model(dict(SMALL))
+
+
+def test_transformers_model_helpers_answer_as_there(tmp_path):
+    """Tools written for transformers models call these: the parameter footprint is transformers' own (buffers
+    may differ: ours keep other tables), and tie_weights is a no-op that leaves the weights as they were."""
+    hf = hf_model("Swinv2ForImageClassification", SMALL, num_labels=3)
+    hf.save_pretrained(tmp_path)
+    ours = Swinv2ForImageClassification.from_pretrained(tmp_path)
+    assert ours.get_memory_footprint(return_buffers=False) == hf.get_memory_footprint(return_buffers=False)
+    assert ours.get_memory_footprint() == ours.get_memory_footprint(False) + sum(
+        b.nelement() * b.element_size() for b in ours.buffers()
+    )
+    before = {k: v.clone() for k, v in ours.state_dict().items()}
+    ours.tie_weights()
+    assert all(torch.equal(before[k], v) for k, v in ours.state_dict().items())

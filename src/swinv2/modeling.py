@@ -665,6 +665,15 @@ class Swinv2PreTrainedModel(nn.Module):
     def num_parameters(self, only_trainable: bool = False) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad or not only_trainable)
 
+    def get_memory_footprint(self, return_buffers: bool = True) -> int:
+        """Bytes of the parameters (and the buffers), as transformers' method of the same name counts them."""
+        tensors = [*self.parameters(), *(self.buffers() if return_buffers else ())]
+        return sum(t.nelement() * t.element_size() for t in tensors)
+
+    def tie_weights(self) -> None:
+        """Nothing to tie (an image model shares no input and output embeddings); transformers' hook, which
+        accelerate and other tools call on any model they load."""
+
     supports_gradient_checkpointing = True
 
     def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict[str, Any] | None = None) -> None:
