@@ -30,9 +30,10 @@ def _run_json(capsys, *args: str) -> dict:
 
 
 def test_rows_for_every_task_and_batch(folders, capsys) -> None:
-    out = _run_json(capsys, str(folders / "classifier"), "--task", "infer,train", "--batch", "1,3",
+    out = _run_json(capsys, str(folders / "classifier"), "--task", "infer,train", "--batch", "1,3,1",
                     "--repeats", "3", "--warmup", "0", "--image-size", "40", "36")
     assert out["class"] == "Swinv2ForImageClassification" and out["weights"] == "weights from the checkpoint"
+    assert (out["repeats"], out["warmup"]) == (3, 0)  # a batch given twice is one row
     assert out["image_size"] == [40, 36] and out["parameters"] > 0
     rows = out["rows"]
     assert [(r["task"], r["batch"]) for r in rows] == [("infer", 1), ("infer", 3), ("train", 1), ("train", 3)]

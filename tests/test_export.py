@@ -137,7 +137,7 @@ def test_bad_export_arguments(tmp_path, capsys):
 
 @pytest.mark.parametrize(("flags", "message"), [
     (["--image-size", "0", "0"], "--image-size must be two positive integers, got [0, 0]"),
-    (["--opset", "99"], "--opset 99: opset 99 is not one"),
+    (["--opset", "99"], "--opset: opset 99 is not one"),
     ([], "OUTPUT {out!r} is a folder"),
 ])
 def test_export_errors_say_error_as_every_command(tmp_path, capsys, flags, message):
@@ -161,11 +161,12 @@ def test_check_feeds_a_half_precision_graph_its_dtype_and_names_what_onnxruntime
         check_onnx(bf16, tmp_path / "bf16.onnx", x)
 
 
-@pytest.mark.parametrize("opset", [5, 99])
+@pytest.mark.parametrize("opset", [5, 10, 99])
 def test_an_opset_no_exporter_writes_is_refused_before_exporting(tmp_path, capfd, opset):
-    """Checked before either exporter runs: the TorchScript exporter printed its whole graph, then failed."""
+    """Checked before either exporter runs: the TorchScript exporter printed its whole graph, then failed (opset
+    10 too, which torch.onnx writes for other models: padding with a dynamic batch needs 11)."""
     model = perturbed(swinv2.Swinv2ForImageClassification, num_labels=3)
-    with pytest.raises(ValueError, match=rf"opset {opset} is not one PyTorch's ONNX exporters write: use 7-\d+"):
+    with pytest.raises(ValueError, match=rf"opset {opset} is not one Swin V2 exports to: use 11-\d+"):
         export_onnx(model, tmp_path / "bad.onnx", opset=opset)
     out, err = capfd.readouterr()
     assert out == "" and len(err.splitlines()) < 3 and not (tmp_path / "bad.onnx").exists()
@@ -173,8 +174,8 @@ def test_an_opset_no_exporter_writes_is_refused_before_exporting(tmp_path, capfd
 
 def test_an_opset_older_than_the_dynamo_exporters_is_written_or_refused(tmp_path):
     """Below opset 18 the dynamo exporter writes 18 and converts down, keeping 18 where that fails: "auto" takes
-    the TorchScript exporter, which writes the opset asked for; "dynamo" refuses; an opset too old for the
-    model's ops is named with the fix."""
+    the TorchScript exporter, which writes the opset asked for; "dynamo" refuses. The oldest opset taken, 11,
+    exports every head, with a dynamic batch and a padded grid."""
     model = perturbed(swinv2.Swinv2ForImageClassification, num_labels=3)
     path = tmp_path / "opset17.onnx"
     assert export_onnx(model, path, opset=17) == "torchscript"
@@ -184,15 +185,22 @@ def test_an_opset_older_than_the_dynamo_exporters_is_written_or_refused(tmp_path
         np.testing.assert_allclose(run(path, x)[0], model(x).logits.numpy(), atol=1e-4, rtol=0)
     with pytest.raises(ValueError, match=r"writes opset 18 and newer, not 17: use exporter='torchscript'"):
         export_onnx(model, tmp_path / "dynamo17.onnx", opset=17, exporter="dynamo")
-    with pytest.raises(ValueError, match=r"cannot write this model at opset 9 .*use a newer opset"):
-        export_onnx(model, tmp_path / "opset9.onnx", opset=9)
-    assert sorted(os.listdir(tmp_path)) == ["opset17.onnx"]
+    path = tmp_path / "opset11.onnx"  # the oldest it takes, for every head
+    for cls in (swinv2.Swinv2ForImageClassification, swinv2.Swinv2ForMaskedImageModeling, swinv2.Swinv2Backbone):
+        reference = perturbed(cls)
+        assert export_onnx(reference, path, opset=11, image_size=(36, 28), dynamic_batch=True) == "torchscript"
+        x = photo_batch(["coffee", "astronaut", "chelsea"], 36, 28)
+        with torch.no_grad():
+            expected = reference(x)[0]
+        expected = expected[0] if isinstance(expected, tuple) else expected
+        np.testing.assert_allclose(run(path, x)[0], expected.numpy(), atol=1e-4, rtol=0)
+    assert sorted(os.listdir(tmp_path)) == ["opset11.onnx", "opset17.onnx"]
 
 
 @pytest.mark.parametrize(("flags", "message"), [
-    (["--opset", "99"], r"--opset 99: opset 99 is not one PyTorch's ONNX exporters write: use 7-\d+"),
-    (["--opset", "-1"], r"--opset -1: opset -1 is not one"),
-    (["--opset", "17", "--exporter", "dynamo"], r"--opset 17: the dynamo ONNX exporter writes opset 18 and newer"),
+    (["--opset", "99"], r"--opset: opset 99 is not one Swin V2 exports to: use 11-\d+"),
+    (["--opset", "-1"], r"--opset: opset -1 is not one"),
+    (["--opset", "17", "--exporter", "dynamo"], r"--opset: the dynamo ONNX exporter writes opset 18 and newer"),
 ])
 def test_a_bad_opset_is_an_argument_error_found_before_the_model_is_loaded(tmp_path, capsys, flags, message):
     import re
@@ -325,3 +333,19 @@ def test_meta_device_dynamic_quantisation_and_fake_tensors():
 
     with torch.no_grad(), FakeTensorMode(allow_non_fake_inputs=True) as mode:
         assert model(mode.from_tensor(x)).logits.shape == (2, model.config.num_labels)
+
+
+def test_an_output_that_names_a_folder_or_lies_in_a_file_is_refused(tmp_path, capsys):
+    """`out/` (a folder that does not exist yet) was written as a file named `out`; a parent that is a file
+    was reported as "File exists". Both are named, and nothing is written."""
+    from swinv2.checkpoints import WriteError
+
+    assert cli.main(["export", str(tmp_path / "no-model"), str(tmp_path / "newdir") + "/"]) == 2
+    assert "is a folder; give a file name" in capsys.readouterr().err and not (tmp_path / "newdir").exists()
+    model = perturbed(swinv2.Swinv2ForImageClassification, num_labels=3)
+    with pytest.raises(WriteError, match=r"newdir/ ends with a separator, which names a folder"):
+        export_onnx(model, str(tmp_path / "newdir") + "/")
+    (tmp_path / "afile").write_text("not a folder")
+    with pytest.raises(WriteError, match=r"afile is a file, not a folder, so .*model\.onnx cannot be written in it"):
+        export_onnx(model, tmp_path / "afile" / "model.onnx")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]

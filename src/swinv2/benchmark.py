@@ -5,7 +5,8 @@ A row is (task, mode, dtype, batch): inference (one forward under `torch.inferen
 in a CUDA graph and replayed, in fp32 or under autocast. The first call is
 timed apart (it compiles, builds caches), then warm-up calls, then `repeats` timed calls; the row reports
 their median and 10th/90th percentiles, and the peak memory of the row: on CUDA the most allocated by
-PyTorch, on CPU the peak resident memory of the process (reset before each row where Linux allows it).
+PyTorch, on CPU the peak resident memory of the process (reset before each row where Linux allows it, after
+what earlier rows freed is handed back, so that a row's peak does not depend on the rows before it).
 
 The input is random pixels: the model's speed does not depend on what the image shows. To compare against
 transformers, timm and torchvision, see `benchmarks/bench.py`, which runs them side by side.
@@ -14,6 +15,8 @@ transformers, timm and torchvision, see `benchmarks/bench.py`, which runs them s
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import gc
 import platform
 import statistics
 import time
@@ -61,6 +64,21 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
     elif device.type == "mps":
         torch.mps.synchronize()
+
+
+def _release_earlier_rows(model: nn.Module, device: torch.device) -> None:
+    """Free what earlier rows left behind (their steps' optimizer states, the model's attention caches sized
+    for their batch, and on CPU the heap they freed, which the `swinv2` command keeps in the process), so that
+    the next row's peak is its own whatever the rows before it."""
+    gc.collect()
+    clear = getattr(model, "clear_attention_cache", None)
+    if callable(clear):
+        clear()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    elif device.type == "cpu" and platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL("libc.so.6").malloc_trim(0)  # hand freed heap pages back: the resident size falls
 
 
 def _reset_peak_memory(device: torch.device) -> None:
@@ -185,7 +203,10 @@ def measure(
     model's weights (AdamW steps at a tiny learning rate): measure a copy if the weights matter.
     `on_call` runs after every call (a progress bar's update)."""
     model.to(device)
+    step = None
     for row in rows:
+        step = None  # (the previous row's, with its optimizer, goes before this row is measured)
+        _release_earlier_rows(model, device)
         step = _make_step(model, row, device, image_hw)
         _reset_peak_memory(device)
         start = time.perf_counter()

@@ -87,7 +87,12 @@ class WriteError(Swinv2Error, OSError):
 # ---------------------------------------------------------------------------------------------- files
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
     """Call `write(tmp_path)`, fsync, then rename over `path`: a crash never leaves half a file behind."""
+    if str(path).endswith(("/", os.sep)):  # (Path() would drop the separator and write a file of that name)
+        raise WriteError(f"{path} ends with a separator, which names a folder: name the file to write")
     path = Path(os.path.realpath(path))  # a symlink is written through, to the file it names, not replaced
+    in_a_file = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
+    if in_a_file is not None:
+        raise WriteError(f"{in_a_file} is a file, not a folder, so {path} cannot be written in it: write elsewhere")
     if path.is_dir():
         raise WriteError(f"{path} is a folder: name the file to write (e.g. {path / 'model.safetensors'})")
     if path.exists() and not path.is_file():  # a device or pipe would be replaced by a regular file

@@ -34,7 +34,8 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
-        prog="swinv2", description="Swin Transformer V2: predict, train, convert, benchmark."
+        prog="swinv2", description="Swin Transformer V2: predict, evaluate, train, pretrain, convert, export, info, "
+        "benchmark, demo."
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_convert_parser(sub)
@@ -297,11 +298,14 @@ def _add_evaluate_parser(sub) -> None:
     parser.add_argument("--data", required=True,
                         help="'fashion-mnist' (its test split), DATA/val of a class-folder dataset, or a folder "
                              "of class folders")
-    parser.add_argument("--batch-size", type=_positive_int, default=256)
-    parser.add_argument("--limit", type=int, default=None, help="evaluate a seeded subset of this many images")
-    parser.add_argument("--num-workers", type=_non_negative_int, default=2)
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--amp", choices=("none", "bf16", "fp16"), default="none")
+    parser.add_argument("--batch-size", type=_positive_int, default=256, help="images per batch (default 256)")
+    parser.add_argument("--limit", type=_positive_int, default=None,
+                        help="evaluate a seeded subset of this many images")
+    parser.add_argument("--num-workers", type=_non_negative_int, default=2,
+                        help="processes that load and preprocess images (default 2; 0: in this process)")
+    parser.add_argument("--device", default="auto", help="auto (cuda, else mps, else cpu), cpu, cuda, cuda:1, ...")
+    parser.add_argument("--amp", choices=("none", "bf16", "fp16"), default="none",
+                        help="autocast the forward to bf16 or fp16 (default none: fp32)")
     parser.add_argument("--output", default=None, help="write eval.json and confusion_matrix.png here")
     parser.add_argument("--json", action="store_true", help="print the metrics as JSON")
     parser.add_argument("--no-progress", dest="progress", action="store_false",
@@ -988,7 +992,7 @@ def _run_export(args: argparse.Namespace) -> int:
 
     if args.image_size is not None and min(args.image_size) < 1:
         return fail(f"--image-size must be two positive integers, got {args.image_size}", 2)
-    if Path(args.output).is_dir():
+    if Path(args.output).is_dir() or args.output.endswith(("/", os.sep)):
         return fail(f"OUTPUT {args.output!r} is a folder; give a file name such as model.onnx", 2)
     import torch
 
@@ -999,7 +1003,7 @@ def _run_export(args: argparse.Namespace) -> int:
     try:
         check_opset(opset, args.exporter)  # an argument: checked before the model is loaded
     except ValueError as err:
-        return fail(f"--opset {opset}: {err}", 2)
+        return fail(f"--opset: {err}", 2)
     cls_name = _export_model_class(args.model, args.model_class)
     model = _load_model(args.model, cls_name)
     image_size = tuple(args.image_size) if args.image_size else model.config.image_hw
@@ -1041,7 +1045,9 @@ def _add_benchmark_parser(sub: Any) -> None:
         "its 10th-90th percentiles, images per second, peak memory and the first call's time (compiling, "
         "caches). MODEL is a folder, weights file or hub id, or an official architecture name (e.g. "
         f"{_BENCHMARK_DEFAULT}, the default) for random weights of that architecture, with no download.",
-        epilog="Inputs are random pixels: speed does not depend on what an image shows. To compare against "
+        epilog="Inputs are random pixels: speed does not depend on what an image shows. On a CPU, peak memory is "
+        "the process's resident peak during the row, the libraries it has loaded included: a row after a training "
+        "row also holds the code training loaded (run a row alone for its own figure). To compare against "
         "transformers, timm and torchvision, run benchmarks/bench.py from the repository.",
     )
     p.add_argument("model", metavar="MODEL", nargs="?", default=_BENCHMARK_DEFAULT,
@@ -1055,7 +1061,7 @@ def _add_benchmark_parser(sub: Any) -> None:
     p.add_argument("--image-size", type=_positive_int, nargs="+", metavar="PX",
                    help="input height [width] (default: the model's image_size)")
     p.add_argument("--repeats", type=_positive_int, default=10, help="timed calls per row (default 10)")
-    p.add_argument("--warmup", type=int, default=2, help="untimed calls after the first (default 2)")
+    p.add_argument("--warmup", type=_non_negative_int, default=2, help="untimed calls after the first (default 2)")
     p.add_argument("--threads", type=_positive_int, help="CPU threads (default: PyTorch's, one per core)")
     p.add_argument("--device", choices=_DEVICES, default="auto", help="default: cuda, else mps, else cpu")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -1097,13 +1103,11 @@ def _run_benchmark(args: argparse.Namespace) -> int:
         batches = [1, 8] if device.type == "cpu" else [1, 64]
     else:
         try:
-            batches = [_positive_int(b) for b in args.batch.split(",")]
+            batches = list(dict.fromkeys(_positive_int(b) for b in args.batch.split(",")))  # once each
         except argparse.ArgumentTypeError as err:
             raise Swinv2Error(f"--batch {args.batch!r}: {err}") from None
     if args.image_size and len(args.image_size) > 2:
         raise Swinv2Error("--image-size takes a height and an optional width")
-    if args.warmup < 0:
-        raise Swinv2Error(f"--warmup {args.warmup}: use 0 or more")
     if args.threads:
         torch.set_num_threads(args.threads)
     model, weights = _benchmark_model(args.model)
@@ -1139,6 +1143,8 @@ def _run_benchmark(args: argparse.Namespace) -> int:
         "image_size": list(image_hw),
         "device": str(device),
         "machine": benchmark.machine(device),
+        "repeats": args.repeats,
+        "warmup": args.warmup,
         "rows": [r.as_dict() for r in results],
     }
     if args.json:

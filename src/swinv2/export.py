@@ -29,8 +29,9 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import torch
@@ -47,7 +48,10 @@ from .modeling import (
 
 DEFAULT_OPSET = 18
 DYNAMO_MIN_OPSET = 18  # the oldest opset torch.onnx's dynamo exporter writes itself
-OLDEST_OPSET = 7  # the oldest torch.onnx's TorchScript exporter writes
+# The oldest opset every Swin V2 model exports to (with the TorchScript exporter): patch merging takes every
+# other token, a Slice with steps (opset 10), and padding to whole windows with a dynamic batch is a Pad whose
+# amounts are an input (opset 11). torch.onnx writes opsets from 7 for other models.
+OLDEST_OPSET = 11
 # A single ONNX file is one protobuf message, which cannot exceed 2 GiB.
 _PROTOBUF_LIMIT = 2**31
 
@@ -114,11 +118,32 @@ def _image_size(model: Swinv2PreTrainedModel, image_size: int | Sequence[int] | 
     return int(image_size[0]), int(image_size[1])
 
 
+@contextlib.contextmanager
+def _quiet_stdout() -> Iterator[None]:
+    """Nothing on stdout, from Python or from C++: the dynamo exporter reports its progress there, and the
+    TorchScript exporter prints its whole graph (thousands of lines) from C++ where it fails; a library call
+    should stay quiet, and the command's own output readable."""
+    sys.stdout.flush()
+    try:
+        saved = os.dup(1)
+    except OSError:  # no file descriptor 1 (a detached process): only Python's stream to quieten
+        saved = None
+    try:
+        if saved is not None:
+            with open(os.devnull, "w") as null:
+                os.dup2(null.fileno(), 1)
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        if saved is not None:
+            os.dup2(saved, 1)
+            os.close(saved)
+
+
 def _export_dynamo(graph: nn.Module, example: Tensor, path: str, names: list[str], dynamic_batch: bool,
                    opset: int) -> None:
     dynamic_shapes = {"pixel_values": {0: torch.export.Dim("batch", min=1)}} if dynamic_batch else None
-    # The exporter reports its progress on stdout; a library call should stay quiet.
-    with contextlib.redirect_stdout(io.StringIO()):
+    with _quiet_stdout():
         torch.onnx.export(
             graph, (example,), path, dynamo=True, input_names=["pixel_values"], output_names=names,
             opset_version=opset, dynamic_shapes=dynamic_shapes, external_data=False, verbose=False,
@@ -141,10 +166,11 @@ def _export_torchscript(graph: nn.Module, example: Tensor, path: str, names: lis
         # only batch-dependent arithmetic (windows per batch) is traced as a shape computation.
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         warnings.simplefilter("ignore", DeprecationWarning)
-        torch.onnx.export(
-            graph, (example,), path, dynamo=False, input_names=["pixel_values"], output_names=names,
-            opset_version=opset, dynamic_axes=axes, do_constant_folding=True,
-        )
+        with _quiet_stdout():
+            torch.onnx.export(
+                graph, (example,), path, dynamo=False, input_names=["pixel_values"], output_names=names,
+                opset_version=opset, dynamic_axes=axes, do_constant_folding=True,
+            )
 
 
 def check_opset(opset: int, exporter: str = "auto") -> None:
@@ -155,7 +181,7 @@ def check_opset(opset: int, exporter: str = "auto") -> None:
     newest = newest_opset()
     if isinstance(opset, bool) or not isinstance(opset, int) or not OLDEST_OPSET <= opset <= newest:
         raise ValueError(
-            f"opset {opset!r} is not one PyTorch's ONNX exporters write: use {OLDEST_OPSET}-{newest} "
+            f"opset {opset!r} is not one Swin V2 exports to: use {OLDEST_OPSET}-{newest} "
             f"(default {DEFAULT_OPSET}; below {DYNAMO_MIN_OPSET} the TorchScript exporter writes it)"
         )
     if opset < DYNAMO_MIN_OPSET and exporter == "dynamo":
@@ -209,6 +235,11 @@ def export_onnx(
                           dtype=model.dtype)
     if opset < DYNAMO_MIN_OPSET:  # dynamo would export at its own opset and try, often in vain, to convert down
         exporter = "torchscript"
+    try:
+        import onnx  # noqa: F401  (both exporters write through it)
+    except ImportError as err:
+        raise ImportError(f"exporting to ONNX needs the onnx package ({err}; and onnxscript for the dynamo "
+                          "exporter): pip install 'swinv2[export]'") from err
     modes = {module: module.training for module in model.modules()}
     graph = _ExportGraph(model).eval()
     try:

@@ -478,7 +478,7 @@ def run_stages(
     def keep(t: Tensor) -> Tensor:
         """Record `t` `(B, H, W, C)` as a hidden state; the rest of the model reads the view returned."""
         flat = t.flatten(1, 2)
-        as_map = flat.unflatten(1, t.shape[1:3]).permute(0, 3, 1, 2)
+        as_map = flat.view(t.shape).permute(0, 3, 1, 2)  # (view, not unflatten: ONNX opsets before 13 lack it)
         hidden.append(flat)
         reshaped.append(as_map)
         return as_map.permute(0, 2, 3, 1)
