@@ -922,6 +922,35 @@ def test_fine_tuning_keeps_each_classes_classifier_row_by_name(photos, tmp_path)
         assert subset(torch.randn(2, 3, 32, 32)).logits.shape == (2, 2)
 
 
+def test_resume_and_fine_tuning_from_a_training_checkpoint_know_its_classes(tiny_config, photos, tmp_path):
+    """A resumed run trains the rows of the classes it started on: data whose class folders have other names
+    (as many of them) is refused, not trained by position. `--model checkpoints/step_N.pt` has a classifier
+    (its config records the class, as save_pretrained's does): some of its classes keep their rows by name,
+    and other classes need --new-head, as from an exported folder."""
+    import shutil
+
+    from swinv2.training import build_model
+
+    run = tmp_path / "run"
+    train(_config(tiny_config, photos, run, max_steps=1, checkpoint_every=1, new_head=True))
+    renamed = tmp_path / "renamed"
+    shutil.copytree(photos, renamed)
+    classes = sorted(p.name for p in (photos / "train").iterdir())
+    for split in ("train", "val"):
+        (renamed / split / classes[0]).rename(renamed / split / "zebra")
+    with pytest.raises(TrainingError, match=r"the data's classes are .*zebra.*, the run was started on "
+                       rf"{classes[0]}, .*resume with the data the run was started with"):
+        train(_config(tiny_config, renamed, run, resume="latest", max_steps=2))
+    (checkpoint,) = sorted((run / "checkpoints").glob("step_*.pt"))
+    config = TrainConfig(data=str(photos), model=str(checkpoint), output=str(tmp_path / "tuned"))
+    tuned, described = build_model(config, classes[1:])
+    assert "new classifier" not in described and tuned.config.id2label == dict(enumerate(classes[1:]))
+    state = torch.load(checkpoint, weights_only=True)["model"]
+    torch.testing.assert_close(tuned.classifier.weight, state["classifier.weight"][1:], rtol=0, atol=0)
+    with pytest.raises(TrainingError, match=r"knows .*the data's classes are .*zebra.*--new-head"):
+        build_model(config, ["zebra", *classes[1:]])
+
+
 def test_data_layouts_that_would_mislead_are_refused(photos, tmp_path):
     """A val/ split beside class folders (it would become a class, and pre-training would see it), and a
     split that leaves nothing for validation."""
@@ -1235,3 +1264,17 @@ def test_pretraining_sets_the_decoders_stride_from_the_model(tmp_path):
     assert model.config.encoder_stride == 8
     x, mask = torch.randn(2, 3, 32, 32), torch.rand(2, 64) < 0.5
     assert model(x, bool_masked_pos=mask).reconstruction.shape == x.shape
+
+
+def test_a_config_file_for_the_other_command_is_refused(tmp_path, capsys):
+    """`swinv2 pretrain --config run.yaml` with `task: classification` trained a classifier: the command
+    says the task, and a file that says the other one is named with the fix."""
+    from swinv2 import cli
+
+    path = tmp_path / "run.yaml"
+    path.write_text("task: classification\n")
+    output = tmp_path / "run"
+    assert cli.main(["pretrain", "--config", str(path), "--data", "d", "--model", "m", "--output", str(output)]) == 2
+    err = capsys.readouterr().err
+    assert "sets task: classification, which is `swinv2 train`'s, not this command's (simmim)" in err
+    assert not output.exists()

@@ -262,7 +262,7 @@ def _resumed_run(args: argparse.Namespace) -> str | None:
 
 
 def _run_train(args: argparse.Namespace) -> int:
-    from .training import resolve_config, saved_settings, train
+    from .training import load_config_file, resolve_config, saved_settings, train
 
     _setup_logging()
     overrides = {name: getattr(args, name, None) for name, _ in _TRAIN_FLAGS}  # None: not given (or not offered)
@@ -275,12 +275,22 @@ def _run_train(args: argparse.Namespace) -> int:
     defaults = saved_settings(run) if run else {}
     if run and run != args.output:
         defaults.pop("output", None)  # the copy goes where --output says, never back into RUN unasked
+    if args.config:  # the command says the task: a file written for the other one would silently switch it
+        file_task = load_config_file(args.config).get("task")
+        if file_task in ("classification", "simmim") and file_task != args.task:
+            other = "train" if file_task == "classification" else "pretrain"
+            raise Swinv2Error(
+                f"{args.config} sets task: {file_task}, which is `swinv2 {other}`'s, not this command's "
+                f"({args.task}); run `swinv2 {other}`, or remove task from the file"
+            )
     config = resolve_config(args.config, overrides, **{**defaults, "task": args.task})
     result = train(config)
     if not _main_rank():  # under torchrun, rank 0 reports
         return 0
     metrics = result.metrics
-    summary = [f"{result.steps} steps", f"{result.images_per_second:.0f} img/s"]
+    summary = [f"{result.steps} steps"]
+    if result.images_per_second > 0:  # (none when a resumed run had nothing left to train)
+        summary.append(f"{result.images_per_second:.0f} img/s")
     if "top1" in metrics:
         summary += [f"val top-1 {metrics['top1']:.4f}", f"top-5 {metrics['top5']:.4f}",
                     f"best top-1 {metrics['best_top1']:.4f}"]

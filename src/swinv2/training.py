@@ -1449,6 +1449,13 @@ def _train(config: TrainConfig, dist: Distributed) -> TrainResult:
                 f"the data has {len(class_names)} classes, the checkpoint's classifier {model_config.num_labels}; "
                 "resume with the data the run was started with"
             )
+        trained_on = [model_config.id2label[i] for i in range(model_config.num_labels)]
+        if class_names is not None and trained_on != [str(name) for name in class_names]:
+            # each row of the classifier belongs to a class by name: other folders would train the wrong rows
+            raise TrainingError(
+                f"the data's classes are {', '.join(map(str, class_names))}, the run was started on "
+                f"{', '.join(trained_on)}; resume with the data the run was started with"
+            )
     else:
         model, described = build_model(config, class_names)
     model = model.to(dist.device)
@@ -1554,7 +1561,9 @@ def _train(config: TrainConfig, dist: Distributed) -> TrainResult:
             "model": model_state, "optimizer": optim_state, "scheduler": scheduler.state_dict(),
             "scaler": scaler.state_dict(), "ema": ema.state_dict() if ema is not None else None,
             "rng": _rng_state(), "best_top1": best_top1, "best_step": best_step,
-            TRAINING_CONFIG_KEY: base.config.to_dict(), "train_config": config.to_dict(), "running_sums": running,
+            # (with the class, as save_pretrained records it: --model of this file then knows it has a classifier)
+            TRAINING_CONFIG_KEY: {**base.config.to_dict(), "architectures": [type(base).__name__]},
+            "train_config": config.to_dict(), "running_sums": running,
             "world_size": world,
         }
         path = checkpoint_path(run, step)
