@@ -1278,3 +1278,14 @@ def test_a_config_file_for_the_other_command_is_refused(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "sets task: classification, which is `swinv2 train`'s, not this command's (simmim)" in err
     assert not output.exists()
+
+
+def test_a_new_one_channel_model_normalises_with_imagenets_average(photos, tmp_path):
+    """A config.json of 1 channel and no --image-mean/--image-std: ImageNet's values averaged over the channels
+    (as the image processor takes them for such a model), not a refusal of its 3 values; the export records them."""
+    config_path = tmp_path / "gray.json"
+    Swinv2Config(**{**TINY_MODEL, "num_channels": 1}).to_json_file(config_path)
+    result = train(_config(config_path, photos, tmp_path / "run", new_head=True))
+    assert result.steps == 2
+    saved = json.loads((tmp_path / "run" / "last" / "preprocessor_config.json").read_text())
+    assert saved["image_mean"] == pytest.approx([0.449]) and saved["image_std"] == pytest.approx([0.226])

@@ -603,12 +603,15 @@ def _checkpoint_normalisation(source: str) -> tuple[tuple[float, ...], tuple[flo
     return tuple(mean), tuple(std), f"the image processor of --model {source}"
 
 
-def resolve_normalisation(config: TrainConfig, saved: Mapping[str, Any] | None = None) -> tuple[TrainConfig, str]:
+def resolve_normalisation(
+    config: TrainConfig, saved: Mapping[str, Any] | None = None, channels: int = 3
+) -> tuple[TrainConfig, str]:
     """`config` with `image_mean` and `image_std` filled in where they are None, and where they came from.
 
     Each one given (flag or config file) is kept. A missing one comes from `saved` (the train_config of the
     checkpoint a run resumes: the run's own), else from the `--model` checkpoint's image processor (fine-tuning
-    keeps the normalisation it was pre-trained with, e.g. a SimMIM run's `--image-mean`), else ImageNet's.
+    keeps the normalisation it was pre-trained with, e.g. a SimMIM run's `--image-mean`), else ImageNet's
+    (for a model of other than 3 `channels`, their average on each channel, as the image processor takes it).
     The checkpoint's size and resampling are not taken: the training transforms resize to the model's
     `image_size`, bicubic, and the export's processor says so.
     """
@@ -620,7 +623,10 @@ def resolve_normalisation(config: TrainConfig, saved: Mapping[str, Any] | None =
     elif config.model:
         found = _checkpoint_normalisation(config.model)
     if found is None:
-        found = IMAGENET_MEAN, IMAGENET_STD, "ImageNet's defaults (--model has no weights)"
+        mean, std = IMAGENET_MEAN, IMAGENET_STD
+        if channels != 3:
+            mean, std = [round(sum(mean) / 3, 8)] * channels, [round(sum(std) / 3, 8)] * channels
+        found = mean, std, "ImageNet's defaults (--model has no weights)"
     mean, std, origin = found
     resolved = dataclasses.replace(
         config,
@@ -1385,7 +1391,7 @@ def _train(config: TrainConfig, dist: Distributed) -> TrainResult:
     except ValueError as err:
         raise TrainingError(str(err)) from err
     if resume_state is None:
-        config, normalisation = resolve_normalisation(config)
+        config, normalisation = resolve_normalisation(config, channels=model_config_probe.num_channels)
     assert config.image_mean is not None and config.image_std is not None  # resolved above
     channels = model_config_probe.num_channels
     if len(config.image_mean) != channels or len(config.image_std) != channels:
