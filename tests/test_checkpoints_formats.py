@@ -833,6 +833,31 @@ def test_averaged_weights_as_training_scripts_save_them_load(tmp_path, wrapper):
         assert max_diff(model(x).logits, reference(x)) < ATOL
 
 
+def test_weights_saved_from_wrappers_load_under_the_models_names(tmp_path):
+    """A compiled model's state dict (`_orig_mod.`), a Lightning checkpoint of a module holding the model as
+    `self.model` (`{"state_dict": {"model.*"}}`), and DDP around a compiled model (`module._orig_mod.`)."""
+    reference = timm_small()
+    compiled = torch.compile(reference)
+    assert all(k.startswith("_orig_mod.") for k in compiled.state_dict())
+    state = reference.state_dict()
+    payloads = {
+        "compiled.pth": compiled.state_dict(),
+        "lightning.ckpt": {"state_dict": {f"model.{k}": v for k, v in state.items()}, "epoch": 2},
+        "ddp-compiled.safetensors": {f"module._orig_mod.{k}": v.contiguous() for k, v in state.items()},
+    }
+    x = images(64)
+    for name, payload in payloads.items():
+        if name.endswith(".safetensors"):
+            from safetensors.torch import save_file
+
+            save_file(payload, tmp_path / name)
+        else:
+            torch.save(payload, tmp_path / name)
+        model = swinv2.Swinv2ForImageClassification.from_pretrained(tmp_path / name, window_size=4, image_size=64)
+        with torch.no_grad():
+            assert max_diff(model(x).logits, reference(x)) < ATOL, name
+
+
 def test_timm_train_py_checkpoints_load_and_stay_safe(tmp_path):
     """timm's train.py writes model_best.pth.tar / last.pth.tar through its CheckpointSaver: the weights under
     `state_dict` (the EMA's under `state_dict_ema`) beside the optimizer, the epoch, `arch` and its options as

@@ -261,7 +261,7 @@ def load_checkpoint_file(path: str | os.PathLike) -> tuple[dict[str, Tensor], di
             ) from err
         if not tensors:
             raise CheckpointError(f"{path} holds no tensors")
-        return _without_ddp_prefix(tensors), _parse_embedded_config(metadata.get(EMBEDDED_CONFIG_KEY), path)
+        return _without_wrapper_prefixes(tensors), _parse_embedded_config(metadata.get(EMBEDDED_CONFIG_KEY), path)
     obj = torch_load(path)
     embedded = None
     if isinstance(obj, dict):
@@ -362,17 +362,26 @@ def _unwrap_state_dict(obj: Any, path: Path) -> dict[str, Tensor]:
             f"{path} holds no tensors"
             + (f" (but mappings under {nested}: save the weights alone from torch.load)" if nested else "")
         )
-    return _without_ddp_prefix(tensors)
+    return _without_wrapper_prefixes(tensors)
 
 
-def _without_ddp_prefix(tensors: dict[str, Tensor]) -> dict[str, Tensor]:
-    """The weights of a model saved from its DistributedDataParallel wrapper (`module.` before every key), in
-    any file format, under the model's own names."""
+# What wrappers put before every key of the model they wrap: DistributedDataParallel and AveragedModel
+# (`module.`), torch.compile (`_orig_mod.`), a Lightning module holding the model as `self.model`.
+WRAPPER_PREFIXES = ("module.", "_orig_mod.", "model.")
+
+
+def _without_wrapper_prefixes(tensors: dict[str, Tensor]) -> dict[str, Tensor]:
+    """The weights of a model saved from a wrapper (`WRAPPER_PREFIXES` before every key, one or several: DDP
+    around a compiled model), in any file format, under the model's own names. No format of a Swin V2 has
+    a key of its own under these names."""
     # torch.optim.swa_utils.AveragedModel (EMA in torchvision's reference scripts) adds a step count
     if "n_averaged" in tensors and all(k.startswith("module.") for k in tensors if k != "n_averaged"):
         tensors = {k: v for k, v in tensors.items() if k != "n_averaged"}
-    if tensors and all(k.startswith("module.") for k in tensors):
-        tensors = {k[len("module.") :]: v for k, v in tensors.items()}
+    while tensors:
+        prefix = next((p for p in WRAPPER_PREFIXES if all(k.startswith(p) for k in tensors)), None)
+        if prefix is None:
+            break
+        tensors = {k[len(prefix) :]: v for k, v in tensors.items()}
     return tensors
 
 
