@@ -988,6 +988,47 @@ def test_data_parallel_replicas_get_caches_of_their_own() -> None:
     assert block._mask_cache and block.attn._constants is not None  # the original keeps its own
 
 
+def test_caches_follow_tensors_made_anew_not_their_addresses() -> None:
+    """The caches were keyed by storage address and version: a Parameter made anew (a re-initialisation, a
+    sweep) or torch.func.functional_call's tensors often land where a freed one was, at version 0 too, and
+    were handed its masks and qkv constants (errors of 1e-2). Each call now matches the exact path, and a
+    model ensemble through torch.func.vmap runs under no_grad (the keys read addresses its batched tensors
+    do not have)."""
+    torch.manual_seed(0)
+    model = _model()
+    x = torch.randn(2, 3, 32, 32)
+    block = model.swinv2.stages[0].blocks[1]
+    for step in range(8):  # the same shape each time: glibc hands the freed tensor's memory back
+        with torch.no_grad():
+            block.attn.cpb_mlp[2].weight = torch.nn.Parameter(torch.randn_like(block.attn.cpb_mlp[2].weight))
+            block.attn.q_bias = torch.nn.Parameter(torch.randn_like(block.attn.q_bias))
+            fast = model(x).logits
+            exact = model(x, output_attentions=True).logits
+        torch.testing.assert_close(fast, exact, rtol=1e-5, atol=1e-5, msg=f"step {step}")
+
+    reference = {k: v.clone() for k, v in model.state_dict().items()}
+    for scale in (1.5, 3.0, 1.5, 3.0):  # fresh tensors each call, freed after it
+        params = {k: v * scale if k.endswith(("q_bias", "logit_scale")) else v.clone() for k, v in reference.items()}
+        with torch.no_grad():
+            got = torch.func.functional_call(model, params, (x,)).logits
+        fresh = _model()
+        fresh.load_state_dict(params)
+        with torch.no_grad():
+            torch.testing.assert_close(got, fresh(x).logits, rtol=1e-5, atol=1e-5, msg=f"scale {scale}")
+
+    members = [_model() for _ in range(3)]
+    stacked, buffers = torch.func.stack_module_state(members)
+    template = _model().to("meta")
+
+    def one(params, buffers, x):
+        return torch.func.functional_call(template, (params, buffers), (x,)).logits
+
+    with torch.no_grad():
+        ensemble = torch.func.vmap(one, in_dims=(0, 0, None))(stacked, buffers, x)
+        for member, got in zip(members, ensemble):
+            torch.testing.assert_close(got, member(x).logits, rtol=1e-5, atol=1e-5)
+
+
 def test_closed_form_layout_rows_are_the_layout_moves() -> None:
     """The gather rows used under torch.compile's dynamic shapes equal `window_layout`, which is built with
     the pad, roll and partition of the eager path, for every grid up to 13x13, several windows/shifts and both

@@ -38,6 +38,7 @@ import contextlib
 import functools
 import math
 import threading
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from typing import NamedTuple
@@ -398,19 +399,41 @@ def _on_device(value, device: torch.device):
 
 def _caches_ok() -> bool:
     """Whether values derived from the weights may be kept between calls: outside autograd (which must see
-    them computed), torch.compile (which fuses their computation) and the TorchScript tracer (which would
-    record a kept tensor as a constant of the graph)."""
-    return not torch.is_grad_enabled() and not torch.compiler.is_compiling() and not torch.jit.is_tracing()
+    them computed), and in plain eager code (`_plain_eager`: torch.compile fuses their computation, the
+    TorchScript tracer would record a kept tensor as a constant, torch.func's batched tensors have no storage
+    of their own)."""
+    return not torch.is_grad_enabled() and _plain_eager()
 
 
-def _versions(*tensors: Tensor | None) -> tuple | None:
-    """What identifies these tensors' current values: storage and version counter (an in-place update,
-    an optimiser step included, bumps the counter). None when one has no counter (an inference tensor: a
-    model built or loaded under torch.inference_mode), whose values then cannot be kept."""
+class _Version:
+    """One tensor's current value, as a cache key: equal for the same live tensor object at the same version
+    counter (an in-place update, an optimiser step included, bumps it). Not its address: a tensor made anew
+    (a replaced Parameter, `torch.func.functional_call`'s, DataParallel's replicas) often lands where a freed
+    one was, at version 0 too."""
+
+    __slots__ = ("_hash", "ref", "version")
+
+    def __init__(self, tensor: Tensor) -> None:
+        self.ref, self.version = weakref.ref(tensor), tensor._version
+        self._hash = hash((id(tensor), self.version))
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, _Version):
+            return NotImplemented
+        tensor = self.ref()
+        return tensor is not None and tensor is other.ref() and self.version == other.version
+
+    def __hash__(self) -> int:
+        return self._hash
+
+
+def _versions(*tensors: Tensor | None) -> tuple[_Version, ...] | None:
+    """What identifies these tensors' current values (`_Version`). None when one has no counter (an
+    inference tensor: a model built or loaded under torch.inference_mode), whose values then cannot be kept."""
     tensors = tuple(t for t in tensors if t is not None)
     if any(t.is_inference() for t in tensors):
         return None
-    return tuple((t.data_ptr(), t._version) for t in tensors)
+    return tuple(_Version(t) for t in tensors)
 
 
 def apply_linear(module: nn.Module, x: Tensor, gelu: str | None = None) -> Tensor:
