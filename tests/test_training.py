@@ -1289,3 +1289,23 @@ def test_a_new_one_channel_model_normalises_with_imagenets_average(photos, tmp_p
     assert result.steps == 2
     saved = json.loads((tmp_path / "run" / "last" / "preprocessor_config.json").read_text())
     assert saved["image_mean"] == pytest.approx([0.449]) and saved["image_std"] == pytest.approx([0.226])
+
+
+def test_adamw_settings_are_flags_and_the_other_commands_file_settings_are_named(tiny_config, photos, tmp_path,
+                                                                              capsys):
+    """--betas and --eps were file-only settings; a shared config file's SimMIM settings, which `swinv2 train`
+    ignores, are said in a warning (not refused: one file may serve both commands)."""
+    from swinv2 import cli
+
+    settings = tmp_path / "shared.yaml"
+    settings.write_text("mask_ratio: 0.5\nnorm_targets: true\n")
+    run = tmp_path / "run"
+    argv = ["train", "--config", str(settings), "--data", str(photos), "--model", str(tiny_config), "--output",
+            str(run), "--max-steps", "1", "--batch-size", "6", "--num-workers", "0", "--betas", "0.8", "0.99",
+            "--eps", "1e-6", "--new-head"]
+    assert cli.main(argv) == 0
+    err = capsys.readouterr().err
+    assert "swinv2 train: warning: " in err
+    assert "sets mask_ratio, norm_targets, which only `swinv2 pretrain` uses: ignored here" in err
+    saved = json.loads((run / "train_config.json").read_text())
+    assert saved["betas"] == [0.8, 0.99] and saved["eps"] == 1e-6

@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import os
 import sys
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -139,6 +140,8 @@ _TRAIN_FLAGS: list[tuple[str, str]] = [
     ("warmup_epochs", "linear warm-up length in epochs (default 1)"),
     ("warmup_steps", "linear warm-up length in steps (overrides --warmup-epochs)"),
     ("weight_decay", "AdamW weight decay; never applied to norms, biases, logit_scale, cpb_mlp (default 0.05)"),
+    ("betas", "AdamW's two betas (default 0.9 0.999)"),
+    ("eps", "AdamW's epsilon (default 1e-8)"),
     ("layer_decay", "layer-wise lr decay for fine-tuning, e.g. 0.9 (default 1: off)"),
     ("clip_grad", "clip the gradient norm (default 5; 0: off)"),
     ("amp", "mixed precision: none, bf16, or fp16 with a gradient scaler (default none)"),
@@ -276,13 +279,19 @@ def _run_train(args: argparse.Namespace) -> int:
     if run and run != args.output:
         defaults.pop("output", None)  # the copy goes where --output says, never back into RUN unasked
     if args.config:  # the command says the task: a file written for the other one would silently switch it
-        file_task = load_config_file(args.config).get("task")
+        settings = load_config_file(args.config)
+        file_task = settings.get("task")
         if file_task in ("classification", "simmim") and file_task != args.task:
             other = "train" if file_task == "classification" else "pretrain"
             raise Swinv2Error(
                 f"{args.config} sets task: {file_task}, which is `swinv2 {other}`'s, not this command's "
                 f"({args.task}); run `swinv2 {other}`, or remove task from the file"
             )
+        unused = sorted(name for t, names in _ONLY_FOR.items() if t != args.task for name in names & set(settings))
+        if unused:  # (a file shared by both commands may hold them: said, not refused)
+            other = "pretrain" if args.task == "classification" else "train"
+            warnings.warn(f"{args.config} sets {', '.join(unused)}, which only `swinv2 {other}` uses: ignored here",
+                          stacklevel=2)
     config = resolve_config(args.config, overrides, **{**defaults, "task": args.task})
     result = train(config)
     if not _main_rank():  # under torchrun, rank 0 reports
