@@ -1904,7 +1904,9 @@ def plot_reconstructions(model: Swinv2ForMaskedImageModeling, dataset: Augmented
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    items = [dataset[i] for i in range(min(count, len(dataset)))]
+    # spread over the dataset: its first images are often one folder's (one class, one kind of picture)
+    chosen = sorted({i * len(dataset) // min(count, len(dataset)) for i in range(min(count, len(dataset)))})
+    items = [dataset[i] for i in chosen]
     pixels = torch.stack([p for p, _ in items]).to(device)
     masks = torch.stack([m for _, m in items]).to(device)
     prediction = model(pixel_values=pixels, bool_masked_pos=masks).reconstruction.float()
