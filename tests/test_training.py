@@ -8,6 +8,7 @@ import gzip
 import hashlib
 import itertools
 import json
+import warnings
 import logging
 import math
 import os
@@ -1280,13 +1281,21 @@ def test_a_config_file_for_the_other_command_is_refused(tmp_path, capsys):
     assert not output.exists()
 
 
-def test_a_new_one_channel_model_normalises_with_imagenets_average(photos, tmp_path):
+def test_a_new_one_channel_model_normalises_with_imagenets_average(photos, tmp_path, monkeypatch):
     """A config.json of 1 channel and no --image-mean/--image-std: ImageNet's values averaged over the channels
-    (as the image processor takes them for such a model), not a refusal of its 3 values; the export records them."""
+    (as the image processor takes them for such a model), not a refusal of its 3 values; the export records them.
+    Its warning (no transformers processor takes 1-channel images) is said once, not at every export."""
+    import swinv2.training as training
+
+    monkeypatch.setattr(training, "_EXPORT_WARNINGS_SAID", set())
     config_path = tmp_path / "gray.json"
     Swinv2Config(**{**TINY_MODEL, "num_channels": 1}).to_json_file(config_path)
-    result = train(_config(config_path, photos, tmp_path / "run", new_head=True))
-    assert result.steps == 2
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("default")
+        result = train(_config(config_path, photos, tmp_path / "run", new_head=True, max_steps=6))
+    assert result.steps == 6
+    said = [w for w in caught if "no transformers image processor applies images of 1 channel" in str(w.message)]
+    assert len(said) == 1, [str(w.message) for w in caught]
     saved = json.loads((tmp_path / "run" / "last" / "preprocessor_config.json").read_text())
     assert saved["image_mean"] == pytest.approx([0.449]) and saved["image_std"] == pytest.approx([0.226])
 

@@ -939,10 +939,21 @@ class _TensorBoard:
 
 
 # ---------------------------------------------------------------------------------------------- export
+_EXPORT_WARNINGS_SAID: set[str] = set()
+
+
 def export_model(model: Swinv2PreTrainedModel, folder: Path, mean: Sequence[float], std: Sequence[float]) -> None:
-    """`save_pretrained` plus `preprocessor_config.json`: what `swinv2 predict` and transformers load."""
-    model.save_pretrained(folder)
-    eval_processor(model.config.image_hw, mean, std).save_pretrained(folder)
+    """`save_pretrained` plus `preprocessor_config.json`: what `swinv2 predict` and transformers load. A warning
+    about what is written (no transformers processor for 1-channel images, say) is said once per process, not
+    at every epoch's export (Python's own once-per-place is reset by every `catch_warnings` in between)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model.save_pretrained(folder)
+        eval_processor(model.config.image_hw, mean, std).save_pretrained(folder)
+    for warning in caught:
+        if str(warning.message) not in _EXPORT_WARNINGS_SAID:
+            _EXPORT_WARNINGS_SAID.add(str(warning.message))
+            warnings.warn(warning.message, stacklevel=2)
 
 
 # ---------------------------------------------------------------------------------------------- evaluation
