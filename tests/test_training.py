@@ -8,11 +8,11 @@ import gzip
 import hashlib
 import itertools
 import json
-import warnings
 import logging
 import math
 import os
 import re
+import warnings
 
 import numpy as np
 import pytest
