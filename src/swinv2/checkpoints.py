@@ -2010,17 +2010,12 @@ def _microsoft_geometry(config: Swinv2Config) -> list[str]:
     return lines
 
 
-# What each library adds to the scores of token pairs that a shifted window joins across regions: transformers
-# adds its -100 mask twice (`SHIFT_MASK_VALUE`), the others once.
-PEER_MASK_VALUES = {"hf": SHIFT_MASK_VALUE, "timm": MASK_VALUE, "torchvision": MASK_VALUE, "microsoft": MASK_VALUE}
-
-
 def _mask_value_difference(config: Swinv2Config, fmt: str, state: Mapping[str, Any] | None) -> str | None:
     """A line when the library masks shifted windows with another value than `config` and the weights' logit
     scales let that show: a masked score can come within `2 s + 16 - |mask|` of an unmasked one (cosines in
     [-1, 1] times the head's scale s <= 100, the position bias in (0, 16)), so where even the weaker mask
     leaves masked pairs more than ~1e-6 of the weight (s above ~35), the two masks give other outputs."""
-    theirs = PEER_MASK_VALUES[fmt]
+    theirs = library_layout(fmt)["shift_mask_value"]
     if state is None or config.shift_mask_value == theirs:
         return None
     scales = [v for k, v in state.items() if k.endswith("logit_scale") and isinstance(v, Tensor) and v.numel()]

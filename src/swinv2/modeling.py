@@ -540,6 +540,7 @@ class Swinv2PatchEmbeddings(nn.Module):
         drop_partial_patches: bool = False,
         image_size: tuple[int, int] | None = None,
         num_channels: int | None = None,
+        grid_size: tuple[int, int] | None = None,
     ) -> None:
         super().__init__()
         self.projection = projection
@@ -548,8 +549,8 @@ class Swinv2PatchEmbeddings(nn.Module):
         # transformers' attributes: the configured image size and its grid of patches
         self.image_size = image_size
         self.num_channels = num_channels
-        self.grid_size = None if image_size is None else tuple(s // p for s, p in zip(image_size, patch_size))
-        self.num_patches = None if self.grid_size is None else math.prod(self.grid_size)
+        self.grid_size = grid_size
+        self.num_patches = None if grid_size is None else math.prod(grid_size)
 
     def forward(self, pixel_values: Tensor) -> tuple[Tensor, tuple[int, int]]:
         """`(B, C_in, H, W)` -> patch vectors `(B, L, C)` and the grid `(H/p, W/p)` (padded as transformers, or
@@ -640,7 +641,7 @@ class Swinv2PreTrainedModel(nn.Module):
         if kept is None or kept.projection is not embeddings.proj:
             kept = Swinv2PatchEmbeddings(
                 embeddings.proj, embeddings.patch_size, embeddings.drop_partial_patches,
-                self.config.image_hw, embeddings.num_channels,
+                self.config.image_hw, embeddings.num_channels, embeddings.grid_size,
             )
             self.__dict__["_input_embeddings"] = kept  # not a submodule: the state dict keeps its keys
         return kept

@@ -247,6 +247,12 @@ def _number(value: Any, name: str, kind: type = float) -> float | int:
     return number
 
 
+def rgb_stats_for(stats: Sequence[float], channels: int) -> list[float]:
+    """A mean or std given for RGB, for images of `channels` channels: as it is for 3, else its average on each
+    channel (a grey pixel's value)."""
+    return list(stats) if channels == 3 else [round(sum(stats) / 3, 8)] * channels
+
+
 def _channel_stats(values: Any, name: str) -> list[float] | float:
     """One number, or a list of one per channel; numpy scalars, arrays and tensors are taken as transformers
     takes them (np.float32(0.5) is 0.5)."""
@@ -536,12 +542,12 @@ class Swinv2ImageProcessor:
             # transformers reads from the BitImageProcessor file we write for it); cropping nothing wrote a file
             # that transformers applied with this crop
             self.crop_size = {"height": 224, "width": 224}
-        if crop_pct is not None and not 0 < _number(crop_pct, "crop_pct") <= 1:
+        self.crop_pct = None if crop_pct is None else _number(crop_pct, "crop_pct")
+        if self.crop_pct is not None and not 0 < self.crop_pct <= 1:
             raise ValueError(f"crop_pct must be in (0, 1], got {crop_pct!r}")
-        self.crop_pct = float(crop_pct) if crop_pct is not None else None
-        if num_channels is not None and _number(num_channels, "num_channels", int) < 1:
+        self.num_channels = None if num_channels is None else _number(num_channels, "num_channels", int)
+        if self.num_channels is not None and self.num_channels < 1:
             raise ValueError(f"num_channels must be a positive int, got {num_channels!r}")
-        self.num_channels = int(num_channels) if num_channels is not None else None
         for name in ("image_mean", "image_std"):
             stats = getattr(self, name)
             if isinstance(stats, list) and len(stats) != self.channels:
@@ -749,8 +755,8 @@ class Swinv2ImageProcessor:
         channels = _number(settings.get("num_channels") or 3, "num_channels", int)
         for key, value in defaults.items():
             if key not in settings or (settings[key] is None and key in _NULL_MEANS_DEFAULT):
-                if key in ("image_mean", "image_std") and channels != 3:
-                    value = [round(sum(value) / 3, 8)] * channels
+                if key in ("image_mean", "image_std"):
+                    value = rgb_stats_for(value, channels)
                 settings[key] = value
         if isinstance(settings["size"], int) and "shortest_edge" in defaults["size"]:
             settings["size"] = {"shortest_edge": settings["size"]}  # (the files of Bit, CLIP, ConvNeXt)

@@ -623,9 +623,9 @@ def resolve_normalisation(
     elif config.model:
         found = _checkpoint_normalisation(config.model)
     if found is None:
-        mean, std = IMAGENET_MEAN, IMAGENET_STD
-        if channels != 3:
-            mean, std = [round(sum(mean) / 3, 8)] * channels, [round(sum(std) / 3, 8)] * channels
+        from .processing import rgb_stats_for
+
+        mean, std = rgb_stats_for(IMAGENET_MEAN, channels), rgb_stats_for(IMAGENET_STD, channels)
         found = mean, std, "ImageNet's defaults (--model has no weights)"
     mean, std, origin = found
     resolved = dataclasses.replace(
